@@ -1,0 +1,51 @@
+// The Python extension module: it only exposes the XLA FFI handlers, as
+// capsules keyed by target name, one dict per platform.
+#include <pybind11/pybind11.h>
+
+#include "xla/ffi/api/api.h"
+
+namespace py = pybind11;
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiPoolForwardCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiPoolBackwardCpu);
+#ifdef JAX_ROI_WITH_CUDA
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiPoolForwardCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiPoolBackwardCuda);
+#endif
+
+namespace {
+
+template <typename Fn>
+py::capsule capsule(Fn* fn) {
+  return py::capsule(reinterpret_cast<void*>(fn));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_jax_roi, m) {
+  m.doc() = "XLA FFI handlers of jax_roi (use jax_roi, not this module).";
+  // The target names carry the ABI version of their binding (operands,
+  // results, attributes). A change to a binding gets a new version, so that
+  // serialized (jax.export) artifacts never call a handler they do not match.
+  m.def("cpu_targets", [] {
+    py::dict d;
+    d["jax_roi_roi_pool_fwd_v1"] = capsule(JaxRoiPoolForwardCpu);
+    d["jax_roi_roi_pool_bwd_v1"] = capsule(JaxRoiPoolBackwardCpu);
+    return d;
+  });
+  m.def("cuda_targets", [] {
+    py::dict d;
+#ifdef JAX_ROI_WITH_CUDA
+    d["jax_roi_roi_pool_fwd_v1"] = capsule(JaxRoiPoolForwardCuda);
+    d["jax_roi_roi_pool_bwd_v1"] = capsule(JaxRoiPoolBackwardCuda);
+#endif
+    return d;
+  });
+  m.attr("with_cuda") =
+#ifdef JAX_ROI_WITH_CUDA
+      true;
+#else
+      false;
+#endif
+  m.attr("ffi_api_version") = py::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
+}

@@ -1,0 +1,192 @@
+// Types shared by the CPU and CUDA kernels: storage types for half
+// precision, the accumulation-type policy, tensor layouts, the problem
+// dimensions and 64-bit index arithmetic. Nothing here knows about XLA FFI.
+#ifndef JAX_ROI_CSRC_ROI_COMMON_H_
+#define JAX_ROI_CSRC_ROI_COMMON_H_
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define JAX_ROI_HD __host__ __device__ __forceinline__
+#else
+#define JAX_ROI_HD inline
+#endif
+
+namespace jax_roi {
+
+// IEEE binary16 and bfloat16 values, stored as their bit patterns. The
+// kernels never compute in these types: every load widens to float and every
+// store rounds once, to nearest even.
+struct f16 {
+  uint16_t bits;
+};
+struct bf16 {
+  uint16_t bits;
+};
+
+// Accumulation (and arithmetic) type of a storage type.
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccType<T>::type;
+
+JAX_ROI_HD uint32_t float_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  return u;
+#endif
+}
+
+JAX_ROI_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+#endif
+}
+
+JAX_ROI_HD float to_float(f16 h) {
+#if defined(__CUDA_ARCH__)
+  return __half2float(__ushort_as_half(h.bits));
+#else
+  const uint32_t sign = static_cast<uint32_t>(h.bits & 0x8000u) << 16;
+  const uint32_t exponent = (h.bits >> 10) & 0x1fu;
+  const uint32_t mantissa = h.bits & 0x3ffu;
+  if (exponent == 0) {
+    // Zero or subnormal: mantissa * 2^-24 is exact in float.
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    return sign ? -magnitude : magnitude;
+  }
+  if (exponent == 31) {  // Inf or NaN (payload kept).
+    return bits_float(sign | 0x7f800000u | (mantissa << 13));
+  }
+  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+#endif
+}
+
+JAX_ROI_HD float to_float(bf16 h) {
+  return bits_float(static_cast<uint32_t>(h.bits) << 16);
+}
+
+JAX_ROI_HD f16 to_f16(float v) {
+#if defined(__CUDA_ARCH__)
+  return f16{__half_as_ushort(__float2half_rn(v))};
+#else
+  uint32_t x = float_bits(v);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  x &= 0x7fffffffu;
+  if (x >= 0x7f800000u) {  // Inf stays Inf, NaN becomes a quiet NaN.
+    return f16{static_cast<uint16_t>(sign | (x > 0x7f800000u ? 0x7e00u : 0x7c00u))};
+  }
+  if (x >= 0x477ff000u) {  // >= 65520 rounds to infinity.
+    return f16{static_cast<uint16_t>(sign | 0x7c00u)};
+  }
+  if (x < 0x38800000u) {  // Below 2^-14: a subnormal (or zero) result.
+    // |v| * 2^24 is exact; rounding it to an integer (ties to even, the
+    // default rounding mode) gives the subnormal mantissa. A result of 0x400
+    // is the smallest normal number, which is also the right encoding.
+    const float scaled = bits_float(x) * 16777216.0f;
+    return f16{static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(scaled)))};
+  }
+  x += 0xfffu + ((x >> 13) & 1u);  // Round the 13 dropped bits to nearest even.
+  x -= 0x38000000u;                // Rebias the exponent from 127 to 15.
+  return f16{static_cast<uint16_t>(sign | (x >> 13))};
+#endif
+}
+
+JAX_ROI_HD bf16 to_bf16(float v) {
+  uint32_t x = float_bits(v);
+  if ((x & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep it a quiet NaN.
+    return bf16{static_cast<uint16_t>((x >> 16) | 0x40u)};
+  }
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return bf16{static_cast<uint16_t>(x >> 16)};
+}
+
+// load<T>: widen a stored value to its accumulation type.
+JAX_ROI_HD float load(const float* p) { return *p; }
+JAX_ROI_HD double load(const double* p) { return *p; }
+JAX_ROI_HD float load(const f16* p) { return to_float(*p); }
+JAX_ROI_HD float load(const bf16* p) { return to_float(*p); }
+
+// store: round an accumulated value once into the storage type.
+JAX_ROI_HD void store(float* p, float v) { *p = v; }
+JAX_ROI_HD void store(double* p, double v) { *p = v; }
+JAX_ROI_HD void store(f16* p, float v) { *p = to_f16(v); }
+JAX_ROI_HD void store(bf16* p, float v) { *p = to_bf16(v); }
+
+// Every (storage type, coordinate type) pair the kernels are compiled for:
+// features float32/float64/float16/bfloat16 times boxes float32/float64.
+#define JAX_ROI_FOR_EACH_TYPE_PAIR(M) \
+  M(float, float)                     \
+  M(float, double)                    \
+  M(double, float)                    \
+  M(double, double)                   \
+  M(::jax_roi::f16, float)            \
+  M(::jax_roi::f16, double)           \
+  M(::jax_roi::bf16, float)           \
+  M(::jax_roi::bf16, double)
+
+// Feature-map layout. NCHW is torchvision's, NHWC is Flax's. Outputs follow
+// the features: (K, C, PH, PW) for NCHW, (K, PH, PW, C) for NHWC.
+enum class Layout : int32_t { kNCHW = 0, kNHWC = 1 };
+
+// Problem dimensions of one RoI op. All sizes are 64-bit.
+//
+// Two box formats:
+//   rois_per_image == 0: rois is (K, 5), rows [batch_index, x1, y1, x2, y2];
+//   rois_per_image == R > 0: rois is (N, R, 4), rows [x1, y1, x2, y2], and
+//     RoI k belongs to image k / R (K = N * R).
+struct RoiDims {
+  int64_t batch = 0;     // N
+  int64_t channels = 0;  // C
+  int64_t height = 0;    // H
+  int64_t width = 0;     // W
+  int64_t num_rois = 0;  // K
+  int64_t rois_per_image = 0;
+  int64_t pooled_height = 0;  // PH
+  int64_t pooled_width = 0;   // PW
+  Layout layout = Layout::kNCHW;
+};
+
+// Flat index of feature element (n, c, h, w).
+JAX_ROI_HD int64_t feature_index(const RoiDims& d, int64_t n, int64_t c, int64_t h,
+                                 int64_t w) {
+  return d.layout == Layout::kNCHW
+             ? ((n * d.channels + c) * d.height + h) * d.width + w
+             : ((n * d.height + h) * d.width + w) * d.channels + c;
+}
+
+// Flat index of feature element (n, c) at spatial offset hw = h * W + w.
+JAX_ROI_HD int64_t feature_index_hw(const RoiDims& d, int64_t n, int64_t c,
+                                    int64_t hw) {
+  return d.layout == Layout::kNCHW ? (n * d.channels + c) * d.height * d.width + hw
+                                   : (n * d.height * d.width + hw) * d.channels + c;
+}
+
+// Flat index of output element (k, c, ph, pw).
+JAX_ROI_HD int64_t output_index(const RoiDims& d, int64_t k, int64_t c, int64_t ph,
+                                int64_t pw) {
+  return d.layout == Layout::kNCHW
+             ? ((k * d.channels + c) * d.pooled_height + ph) * d.pooled_width + pw
+             : ((k * d.pooled_height + ph) * d.pooled_width + pw) * d.channels + c;
+}
+
+}  // namespace jax_roi
+
+#endif  // JAX_ROI_CSRC_ROI_COMMON_H_

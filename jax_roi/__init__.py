@@ -1,0 +1,10 @@
+"""jax_roi: RoI pooling operators (RoIPool, RoIAlign) for JAX.
+
+C++ and CUDA kernels registered as XLA FFI custom calls, with torchvision's
+exact semantics, differentiable, and batched by ``jax.vmap`` in one launch.
+"""
+
+from jax_roi._version import __version__
+from jax_roi.ops import roi_pool
+
+__all__ = ["__version__", "roi_pool"]

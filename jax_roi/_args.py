@@ -1,0 +1,142 @@
+"""Validation and canonicalisation of the public ops' arguments.
+
+Everything here runs at trace time, before any kernel: bad input raises a
+``TypeError`` or ``ValueError`` that names the argument.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LAYOUTS = ("NCHW", "NHWC")
+BOX_ORDERS = ("xyxy", "yxyx")
+IMPLEMENTATIONS = (None, "ffi", "xla")
+FEATURE_DTYPES = tuple(
+    np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
+
+
+class RoiArgs(NamedTuple):
+  """Canonical static description of one op call (hashable)."""
+
+  output_size: tuple[int, int]
+  spatial_scale: float
+  layout: str
+  image_shape: tuple[int, ...]  # the features' shape
+  dtype: np.dtype  # the features' dtype
+
+
+def _as_array(x: Any, name: str) -> jax.Array:
+  if isinstance(x, (jax.Array, np.ndarray)) or hasattr(x, "__jax_array__"):
+    return jnp.asarray(x)
+  try:
+    return jnp.asarray(x)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"{name} must be an array, got {type(x).__name__}") from e
+
+
+def output_size_pair(output_size: Any) -> tuple[int, int]:
+  """An int or a pair of ints, each >= 1."""
+  if isinstance(output_size, (tuple, list)):
+    if len(output_size) != 2:
+      raise ValueError(
+          f"output_size must be an int or a pair (PH, PW), got {output_size!r}")
+    items = tuple(output_size)
+  else:
+    items = (output_size, output_size)
+  pair = []
+  for v in items:
+    if isinstance(v, (bool, np.bool_)):
+      raise TypeError(f"output_size must hold ints, got {output_size!r}")
+    try:
+      pair.append(operator.index(v))
+    except TypeError as e:
+      raise TypeError(
+          f"output_size must be an int or a pair of ints, got {output_size!r}") from e
+  if pair[0] <= 0 or pair[1] <= 0:
+    raise ValueError(f"output_size must be positive, got {output_size!r}")
+  return pair[0], pair[1]
+
+
+def static_float(value: Any, name: str) -> float:
+  """A static (Python or numpy) real number."""
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a static Python number, got {value!r}")
+  try:
+    return float(value)  # A tracer raises a (TypeError) ConcretizationError.
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"{name} must be a static Python number, got {value!r}") from e
+
+
+def spatial_scale_value(spatial_scale: Any) -> float:
+  s = static_float(spatial_scale, "spatial_scale")
+  if not math.isfinite(s) or s < 0:
+    raise ValueError(
+        f"spatial_scale must be finite and non-negative, got {spatial_scale!r}")
+  return s
+
+
+def choice(value: Any, name: str, allowed: tuple) -> Any:
+  if value not in allowed:
+    shown = ", ".join(repr(a) for a in allowed)
+    raise ValueError(f"{name} must be one of {shown}; got {value!r}")
+  return value
+
+
+def canonicalize(features: Any, rois: Any, output_size: Any, *,
+                 spatial_scale: Any, layout: Any, box_order: Any,
+                 implementation: Any):
+  """Validates the arguments shared by every op.
+
+  Returns ``(features, rois, args)`` with rois in xyxy order and in float32
+  or float64, and a hashable :class:`RoiArgs`.
+  """
+  if not isinstance(layout, str):
+    raise TypeError(f"layout must be a string, got {layout!r}")
+  choice(layout, "layout", LAYOUTS)
+  choice(box_order, "box_order", BOX_ORDERS)
+  choice(implementation, "implementation", IMPLEMENTATIONS)
+  pooled = output_size_pair(output_size)
+  scale = spatial_scale_value(spatial_scale)
+
+  features = _as_array(features, "features")
+  if features.dtype not in FEATURE_DTYPES:
+    raise TypeError(
+        "features must be float16, bfloat16, float32 or float64, got"
+        f" {features.dtype}")
+  if features.ndim != 4:
+    expected = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
+    raise ValueError(
+        f"features must have rank 4, {expected} for layout {layout!r}; got"
+        f" shape {features.shape}")
+  h, w = (features.shape[2:4] if layout == "NCHW" else features.shape[1:3])
+  if h * w >= 2**31:
+    raise ValueError(
+        f"features height * width must be below 2**31, got {h} * {w}")
+
+  rois = _as_array(rois, "rois")
+  if not jnp.issubdtype(rois.dtype, jnp.floating):
+    raise TypeError(f"rois must have a floating dtype, got {rois.dtype}")
+  if rois.dtype not in (np.float32, np.float64):
+    rois = rois.astype(jnp.float32)  # float16/bfloat16 widen exactly.
+  if rois.ndim == 2 and rois.shape[1] == 5:
+    pass
+  elif rois.ndim == 3 and rois.shape[2] == 4:
+    if rois.shape[0] != features.shape[0]:
+      raise ValueError(
+          f"batched rois of shape {rois.shape} need one row of boxes per image:"
+          f" rois.shape[0] must equal the {features.shape[0]} images of features")
+  else:
+    raise ValueError(
+        "rois must have shape (K, 5) with rows [batch_index, x1, y1, x2, y2],"
+        f" or (N, R, 4) with boxes per image; got shape {rois.shape}")
+  if box_order == "yxyx":
+    perm = [0, 2, 1, 4, 3] if rois.shape[-1] == 5 else [1, 0, 3, 2]
+    rois = rois[..., np.array(perm)]
+  args = RoiArgs(pooled, scale, layout, tuple(features.shape), np.dtype(features.dtype))
+  return features, rois, args

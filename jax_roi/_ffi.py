@@ -1,0 +1,264 @@
+"""The compiled kernels: target registration and the only ``ffi_call`` sites.
+
+Every kernel call goes through :func:`kernel`, which wraps ``jax.ffi.ffi_call``
+in a ``jax.custom_batching.custom_vmap`` whose rule folds a vmapped axis into
+the image axis (or the RoI axis) of the operands, so that ``jax.vmap`` of any
+op is ONE kernel launch, never a sequential loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_roi import _jax_roi as _ext
+
+WITH_CUDA: bool = bool(_ext.with_cuda)
+
+
+def _runtime_ffi_api_version() -> tuple[int, int] | None:
+  """The XLA FFI API version of the running jaxlib (from its headers)."""
+  path = os.path.join(jax.ffi.include_dir(), "xla", "ffi", "api", "c_api.h")
+  try:
+    with open(path) as f:
+      text = f.read()
+  except OSError:
+    return None
+  major = re.search(r"#define XLA_FFI_API_MAJOR (\d+)", text)
+  minor = re.search(r"#define XLA_FFI_API_MINOR (\d+)", text)
+  if not (major and minor):
+    return None
+  return int(major.group(1)), int(minor.group(1))
+
+
+def _register() -> None:
+  built = tuple(_ext.ffi_api_version)
+  running = _runtime_ffi_api_version()
+  if running is not None and built > running:
+    # Registering would fail inside backend initialisation and take every
+    # jax computation down with it: refuse early, with the fix.
+    raise ImportError(
+        f"jax_roi was compiled against XLA FFI API {built[0]}.{built[1]}, newer"
+        f" than the running jaxlib {jax.__version__} (API"
+        f" {running[0]}.{running[1]}). Rebuild it in this environment:"
+        " pip install --no-build-isolation --force-reinstall .")
+  for name, capsule in _ext.cpu_targets().items():
+    jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+  for name, capsule in _ext.cuda_targets().items():
+    jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
+
+
+_register()
+
+# Operand and result roles, used by the batching rule:
+IMAGE = "image"  # leading axis: the N images (features, feature gradients)
+ROI = "roi"  # leading axes: rois.shape[:-1], i.e. (K,) or (N, R)
+ROIS = "rois"  # the boxes: (K, 5) or (N, R, 4)
+NONE = "none"  # a result that is not batched (an empty placeholder)
+
+# Computes the result types from the operands, the image shape (the features'
+# shape, whose first entry the batching rule may change) and the attributes.
+ResultFn = Callable[[Sequence[jax.Array], tuple, dict], Sequence[jax.ShapeDtypeStruct]]
+
+
+class Kernel(NamedTuple):
+  target: str
+  arg_roles: tuple[str, ...]
+  result_roles: tuple[str, ...]
+  results: ResultFn
+  # Static attributes, as (name, value) pairs of exactly typed numpy scalars
+  # or strings (they must match the C++ binding's Attr<T> types).
+  attrs: tuple[tuple[str, object], ...]
+
+
+def kernel(k: Kernel, image_shape: tuple, *args: jax.Array) -> tuple[jax.Array, ...]:
+  """Calls kernel ``k`` on ``args``; vmap folds into one call."""
+  return _batchable(k, tuple(image_shape))(*args)
+
+
+@functools.lru_cache(maxsize=None)
+def _batchable(k: Kernel, image_shape: tuple):
+  attrs = dict(k.attrs)
+
+  def call(*args):
+    result_types = tuple(k.results(args, image_shape, attrs))
+    return tuple(jax.ffi.ffi_call(k.target, result_types)(*args, **attrs))
+
+  call = jax.custom_batching.custom_vmap(call)
+
+  @call.def_vmap
+  def rule(axis_size, in_batched, *args):
+    folded, new_image_shape, unfold = _fold(
+        k, image_shape, axis_size, list(in_batched), list(args))
+    outs = _batchable(k, new_image_shape)(*folded)
+    return unfold(outs)
+
+  return call
+
+
+def roi_images(rois: jax.Array, batch: int) -> jax.Array:
+  """Image index of every RoI, -1 for padding rows; shape rois.shape[:-1].
+
+  For (K, 5) rows: the first column truncated toward zero (torchvision's int
+  cast); a truncation outside [0, batch), or NaN, marks padding. For batched
+  (N, R, 4) boxes: the row's image.
+  """
+  if rois.shape[-1] == 5:
+    v = rois[..., 0]
+    valid = (v > -1) & (v < batch)
+    return jnp.where(valid, jnp.trunc(jnp.where(valid, v, 0)), -1).astype(jnp.int32)
+  n, r = rois.shape[:2]
+  return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], (n, r))
+
+
+def _merge_leading(x: jax.Array) -> jax.Array:
+  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def _fold(k: Kernel, image_shape: tuple, size: int, batched: list[bool],
+          args: list[jax.Array]):
+  """Folds the vmapped axis (axis 0 of batched operands) into the operands.
+
+  Returns the new operands, the new image shape, and a function that maps
+  the folded call's results back to vmapped results (with out_batched).
+  """
+  roles = k.arg_roles
+  rois_at = roles.index(ROIS)
+  indexed = args[rois_at].shape[-1] == 5
+  n = image_shape[0]
+  fold_images = (any(b for b, r in zip(batched, roles) if r == IMAGE)
+                 or IMAGE in k.result_roles)
+
+  def expand(x, b):
+    x = jnp.asarray(x)
+    return x if b else jnp.broadcast_to(x, (size,) + x.shape)
+
+  if fold_images:
+    # Every image gets its own slot: images (size * N, ...), RoIs point at
+    # image v * N + n (padding stays padding).
+    out_args = []
+    for x, b, role in zip(args, batched, roles):
+      if role == IMAGE:
+        out_args.append(_merge_leading(expand(x, b)))
+      elif role == ROIS and indexed:
+        x = expand(x, batched[rois_at])
+        images = roi_images(x, n)
+        offset = (jnp.arange(size, dtype=jnp.int32) * n)[:, None]
+        first = jnp.where(images >= 0, images + offset, -1).astype(x.dtype)
+        out_args.append(_merge_leading(x.at[..., 0].set(first)))
+      else:  # ROI operands, batched (N, R, 4) boxes: merge the two leading axes
+        out_args.append(_merge_leading(expand(x, b)))
+    new_image_shape = (size * n,) + tuple(image_shape[1:])
+
+    def unfold(outs):
+      res = []
+      for y, role in zip(outs, k.result_roles):
+        res.append(y if role == NONE else y.reshape((size, y.shape[0] // size) + y.shape[1:]))
+      return tuple(res), tuple(role != NONE for role in k.result_roles)
+
+    return out_args, new_image_shape, unfold
+
+  # Only RoI-side operands are batched and no result is per image: the
+  # images stay as they are and the vmapped axis joins the RoI axis.
+  rois = expand(args[rois_at], batched[rois_at])
+  if indexed:
+    roi_lead = 2  # (size, K)
+    new_rois = _merge_leading(rois)
+  else:
+    roi_lead = 3  # (size, N, R): switch to (size * N * R, 5) rows
+    images = jnp.broadcast_to(roi_images(rois[0], n), rois.shape[:-1])
+    new_rois = jnp.concatenate(
+        [images[..., None].astype(rois.dtype), rois], axis=-1).reshape(-1, 5)
+  out_args = []
+  for x, b, role in zip(args, batched, roles):
+    if role == ROIS:
+      out_args.append(new_rois)
+    elif role == ROI:
+      x = expand(x, b)
+      out_args.append(x.reshape((-1,) + x.shape[roi_lead:]))
+    else:
+      out_args.append(x)
+  lead_shape = rois.shape[:roi_lead]
+
+  def unfold_rois(outs):
+    res = []
+    for y, role in zip(outs, k.result_roles):
+      res.append(y if role == NONE else y.reshape(lead_shape + y.shape[1:]))
+    return tuple(res), tuple(role != NONE for role in k.result_roles)
+
+  return out_args, tuple(image_shape), unfold_rois
+
+
+def pooled_shape(rois_shape: tuple, channels: int, pooled: tuple[int, int],
+                 layout: str) -> tuple[int, ...]:
+  """Shape of a per-RoI output: rois.shape[:-1] + (C, PH, PW) or (PH, PW, C)."""
+  ph, pw = pooled
+  tail = (channels, ph, pw) if layout == "NCHW" else (ph, pw, channels)
+  return tuple(rois_shape[:-1]) + tail
+
+
+def channels_of(image_shape: tuple, layout: str) -> int:
+  return image_shape[1] if layout == "NCHW" else image_shape[3]
+
+
+def acc_dtype(dtype) -> np.dtype:
+  """Accumulation dtype of a features dtype (gradients are returned in it)."""
+  return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# RoIPool
+# ---------------------------------------------------------------------------
+
+
+def _roi_pool_fwd_results(args, image_shape, attrs):
+  features, rois = args
+  shape = pooled_shape(rois.shape, channels_of(image_shape, attrs["layout"]),
+                       (int(attrs["pooled_height"]), int(attrs["pooled_width"])),
+                       attrs["layout"])
+  out = jax.ShapeDtypeStruct(shape, features.dtype)
+  return out, jax.ShapeDtypeStruct(shape, jnp.int32)
+
+
+def _roi_pool_fwd_no_argmax_results(args, image_shape, attrs):
+  out, _ = _roi_pool_fwd_results(args, image_shape, attrs)
+  return out, jax.ShapeDtypeStruct((0,), jnp.int32)
+
+
+def _roi_pool_bwd_results(args, image_shape, attrs):
+  grad_output = args[0]
+  return (jax.ShapeDtypeStruct(image_shape, acc_dtype(grad_output.dtype)),)
+
+
+def _pool_attrs(output_size, spatial_scale, layout):
+  return (("spatial_scale", np.float64(spatial_scale)),
+          ("pooled_height", np.int64(output_size[0])),
+          ("pooled_width", np.int64(output_size[1])),
+          ("layout", layout))
+
+
+def roi_pool_forward(features, rois, *, output_size, spatial_scale, layout,
+                     with_argmax):
+  """Returns (output, argmax); argmax is an empty placeholder if not asked for."""
+  if with_argmax:
+    k = Kernel("jax_roi_roi_pool_fwd_v1", (IMAGE, ROIS), (ROI, ROI),
+               _roi_pool_fwd_results, _pool_attrs(output_size, spatial_scale, layout))
+  else:
+    k = Kernel("jax_roi_roi_pool_fwd_v1", (IMAGE, ROIS), (ROI, NONE),
+               _roi_pool_fwd_no_argmax_results,
+               _pool_attrs(output_size, spatial_scale, layout))
+  return kernel(k, features.shape, features, rois)
+
+
+def roi_pool_backward(grad_output, argmax, rois, *, image_shape, layout):
+  """Feature gradient (in the accumulation dtype) of RoIPool."""
+  k = Kernel("jax_roi_roi_pool_bwd_v1", (ROI, ROI, ROIS), (IMAGE,),
+             _roi_pool_bwd_results, (("layout", layout),))
+  (grad,) = kernel(k, image_shape, grad_output, argmax, rois)
+  return grad
