@@ -1,0 +1,62 @@
+"""Shared test helpers: random inputs, layout and format conversions."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+DTYPES = {
+    "float32": np.float32,
+    "float64": np.float64,
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+}
+
+
+def random_features(rng, n, c, h, w, layout="NCHW", dtype=np.float32):
+  """Continuous random values: no ties, so maxima are unique."""
+  f = rng.standard_normal((n, c, h, w))
+  if layout == "NHWC":
+    f = f.transpose(0, 2, 3, 1)
+  return np.ascontiguousarray(f).astype(dtype)
+
+
+def random_boxes(rng, k, h, w, scale=1.0, hostile=False):
+  """(k, 4) xyxy boxes in input pixels: mostly inside a (h, w) map seen at
+  `scale`, some on the half-pixel grid, some inverted, zero-size or outside;
+  with `hostile`, also huge, infinite and NaN coordinates."""
+  img_h, img_w = h / scale, w / scale
+  x1 = rng.uniform(-0.3 * img_w, 1.1 * img_w, k)
+  y1 = rng.uniform(-0.3 * img_h, 1.1 * img_h, k)
+  bw = rng.uniform(-0.2 * img_w, 0.9 * img_w, k)
+  bh = rng.uniform(-0.2 * img_h, 0.9 * img_h, k)
+  boxes = np.stack([x1, y1, x1 + bw, y1 + bh], axis=1)
+  half = rng.random(k) < 0.4  # on the half-pixel grid: exercises rounding
+  boxes[half] = np.round(boxes[half] * 2 * scale) / (2 * scale)
+  zero = rng.random(k) < 0.1
+  boxes[zero, 2:] = boxes[zero, :2]
+  if hostile:
+    for value in (1e30, -1e30, np.inf, -np.inf, np.nan, 3e9):
+      rows = rng.random(k) < 0.05
+      cols = rng.integers(0, 4, k)
+      boxes[rows, cols[rows]] = value
+  return boxes
+
+
+def indexed_rois(rng, boxes, n, padding=0.0):
+  """(k, 5) rows with random image indices; a fraction marked as padding."""
+  k = boxes.shape[0]
+  index = rng.integers(0, n, k).astype(np.float64)
+  pad = rng.random(k) < padding
+  index[pad] = rng.choice([-1.0, float(n), -7.0, 1e9, np.nan], pad.sum())
+  return np.concatenate([index[:, None], boxes], axis=1)
+
+
+def to_layout(features_nchw, layout):
+  return features_nchw if layout == "NCHW" else jnp.moveaxis(features_nchw, 1, 3)
+
+
+def pooled_to_nchw(out, layout):
+  """A per-RoI output in `layout` order -> (..., C, PH, PW)."""
+  return out if layout == "NCHW" else jnp.moveaxis(out, -1, -3)

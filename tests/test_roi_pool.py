@@ -1,0 +1,303 @@
+"""roi_pool: torchvision's golden vectors, the float64 loop reference,
+property tests, dtypes, layouts, RoI formats and padding."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+import jax_roi
+import loop_reference as ref
+from helpers import (DTYPES, indexed_rois, pooled_to_nchw, random_boxes,
+                     random_features, to_layout)
+from jax_roi import _ffi
+
+LAYOUTS = ("NCHW", "NHWC")
+IMPLEMENTATIONS = ("ffi", "xla")
+GOLDEN = [(scale, size, dtype) for scale in ("1.0", "0.5", "0.25")
+          for size in ("3x3", "2x4") for dtype in ("float32", "float64")]
+
+
+def _nchw_to(x, layout):
+  return x if layout == "NCHW" else np.moveaxis(x, 1, 3)
+
+
+def _to_nchw(x, layout):
+  return np.asarray(x) if layout == "NCHW" else np.moveaxis(np.asarray(x), 3, 1)
+
+
+def _pooled_from_nchw(x, layout):
+  return x if layout == "NCHW" else np.moveaxis(x, -3, -1)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("scale,size,dtype", GOLDEN)
+def test_golden_torchvision(golden, scale, size, dtype, layout, implementation):
+  """Forward bit for bit, gradient up to summation order."""
+  name = f"roi_pool_s{scale}_{size}_{dtype}"
+  output_size = tuple(int(v) for v in size.split("x"))
+  with jax.enable_x64(dtype == "float64"):
+    x = _nchw_to(golden["features"].astype(dtype), layout)
+    rois = golden[f"rois_s{scale}"].astype(dtype)
+    cot = _pooled_from_nchw(golden[f"{name}_cot"], layout)
+
+    def pool(x):
+      return jax_roi.roi_pool(x, rois, output_size, spatial_scale=float(scale),
+                              layout=layout, implementation=implementation)
+
+    out = pool(x)
+    assert out.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(pooled_to_nchw(out, layout), golden[f"{name}_out"])
+    grad = jax.grad(lambda x: jnp.sum(pool(x) * cot))(x)
+    assert grad.dtype == np.dtype(dtype)
+    tol = 1e-6 if dtype == "float32" else 1e-13
+    np.testing.assert_allclose(_to_nchw(grad, layout), golden[f"{name}_grad"],
+                               rtol=tol, atol=tol)
+
+
+# README / anchors.md section 4: x = arange(2*2*6*8).reshape(2, 2, 6, 8),
+# 2x2 output, channel 0, torchvision 0.29.1.
+EDGE_CASES = [
+    ((0, 0, 0, 7, 5), [19, 23, 43, 47]),  # whole map
+    ((0, 10, 10, 20, 20), [0, 0, 0, 0]),  # outside: empty bins
+    ((0, 2, 2, 2, 2), [18, 18, 18, 18]),  # zero size: 1x1
+    ((0, -3, -3, 1, 1), [0, 0, 0, 9]),  # negative start
+    ((1, 1, 1, 4, 3), [114, 116, 122, 124]),  # image 1
+    ((0, 5, 4, 2, 1), [37, 37, 37, 37]),  # inverted: 1x1 at the start
+    ((0, 1.5, 1.5, 3.5, 3.5), [27, 28, 35, 36]),  # halves round away from 0
+    ((0, 2.5, 0.5, 4.5, 2.5), [20, 21, 28, 29]),
+]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("roi,expected", EDGE_CASES)
+def test_edge_case_table(roi, expected, layout, implementation):
+  x = np.arange(2 * 2 * 6 * 8, dtype=np.float32).reshape(2, 2, 6, 8)
+  out = jax_roi.roi_pool(_nchw_to(x, layout), np.array([roi], np.float32), 2,
+                         layout=layout, implementation=implementation)
+  out = np.asarray(pooled_to_nchw(out, layout))
+  np.testing.assert_array_equal(out[0, 0].ravel(), np.array(expected, np.float32))
+
+
+def _case(seed, layout, fmt, dtype, box_dtype, n=2, c=3, h=9, w=11, k=7,
+          scale=0.5, hostile=False, padding=0.2):
+  rng = np.random.default_rng(seed)
+  x = random_features(rng, n, c, h, w, layout, dtype)
+  if fmt == "indexed":
+    rois = indexed_rois(rng, random_boxes(rng, k, h, w, scale, hostile), n, padding)
+  else:
+    rois = random_boxes(rng, n * k, h, w, scale, hostile).reshape(n, k, 4)
+  return x, rois.astype(box_dtype)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("fmt", ["indexed", "batched"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("box_dtype", ["float32", "float64"])
+def test_matches_loop_reference(layout, fmt, dtype, box_dtype):
+  """Outputs and argmax exactly, gradients to float rounding, every dtype."""
+  with jax.enable_x64("float64" in (dtype, box_dtype)):
+    x, rois = _case(hash((layout, fmt, dtype, box_dtype)) % 1000, layout, fmt,
+                    DTYPES[dtype], box_dtype)
+    expected, expected_argmax = ref.roi_pool(x, rois, (3, 2), 0.5, layout)
+    out, argmax = _ffi.roi_pool_forward(
+        jnp.asarray(x), jnp.asarray(rois), output_size=(3, 2), spatial_scale=0.5,
+        layout=layout, with_argmax=True)
+    assert out.dtype == x.dtype
+    np.testing.assert_array_equal(np.asarray(out), expected.astype(x.dtype))
+    np.testing.assert_array_equal(np.asarray(argmax), expected_argmax)
+    public = jax_roi.roi_pool(x, rois, (3, 2), spatial_scale=0.5, layout=layout)
+    np.testing.assert_array_equal(np.asarray(public), np.asarray(out))
+
+    cot = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
+    grad = jax.grad(lambda f: jnp.sum(
+        jax_roi.roi_pool(f, rois, (3, 2), spatial_scale=0.5, layout=layout)
+        * cot).astype(jnp.float32))(x)
+    assert grad.dtype == x.dtype
+    expected_grad = ref.roi_pool_grad(x.shape, rois, cot, expected_argmax, layout)
+    tol = {"float64": 1e-12, "float32": 1e-5}.get(dtype, 2e-2)
+    np.testing.assert_allclose(np.asarray(grad, np.float64), expected_grad,
+                               rtol=tol, atol=tol)
+
+
+@st.composite
+def pool_problems(draw, hostile=True):
+  n = draw(st.integers(1, 3))
+  c = draw(st.integers(1, 4))
+  h = draw(st.integers(1, 12))
+  w = draw(st.integers(1, 12))
+  k = draw(st.integers(0, 10))
+  output_size = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+  scale = draw(st.sampled_from([1.0, 0.5, 0.25, 1 / 16, 0.3, 2.0, 0.0]))
+  layout = draw(st.sampled_from(LAYOUTS))
+  fmt = draw(st.sampled_from(["indexed", "batched"]))
+  box_order = draw(st.sampled_from(["xyxy", "yxyx"]))
+  seed = draw(st.integers(0, 2**32 - 1))
+  rng = np.random.default_rng(seed)
+  x = random_features(rng, n, c, h, w, layout)
+  if rng.random() < 0.2:  # ties and NaN features
+    x = np.round(x).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+  img_scale = scale if scale > 0 else 1.0
+  if fmt == "indexed":
+    rois = indexed_rois(rng, random_boxes(rng, k, h, w, img_scale, hostile), n, 0.2)
+  else:
+    rois = random_boxes(rng, n * k, h, w, img_scale, hostile).reshape(n, k, 4)
+  if box_order == "yxyx":
+    perm = [0, 2, 1, 4, 3] if fmt == "indexed" else [1, 0, 3, 2]
+    rois = rois[..., perm]
+  return x, rois.astype(np.float32), output_size, scale, layout, box_order
+
+
+@given(pool_problems())
+def test_property_kernel_equals_loop_reference(problem):
+  x, rois, output_size, scale, layout, box_order = problem
+  expected, _ = ref.roi_pool(x, rois, output_size, scale, layout, box_order)
+  out = jax_roi.roi_pool(x, rois, output_size, spatial_scale=scale, layout=layout,
+                         box_order=box_order, implementation="ffi")
+  np.testing.assert_array_equal(np.asarray(out), expected.astype(np.float32))
+
+
+@settings(max_examples=10)  # the pure-JAX version compiles slowly per shape
+@given(pool_problems(hostile=True))
+def test_property_xla_equals_kernel(problem):
+  x, rois, output_size, scale, layout, box_order = problem
+  kwargs = dict(spatial_scale=scale, layout=layout, box_order=box_order)
+  out = jax_roi.roi_pool(x, rois, output_size, implementation="ffi", **kwargs)
+  out_xla = jax_roi.roi_pool(x, rois, output_size, implementation="xla", **kwargs)
+  np.testing.assert_array_equal(np.asarray(out_xla), np.asarray(out))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("fmt", ["indexed", "batched"])
+def test_check_grads_float64(x64, layout, fmt):
+  """Reverse-mode gradients, and gradients of gradients, by finite differences."""
+  x, rois = _case(3, layout, fmt, np.float64, np.float64, n=2, c=2, h=6, w=7, k=4,
+                  scale=1.0, padding=0.25)
+  check_grads(lambda f: jax_roi.roi_pool(f, rois, (3, 2), layout=layout), (x,),
+              order=2, modes=["rev"], eps=1e-5)
+
+
+def test_layouts_and_formats_agree():
+  rng = np.random.default_rng(0)
+  x = random_features(rng, 2, 5, 10, 12)
+  boxes = random_boxes(rng, 2 * 6, 10, 12).reshape(2, 6, 4).astype(np.float32)
+  batched = jax_roi.roi_pool(x, boxes, (3, 4))
+  indexed_rois_ = np.concatenate(
+      [np.repeat(np.arange(2.0), 6)[:, None], boxes.reshape(-1, 4)], 1).astype(np.float32)
+  indexed = jax_roi.roi_pool(x, indexed_rois_, (3, 4))
+  assert batched.shape == (2, 6, 5, 3, 4)
+  np.testing.assert_array_equal(np.asarray(batched).reshape(12, 5, 3, 4), indexed)
+  nhwc = jax_roi.roi_pool(x.transpose(0, 2, 3, 1), boxes, (3, 4), layout="NHWC")
+  assert nhwc.shape == (2, 6, 3, 4, 5)
+  np.testing.assert_array_equal(np.moveaxis(np.asarray(nhwc), -1, -3), batched)
+  yx = jax_roi.roi_pool(x, boxes[..., [1, 0, 3, 2]], (3, 4), box_order="yxyx")
+  np.testing.assert_array_equal(yx, batched)
+
+
+def test_empty_rois():
+  x = np.ones((2, 3, 5, 5), np.float32)
+  out = jax_roi.roi_pool(x, np.zeros((0, 5), np.float32), (2, 3))
+  assert out.shape == (0, 3, 2, 3)
+  out = jax_roi.roi_pool(x, np.zeros((2, 0, 4), np.float32), 2, layout="NCHW")
+  assert out.shape == (2, 0, 3, 2, 2)
+  grad = jax.grad(lambda f: jnp.sum(jax_roi.roi_pool(f, np.zeros((0, 5), np.float32), 2)))(x)
+  np.testing.assert_array_equal(grad, np.zeros_like(x))
+  xla = jax_roi.roi_pool(x, np.zeros((0, 5), np.float32), 2, implementation="xla")
+  assert xla.shape == (0, 3, 2, 2)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_padding_rows(implementation):
+  """Out-of-range or NaN batch indices: zeros, no gradient, no other effect."""
+  rng = np.random.default_rng(5)
+  x = random_features(rng, 2, 3, 8, 8)
+  good = np.array([[1, 0, 0, 7, 7], [0, 2, 1, 5, 6]], np.float32)
+  bad = np.array([[-1, 0, 0, 7, 7], [2, 0, 0, 7, 7], [np.nan, 0, 0, 7, 7],
+                  [1e9, 0, 0, 7, 7], [-1e9, 0, 0, 3, 3], [np.inf, 0, 0, 3, 3]],
+                 np.float32)
+  rois = np.concatenate([good[:1], bad, good[1:]])
+
+  def pool(f):
+    return jax_roi.roi_pool(f, rois, 2, implementation=implementation)
+
+  out = np.asarray(pool(x))
+  np.testing.assert_array_equal(out[1:-1], 0)
+  np.testing.assert_array_equal(out[[0, -1]], jax_roi.roi_pool(x, good, 2))
+  cot = np.zeros(out.shape, np.float32)
+  cot[1:-1] = 1.0
+  grad = jax.grad(lambda f: jnp.sum(pool(f) * cot))(x)
+  np.testing.assert_array_equal(grad, 0)
+
+
+def test_fractional_and_negative_fraction_batch_index():
+  """torchvision truncates the index: 1.7 is image 1 and -0.5 image 0."""
+  rng = np.random.default_rng(2)
+  x = random_features(rng, 2, 2, 6, 6)
+  box = [0.0, 0.0, 5.0, 5.0]
+  out = jax_roi.roi_pool(x, np.array([[1.7] + box, [-0.5] + box], np.float32), 2)
+  expected = jax_roi.roi_pool(x, np.array([[1.0] + box, [0.0] + box], np.float32), 2)
+  np.testing.assert_array_equal(out, expected)
+
+
+def test_nan_and_inf_features():
+  """NaNs never win the max; a bin of -inf outputs -FLT_MAX, no gradient."""
+  x = np.full((1, 1, 4, 4), -np.inf, np.float32)
+  x[0, 0, 0, 0] = np.nan
+  x[0, 0, 3, 3] = 2.0
+  rois = np.array([[0, 0, 0, 1, 1], [0, 0, 0, 3, 3]], np.float32)
+  for implementation in IMPLEMENTATIONS:
+    out = np.asarray(jax_roi.roi_pool(x, rois, 1, implementation=implementation))
+    assert out[0, 0, 0, 0] == -np.finfo(np.float32).max
+    assert out[1, 0, 0, 0] == 2.0
+    grad = jax.grad(lambda f: jnp.sum(jax_roi.roi_pool(
+        f, rois, 1, implementation=implementation)))(x)
+    expected = np.zeros_like(x)
+    expected[0, 0, 3, 3] = 1.0
+    np.testing.assert_array_equal(grad, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision(dtype):
+  """Half features pool in float32 and come back in their dtype; half RoIs
+  are widened exactly."""
+  rng = np.random.default_rng(4)
+  x = random_features(rng, 2, 4, 9, 9, dtype=DTYPES[dtype])
+  rois = indexed_rois(rng, random_boxes(rng, 6, 9, 9), 2).astype(np.float32)
+  out = jax_roi.roi_pool(x, rois, 3)
+  assert out.dtype == x.dtype
+  expected = jax_roi.roi_pool(x.astype(np.float32), rois, 3)
+  np.testing.assert_array_equal(np.asarray(out, np.float32), expected)
+  half_rois = jax_roi.roi_pool(x, rois.astype(DTYPES[dtype]), 3)
+  widened = jax_roi.roi_pool(x, rois.astype(DTYPES[dtype]).astype(np.float32), 3)
+  np.testing.assert_array_equal(half_rois, widened)
+
+
+def test_float64_boxes_with_float32_features(x64):
+  """Coordinates are computed in the boxes' dtype."""
+  rng = np.random.default_rng(6)
+  x = random_features(rng, 1, 2, 20, 20)
+  rois = indexed_rois(rng, random_boxes(rng, 30, 20, 20, 0.3), 1)
+  out = jax_roi.roi_pool(x, rois, 5, spatial_scale=0.3)
+  assert out.dtype == np.float32
+  expected, _ = ref.roi_pool(x, rois, (5, 5), 0.3, coord_dtype=np.float64)
+  np.testing.assert_array_equal(out, expected.astype(np.float32))
+
+
+def test_huge_and_infinite_boxes_are_defined():
+  x = np.arange(1 * 1 * 5 * 6, dtype=np.float32).reshape(1, 1, 5, 6)
+  rois = np.array([[0, -np.inf, -np.inf, np.inf, np.inf], [0, -1e30, 0, 1e30, 4],
+                   [0, 0, 0, 3e9, 3e9], [0, 1e30, 1e30, 2e30, 2e30]], np.float32)
+  out = np.asarray(jax_roi.roi_pool(x, rois, 2))
+  expected, _ = ref.roi_pool(x, rois, (2, 2))
+  np.testing.assert_array_equal(out, expected)
+  # The whole map lands in the last bin of an infinite box.
+  assert out[0, 0, 1, 1] == 29.0
+  np.testing.assert_array_equal(out[3], 0)

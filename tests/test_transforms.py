@@ -1,0 +1,131 @@
+"""jit, vmap (one kernel launch), grad, checkpoint and grad of grad."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_roi
+from helpers import indexed_rois, random_boxes, random_features
+
+OPS = {
+    "roi_pool": lambda x, r, **kw: jax_roi.roi_pool(x, r, (3, 2), spatial_scale=0.5, **kw),
+}
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def _inputs(seed, layout, fmt, n=2, k=5, c=3, h=9, w=10):
+  rng = np.random.default_rng(seed)
+  x = random_features(rng, n, c, h, w, layout)
+  if fmt == "indexed":
+    rois = indexed_rois(rng, random_boxes(rng, k, h, w, 0.5), n, padding=0.2)
+  else:
+    rois = random_boxes(rng, n * k, h, w, 0.5).reshape(n, k, 4)
+  return x, rois.astype(np.float32)
+
+
+def _compiled_text(fn, *args):
+  return jax.jit(fn).lower(*args).compile().as_text()
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("fmt", ["indexed", "batched"])
+def test_jit_matches_eager(op, layout, fmt):
+  x, rois = _inputs(0, layout, fmt)
+  f = lambda x, r: OPS[op](x, r, layout=layout)
+  np.testing.assert_array_equal(jax.jit(f)(x, rois), f(x, rois))
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("fmt", ["indexed", "batched"])
+@pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
+def test_vmap_is_one_launch_and_matches_loop(op, layout, fmt, in_axes):
+  """Mapped features and/or RoIs; padding rows stay padding."""
+  v = 3
+  xs, rs = zip(*[_inputs(s, layout, fmt) for s in range(v)])
+  xs, rs = np.stack(xs), np.stack(rs)
+  x_arg = xs if in_axes[0] == 0 else xs[0]
+  r_arg = rs if in_axes[1] == 0 else rs[0]
+  f = lambda x, r: OPS[op](x, r, layout=layout)
+  out = jax.vmap(f, in_axes=in_axes)(x_arg, r_arg)
+  expected = np.stack([f(xs[i] if in_axes[0] == 0 else xs[0],
+                         rs[i] if in_axes[1] == 0 else rs[0]) for i in range(v)])
+  np.testing.assert_array_equal(out, expected)
+  text = _compiled_text(jax.vmap(f, in_axes=in_axes), x_arg, r_arg)
+  assert text.count("custom_call_target=\"jax_roi_") == 1
+  assert "while" not in text
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("fmt", ["indexed", "batched"])
+def test_vmap_of_grad_and_nested_vmap(op, fmt):
+  v = 2
+  xs, rs = zip(*[_inputs(10 + s, "NCHW", fmt) for s in range(v)])
+  xs, rs = np.stack(xs), np.stack(rs)
+  loss = lambda x, r: jnp.sum(OPS[op](x, r) ** 2)
+  grads = jax.vmap(jax.grad(loss))(xs, rs)
+  expected = np.stack([jax.grad(loss)(xs[i], rs[i]) for i in range(v)])
+  np.testing.assert_allclose(grads, expected, rtol=1e-6, atol=1e-6)
+  text = _compiled_text(jax.vmap(jax.grad(loss)), xs, rs)
+  assert "while" not in text
+  # vmap of vmap: (2, 2, ...) leading axes.
+  xx = np.stack([xs, xs[::-1]])
+  rr = np.stack([rs, rs])
+  out = jax.vmap(jax.vmap(lambda x, r: OPS[op](x, r)))(xx, rr)
+  for i in range(2):
+    for j in range(v):
+      np.testing.assert_array_equal(out[i, j], OPS[op](xx[i, j], rr[i, j]))
+  # grad of vmap.
+  g = jax.grad(lambda x: jnp.sum(jax.vmap(OPS[op])(x, rs) ** 2))(xs)
+  np.testing.assert_allclose(g, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_checkpoint(op):
+  x, rois = _inputs(1, "NCHW", "indexed")
+  loss = lambda x: jnp.sum(jnp.sin(OPS[op](x, rois)))
+  np.testing.assert_array_equal(jax.grad(jax.checkpoint(loss))(x), jax.grad(loss)(x))
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_grad_of_grad_matches_xla(op, layout):
+  """Hessian-vector products through the kernel's backward equal those of
+  the pure-JAX version (plain autodiff)."""
+  x, rois = _inputs(2, layout, "indexed")
+  direction = np.random.default_rng(3).standard_normal(x.shape).astype(np.float32)
+
+  def hvp(implementation):
+    loss = lambda x: jnp.sum(OPS[op](x, rois, layout=layout,
+                                     implementation=implementation) ** 3)
+    return jax.grad(lambda x: jnp.vdot(jax.grad(loss)(x), direction))(x)
+
+  np.testing.assert_allclose(hvp("ffi"), hvp("xla"), rtol=1e-5, atol=1e-5)
+
+
+def test_rois_get_zero_cotangent():
+  x, rois = _inputs(4, "NCHW", "indexed")
+  g = jax.grad(lambda r: jnp.sum(jax_roi.roi_pool(x, r, 2)))(rois)
+  np.testing.assert_array_equal(g, np.zeros_like(rois))
+
+
+def test_default_implementation_uses_the_kernel_on_cpu():
+  x, rois = _inputs(0, "NCHW", "indexed")
+  text = _compiled_text(lambda x, r: jax_roi.roi_pool(x, r, 2), x, rois)
+  assert 'custom_call_target="jax_roi_roi_pool_fwd_v1"' in text
+  text = _compiled_text(lambda x, r: jax_roi.roi_pool(x, r, 2, implementation="xla"),
+                        x, rois)
+  assert "jax_roi_" not in text
+
+
+def test_backward_is_deterministic():
+  x, rois = _inputs(7, "NCHW", "indexed", k=40)
+  rois[:, 0] = 0  # many overlapping RoIs on one image
+  g = jax.jit(jax.grad(lambda x: jnp.sum(jax_roi.roi_pool(x, rois, 4) ** 2)))
+  first = np.asarray(g(x))
+  for _ in range(3):
+    np.testing.assert_array_equal(np.asarray(g(x)), first)
