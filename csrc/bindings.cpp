@@ -8,9 +8,15 @@ namespace py = pybind11;
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiPoolForwardCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiPoolBackwardCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignForwardCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignBackwardCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignBoxGradCpu);
 #ifdef JAX_ROI_WITH_CUDA
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiPoolForwardCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiPoolBackwardCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignForwardCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignBackwardCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignBoxGradCuda);
 #endif
 
 namespace {
@@ -31,6 +37,9 @@ PYBIND11_MODULE(_jax_roi, m) {
     py::dict d;
     d["jax_roi_roi_pool_fwd_v1"] = capsule(JaxRoiPoolForwardCpu);
     d["jax_roi_roi_pool_bwd_v1"] = capsule(JaxRoiPoolBackwardCpu);
+    d["jax_roi_roi_align_fwd_v1"] = capsule(JaxRoiAlignForwardCpu);
+    d["jax_roi_roi_align_bwd_v1"] = capsule(JaxRoiAlignBackwardCpu);
+    d["jax_roi_roi_align_box_grad_v1"] = capsule(JaxRoiAlignBoxGradCpu);
     return d;
   });
   m.def("cuda_targets", [] {
@@ -38,6 +47,9 @@ PYBIND11_MODULE(_jax_roi, m) {
 #ifdef JAX_ROI_WITH_CUDA
     d["jax_roi_roi_pool_fwd_v1"] = capsule(JaxRoiPoolForwardCuda);
     d["jax_roi_roi_pool_bwd_v1"] = capsule(JaxRoiPoolBackwardCuda);
+    d["jax_roi_roi_align_fwd_v1"] = capsule(JaxRoiAlignForwardCuda);
+    d["jax_roi_roi_align_bwd_v1"] = capsule(JaxRoiAlignBackwardCuda);
+    d["jax_roi_roi_align_box_grad_v1"] = capsule(JaxRoiAlignBoxGradCuda);
 #endif
     return d;
   });

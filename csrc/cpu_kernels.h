@@ -3,6 +3,7 @@
 #ifndef JAX_ROI_CSRC_CPU_KERNELS_H_
 #define JAX_ROI_CSRC_CPU_KERNELS_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 
@@ -31,6 +32,20 @@ class SerialRunner final : public TaskRunner {
   }
 };
 
+// Splits [0, n) into at most `parts` contiguous ranges and runs
+// fn(begin, end) for each of them through the runner.
+template <typename F>
+void parallel_ranges(TaskRunner& runner, int64_t n, int64_t parts, F&& fn) {
+  if (n <= 0) return;
+  parts = std::max<int64_t>(1, std::min(parts, n));
+  const int64_t chunk = (n + parts - 1) / parts;
+  const int64_t tasks = (n + chunk - 1) / chunk;
+  runner.parallel_for(tasks, [&](int64_t t) {
+    const int64_t begin = t * chunk;
+    fn(begin, std::min(n, begin + chunk));
+  });
+}
+
 template <typename T, typename C>
 void roi_pool_forward(const PoolForwardArgs<T, C>& args, TaskRunner& runner);
 
@@ -38,6 +53,17 @@ void roi_pool_forward(const PoolForwardArgs<T, C>& args, TaskRunner& runner);
 // same order (RoI, then bin, ascending) whatever the number of threads.
 template <typename T, typename C>
 void roi_pool_backward(const PoolBackwardArgs<T, C>& args, TaskRunner& runner);
+
+template <typename T, typename C>
+void roi_align_forward(const AlignForwardArgs<T, C>& args, TaskRunner& runner);
+
+// Deterministic, like roi_pool_backward.
+template <typename T, typename C>
+void roi_align_backward(const AlignBackwardArgs<T, C>& args, TaskRunner& runner);
+
+// Deterministic: one task per block of RoIs, sums in a fixed order.
+template <typename T, typename C>
+void roi_align_box_grad(const AlignBoxGradArgs<T, C>& args, TaskRunner& runner);
 
 }  // namespace cpu
 }  // namespace jax_roi

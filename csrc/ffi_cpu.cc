@@ -85,6 +85,27 @@ struct CpuBackend {
     cpu::roi_pool_backward(args, runner);
     return ffi::Error::Success();
   }
+
+  template <typename T, typename C>
+  static ffi::Error roi_align_forward(Context pool, const AlignForwardArgs<T, C>& args) {
+    ThreadPoolRunner runner(pool);
+    cpu::roi_align_forward(args, runner);
+    return ffi::Error::Success();
+  }
+
+  template <typename T, typename C>
+  static ffi::Error roi_align_backward(Context pool, const AlignBackwardArgs<T, C>& args) {
+    ThreadPoolRunner runner(pool);
+    cpu::roi_align_backward(args, runner);
+    return ffi::Error::Success();
+  }
+
+  template <typename T, typename C>
+  static ffi::Error roi_align_box_grad(Context pool, const AlignBoxGradArgs<T, C>& args) {
+    ThreadPoolRunner runner(pool);
+    cpu::roi_align_box_grad(args, runner);
+    return ffi::Error::Success();
+  }
 };
 
 }  // namespace
@@ -95,3 +116,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiPoolForwardCpu, jax_roi::RoiPoolForward<jax_
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiPoolBackwardCpu,
                               jax_roi::RoiPoolBackward<jax_roi::CpuBackend>,
                               jax_roi::RoiPoolBackwardBinding<xla::ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignForwardCpu,
+                              jax_roi::RoiAlignForward<jax_roi::CpuBackend>,
+                              jax_roi::RoiAlignForwardBinding<xla::ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignBackwardCpu,
+                              jax_roi::RoiAlignBackward<jax_roi::CpuBackend>,
+                              jax_roi::RoiAlignBackwardBinding<xla::ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignBoxGradCpu,
+                              jax_roi::RoiAlignBoxGrad<jax_roi::CpuBackend>,
+                              jax_roi::RoiAlignBoxGradBinding<xla::ffi::ThreadPool>());

@@ -30,6 +30,21 @@ struct CudaBackend {
   static ffi::Error roi_pool_backward(Context stream, const PoolBackwardArgs<T, C>& args) {
     return cuda_status(cuda::roi_pool_backward(stream, args), "roi_pool backward");
   }
+
+  template <typename T, typename C>
+  static ffi::Error roi_align_forward(Context stream, const AlignForwardArgs<T, C>& args) {
+    return cuda_status(cuda::roi_align_forward(stream, args), "roi_align");
+  }
+
+  template <typename T, typename C>
+  static ffi::Error roi_align_backward(Context stream, const AlignBackwardArgs<T, C>& args) {
+    return cuda_status(cuda::roi_align_backward(stream, args), "roi_align backward");
+  }
+
+  template <typename T, typename C>
+  static ffi::Error roi_align_box_grad(Context stream, const AlignBoxGradArgs<T, C>& args) {
+    return cuda_status(cuda::roi_align_box_grad(stream, args), "roi_align box gradient");
+  }
 };
 
 using Stream = ffi::PlatformStream<cudaStream_t>;
@@ -44,4 +59,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiPoolForwardCuda,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiPoolBackwardCuda,
                               jax_roi::RoiPoolBackward<jax_roi::CudaBackend>,
                               jax_roi::RoiPoolBackwardBinding<jax_roi::Stream>(),
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignForwardCuda,
+                              jax_roi::RoiAlignForward<jax_roi::CudaBackend>,
+                              jax_roi::RoiAlignForwardBinding<jax_roi::Stream>(),
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignBackwardCuda,
+                              jax_roi::RoiAlignBackward<jax_roi::CudaBackend>,
+                              jax_roi::RoiAlignBackwardBinding<jax_roi::Stream>(),
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignBoxGradCuda,
+                              jax_roi::RoiAlignBoxGrad<jax_roi::CudaBackend>,
+                              jax_roi::RoiAlignBoxGradBinding<jax_roi::Stream>(),
                               {xla::ffi::Traits::kCmdBufferCompatible});

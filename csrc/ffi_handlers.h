@@ -16,6 +16,7 @@
 #include <limits>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "roi_args.h"
@@ -295,6 +296,158 @@ ffi::Error RoiPoolBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_ou
   });
 }
 
+// ---------------------------------------------------------------------------
+// RoIAlign
+// ---------------------------------------------------------------------------
+
+inline ffi::Error decode_align_options(std::string_view op, double spatial_scale,
+                                       int64_t sampling_ratio, bool aligned,
+                                       std::string_view mode, AlignOptions* o) {
+  JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
+  if (mode != "avg" && mode != "max") {
+    return invalid_argument(op, "mode must be \"avg\" or \"max\", got \"" + std::string(mode) +
+                                    "\"");
+  }
+  *o = AlignOptions{spatial_scale, sampling_ratio, aligned, mode == "max"};
+  return ffi::Error::Success();
+}
+
+// The max-mode argmax pair: both full-shaped int32, or both empty when not
+// needed (avg mode, or a forward whose gradient nobody asked for).
+inline ffi::Error check_argmax_pair(std::string_view op, const ffi::AnyBuffer& y,
+                                    const ffi::AnyBuffer& x, const std::vector<int64_t>& pooled,
+                                    bool required, bool* present) {
+  *present = y.element_count() > 0 || x.element_count() > 0;
+  if (!*present && !required) return ffi::Error::Success();
+  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "argmax_y", y.dimensions(), pooled));
+  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "argmax_x", x.dimensions(), pooled));
+  JAX_ROI_RETURN_IF_ERROR(check_dtype(op, "argmax_y", y.element_type(), ffi::DataType::S32));
+  return check_dtype(op, "argmax_x", x.element_type(), ffi::DataType::S32);
+}
+
+template <typename Backend>
+ffi::Error RoiAlignForward(typename Backend::Context ctx, ffi::AnyBuffer features,
+                           ffi::AnyBuffer rois, ffi::Result<ffi::AnyBuffer> output,
+                           ffi::Result<ffi::AnyBuffer> argmax_y,
+                           ffi::Result<ffi::AnyBuffer> argmax_x, double spatial_scale,
+                           int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                           bool aligned, std::string_view mode, std::string_view layout) {
+  constexpr std::string_view op = "roi_align";
+  RoiDims d;
+  AlignOptions o;
+  JAX_ROI_RETURN_IF_ERROR(decode_dims(op, "features", features.dimensions(), rois.dimensions(),
+                                      layout, pooled_height, pooled_width, &d));
+  JAX_ROI_RETURN_IF_ERROR(
+      decode_align_options(op, spatial_scale, sampling_ratio, aligned, mode, &o));
+  const std::vector<int64_t> pooled = pooled_shape(d, rois.dimensions());
+  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "output", output->dimensions(), pooled));
+  JAX_ROI_RETURN_IF_ERROR(
+      check_dtype(op, "output", output->element_type(), features.element_type()));
+  bool with_argmax;
+  JAX_ROI_RETURN_IF_ERROR(check_argmax_pair(op, *argmax_y, *argmax_x, pooled, false, &with_argmax));
+  if (with_argmax && !o.max_mode) {
+    return invalid_argument(op, "argmax outputs are only produced in max mode");
+  }
+  return dispatch_feature_type(op, "features", features.element_type(), [&](auto t) {
+    using T = decltype(t);
+    return dispatch_box_type(op, rois.element_type(), [&](auto c) {
+      using C = decltype(c);
+      if (output->element_count() == 0) return ffi::Error::Success();
+      AlignForwardArgs<T, C> args{d,
+                                  o,
+                                  data_as<T>(features),
+                                  data_as<C>(rois),
+                                  mutable_data_as<T>(*output),
+                                  with_argmax ? mutable_data_as<int32_t>(*argmax_y) : nullptr,
+                                  with_argmax ? mutable_data_as<int32_t>(*argmax_x) : nullptr};
+      return Backend::roi_align_forward(ctx, args);
+    });
+  });
+}
+
+template <typename Backend>
+ffi::Error RoiAlignBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
+                            ffi::AnyBuffer rois, ffi::AnyBuffer argmax_y, ffi::AnyBuffer argmax_x,
+                            ffi::Result<ffi::AnyBuffer> grad_features, double spatial_scale,
+                            int64_t pooled_height, int64_t pooled_width,
+                            int64_t sampling_ratio, bool aligned, std::string_view mode,
+                            std::string_view layout) {
+  constexpr std::string_view op = "roi_align backward";
+  RoiDims d;
+  AlignOptions o;
+  JAX_ROI_RETURN_IF_ERROR(decode_dims(op, "grad_features", grad_features->dimensions(),
+                                      rois.dimensions(), layout, pooled_height, pooled_width,
+                                      &d));
+  JAX_ROI_RETURN_IF_ERROR(
+      decode_align_options(op, spatial_scale, sampling_ratio, aligned, mode, &o));
+  const std::vector<int64_t> pooled = pooled_shape(d, rois.dimensions());
+  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "grad_output", grad_output.dimensions(), pooled));
+  bool with_argmax;
+  JAX_ROI_RETURN_IF_ERROR(
+      check_argmax_pair(op, argmax_y, argmax_x, pooled, o.max_mode, &with_argmax));
+  return dispatch_feature_type(op, "grad_output", grad_output.element_type(), [&](auto t) {
+    using T = decltype(t);
+    JAX_ROI_RETURN_IF_ERROR(check_dtype(op, "grad_features", grad_features->element_type(),
+                                        data_type_of<acc_t<T>>()));
+    return dispatch_box_type(op, rois.element_type(), [&](auto c) {
+      using C = decltype(c);
+      if (grad_features->element_count() == 0) return ffi::Error::Success();
+      AlignBackwardArgs<T, C> args{d,
+                                   o,
+                                   data_as<T>(grad_output),
+                                   data_as<C>(rois),
+                                   with_argmax ? data_as<int32_t>(argmax_y) : nullptr,
+                                   with_argmax ? data_as<int32_t>(argmax_x) : nullptr,
+                                   mutable_data_as<acc_t<T>>(*grad_features)};
+      return Backend::roi_align_backward(ctx, args);
+    });
+  });
+}
+
+template <typename Backend>
+ffi::Error RoiAlignBoxGrad(typename Backend::Context ctx, ffi::AnyBuffer features,
+                           ffi::AnyBuffer rois, ffi::AnyBuffer grad_output,
+                           ffi::AnyBuffer argmax_y, ffi::AnyBuffer argmax_x,
+                           ffi::Result<ffi::AnyBuffer> grad_rois, double spatial_scale,
+                           int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                           bool aligned, std::string_view mode, std::string_view layout) {
+  constexpr std::string_view op = "roi_align box gradient";
+  RoiDims d;
+  AlignOptions o;
+  JAX_ROI_RETURN_IF_ERROR(decode_dims(op, "features", features.dimensions(), rois.dimensions(),
+                                      layout, pooled_height, pooled_width, &d));
+  JAX_ROI_RETURN_IF_ERROR(
+      decode_align_options(op, spatial_scale, sampling_ratio, aligned, mode, &o));
+  const std::vector<int64_t> pooled = pooled_shape(d, rois.dimensions());
+  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "grad_output", grad_output.dimensions(), pooled));
+  JAX_ROI_RETURN_IF_ERROR(
+      check_dtype(op, "grad_output", grad_output.element_type(), features.element_type()));
+  const auto rd = rois.dimensions();
+  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "grad_rois", grad_rois->dimensions(),
+                                      std::vector<int64_t>(rd.begin(), rd.end())));
+  JAX_ROI_RETURN_IF_ERROR(
+      check_dtype(op, "grad_rois", grad_rois->element_type(), rois.element_type()));
+  bool with_argmax;
+  JAX_ROI_RETURN_IF_ERROR(
+      check_argmax_pair(op, argmax_y, argmax_x, pooled, o.max_mode, &with_argmax));
+  return dispatch_feature_type(op, "features", features.element_type(), [&](auto t) {
+    using T = decltype(t);
+    return dispatch_box_type(op, rois.element_type(), [&](auto c) {
+      using C = decltype(c);
+      if (grad_rois->element_count() == 0) return ffi::Error::Success();
+      AlignBoxGradArgs<T, C> args{d,
+                                  o,
+                                  data_as<T>(features),
+                                  data_as<C>(rois),
+                                  data_as<T>(grad_output),
+                                  with_argmax ? data_as<int32_t>(argmax_y) : nullptr,
+                                  with_argmax ? data_as<int32_t>(argmax_x) : nullptr,
+                                  mutable_data_as<C>(*grad_rois)};
+      return Backend::roi_align_box_grad(ctx, args);
+    });
+  });
+}
+
 // Bindings: the same operands and attributes on every platform, only the
 // execution context differs.
 template <typename Ctx>
@@ -320,6 +473,53 @@ auto RoiPoolBackwardBinding() {
       .template Arg<ffi::AnyBuffer>()  // rois
       .template Ret<ffi::AnyBuffer>()  // grad_features
       .template Attr<std::string_view>("layout");
+}
+
+// RoIAlign's attributes, shared by its three targets.
+template <typename Binding>
+auto WithAlignAttrs(Binding b) {
+  return std::move(b)
+      .template Attr<double>("spatial_scale")
+      .template Attr<int64_t>("pooled_height")
+      .template Attr<int64_t>("pooled_width")
+      .template Attr<int64_t>("sampling_ratio")
+      .template Attr<bool>("aligned")
+      .template Attr<std::string_view>("mode")
+      .template Attr<std::string_view>("layout");
+}
+
+template <typename Ctx>
+auto RoiAlignForwardBinding() {
+  return WithAlignAttrs(ffi::Ffi::Bind()
+                            .Ctx<Ctx>()
+                            .template Arg<ffi::AnyBuffer>()    // features
+                            .template Arg<ffi::AnyBuffer>()    // rois
+                            .template Ret<ffi::AnyBuffer>()    // output
+                            .template Ret<ffi::AnyBuffer>()    // argmax_y (max mode, or empty)
+                            .template Ret<ffi::AnyBuffer>());  // argmax_x (max mode, or empty)
+}
+
+template <typename Ctx>
+auto RoiAlignBackwardBinding() {
+  return WithAlignAttrs(ffi::Ffi::Bind()
+                            .Ctx<Ctx>()
+                            .template Arg<ffi::AnyBuffer>()    // grad_output
+                            .template Arg<ffi::AnyBuffer>()    // rois
+                            .template Arg<ffi::AnyBuffer>()    // argmax_y
+                            .template Arg<ffi::AnyBuffer>()    // argmax_x
+                            .template Ret<ffi::AnyBuffer>());  // grad_features
+}
+
+template <typename Ctx>
+auto RoiAlignBoxGradBinding() {
+  return WithAlignAttrs(ffi::Ffi::Bind()
+                            .Ctx<Ctx>()
+                            .template Arg<ffi::AnyBuffer>()    // features
+                            .template Arg<ffi::AnyBuffer>()    // rois
+                            .template Arg<ffi::AnyBuffer>()    // grad_output
+                            .template Arg<ffi::AnyBuffer>()    // argmax_y
+                            .template Arg<ffi::AnyBuffer>()    // argmax_x
+                            .template Ret<ffi::AnyBuffer>());  // grad_rois
 }
 
 }  // namespace jax_roi

@@ -85,6 +85,136 @@ __global__ void roi_pool_backward_kernel(PoolBackwardArgs<T, C> a, int64_t total
   }
 }
 
+template <typename T, typename C>
+__global__ void roi_align_forward_kernel(AlignForwardArgs<T, C> a, int64_t total) {
+  using A = acc_t<T>;
+  const RoiDims& d = a.dims;
+  const AlignOptions& o = a.options;
+  const int64_t step = d.layout == Layout::kNCHW ? 1 : d.channels;
+  const int64_t W = d.width;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    int64_t k, c, ph, pw;
+    split_output_index(d, i, &k, &c, &ph, &pw);
+    const Box<C> box = read_box(a.rois, k, d);
+    const AlignRoi<C> r =
+        align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+    const AlignBin b = align_bin(r, ph, pw, d);
+    const T* base = a.features + feature_index_hw(d, r.empty ? 0 : box.image, c, 0);
+    auto value = [&](const Bilinear<C>& s) {
+      return bilinear_value(static_cast<A>(s.w1), static_cast<A>(s.w2), static_cast<A>(s.w3),
+                            static_cast<A>(s.w4), load(base + (s.y_low * W + s.x_low) * step),
+                            load(base + (s.y_low * W + s.x_high) * step),
+                            load(base + (s.y_high * W + s.x_low) * step),
+                            load(base + (s.y_high * W + s.x_high) * step));
+    };
+    if (!o.max_mode) {
+      A sum = A(0);
+      for_each_sample(r, b, ph, pw, d,
+                      [&](int64_t, int64_t, const Bilinear<C>& s) { sum += value(s); });
+      store(a.output + i, sum / static_cast<A>(r.count));
+    } else {
+      MaxSample<A> m;
+      m.init();
+      for_each_sample(r, b, ph, pw, d, [&](int64_t iy, int64_t ix, const Bilinear<C>& s) {
+        m.offer(value(s), iy * b.grid_w + ix, iy, ix);
+      });
+      m.finish(b, first_outside(b));
+      store(a.output + i, m.value);
+      if (a.argmax_y != nullptr) {
+        a.argmax_y[i] = static_cast<int32_t>(m.iy);
+        a.argmax_x[i] = static_cast<int32_t>(m.ix);
+      }
+    }
+  }
+}
+
+template <typename T, typename C>
+__global__ void roi_align_backward_kernel(AlignBackwardArgs<T, C> a, int64_t total) {
+  using A = acc_t<T>;
+  const RoiDims& d = a.dims;
+  const AlignOptions& o = a.options;
+  const int64_t step = d.layout == Layout::kNCHW ? 1 : d.channels;
+  const int64_t W = d.width;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    int64_t k, c, ph, pw;
+    split_output_index(d, i, &k, &c, &ph, &pw);
+    const Box<C> box = read_box(a.rois, k, d);
+    if (box.image < 0) continue;
+    const AlignRoi<C> r =
+        align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+    A* grad = a.grad_features + feature_index_hw(d, box.image, c, 0);
+    const A g = load(a.grad_output + i);
+    auto scatter = [&](const Bilinear<C>& s, A scale) {
+      atomicAdd(grad + (s.y_low * W + s.x_low) * step, g * static_cast<A>(s.w1) / scale);
+      atomicAdd(grad + (s.y_low * W + s.x_high) * step, g * static_cast<A>(s.w2) / scale);
+      atomicAdd(grad + (s.y_high * W + s.x_low) * step, g * static_cast<A>(s.w3) / scale);
+      atomicAdd(grad + (s.y_high * W + s.x_high) * step, g * static_cast<A>(s.w4) / scale);
+    };
+    if (!o.max_mode) {
+      const AlignBin b = align_bin(r, ph, pw, d);
+      const A count = static_cast<A>(r.count);
+      for_each_sample(r, b, ph, pw, d,
+                      [&](int64_t, int64_t, const Bilinear<C>& s) { scatter(s, count); });
+    } else {
+      const Bilinear<C> s = winning_sample(r, ph, pw, a.argmax_y[i], a.argmax_x[i], d);
+      if (s.valid) scatter(s, A(1));
+    }
+  }
+}
+
+// One thread per RoI: sums over channels, bins and samples in a fixed order
+// (deterministic, no atomics).
+template <typename T, typename C>
+__global__ void roi_align_box_grad_kernel(AlignBoxGradArgs<T, C> a) {
+  const RoiDims& d = a.dims;
+  const AlignOptions& o = a.options;
+  const int64_t step = d.layout == Layout::kNCHW ? 1 : d.channels;
+  const int64_t W = d.width;
+  const int64_t row = d.rois_per_image > 0 ? 4 : 5;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < d.num_rois;
+       k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    C* out = a.grad_rois + k * row;
+    for (int64_t j = 0; j < row; ++j) out[j] = C(0);
+    const Box<C> box = read_box(a.rois, k, d);
+    if (box.image < 0) continue;
+    const AlignRoi<C> r =
+        align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+    if (r.empty) continue;
+    BoxGradSums sums;
+    const double inv_count = o.max_mode ? 1.0 : 1.0 / static_cast<double>(r.count);
+    for (int64_t c = 0; c < d.channels; ++c) {
+      const T* base = a.features + feature_index_hw(d, box.image, c, 0);
+      auto add = [&](int64_t ph, int64_t pw, int64_t iy, int64_t ix, const Bilinear<C>& s,
+                     double g) {
+        sums.add(s, load(base + (s.y_low * W + s.x_low) * step),
+                 load(base + (s.y_low * W + s.x_high) * step),
+                 load(base + (s.y_high * W + s.x_low) * step),
+                 load(base + (s.y_high * W + s.x_high) * step), g,
+                 sample_coord_dbin<C>(ph, iy, r.grid_h), sample_coord_dbin<C>(pw, ix, r.grid_w));
+      };
+      for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
+        for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
+          const int64_t out_index = output_index(d, k, c, ph, pw);
+          const double g = static_cast<double>(load(a.grad_output + out_index)) * inv_count;
+          if (!o.max_mode) {
+            const AlignBin b = align_bin(r, ph, pw, d);
+            for_each_sample(r, b, ph, pw, d, [&](int64_t iy, int64_t ix, const Bilinear<C>& s) {
+              add(ph, pw, iy, ix, s, g);
+            });
+          } else {
+            const int64_t iy = a.argmax_y[out_index], ix = a.argmax_x[out_index];
+            const Bilinear<C> s = winning_sample(r, ph, pw, iy, ix, d);
+            if (s.valid) add(ph, pw, iy, ix, s, g);
+          }
+        }
+      }
+    }
+    sums.write(r, o.spatial_scale, d, out + (row - 4));
+  }
+}
+
 }  // namespace
 
 template <typename T, typename C>
@@ -110,11 +240,50 @@ cudaError_t roi_pool_backward(cudaStream_t stream, const PoolBackwardArgs<T, C>&
   return cudaGetLastError();
 }
 
+template <typename T, typename C>
+cudaError_t roi_align_forward(cudaStream_t stream, const AlignForwardArgs<T, C>& args) {
+  const RoiDims& d = args.dims;
+  const int64_t total = d.num_rois * d.channels * d.pooled_height * d.pooled_width;
+  if (total == 0) return cudaSuccess;
+  roi_align_forward_kernel<T, C><<<num_blocks(total), kThreads, 0, stream>>>(args, total);
+  return cudaGetLastError();
+}
+
+template <typename T, typename C>
+cudaError_t roi_align_backward(cudaStream_t stream, const AlignBackwardArgs<T, C>& args) {
+  const RoiDims& d = args.dims;
+  const int64_t grad_size = d.batch * d.channels * d.height * d.width;
+  if (grad_size == 0) return cudaSuccess;
+  cudaError_t err =
+      cudaMemsetAsync(args.grad_features, 0, sizeof(acc_t<T>) * grad_size, stream);
+  if (err != cudaSuccess) return err;
+  const int64_t total = d.num_rois * d.channels * d.pooled_height * d.pooled_width;
+  if (total == 0) return cudaSuccess;
+  roi_align_backward_kernel<T, C><<<num_blocks(total), kThreads, 0, stream>>>(args, total);
+  return cudaGetLastError();
+}
+
+template <typename T, typename C>
+cudaError_t roi_align_box_grad(cudaStream_t stream, const AlignBoxGradArgs<T, C>& args) {
+  const int64_t k = args.dims.num_rois;
+  if (k == 0) return cudaSuccess;
+  roi_align_box_grad_kernel<T, C><<<num_blocks(k), kThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
 #define JAX_ROI_INSTANTIATE_POOL(T, C)                                                     \
   template cudaError_t roi_pool_forward<T, C>(cudaStream_t, const PoolForwardArgs<T, C>&); \
   template cudaError_t roi_pool_backward<T, C>(cudaStream_t, const PoolBackwardArgs<T, C>&);
 JAX_ROI_FOR_EACH_TYPE_PAIR(JAX_ROI_INSTANTIATE_POOL)
 #undef JAX_ROI_INSTANTIATE_POOL
+
+#define JAX_ROI_INSTANTIATE_ALIGN(T, C)                                                      \
+  template cudaError_t roi_align_forward<T, C>(cudaStream_t, const AlignForwardArgs<T, C>&); \
+  template cudaError_t roi_align_backward<T, C>(cudaStream_t,                                \
+                                                const AlignBackwardArgs<T, C>&);             \
+  template cudaError_t roi_align_box_grad<T, C>(cudaStream_t, const AlignBoxGradArgs<T, C>&);
+JAX_ROI_FOR_EACH_TYPE_PAIR(JAX_ROI_INSTANTIATE_ALIGN)
+#undef JAX_ROI_INSTANTIATE_ALIGN
 
 }  // namespace cuda
 }  // namespace jax_roi

@@ -18,6 +18,15 @@ cudaError_t roi_pool_forward(cudaStream_t stream, const PoolForwardArgs<T, C>& a
 template <typename T, typename C>
 cudaError_t roi_pool_backward(cudaStream_t stream, const PoolBackwardArgs<T, C>& args);
 
+template <typename T, typename C>
+cudaError_t roi_align_forward(cudaStream_t stream, const AlignForwardArgs<T, C>& args);
+
+template <typename T, typename C>
+cudaError_t roi_align_backward(cudaStream_t stream, const AlignBackwardArgs<T, C>& args);
+
+template <typename T, typename C>
+cudaError_t roi_align_box_grad(cudaStream_t stream, const AlignBoxGradArgs<T, C>& args);
+
 }  // namespace cuda
 }  // namespace jax_roi
 

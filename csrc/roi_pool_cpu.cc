@@ -12,18 +12,6 @@ namespace {
 
 // Splits [0, n) into at most `parts` contiguous ranges and runs
 // fn(begin, end) for each of them through the runner.
-template <typename F>
-void parallel_ranges(TaskRunner& runner, int64_t n, int64_t parts, F&& fn) {
-  if (n <= 0) return;
-  parts = std::max<int64_t>(1, std::min(parts, n));
-  const int64_t chunk = (n + parts - 1) / parts;
-  const int64_t tasks = (n + chunk - 1) / chunk;
-  runner.parallel_for(tasks, [&](int64_t t) {
-    const int64_t begin = t * chunk;
-    fn(begin, std::min(n, begin + chunk));
-  });
-}
-
 template <typename T, typename C>
 void pool_forward_rois(const PoolForwardArgs<T, C>& a, int64_t k_begin, int64_t k_end) {
   using A = acc_t<T>;

@@ -140,3 +140,21 @@ def canonicalize(features: Any, rois: Any, output_size: Any, *,
     rois = rois[..., np.array(perm)]
   args = RoiArgs(pooled, scale, layout, tuple(features.shape), np.dtype(features.dtype))
   return features, rois, args
+
+
+MODES = ("avg", "max")
+
+
+def int_value(value: Any, name: str) -> int:
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be an int, got {value!r}")
+  try:
+    return operator.index(value)
+  except TypeError as e:
+    raise TypeError(f"{name} must be an int, got {value!r}") from e
+
+
+def bool_value(value: Any, name: str) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a bool, got {value!r}")
+  return bool(value)

@@ -60,7 +60,7 @@ _register()
 IMAGE = "image"  # leading axis: the N images (features, feature gradients)
 ROI = "roi"  # leading axes: rois.shape[:-1], i.e. (K,) or (N, R)
 ROIS = "rois"  # the boxes: (K, 5) or (N, R, 4)
-NONE = "none"  # a result that is not batched (an empty placeholder)
+NONE = "none"  # an unbatched operand or result (an empty placeholder)
 
 # Computes the result types from the operands, the image shape (the features'
 # shape, whose first entry the batching rule may change) and the attributes.
@@ -146,6 +146,8 @@ def _fold(k: Kernel, image_shape: tuple, size: int, batched: list[bool],
     for x, b, role in zip(args, batched, roles):
       if role == IMAGE:
         out_args.append(_merge_leading(expand(x, b)))
+      elif role == NONE:
+        out_args.append(x)
       elif role == ROIS and indexed:
         x = expand(x, batched[rois_at])
         images = roi_images(x, n)
@@ -189,7 +191,13 @@ def _fold(k: Kernel, image_shape: tuple, size: int, batched: list[bool],
   def unfold_rois(outs):
     res = []
     for y, role in zip(outs, k.result_roles):
-      res.append(y if role == NONE else y.reshape(lead_shape + y.shape[1:]))
+      if role == NONE:
+        res.append(y)
+        continue
+      y = y.reshape(lead_shape + y.shape[1:])
+      if role == ROIS and not indexed:
+        y = y[..., 1:]  # (size, N, R, 5) rows back to the (size, N, R, 4) boxes
+      res.append(y)
     return tuple(res), tuple(role != NONE for role in k.result_roles)
 
   return out_args, tuple(image_shape), unfold_rois
@@ -261,4 +269,96 @@ def roi_pool_backward(grad_output, argmax, rois, *, image_shape, layout):
   k = Kernel("jax_roi_roi_pool_bwd_v1", (ROI, ROI, ROIS), (IMAGE,),
              _roi_pool_bwd_results, (("layout", layout),))
   (grad,) = kernel(k, image_shape, grad_output, argmax, rois)
+  return grad
+
+
+# ---------------------------------------------------------------------------
+# RoIAlign
+# ---------------------------------------------------------------------------
+
+
+class AlignOptions(NamedTuple):
+  output_size: tuple[int, int]
+  spatial_scale: float
+  sampling_ratio: int
+  aligned: bool
+  mode: str
+  layout: str
+
+  def attrs(self):
+    return (("spatial_scale", np.float64(self.spatial_scale)),
+            ("pooled_height", np.int64(self.output_size[0])),
+            ("pooled_width", np.int64(self.output_size[1])),
+            ("sampling_ratio", np.int64(self.sampling_ratio)),
+            ("aligned", bool(self.aligned)),
+            ("mode", self.mode),
+            ("layout", self.layout))
+
+
+def _pooled_of(args, image_shape, attrs):
+  rois = args[1]
+  return pooled_shape(rois.shape, channels_of(image_shape, attrs["layout"]),
+                      (int(attrs["pooled_height"]), int(attrs["pooled_width"])),
+                      attrs["layout"])
+
+
+def _align_fwd_results(args, image_shape, attrs):
+  shape = _pooled_of(args, image_shape, attrs)
+  out = jax.ShapeDtypeStruct(shape, args[0].dtype)
+  if attrs["mode"] == "max":
+    return out, jax.ShapeDtypeStruct(shape, jnp.int32), jax.ShapeDtypeStruct(shape, jnp.int32)
+  return out, _EMPTY, _EMPTY
+
+
+def _align_fwd_no_argmax_results(args, image_shape, attrs):
+  return _align_fwd_results(args, image_shape, dict(attrs, mode="avg"))[:1] + (_EMPTY, _EMPTY)
+
+
+_EMPTY = jax.ShapeDtypeStruct((0,), jnp.int32)
+
+
+def _align_bwd_results(args, image_shape, attrs):
+  return (jax.ShapeDtypeStruct(image_shape, acc_dtype(args[0].dtype)),)
+
+
+def _align_box_grad_results(args, image_shape, attrs):
+  rois = args[1]
+  return (jax.ShapeDtypeStruct(rois.shape, rois.dtype),)
+
+
+def empty_argmax():
+  return jnp.zeros((0,), jnp.int32)
+
+
+def roi_align_forward(features, rois, options: AlignOptions, with_argmax: bool):
+  """Returns (output, argmax_y, argmax_x); the argmax pair (max mode) is an
+  empty placeholder unless asked for."""
+  if with_argmax and options.mode == "max":
+    k = Kernel("jax_roi_roi_align_fwd_v1", (IMAGE, ROIS), (ROI, ROI, ROI),
+               _align_fwd_results, options.attrs())
+  else:
+    k = Kernel("jax_roi_roi_align_fwd_v1", (IMAGE, ROIS), (ROI, NONE, NONE),
+               _align_fwd_no_argmax_results, options.attrs())
+  return kernel(k, features.shape, features, rois)
+
+
+def _argmax_roles(options: AlignOptions):
+  return (ROI, ROI) if options.mode == "max" else (NONE, NONE)
+
+
+def roi_align_backward(grad_output, rois, argmax_y, argmax_x, *, image_shape,
+                       options: AlignOptions):
+  """Feature gradient (in the accumulation dtype) of RoIAlign."""
+  k = Kernel("jax_roi_roi_align_bwd_v1", (ROI, ROIS) + _argmax_roles(options), (IMAGE,),
+             _align_bwd_results, options.attrs())
+  (grad,) = kernel(k, image_shape, grad_output, rois, argmax_y, argmax_x)
+  return grad
+
+
+def roi_align_box_grad(features, rois, grad_output, argmax_y, argmax_x,
+                       options: AlignOptions):
+  """Gradient of sum(output * grad_output) w.r.t. the rois (rois' shape)."""
+  k = Kernel("jax_roi_roi_align_box_grad_v1", (IMAGE, ROIS, ROI) + _argmax_roles(options),
+             (ROIS,), _align_box_grad_results, options.attrs())
+  (grad,) = kernel(k, features.shape, features, rois, grad_output, argmax_y, argmax_x)
   return grad

@@ -29,14 +29,17 @@ backbone has ``spatial_scale=1/16``).
 from __future__ import annotations
 
 import functools
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jax.custom_derivatives import SymbolicZero
+
 from jax_roi import _args, _ffi, _xla
 from jax_roi._args import RoiArgs
+from jax_roi._ffi import AlignOptions
 
 Layout = Literal["NCHW", "NHWC"]
 BoxOrder = Literal["xyxy", "yxyx"]
@@ -203,3 +206,223 @@ def _roi_pool_grad_bwd(args: RoiArgs, residuals, gg):
 
 
 _roi_pool_grad.defvjp(_roi_pool_grad_fwd, _roi_pool_grad_bwd)
+
+
+# ---------------------------------------------------------------------------
+# RoIAlign
+# ---------------------------------------------------------------------------
+
+
+class AlignArgs(NamedTuple):
+  """Static configuration of a roi_align call (hashable)."""
+
+  base: RoiArgs
+  sampling_ratio: int
+  aligned: bool
+  mode: str
+
+  @property
+  def options(self) -> AlignOptions:
+    b = self.base
+    return AlignOptions(b.output_size, b.spatial_scale, self.sampling_ratio, self.aligned,
+                        self.mode, b.layout)
+
+
+def roi_align(features: jax.Array,
+              rois: jax.Array,
+              output_size: int | Sequence[int],
+              *,
+              spatial_scale: float = 1.0,
+              sampling_ratio: int = -1,
+              aligned: bool = False,
+              mode: Literal["avg", "max"] = "avg",
+              layout: Layout = "NCHW",
+              box_order: BoxOrder = "xyxy",
+              implementation: Implementation = None) -> jax.Array:
+  """RoIAlign (Mask R-CNN); ``mode="avg"`` is exactly torchvision.ops.roi_align.
+
+  Each RoI is split into a ``PH x PW`` grid of bins without any rounding;
+  each bin is sampled on a regular sub-grid of points, each sample is a
+  bilinear interpolation of the feature map, and the bin's output is the
+  mean (``mode="avg"``) or the maximum (``mode="max"``) of its samples:
+
+  * ``offset = 0.5`` if ``aligned`` else 0; start ``xs = x1 * s - offset``,
+    end ``xe = x2 * s - offset`` (``s`` is spatial_scale), likewise y; size
+    ``roi_w = xe - xs``, forced to at least 1 pixel when not aligned (an
+    aligned inverted box samples in reverse, a zero-size one is one point);
+  * bin size ``bin_w = roi_w / PW``; samples per bin along x:
+    ``sampling_ratio`` if > 0, else adaptive ``ceil(roi_w / PW)``;
+  * sample ``ix`` of bin ``pw`` sits at
+    ``x = xs + pw * bin_w + (ix + 0.5) * bin_w / grid_w`` (likewise y);
+  * a sample beyond one pixel outside the map (``y < -1``, ``y > H``, ...,
+    or NaN) is zero; within one pixel outside it replicates the edge;
+    otherwise it interpolates its four neighbours bilinearly;
+  * avg: the sum of the samples divided by ``max(grid_h * grid_w, 1)``
+    (a bin without samples outputs 0);
+  * max: the largest sample, scanning row by row with a strict ``>`` from
+    ``-FLT_MAX`` (ties: first sample; NaN never wins; samples outside the
+    map count as zeros, as in mmcv); a bin without samples outputs 0. Its
+    gradient flows to the four neighbours of the winning sample, weighted
+    by its bilinear weights.
+
+  With float32 (float64) features and RoIs the CPU forward of the avg mode is
+  bit-identical to torchvision's.
+
+  Gradients: w.r.t. ``features`` (deterministic on the CPU); w.r.t. the box
+  coordinates, the analytic derivative of the sample positions and bilinear
+  weights (zero where the output is locally constant: the 1-pixel minimum
+  size when not aligned, samples clamped to the edge or outside the map;
+  the adaptive grid size is piecewise constant and contributes nothing); the
+  batch-index column gets zero. Gradients of gradients w.r.t. ``features``
+  are supported; second derivatives through the box gradient raise
+  ``NotImplementedError``.
+
+  Args:
+    features: ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC) feature maps
+      of dtype float32, float64, float16 or bfloat16 (half types are computed
+      in float32 and returned in their own dtype).
+    rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` or ``(N, R, 4)``
+      boxes per image, in input-image pixels; see the module docstring.
+    output_size: ``PH`` = ``PW`` as an int, or ``(PH, PW)``.
+    spatial_scale: feature-map pixels per input pixel. For a 224-pixel image
+      and a 14x14 feature map, 14 / 224 = 0.0625: the box [0, 0, 224, 224]
+      then covers the whole map. Static, finite, >= 0. Default: 1.0.
+    sampling_ratio: samples per bin along each axis; <= 0 means adaptive,
+      ``ceil(roi_size / output_size)``. Default: -1.
+    aligned: shift the box by -0.5 pixel so that pixel centres sit at
+      integer + 0.5 coordinates (detectron2's ROIAlignV2), and allow boxes
+      smaller than one pixel. Default: False (torchvision's default).
+    mode: ``"avg"`` (default) or ``"max"``.
+    layout: ``"NCHW"`` (default) or ``"NHWC"``.
+    box_order: ``"xyxy"`` (default) or ``"yxyx"``.
+    implementation: ``None`` (default), ``"ffi"`` or ``"xla"``, as for
+      :func:`roi_pool`.
+
+  Returns:
+    ``(K, C, PH, PW)``, ``(K, PH, PW, C)``, ``(N, R, C, PH, PW)`` or
+    ``(N, R, PH, PW, C)`` in the features' dtype.
+
+  Raises:
+    TypeError, ValueError: as for :func:`roi_pool`; also a non-int
+      sampling_ratio, a non-bool aligned or an unknown mode.
+  """
+  sampling_ratio = _args.int_value(sampling_ratio, "sampling_ratio")
+  aligned = _args.bool_value(aligned, "aligned")
+  _args.choice(mode, "mode", _args.MODES)
+  features, rois, base = _args.canonicalize(
+      features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
+      box_order=box_order, implementation=implementation)
+  args = AlignArgs(base, sampling_ratio, aligned, mode)
+  return _dispatch(implementation, _roi_align_ffi, _xla.roi_align, features, rois, args)
+
+
+def _zeros_if_symbolic(x):
+  return jnp.zeros(x.shape, x.dtype) if isinstance(x, SymbolicZero) else x
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _roi_align_ffi(features, rois, args: AlignArgs):
+  out, _, _ = _ffi.roi_align_forward(features, rois, args.options, with_argmax=False)
+  return out
+
+
+# Residuals record, in their (static) tree structure, which cotangents the
+# backward must produce: the box gradient costs a pass over the features, and
+# is skipped (and the features not kept) when the boxes are not
+# differentiated.
+def _roi_align_ffi_fwd(features, rois, args: AlignArgs):
+  f, r = features.value, rois.value
+  if args.mode == "max":
+    out, argmax_y, argmax_x = _roi_align_max(f, r, args)
+  else:
+    out = _roi_align_ffi(f, r, args)
+    argmax_y = argmax_x = _ffi.empty_argmax()
+  need_features = () if features.perturbed else None
+  box_inputs = (f, ()) if rois.perturbed else None
+  return out, (r, argmax_y, argmax_x, need_features, box_inputs)
+
+
+def _roi_align_ffi_bwd(args: AlignArgs, residuals, g):
+  rois, argmax_y, argmax_x, need_features, box_inputs = residuals
+  g = _zeros_if_symbolic(g)
+  grad_features = grad_rois = None
+  if need_features is not None:
+    grad_features = _roi_align_grad(g, rois, argmax_y, argmax_x, args).astype(args.base.dtype)
+  if box_inputs is not None:
+    grad_rois = _roi_align_box_grad(box_inputs[0], rois, g, argmax_y, argmax_x, args)
+  return grad_features, grad_rois
+
+
+_roi_align_ffi.defvjp(_roi_align_ffi_fwd, _roi_align_ffi_bwd, symbolic_zeros=True)
+
+
+# Max mode: the forward with its argmax pair, differentiable so that the
+# forward pass of a gradient can be differentiated again.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _roi_align_max(features, rois, args: AlignArgs):
+  return _ffi.roi_align_forward(features, rois, args.options, with_argmax=True)
+
+
+def _roi_align_max_fwd(features, rois, args: AlignArgs):
+  out, argmax_y, argmax_x = _roi_align_max(features.value, rois.value, args)
+  need_features = () if features.perturbed else None
+  box_inputs = (features.value, ()) if rois.perturbed else None
+  return (out, argmax_y, argmax_x), (rois.value, argmax_y, argmax_x, need_features,
+                                     box_inputs)
+
+
+def _roi_align_max_bwd(args: AlignArgs, residuals, cotangents):
+  return _roi_align_ffi_bwd(args, residuals, cotangents[0])
+
+
+_roi_align_max.defvjp(_roi_align_max_fwd, _roi_align_max_bwd, symbolic_zeros=True)
+
+
+# The feature gradient is linear in its cotangent g; its VJP is the forward
+# op applied to the incoming cotangent (avg), or the bilinear value of that
+# cotangent at each winning sample (max).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _roi_align_grad(g, rois, argmax_y, argmax_x, args: AlignArgs):
+  return _ffi.roi_align_backward(g, rois, argmax_y, argmax_x,
+                                 image_shape=args.base.image_shape, options=args.options)
+
+
+def _roi_align_grad_fwd(g, rois, argmax_y, argmax_x, args: AlignArgs):
+  return _roi_align_grad(g, rois, argmax_y, argmax_x, args), (rois, argmax_y, argmax_x)
+
+
+def _roi_align_grad_bwd(args: AlignArgs, residuals, gg):
+  rois, argmax_y, argmax_x = residuals
+  gg = gg.astype(args.base.dtype)
+  if args.mode == "avg":
+    ct = _roi_align_ffi(gg, rois, args)
+  else:
+    ct = _xla.align_at_winners(gg, rois, argmax_y, argmax_x, args)
+  return ct.astype(args.base.dtype), None, None, None
+
+
+_roi_align_grad.defvjp(_roi_align_grad_fwd, _roi_align_grad_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _roi_align_box_grad(features, rois, g, argmax_y, argmax_x, args: AlignArgs):
+  return _ffi.roi_align_box_grad(features, rois, g, argmax_y, argmax_x, args.options)
+
+
+def _roi_align_box_grad_fwd(features, rois, g, argmax_y, argmax_x, args: AlignArgs):
+  out = _roi_align_box_grad(features.value, rois.value, g.value, argmax_y.value,
+                            argmax_x.value, args)
+  return out, (features.value, rois.value, g.value)
+
+
+def _roi_align_box_grad_bwd(args: AlignArgs, residuals, ct):
+  if not isinstance(ct, SymbolicZero):
+    raise NotImplementedError(
+        "roi_align: second derivatives through the box gradient are not implemented"
+        " (gradients of gradients w.r.t. the features are)")
+  features, rois, g = residuals
+  return (jnp.zeros_like(features), jnp.zeros_like(rois), jnp.zeros_like(g), None, None)
+
+
+_roi_align_box_grad.defvjp(_roi_align_box_grad_fwd, _roi_align_box_grad_bwd,
+                           symbolic_zeros=True)

@@ -130,3 +130,323 @@ def roi_pool_grad(features_shape, rois, cotangent, argmax, layout="NCHW"):
           if a >= 0:
             grad[image, c, a // w_size, a % w_size] += ct_rows[k, c, ph, pw]
   return grad if layout == "NCHW" else grad.transpose(0, 2, 3, 1)
+
+
+# ---------------------------------------------------------------------------
+# RoIAlign (torchvision roi_align semantics; max mode as an extension)
+# ---------------------------------------------------------------------------
+
+GRID_LIMIT = 2**31 - 1  # the adaptive grid size is clamped to the int32 range
+# Bins with more samples than this are iterated sparsely: only samples whose
+# coordinate lies in [-1, size] (found by bisection), with runs of equal
+# coordinates merged, plus the first out-of-range sample of each axis.
+FULL_GRID_SAMPLES = 1 << 16
+
+
+class _AlignGeometry:
+  """Per-RoI quantities of roi_align, all in the coordinate type ct."""
+
+  def __init__(self, xs, ys, bin_w, bin_h, gw, gh, count, w_min, h_min):
+    self.xs, self.ys = xs, ys  # scaled start
+    self.bin_w, self.bin_h = bin_w, bin_h  # bin size
+    self.gw, self.gh = gw, gh  # sampling grid per bin (Python ints, may be <= 0)
+    self.count = count  # ct(max(gh*gw, 1))
+    self.w_min, self.h_min = w_min, h_min  # the 1-pixel minimum size applied
+
+
+def _coord_type(rois, coord_dtype):
+  return np.dtype(coord_dtype or (np.float64 if rois.dtype == np.float64 else np.float32)).type
+
+
+def _grid_size(bin_size) -> int:
+  """(int)ceil(bin), clamped to the int32 range (NaN: 0)."""
+  v = float(bin_size)
+  if math.isnan(v):
+    return 0
+  return int(math.ceil(min(max(v, -GRID_LIMIT), GRID_LIMIT)))
+
+
+def _align_geometry(box, output_size, spatial_scale, sampling_ratio, aligned, ct):
+  """Start, bin size and grid of one RoI, or None for an empty (non-finite) RoI."""
+  ph_count, pw_count = output_size
+  off = ct(0.5 if aligned else 0.0)
+  s = ct(spatial_scale)
+  # xs = x1*s - off, ..., in ct
+  xs = ct(box[0]) * s - off
+  ys = ct(box[1]) * s - off
+  xe = ct(box[2]) * s - off
+  ye = ct(box[3]) * s - off
+  rw = xe - xs
+  rh = ye - ys
+  w_min = h_min = False
+  if not aligned:  # legacy: std::max(size, 1) (a NaN size stays NaN)
+    if rw < ct(1):
+      rw, w_min = ct(1), True
+    if rh < ct(1):
+      rh, h_min = ct(1), True
+  if not all(math.isfinite(float(v)) for v in (xs, ys, rw, rh)):
+    return None
+  if ph_count == 0 or pw_count == 0:
+    return None  # no bins at all
+  bin_h = rh / ct(ph_count)
+  bin_w = rw / ct(pw_count)
+  gh = sampling_ratio if sampling_ratio > 0 else _grid_size(bin_h)
+  gw = sampling_ratio if sampling_ratio > 0 else _grid_size(bin_w)
+  count = ct(max(gh * gw, 1))
+  return _AlignGeometry(xs, ys, bin_w, bin_h, gw, gh, count, w_min, h_min)
+
+
+def _sample_coord(start, p, bin_size, i, g, ct):
+  """start + p*bin + static_cast<T>(i + .5f)*bin / T(g), left to right in ct."""
+  half = ct(np.float32(i) + np.float32(0.5))  # i + .5f is a float32 sum
+  return (start + ct(p) * bin_size) + (half * bin_size) / ct(g)
+
+
+def _axis_interp(c, size, ct):
+  """One axis of bilinear_interpolate at coordinate c on an axis of `size`
+  pixels: (low, high, l, h, clamped), or None when out of [-1, size]."""
+  if size == 0 or not (-1.0 <= float(c) <= float(size)):
+    return None  # also catches NaN
+  clamped = False
+  if c <= 0:  # if (y <= 0) y = 0
+    c, clamped = ct(0), True
+  low = int(c)  # truncation (c >= 0 here)
+  if low >= size - 1:  # edge: y_low = y_high = H-1, y = y_low
+    low = high = size - 1
+    c, clamped = ct(low), True
+  else:
+    high = low + 1
+  l = c - ct(low)  # ly = y - y_low
+  return low, high, l, ct(1) - l, clamped  # hy = 1 - ly
+
+
+def _first(pred, lo, hi):
+  """Smallest i in [lo, hi) with pred(i) (pred monotone false -> true), else hi."""
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if pred(mid):
+      hi = mid
+    else:
+      lo = mid + 1
+  return lo
+
+
+def _axis_samples(start, p, bin_size, g, size, ct, sparse):
+  """The samples of one axis of bin p: [(index, multiplicity, interp or None)].
+
+  Dense: every index 0..g-1 once, in order. Sparse (huge grids): the sample
+  coordinate is monotone in the index, so the in-range indices form one
+  interval, found by bisection with the exact coordinate formula; within it,
+  runs of indices with the same coordinate are merged (index = the run's
+  first). Of the out-of-range indices only the first is kept: every
+  out-of-range sample is 0 with no gradient, so in max mode only the first one
+  in grid order can win and in avg mode none contributes."""
+  def coord(i):
+    return _sample_coord(start, p, bin_size, i, g, ct)
+
+  if not sparse:
+    return [(i, 1, _axis_interp(coord(i), size, ct)) for i in range(g)]
+  if g <= 0:
+    return []
+  if size == 0:
+    lo = hi = 0
+  elif bin_size >= 0:  # non-decreasing coordinates
+    lo = _first(lambda i: float(coord(i)) >= -1.0, 0, g)
+    hi = _first(lambda i: float(coord(i)) > float(size), lo, g)
+  else:  # non-increasing
+    lo = _first(lambda i: float(coord(i)) <= float(size), 0, g)
+    hi = _first(lambda i: float(coord(i)) < -1.0, lo, g)
+  entries = []
+  i = lo
+  while i < hi:
+    c = coord(i)
+    j = _first(lambda k, c=c: coord(k) != c, i + 1, hi)
+    entries.append((i, j - i, _axis_interp(c, size, ct)))
+    i = j
+  if lo > 0:  # the first out-of-range index is 0
+    entries.insert(0, (0, lo + g - hi, None))
+  elif hi < g:  # ... or the first past the interval
+    entries.append((hi, g - hi, None))
+  return entries
+
+
+def _bin_axes(geom, ph, pw, h_size, w_size, ct):
+  """The (y samples, x samples) of bin (ph, pw); both empty without samples."""
+  if geom.gh <= 0 or geom.gw <= 0:
+    return [], []  # the grid is empty (aligned zero-size or inverted box)
+  sparse = geom.gh * geom.gw > FULL_GRID_SAMPLES
+  ys = _axis_samples(geom.ys, ph, geom.bin_h, geom.gh, h_size, ct, sparse)
+  xs = _axis_samples(geom.xs, pw, geom.bin_w, geom.gw, w_size, ct, sparse)
+  return ys, xs
+
+
+def _weights(ya, xa):
+  """w1 = hy*hx, w2 = hy*lx, w3 = ly*hx, w4 = ly*lx, in ct."""
+  ly, hy = ya[2], ya[3]
+  lx, hx = xa[2], xa[3]
+  return hy * hx, hy * lx, ly * hx, ly * lx
+
+
+def _bilinear_value(plane, ya, xa):
+  """((w1*v1 + w2*v2) + w3*v3) + w4*v4 in float64, for every channel."""
+  y_low, y_high = ya[0], ya[1]
+  x_low, x_high = xa[0], xa[1]
+  w1, w2, w3, w4 = (float(w) for w in _weights(ya, xa))
+  return (((w1 * plane[:, y_low, x_low] + w2 * plane[:, y_low, x_high])
+           + w3 * plane[:, y_high, x_low]) + w4 * plane[:, y_high, x_high])
+
+
+@np.errstate(all="ignore")  # inf/NaN coordinates and values are defined
+def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+              aligned=False, mode="avg", layout="NCHW", box_order="xyxy",
+              coord_dtype=None):
+  """RoIAlign forward. Returns (out float64, winners int) in the layout's
+  order, with leading dims rois.shape[:-1]; winners has out's shape + (2,):
+  the grid indices (iy, ix) of the winning sample in max mode, (-1, -1) where
+  no gradient flows (and everywhere in avg mode)."""
+  assert mode in ("avg", "max"), mode
+  f = to_nchw(features, layout).astype(np.float64)
+  n, c_count, h_size, w_size = f.shape
+  ph_count, pw_count = output_size
+  rois = np.asarray(rois)
+  ct = _coord_type(rois, coord_dtype)
+  lead = rois.shape[:-1]
+  k_count = int(np.prod(lead))
+  out = np.zeros((k_count, c_count, ph_count, pw_count))
+  winners = -np.ones((k_count, c_count, ph_count, pw_count, 2), np.int64)
+  for k, image, box in iter_rois(rois, n, box_order):
+    if image < 0:
+      continue  # padding row: zeros
+    geom = _align_geometry(box, output_size, spatial_scale, sampling_ratio, aligned, ct)
+    if geom is None:
+      continue  # non-finite RoI: zeros
+    plane = f[image]
+    for ph in range(ph_count):
+      for pw in range(pw_count):
+        y_samples, x_samples = _bin_axes(geom, ph, pw, h_size, w_size, ct)
+        if mode == "avg":
+          # sum over iy (outer), ix (inner), then / count
+          total = np.zeros(c_count)
+          for _, my, ya in y_samples:
+            for _, mx, xa in x_samples:
+              if ya is not None and xa is not None:  # out of range: 0
+                total += _bilinear_value(plane, ya, xa) * (my * mx)
+          out[k, :, ph, pw] = total / float(geom.count)
+          continue
+        if not y_samples or not x_samples:
+          continue  # no samples at all: 0, no winner
+        # running max with strict >, from -FLT_MAX, in grid order
+        best = np.full(c_count, -FLT_MAX)
+        win = -np.ones((c_count, 2), np.int64)
+        for iy, _, ya in y_samples:
+          for ix, _, xa in x_samples:
+            if ya is None or xa is None:
+              v, at = np.zeros(c_count), (-1, -1)  # outside: 0, no gradient
+            else:
+              v, at = _bilinear_value(plane, ya, xa), (iy, ix)
+            better = v > best  # ties keep the first; NaN never wins
+            best = np.where(better, v, best)
+            win[better] = at
+        out[k, :, ph, pw] = best
+        winners[k, :, ph, pw] = win
+  out = from_nchw_pooled(out.reshape(lead + out.shape[1:]), layout)
+  winners = winners.reshape(lead + winners.shape[1:])
+  if layout == "NHWC":
+    winners = np.moveaxis(winners, -4, -2)
+  return out, winners
+
+
+def _backprop_sample(grad_plane, plane, chan, g, ya, xa):
+  """Adds g*w_i to the four neighbours of one sample (channels `chan`, g per
+  channel) and returns sum_c g_c*dv_c/dy, sum_c g_c*dv_c/dx (0 on a clamped
+  axis): dv/dy = hx*(v3-v1) + lx*(v4-v2), dv/dx = hy*(v2-v1) + ly*(v4-v3)."""
+  y_low, y_high = ya[0], ya[1]
+  x_low, x_high = xa[0], xa[1]
+  w1, w2, w3, w4 = (float(w) for w in _weights(ya, xa))
+  grad_plane[chan, y_low, x_low] += g * w1
+  grad_plane[chan, y_low, x_high] += g * w2
+  grad_plane[chan, y_high, x_low] += g * w3
+  grad_plane[chan, y_high, x_high] += g * w4
+  v1 = plane[chan, y_low, x_low]
+  v2 = plane[chan, y_low, x_high]
+  v3 = plane[chan, y_high, x_low]
+  v4 = plane[chan, y_high, x_high]
+  ly, hy = float(ya[2]), float(ya[3])
+  lx, hx = float(xa[2]), float(xa[3])
+  gy = 0.0 if ya[4] else float(np.sum(g * (hx * (v3 - v1) + lx * (v4 - v2))))
+  gx = 0.0 if xa[4] else float(np.sum(g * (hy * (v2 - v1) + ly * (v4 - v3))))
+  return gy, gx
+
+
+@np.errstate(all="ignore")
+def roi_align_grad(features, rois, cotangent, output_size, spatial_scale=1.0,
+                   sampling_ratio=-1, aligned=False, mode="avg", layout="NCHW",
+                   coord_dtype=None):
+  """Gradients of sum(roi_align(...) * cotangent) w.r.t. the features (in
+  their layout) and the rois (same shape; batch-index column 0). xyxy only.
+
+  Box gradient of a sample at (y, x): dv/dy * dy/dy1 etc., with
+  y = ys + (ph + (iy+.5)/gh) * bin_h, ys = y1*s - off, bin_h = (y2-y1)*s/PH:
+  dy/dy1 = s + t*dbin_h/dy1, dy/dy2 = t*dbin_h/dy2 with t = ph + (iy+.5)/gh,
+  dbin_h/dy1 = -s/PH, dbin_h/dy2 = s/PH (both 0 under the 1-pixel minimum).
+  The grid size and count are piecewise constant: no gradient."""
+  assert mode in ("avg", "max"), mode
+  f = to_nchw(features, layout).astype(np.float64)
+  n, c_count, h_size, w_size = f.shape
+  ph_count, pw_count = output_size
+  rois = np.asarray(rois)
+  ct = _coord_type(rois, coord_dtype)
+  cot = np.asarray(cotangent, np.float64)
+  if layout == "NHWC":
+    cot = np.moveaxis(cot, -1, -3)
+  cot = cot.reshape(-1, c_count, ph_count, pw_count)
+  if mode == "max":
+    _, winners = roi_align(features, rois, output_size, spatial_scale, sampling_ratio,
+                           aligned, "max", layout, coord_dtype=ct)
+    if layout == "NHWC":
+      winners = np.moveaxis(winners, -2, -4)
+    winners = winners.reshape(-1, c_count, ph_count, pw_count, 2)
+  grad_f = np.zeros_like(f)
+  grad_r = np.zeros((cot.shape[0], rois.shape[-1]))
+  col = rois.shape[-1] - 4  # column of x1: then y1, x2, y2
+  s = float(ct(spatial_scale))
+  for k, image, box in iter_rois(rois, n):
+    if image < 0:
+      continue
+    geom = _align_geometry(box, output_size, spatial_scale, sampling_ratio, aligned, ct)
+    if geom is None:
+      continue
+    plane, grad_plane = f[image], grad_f[image]
+    dbin_h = 0.0 if geom.h_min else s / ph_count  # dbin_h/dy2 = -dbin_h/dy1
+    dbin_w = 0.0 if geom.w_min else s / pw_count
+    count = float(geom.count)
+    for ph in range(ph_count):
+      for pw in range(pw_count):
+        g = cot[k, :, ph, pw]
+        if mode == "avg":
+          # every in-range sample: g*w_i/count (times its multiplicity)
+          y_samples, x_samples = _bin_axes(geom, ph, pw, h_size, w_size, ct)
+          picks = [(iy, my, ya, ix, mx, xa, slice(None), g * (my * mx) / count)
+                   for iy, my, ya in y_samples for ix, mx, xa in x_samples
+                   if ya is not None and xa is not None]
+        else:
+          # the winning sample of each channel: g*w_i
+          picks = []
+          for c in range(c_count):
+            iy, ix = winners[k, c, ph, pw]
+            if iy < 0:
+              continue
+            ya = _axis_interp(_sample_coord(geom.ys, ph, geom.bin_h, iy, geom.gh, ct), h_size, ct)
+            xa = _axis_interp(_sample_coord(geom.xs, pw, geom.bin_w, ix, geom.gw, ct), w_size, ct)
+            picks.append((iy, 1, ya, ix, 1, xa, [c], g[[c]]))
+        for iy, my, ya, ix, mx, xa, chan, gs in picks:
+          gy, gx = _backprop_sample(grad_plane, plane, chan, gs, ya, xa)
+          # t = ph + (iy+.5)/gh, averaged over a run of my indices (linear in iy)
+          ty = ph + (iy + (my - 1) / 2 + 0.5) / geom.gh
+          tx = pw + (ix + (mx - 1) / 2 + 0.5) / geom.gw
+          grad_r[k, col + 0] += gx * (s - tx * dbin_w)  # x1
+          grad_r[k, col + 1] += gy * (s - ty * dbin_h)  # y1
+          grad_r[k, col + 2] += gx * (tx * dbin_w)  # x2
+          grad_r[k, col + 3] += gy * (ty * dbin_h)  # y2
+  grad_f = grad_f if layout == "NCHW" else grad_f.transpose(0, 2, 3, 1)
+  return grad_f, grad_r.reshape(rois.shape)

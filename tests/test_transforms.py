@@ -12,7 +12,12 @@ from helpers import indexed_rois, random_boxes, random_features
 
 OPS = {
     "roi_pool": lambda x, r, **kw: jax_roi.roi_pool(x, r, (3, 2), spatial_scale=0.5, **kw),
+    "roi_align": lambda x, r, **kw: jax_roi.roi_align(
+        x, r, (3, 2), spatial_scale=0.5, sampling_ratio=2, **kw),
+    "roi_align_max": lambda x, r, **kw: jax_roi.roi_align(
+        x, r, (3, 2), spatial_scale=0.5, sampling_ratio=0, aligned=True, mode="max", **kw),
 }
+BOX_GRAD_OPS = ("roi_align", "roi_align_max")
 LAYOUTS = ("NCHW", "NHWC")
 
 
@@ -107,7 +112,7 @@ def test_grad_of_grad_matches_xla(op, layout):
   np.testing.assert_allclose(hvp("ffi"), hvp("xla"), rtol=1e-5, atol=1e-5)
 
 
-def test_rois_get_zero_cotangent():
+def test_roi_pool_rois_get_zero_cotangent():
   x, rois = _inputs(4, "NCHW", "indexed")
   g = jax.grad(lambda r: jnp.sum(jax_roi.roi_pool(x, r, 2)))(rois)
   np.testing.assert_array_equal(g, np.zeros_like(rois))
@@ -132,3 +137,32 @@ def test_backward_is_deterministic():
   first = np.asarray(g(x))
   for _ in range(3):
     np.testing.assert_array_equal(np.asarray(g(x)), first)
+
+
+@pytest.mark.parametrize("op", BOX_GRAD_OPS)
+@pytest.mark.parametrize("fmt", ["indexed", "batched"])
+@pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
+def test_vmap_of_box_gradients(op, fmt, in_axes):
+  """Feature and box gradients under vmap equal the per-example ones."""
+  v = 2
+  xs, rs = zip(*[_inputs(20 + s, "NCHW", fmt) for s in range(v)])
+  xs, rs = np.stack(xs), np.stack(rs)
+  x_arg = xs if in_axes[0] == 0 else xs[0]
+  r_arg = rs if in_axes[1] == 0 else rs[0]
+  loss = lambda x, r: jnp.sum(OPS[op](x, r) ** 2)
+  gx, gr = jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=in_axes)(x_arg, r_arg)
+  for i in range(v):
+    ex, er = jax.grad(loss, argnums=(0, 1))(xs[i] if in_axes[0] == 0 else xs[0],
+                                            rs[i] if in_axes[1] == 0 else rs[0])
+    np.testing.assert_allclose(gx[i], ex, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gr[i], er, rtol=1e-5, atol=1e-5)
+
+
+def test_rois_not_differentiated_skip_the_box_gradient():
+  """Without a rois cotangent the box-gradient kernel is not even traced."""
+  x, rois = _inputs(8, "NCHW", "indexed")
+  text = jax.jit(jax.grad(lambda x: jnp.sum(OPS["roi_align"](x, rois)))).lower(x).as_text()
+  assert "jax_roi_roi_align_box_grad" not in text
+  text = jax.jit(jax.grad(lambda r: jnp.sum(OPS["roi_align"](x, r)))).lower(rois).as_text()
+  assert "jax_roi_roi_align_box_grad" in text
+  assert "jax_roi_roi_align_bwd" not in text

@@ -40,13 +40,29 @@ BAD_CALLS = [
 ]
 
 
+ALIGN_BAD_CALLS = [
+    (dict(sampling_ratio=1.5), TypeError, "sampling_ratio must be an int"),
+    (dict(sampling_ratio=True), TypeError, "sampling_ratio must be an int"),
+    (dict(aligned=1), TypeError, "aligned must be a bool"),
+    (dict(mode="mean"), ValueError, "mode must be one of"),
+]
+OPS = {"roi_pool": jax_roi.roi_pool, "roi_align": jax_roi.roi_align}
+
+
+@pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("overrides,error,message", BAD_CALLS)
-def test_roi_pool_rejects(overrides, error, message):
+def test_shared_arguments_are_validated(op, overrides, error, message):
   kwargs = dict(features=X, rois=R, output_size=2)
   kwargs.update(overrides)
   features, rois, output_size = (kwargs.pop(k) for k in ("features", "rois", "output_size"))
   with pytest.raises(error, match=message):
-    jax_roi.roi_pool(features, rois, output_size, **kwargs)
+    OPS[op](features, rois, output_size, **kwargs)
+
+
+@pytest.mark.parametrize("overrides,error,message", ALIGN_BAD_CALLS)
+def test_roi_align_options_are_validated(overrides, error, message):
+  with pytest.raises(error, match=message):
+    jax_roi.roi_align(X, R, 2, **overrides)
 
 
 def test_traced_spatial_scale_is_rejected():
@@ -112,3 +128,34 @@ def test_backward_handler_ignores_out_of_range_argmax():
   grad = np.asarray(call(g, argmax, R, layout="NCHW"))
   assert grad.sum() == 3.0
   assert (grad[0, :, 7, 7] == 1).all()
+
+
+def _align_attrs(**overrides):
+  attrs = dict(spatial_scale=np.float64(1.0), pooled_height=np.int64(2),
+               pooled_width=np.int64(2), sampling_ratio=np.int64(2), aligned=False,
+               mode="avg", layout="NCHW")
+  attrs.update(overrides)
+  return attrs
+
+
+def test_align_handlers_validate():
+  empty = jax.ShapeDtypeStruct((0,), jnp.int32)
+  out = jax.ShapeDtypeStruct((1, 3, 2, 2), jnp.float32)
+  fwd = jax.ffi.ffi_call("jax_roi_roi_align_fwd_v1", (out, empty, empty))
+  with pytest.raises(jax.errors.JaxRuntimeError,
+                     match=re.escape('roi_align: mode must be "avg" or "max", got "mean"')):
+    jax.block_until_ready(fwd(X, R, **_align_attrs(mode="mean")))
+  with pytest.raises(jax.errors.JaxRuntimeError,
+                     match=re.escape("roi_align: output must have shape (1, 3, 3, 2), got (1, 3, 2, 2)")):
+    jax.block_until_ready(fwd(X, R, **_align_attrs(pooled_height=np.int64(3))))
+  bwd = jax.ffi.ffi_call("jax_roi_roi_align_bwd_v1", jax.ShapeDtypeStruct(X.shape, jnp.float32))
+  g = np.zeros((1, 3, 2, 2), np.float32)
+  none = np.zeros((0,), np.int32)
+  with pytest.raises(jax.errors.JaxRuntimeError, match=re.escape(
+      "roi_align backward: argmax_y must have shape (1, 3, 2, 2), got (0,)")):
+    jax.block_until_ready(bwd(g, R, none, none, **_align_attrs(mode="max")))
+  box = jax.ffi.ffi_call("jax_roi_roi_align_box_grad_v1",
+                         jax.ShapeDtypeStruct((1, 4), jnp.float32))
+  with pytest.raises(jax.errors.JaxRuntimeError, match=re.escape(
+      "roi_align box gradient: grad_rois must have shape (1, 5), got (1, 4)")):
+    jax.block_until_ready(box(X, R, g, none, none, **_align_attrs()))

@@ -21,7 +21,14 @@ import jax_roi
 
 OPS = {
     "roi_pool": lambda x, r, **kw: jax_roi.roi_pool(x, r, (7, 5), spatial_scale=0.25, **kw),
+    "roi_align": lambda x, r, **kw: jax_roi.roi_align(
+        x, r, (7, 5), spatial_scale=0.25, sampling_ratio=2, aligned=True, **kw),
+    "roi_align_adaptive": lambda x, r, **kw: jax_roi.roi_align(
+        x, r, (7, 5), spatial_scale=0.25, sampling_ratio=0, **kw),
+    "roi_align_max": lambda x, r, **kw: jax_roi.roi_align(
+        x, r, (7, 5), spatial_scale=0.25, sampling_ratio=2, mode="max", **kw),
 }
+BOX_GRAD_OPS = ("roi_align", "roi_align_adaptive", "roi_align_max")
 
 
 def case(rng, layout, fmt, dtype, n, c, h, w, k):
@@ -43,11 +50,14 @@ def case(rng, layout, fmt, dtype, n, c, h, w, k):
 
 def run(op, x, rois, layout, device):
   x, rois = jax.device_put((x, rois), device)
-  f = lambda x: OPS[op](x, rois, layout=layout, implementation="ffi")
-  out = f(x)
+  f = lambda x, r: OPS[op](x, r, layout=layout, implementation="ffi")
+  out = f(x, rois)
   cot = jnp.cos(jnp.arange(out.size, dtype=jnp.float32)).reshape(out.shape).astype(out.dtype)
-  grad = jax.grad(lambda x: jnp.sum((f(x) * cot).astype(jnp.float32)))(x)
-  return np.asarray(out.astype(jnp.float32)), np.asarray(grad.astype(jnp.float32))
+  loss = lambda x, r: jnp.sum((f(x, r) * cot).astype(jnp.float32))
+  argnums = (0, 1) if op in BOX_GRAD_OPS else (0,)
+  grads = jax.grad(loss, argnums=argnums)(x, rois)
+  grad = np.concatenate([np.asarray(g.astype(jnp.float32)).ravel() for g in grads])
+  return np.asarray(out.astype(jnp.float32)), np.nan_to_num(grad)
 
 
 def main():

@@ -1,0 +1,358 @@
+"""roi_align (avg and max modes): torchvision's golden vectors, the float64
+loop reference, box gradients, property tests, dtypes, layouts, formats."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+import jax_roi
+import loop_reference as ref
+from helpers import (DTYPES, indexed_rois, pooled_to_nchw, random_boxes,
+                     random_features)
+
+LAYOUTS = ("NCHW", "NHWC")
+IMPLEMENTATIONS = ("ffi", "xla")
+
+
+def _golden_cases(golden):
+  return [str(c) for c in golden["cases"] if str(c).startswith("roi_align")]
+
+
+def _parse(name):
+  # roi_align_s{scale}_{PH}x{PW}_a{aligned}_sr{sr}_{dtype}
+  _, _, scale, size, aligned, sr, dtype = name.split("_")
+  return (float(scale[1:]), tuple(int(v) for v in size.split("x")), aligned == "a1",
+          int(sr[2:]), dtype, scale[1:])
+
+
+def _nchw_to(x, layout):
+  return x if layout == "NCHW" else np.moveaxis(x, 1, 3)
+
+
+def _to_nchw(x, layout):
+  return np.asarray(x) if layout == "NCHW" else np.moveaxis(np.asarray(x), 3, 1)
+
+
+def _pooled_from_nchw(x, layout):
+  return x if layout == "NCHW" else np.moveaxis(x, -3, -1)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_golden_torchvision(golden, layout, implementation):
+  """Every roi_align case of the golden file: the kernels' forward is bit
+  for bit torchvision's, their feature gradient equal to float rounding. The
+  pure-JAX version (slow to compile) is checked on one scale per option set."""
+  cases = _golden_cases(golden)
+  if implementation == "xla":
+    cases = [c for c in cases if "_s0.5_3x3_" in c and c.endswith("float32")]
+  for name in cases:
+    scale, size, aligned, sr, dtype, scale_key = _parse(name)
+    with jax.enable_x64(dtype == "float64"):
+      x = _nchw_to(golden["features"].astype(dtype), layout)
+      rois = golden[f"rois_s{scale_key}"].astype(dtype)
+      cot = _pooled_from_nchw(golden[f"{name}_cot"], layout)
+
+      def align(x):
+        return jax_roi.roi_align(x, rois, size, spatial_scale=scale, sampling_ratio=sr,
+                                 aligned=aligned, layout=layout,
+                                 implementation=implementation)
+
+      out = np.asarray(pooled_to_nchw(align(x), layout))
+      grad = _to_nchw(jax.grad(lambda x: jnp.sum(align(x) * cot))(x), layout)
+      if implementation == "ffi":
+        np.testing.assert_array_equal(out, golden[f"{name}_out"], err_msg=name)
+        tol = 1e-6 if dtype == "float32" else 1e-13
+      else:  # XLA may contract and reorder: a tolerance, not bits.
+        tol = 1e-5 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(out, golden[f"{name}_out"], rtol=tol, atol=tol,
+                                   err_msg=name)
+      np.testing.assert_allclose(grad, golden[f"{name}_grad"], rtol=tol, atol=tol,
+                                 err_msg=name)
+
+
+# anchors.md section 4: x = arange(2*2*6*8).reshape(2, 2, 6, 8), 2x2
+# output, channel 0, torchvision 0.29.1 (sr=2 not aligned, sr=2 aligned,
+# adaptive aligned).
+EDGE_CASES = [
+    ((0, 0, 0, 7, 5), [11.75, 15.25, 31.75, 35.25], [7.25, 10.75, 27.25, 30.75],
+     [7.4878, 10.9722, 27.2656, 30.75]),
+    ((0, 10, 10, 20, 20), [0] * 4, [0] * 4, [0] * 4),
+    ((0, 2, 2, 2, 2), [20.25, 20.75, 24.25, 24.75], [13.5] * 4, [0] * 4),
+    ((0, -3, -3, 1, 1), [0, 0, 0, 2.25], [0] * 4, [0] * 4),
+    ((1, 1, 1, 4, 3), [109.75, 111.25, 117.75, 119.25], [105.25, 106.75, 113.25, 114.75],
+     [105.25, 106.75, 113.25, 114.75]),
+    ((0, 5, 4, 2, 1), [39.25, 39.75, 43.25, 43.75], [25.75, 24.25, 13.75, 12.25], [0] * 4),
+    ((0, 1.5, 1.5, 3.5, 3.5), [18, 19, 26, 27], [13.5, 14.5, 21.5, 22.5],
+     [13.5, 14.5, 21.5, 22.5]),
+    ((0, 2.5, 0.5, 4.5, 2.5), [11, 12, 19, 20], [6.5, 7.5, 14.5, 15.5],
+     [6.5, 7.5, 14.5, 15.5]),
+]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("roi,sr2,sr2_aligned,adaptive_aligned", EDGE_CASES)
+def test_edge_case_table(roi, sr2, sr2_aligned, adaptive_aligned, layout, implementation):
+  x = _nchw_to(np.arange(2 * 2 * 6 * 8, dtype=np.float32).reshape(2, 2, 6, 8), layout)
+  rois = np.array([roi], np.float32)
+  for sr, aligned, expected, tol in [(2, False, sr2, 1e-6), (2, True, sr2_aligned, 1e-6),
+                                     (0, True, adaptive_aligned, 1e-4),
+                                     (-1, True, adaptive_aligned, 1e-4)]:
+    out = jax_roi.roi_align(x, rois, 2, sampling_ratio=sr, aligned=aligned, layout=layout,
+                            implementation=implementation)
+    out = np.asarray(pooled_to_nchw(out, layout))[0, 0].ravel()
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+
+
+def _case(seed, layout, fmt, dtype, box_dtype, n=2, c=3, h=9, w=11, k=6, scale=0.5,
+          hostile=False, padding=0.2):
+  rng = np.random.default_rng(seed)
+  x = random_features(rng, n, c, h, w, layout, dtype)
+  if fmt == "indexed":
+    rois = indexed_rois(rng, random_boxes(rng, k, h, w, scale, hostile), n, padding)
+  else:
+    rois = random_boxes(rng, n * k, h, w, scale, hostile).reshape(n, k, 4)
+  return x, rois.astype(box_dtype)
+
+
+CONFIGS = [  # (mode, sampling_ratio, aligned)
+    ("avg", 2, False), ("avg", 0, True), ("avg", 3, True), ("avg", -1, False),
+    ("max", 2, False), ("max", 0, True), ("max", 1, True),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("fmt", ["indexed", "batched"])
+@pytest.mark.parametrize("mode,sr,aligned", CONFIGS)
+def test_matches_loop_reference(layout, fmt, mode, sr, aligned):
+  """float64: outputs bit for bit, feature and box gradients to rounding.
+  float32: to float32 rounding (the reference accumulates in float64)."""
+  for dtype in ("float64", "float32"):
+    with jax.enable_x64(dtype == "float64"):
+      x, rois = _case(hash((layout, fmt, mode, sr, aligned)) % 997, layout, fmt, dtype, dtype)
+      kw = dict(spatial_scale=0.5, sampling_ratio=sr, aligned=aligned, mode=mode)
+      expected, _ = ref.roi_align(x, rois, (3, 2), layout=layout, **kw)
+      out = jax_roi.roi_align(x, rois, (3, 2), layout=layout, **kw)
+      assert out.dtype == x.dtype and out.shape == expected.shape
+      if dtype == "float64" and mode == "avg":
+        np.testing.assert_array_equal(np.asarray(out), expected)
+      else:
+        np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=2e-6,
+                                   atol=2e-6)
+      cot = np.cos(np.arange(out.size)).reshape(out.shape).astype(dtype)
+      loss = lambda x, r: jnp.sum(jax_roi.roi_align(x, r, (3, 2), layout=layout, **kw) * cot)
+      grad_x, grad_r = jax.grad(loss, argnums=(0, 1))(x, rois)
+      assert grad_x.dtype == x.dtype and grad_r.dtype == rois.dtype
+      exp_x, exp_r = ref.roi_align_grad(x, rois, cot, (3, 2), layout=layout, **kw)
+      tol = 1e-12 if dtype == "float64" else 2e-5
+      np.testing.assert_allclose(np.asarray(grad_x, np.float64), exp_x, rtol=tol, atol=tol)
+      np.testing.assert_allclose(np.asarray(grad_r, np.float64), exp_r, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("sr,aligned", [(sr, a) for m, sr, a in CONFIGS if m == "max"])
+def test_max_mode_winners_match_reference(sr, aligned):
+  from jax_roi import _ffi
+  with jax.enable_x64(True):
+    x, rois = _case(11, "NCHW", "indexed", "float64", "float64", hostile=True)
+    options = _ffi.AlignOptions((3, 2), 0.5, sr, aligned, "max", "NCHW")
+    out, ay, ax = _ffi.roi_align_forward(jnp.asarray(x), jnp.asarray(rois), options, True)
+    expected, winners = ref.roi_align(x, rois, (3, 2), 0.5, sr, aligned, "max")
+    np.testing.assert_array_equal(np.asarray(out), expected)
+    np.testing.assert_array_equal(np.asarray(ay), winners[..., 0])
+    np.testing.assert_array_equal(np.asarray(ax), winners[..., 1])
+
+
+@st.composite
+def align_problems(draw, hostile=True):
+  n = draw(st.integers(1, 3))
+  c = draw(st.integers(1, 4))
+  h = draw(st.integers(1, 10))
+  w = draw(st.integers(1, 10))
+  k = draw(st.integers(0, 8))
+  output_size = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+  scale = draw(st.sampled_from([1.0, 0.5, 0.25, 0.3, 2.0, 0.0]))
+  sr = draw(st.sampled_from([-1, 0, 1, 2, 3]))
+  aligned = draw(st.booleans())
+  mode = draw(st.sampled_from(["avg", "max"]))
+  layout = draw(st.sampled_from(LAYOUTS))
+  fmt = draw(st.sampled_from(["indexed", "batched"]))
+  seed = draw(st.integers(0, 2**32 - 1))
+  rng = np.random.default_rng(seed)
+  x = random_features(rng, n, c, h, w, layout, np.float64)
+  if rng.random() < 0.2:
+    x[rng.random(x.shape) < 0.1] = rng.choice([np.nan, -np.inf, 0.0])
+  img_scale = scale if scale > 0 else 1.0
+  if fmt == "indexed":
+    rois = indexed_rois(rng, random_boxes(rng, k, h, w, img_scale, hostile), n, 0.2)
+  else:
+    rois = random_boxes(rng, n * k, h, w, img_scale, hostile).reshape(n, k, 4)
+  kw = dict(spatial_scale=scale, sampling_ratio=sr, aligned=aligned, mode=mode,
+            layout=layout)
+  return x, rois, output_size, kw
+
+
+@given(align_problems())
+def test_property_kernel_equals_loop_reference(problem):
+  """float64, hostile boxes and features: the kernels equal the reference."""
+  x, rois, output_size, kw = problem
+  with jax.enable_x64(True):
+    expected, _ = ref.roi_align(x, rois, output_size, **kw)
+    out = jax_roi.roi_align(x, rois, output_size, implementation="ffi", **kw)
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=10)  # the pure-JAX version compiles slowly per shape
+@given(align_problems(hostile=False))
+def test_property_xla_matches_kernel(problem):
+  x, rois, output_size, kw = problem
+  x = np.nan_to_num(x, nan=0.0, neginf=0.0)
+  with jax.enable_x64(True):
+    out = jax_roi.roi_align(x, rois, output_size, implementation="ffi", **kw)
+    out_xla = jax_roi.roi_align(x, rois, output_size, implementation="xla", **kw)
+    np.testing.assert_allclose(np.asarray(out_xla), np.asarray(out), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sr", [2, 0])
+def test_box_gradient_finite_differences(x64, mode, aligned, sr):
+  """Box gradients against central differences, away from pixel boundaries
+  (float64; batch indices 0.5 / 1.5 so that nudging them changes nothing)."""
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((2, 2, 9, 10))
+  rois = np.array([[0.5, 1.37, 2.21, 7.73, 6.12], [1.5, -2.13, 0.41, 5.52, 9.93],
+                   [1.5, 3.31, 3.13, 3.62, 3.44], [0.5, 6.2, 5.1, 2.3, 1.7]])
+  f = lambda x, r: jax_roi.roi_align(x, r, (3, 2), spatial_scale=0.9, sampling_ratio=sr,
+                                     aligned=aligned, mode=mode)
+  check_grads(f, (x, rois), order=1, modes=["rev"], eps=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_grad_of_grad_features(x64, mode, layout):
+  x, rois = _case(4, layout, "batched", "float64", "float64", k=3)
+  check_grads(lambda f: jax_roi.roi_align(f, rois, (3, 2), sampling_ratio=2, mode=mode,
+                                          layout=layout), (x,), order=2, modes=["rev"])
+
+
+def test_second_derivative_through_box_gradient_raises():
+  x, rois = _case(5, "NCHW", "indexed", "float32", "float32")
+  inner = lambda r: jnp.sum(jax_roi.roi_align(x, r, 2) ** 2)
+  with pytest.raises(NotImplementedError, match="box gradient"):
+    jax.grad(lambda r: jnp.sum(jax.grad(inner)(r) ** 2))(rois)
+
+
+def test_batch_index_and_padding_rows_get_zero_cotangent():
+  x, rois = _case(6, "NCHW", "indexed", "float32", "float32", padding=0.5)
+  g = jax.grad(lambda r: jnp.sum(jax_roi.roi_align(x, r, 3, sampling_ratio=2) ** 2))(rois)
+  np.testing.assert_array_equal(g[:, 0], 0)
+  images = np.trunc(np.nan_to_num(rois[:, 0], nan=-1))
+  padding = (images < 0) | (images >= 2)
+  np.testing.assert_array_equal(np.asarray(g)[padding], 0)
+  assert np.abs(np.asarray(g)[~padding]).sum() > 0
+
+
+def test_box_gradient_follows_box_order():
+  x, rois = _case(7, "NCHW", "batched", "float32", "float32")
+  loss = lambda r, order: jnp.sum(jax_roi.roi_align(x, r, 2, box_order=order) ** 2)
+  g = jax.grad(loss)(rois, "xyxy")
+  g_yx = jax.grad(loss)(rois[..., [1, 0, 3, 2]], "yxyx")
+  np.testing.assert_allclose(g_yx, g[..., [1, 0, 3, 2]], rtol=1e-6)
+
+
+def test_layouts_and_formats_agree():
+  rng = np.random.default_rng(0)
+  x = random_features(rng, 2, 5, 10, 12)
+  boxes = random_boxes(rng, 12, 10, 12).reshape(2, 6, 4).astype(np.float32)
+  for mode in ("avg", "max"):
+    batched = jax_roi.roi_align(x, boxes, (3, 4), sampling_ratio=2, mode=mode)
+    rows = np.concatenate([np.repeat(np.arange(2.0), 6)[:, None], boxes.reshape(-1, 4)],
+                          1).astype(np.float32)
+    indexed = jax_roi.roi_align(x, rows, (3, 4), sampling_ratio=2, mode=mode)
+    np.testing.assert_array_equal(np.asarray(batched).reshape(12, 5, 3, 4), indexed)
+    nhwc = jax_roi.roi_align(x.transpose(0, 2, 3, 1), boxes, (3, 4), sampling_ratio=2,
+                             mode=mode, layout="NHWC")
+    np.testing.assert_array_equal(np.moveaxis(np.asarray(nhwc), -1, -3), batched)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_half_precision(dtype, mode):
+  """Computed in float32 from the widened values, rounded once: equal to the
+  float32 result cast to the half type; gradients come back in the half type."""
+  rng = np.random.default_rng(4)
+  x = random_features(rng, 2, 4, 9, 9, dtype=DTYPES[dtype])
+  rois = indexed_rois(rng, random_boxes(rng, 6, 9, 9), 2).astype(np.float32)
+  out = jax_roi.roi_align(x, rois, 3, sampling_ratio=2, mode=mode)
+  assert out.dtype == x.dtype
+  expected = jax_roi.roi_align(x.astype(np.float32), rois, 3, sampling_ratio=2, mode=mode)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(expected).astype(x.dtype))
+  g = jax.grad(lambda f: jnp.sum(jax_roi.roi_align(f, rois, 3, mode=mode)
+                                 .astype(jnp.float32)))(x)
+  assert g.dtype == x.dtype
+
+
+def test_float64_boxes_with_float32_features(x64):
+  rng = np.random.default_rng(6)
+  x = random_features(rng, 1, 2, 20, 20)
+  rois = indexed_rois(rng, random_boxes(rng, 20, 20, 20, 0.3), 1)
+  out = jax_roi.roi_align(x, rois, 5, spatial_scale=0.3, sampling_ratio=2)
+  assert out.dtype == np.float32
+  expected, _ = ref.roi_align(x, rois, (5, 5), 0.3, 2, coord_dtype=np.float64)
+  np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_empty_rois_and_padding():
+  x = np.ones((2, 3, 5, 5), np.float32)
+  for mode in ("avg", "max"):
+    out = jax_roi.roi_align(x, np.zeros((0, 5), np.float32), (2, 3), mode=mode)
+    assert out.shape == (0, 3, 2, 3)
+    out = jax_roi.roi_align(x, np.zeros((2, 0, 4), np.float32), 2, mode=mode)
+    assert out.shape == (2, 0, 3, 2, 2)
+    rois = np.array([[-1, 0, 0, 4, 4], [2, 0, 0, 4, 4], [np.nan, 0, 0, 4, 4]], np.float32)
+    for implementation in IMPLEMENTATIONS:
+      out = jax_roi.roi_align(x, rois, 2, mode=mode, implementation=implementation)
+      np.testing.assert_array_equal(out, 0)
+
+
+def test_huge_box_adaptive_sampling_is_bounded():
+  """A 1e7-pixel box with adaptive sampling would need 1e13 samples per bin;
+  only those on the map are visited, and the result is the reference's."""
+  x = np.random.default_rng(8).standard_normal((1, 2, 12, 14)).astype(np.float32)
+  rois = np.array([[0, -1e7, -1e7, 1e7, 1e7], [0, -5e6, 2, 3e6, 9]], np.float32)
+  for mode in ("avg", "max"):
+    start = time.perf_counter()
+    out = np.asarray(jax_roi.roi_align(x, rois, 3, sampling_ratio=0, aligned=True, mode=mode))
+    assert time.perf_counter() - start < 20
+    expected, _ = ref.roi_align(x, rois, (3, 3), 1.0, 0, True, mode)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-12)
+
+
+def test_max_mode_rules():
+  """Zeros outside the map compete (mmcv); all -inf -> -FLT_MAX; a bin
+  without samples outputs 0 (mmcv outputs -FLT_MAX)."""
+  x = -np.ones((1, 1, 4, 4), np.float32)
+  # Half of the samples of this box are beyond one pixel outside the map.
+  out = jax_roi.roi_align(x, np.array([[0, -6, 0, 2, 3]], np.float32), 1, sampling_ratio=2,
+                          mode="max")
+  assert float(out[0, 0, 0, 0]) == 0.0
+  inside = jax_roi.roi_align(x, np.array([[0, 0, 0, 3, 3]], np.float32), 1, sampling_ratio=2,
+                             mode="max")
+  assert float(inside[0, 0, 0, 0]) == -1.0
+  neg_inf = np.full((1, 1, 4, 4), -np.inf, np.float32)
+  out = jax_roi.roi_align(neg_inf, np.array([[0, 0, 0, 3, 3]], np.float32), 1,
+                          sampling_ratio=2, mode="max")
+  assert float(out[0, 0, 0, 0]) == -np.finfo(np.float32).max
+  # Aligned zero-size box, adaptive: no samples at all.
+  out = jax_roi.roi_align(x, np.array([[0, 2, 2, 2, 2]], np.float32), 2, sampling_ratio=0,
+                          aligned=True, mode="max")
+  np.testing.assert_array_equal(out, 0)
