@@ -11,12 +11,18 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiPoolBackwardCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignForwardCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignBackwardCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignBoxGradCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiMultiScaleForwardCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiMultiScaleBackwardCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiMultiScaleBoxGradCpu);
 #ifdef JAX_ROI_WITH_CUDA
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiPoolForwardCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiPoolBackwardCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignForwardCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignBackwardCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiAlignBoxGradCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiMultiScaleForwardCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiMultiScaleBackwardCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxRoiMultiScaleBoxGradCuda);
 #endif
 
 namespace {
@@ -40,6 +46,9 @@ PYBIND11_MODULE(_jax_roi, m) {
     d["jax_roi_roi_align_fwd_v1"] = capsule(JaxRoiAlignForwardCpu);
     d["jax_roi_roi_align_bwd_v1"] = capsule(JaxRoiAlignBackwardCpu);
     d["jax_roi_roi_align_box_grad_v1"] = capsule(JaxRoiAlignBoxGradCpu);
+    d["jax_roi_multi_scale_roi_align_fwd_v1"] = capsule(JaxRoiMultiScaleForwardCpu);
+    d["jax_roi_multi_scale_roi_align_bwd_v1"] = capsule(JaxRoiMultiScaleBackwardCpu);
+    d["jax_roi_multi_scale_roi_align_box_grad_v1"] = capsule(JaxRoiMultiScaleBoxGradCpu);
     return d;
   });
   m.def("cuda_targets", [] {
@@ -50,6 +59,9 @@ PYBIND11_MODULE(_jax_roi, m) {
     d["jax_roi_roi_align_fwd_v1"] = capsule(JaxRoiAlignForwardCuda);
     d["jax_roi_roi_align_bwd_v1"] = capsule(JaxRoiAlignBackwardCuda);
     d["jax_roi_roi_align_box_grad_v1"] = capsule(JaxRoiAlignBoxGradCuda);
+    d["jax_roi_multi_scale_roi_align_fwd_v1"] = capsule(JaxRoiMultiScaleForwardCuda);
+    d["jax_roi_multi_scale_roi_align_bwd_v1"] = capsule(JaxRoiMultiScaleBackwardCuda);
+    d["jax_roi_multi_scale_roi_align_box_grad_v1"] = capsule(JaxRoiMultiScaleBoxGradCuda);
 #endif
     return d;
   });

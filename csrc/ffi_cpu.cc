@@ -2,9 +2,17 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <string>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #include "cpu_kernels.h"
 #include "ffi_handlers.h"
@@ -13,14 +21,45 @@
 namespace jax_roi {
 namespace {
 
+// XLA:CPU runs custom calls with flush-to-zero and denormals-are-zero set;
+// torchvision (and the CUDA kernels) keep subnormal numbers. The kernels
+// clear both modes for their duration, on every thread they use, so that
+// subnormal inputs and results are computed exactly.
+class ScopedSubnormals {
+ public:
+#if defined(__x86_64__) || defined(__i386__)
+  ScopedSubnormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~0x8040u); }  // FTZ | DAZ
+  ~ScopedSubnormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned int saved_;
+#elif defined(__aarch64__)
+  ScopedSubnormals() {
+    asm volatile("mrs %0, fpcr" : "=r"(saved_));
+    const uint64_t cleared = saved_ & ~(uint64_t{1} << 24);  // FZ
+    asm volatile("msr fpcr, %0" : : "r"(cleared));
+  }
+  ~ScopedSubnormals() { asm volatile("msr fpcr, %0" : : "r"(saved_)); }
+
+ private:
+  uint64_t saved_;
+#endif
+};
+
 // Runs tasks on XLA's intra-op thread pool. The calling thread works too and
 // only waits for tasks that have actually started, so the call completes even
 // when the pool runs tasks inline, late or never (a busy or absent pool).
 class ThreadPoolRunner final : public cpu::TaskRunner {
  public:
+  // JAX_ROI_CPU_THREADS, when set, overrides the number of concurrent tasks
+  // (their work split changes, their results do not: see the kernels).
   explicit ThreadPoolRunner(ffi::ThreadPool& pool) : pool_(pool) {
     const int64_t n = pool_.num_threads();
     concurrency_ = n > 0 ? n : 1;
+    if (const char* env = std::getenv("JAX_ROI_CPU_THREADS")) {
+      const long v = std::strtol(env, nullptr, 10);
+      if (v > 0) concurrency_ = std::min<long>(v, 1024);
+    }
   }
 
   int64_t concurrency() const override { return concurrency_; }
@@ -41,6 +80,9 @@ class ThreadPoolRunner final : public cpu::TaskRunner {
     Work(*state);
     std::unique_lock<std::mutex> lock(state->mu);
     state->cv.wait(lock, [&] { return state->active == 0; });
+    // A task's exception (e.g. std::bad_alloc) reaches the caller only after
+    // every started task has finished with fn.
+    if (state->error) std::rethrow_exception(state->error);
   }
 
  private:
@@ -49,18 +91,26 @@ class ThreadPoolRunner final : public cpu::TaskRunner {
     const std::function<void(int64_t)>* fn = nullptr;
     std::atomic<int64_t> next{0};
     int64_t active = 0;  // Workers inside their claim loop; guarded by mu.
+    std::exception_ptr error;  // The first exception of a task; guarded by mu.
     std::mutex mu;
     std::condition_variable cv;
   };
 
   static void Work(State& s) {
+    ScopedSubnormals subnormals;
     {
       std::lock_guard<std::mutex> lock(s.mu);
       ++s.active;
     }
     // Once `next` has passed n no new claim succeeds, so fn is never called
     // after the caller has seen active == 0 with nothing left to claim.
-    for (int64_t i = s.next.fetch_add(1); i < s.n; i = s.next.fetch_add(1)) (*s.fn)(i);
+    try {
+      for (int64_t i = s.next.fetch_add(1); i < s.n; i = s.next.fetch_add(1)) (*s.fn)(i);
+    } catch (...) {
+      s.next.store(s.n);  // No new claims: the other tasks wind down.
+      std::lock_guard<std::mutex> lock(s.mu);
+      if (!s.error) s.error = std::current_exception();
+    }
     std::lock_guard<std::mutex> lock(s.mu);
     if (--s.active == 0) s.cv.notify_all();
   }
@@ -69,42 +119,49 @@ class ThreadPoolRunner final : public cpu::TaskRunner {
   int64_t concurrency_ = 1;
 };
 
+// Runs a kernel with IEEE subnormals on the pool; exceptions (the kernels'
+// only failure is running out of memory for their caches) become errors.
+template <typename F>
+ffi::Error run_kernel(ffi::ThreadPool& pool, F&& kernel) {
+  ScopedSubnormals subnormals;
+  try {
+    ThreadPoolRunner runner(pool);
+    kernel(runner);
+    return ffi::Error::Success();
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "jax_roi: out of memory in a CPU kernel");
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("jax_roi: ") + e.what());
+  }
+}
+
 struct CpuBackend {
   using Context = ffi::ThreadPool;
 
   template <typename T, typename C>
   static ffi::Error roi_pool_forward(Context pool, const PoolForwardArgs<T, C>& args) {
-    ThreadPoolRunner runner(pool);
-    cpu::roi_pool_forward(args, runner);
-    return ffi::Error::Success();
+    return run_kernel(pool, [&](cpu::TaskRunner& r) { cpu::roi_pool_forward(args, r); });
   }
 
   template <typename T, typename C>
   static ffi::Error roi_pool_backward(Context pool, const PoolBackwardArgs<T, C>& args) {
-    ThreadPoolRunner runner(pool);
-    cpu::roi_pool_backward(args, runner);
-    return ffi::Error::Success();
+    return run_kernel(pool, [&](cpu::TaskRunner& r) { cpu::roi_pool_backward(args, r); });
   }
 
   template <typename T, typename C>
   static ffi::Error roi_align_forward(Context pool, const AlignForwardArgs<T, C>& args) {
-    ThreadPoolRunner runner(pool);
-    cpu::roi_align_forward(args, runner);
-    return ffi::Error::Success();
+    return run_kernel(pool, [&](cpu::TaskRunner& r) { cpu::roi_align_forward(args, r); });
   }
 
   template <typename T, typename C>
   static ffi::Error roi_align_backward(Context pool, const AlignBackwardArgs<T, C>& args) {
-    ThreadPoolRunner runner(pool);
-    cpu::roi_align_backward(args, runner);
-    return ffi::Error::Success();
+    return run_kernel(pool, [&](cpu::TaskRunner& r) { cpu::roi_align_backward(args, r); });
   }
 
   template <typename T, typename C>
   static ffi::Error roi_align_box_grad(Context pool, const AlignBoxGradArgs<T, C>& args) {
-    ThreadPoolRunner runner(pool);
-    cpu::roi_align_box_grad(args, runner);
-    return ffi::Error::Success();
+    return run_kernel(pool, [&](cpu::TaskRunner& r) { cpu::roi_align_box_grad(args, r); });
   }
 };
 
@@ -125,3 +182,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignBackwardCpu,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignBoxGradCpu,
                               jax_roi::RoiAlignBoxGrad<jax_roi::CpuBackend>,
                               jax_roi::RoiAlignBoxGradBinding<xla::ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiMultiScaleForwardCpu, jax_roi::MultiScaleForward<jax_roi::CpuBackend>,
+                              jax_roi::MultiScaleForwardBinding<xla::ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiMultiScaleBackwardCpu, jax_roi::MultiScaleBackward<jax_roi::CpuBackend>,
+                              jax_roi::MultiScaleBackwardBinding<xla::ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiMultiScaleBoxGradCpu, jax_roi::MultiScaleBoxGrad<jax_roi::CpuBackend>,
+                              jax_roi::MultiScaleBoxGradBinding<xla::ffi::ThreadPool>());

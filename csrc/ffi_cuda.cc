@@ -72,3 +72,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignBoxGradCuda,
                               jax_roi::RoiAlignBoxGrad<jax_roi::CudaBackend>,
                               jax_roi::RoiAlignBoxGradBinding<jax_roi::Stream>(),
                               {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiMultiScaleForwardCuda, jax_roi::MultiScaleForward<jax_roi::CudaBackend>,
+                              jax_roi::MultiScaleForwardBinding<jax_roi::Stream>(),
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiMultiScaleBackwardCuda, jax_roi::MultiScaleBackward<jax_roi::CudaBackend>,
+                              jax_roi::MultiScaleBackwardBinding<jax_roi::Stream>(),
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiMultiScaleBoxGradCuda, jax_roi::MultiScaleBoxGrad<jax_roi::CudaBackend>,
+                              jax_roi::MultiScaleBoxGradBinding<jax_roi::Stream>(),
+                              {xla::ffi::Traits::kCmdBufferCompatible});

@@ -1,11 +1,22 @@
 // RoIAlign CPU kernels (avg and max modes, feature and box gradients).
 //
 // Sample positions and bilinear weights depend on the RoI and the bin, not on
-// the channel: each RoI's samples are computed once (roi_math.h) into a
-// cache that every channel then reuses, in the same order, so the results are
-// those of the per-element math.
+// the channel: they are computed once per RoI (roi_math.h) into a compact
+// cache that every channel then reuses in the same order, so the results are
+// exactly those of the per-element math.
+//
+// Work is organised for the memory system:
+//  * RoIs are processed in groups whose caches fit a memory budget, in image
+//    order (a stable sort: RoIs of one image keep their relative order);
+//  * NCHW: a task owns a block of channels and runs over the group's RoIs
+//    channel by channel, so each (image, channel) plane stays in cache;
+//  * NHWC: the innermost loop runs over contiguous channels (vectorised).
+// The backward gives every feature-gradient element its contributions in the
+// order (RoI, bin, sample, neighbour), torchvision's CPU order, whatever the
+// number of threads.
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "cpu_kernels.h"
@@ -15,43 +26,60 @@ namespace jax_roi {
 namespace cpu {
 namespace {
 
-// One sample of the sampling region: the spatial offsets (h * W + w) of its
-// four neighbours, its bilinear weights and grid indices.
-template <typename C, typename A>
-struct CachedSample {
-  int64_t o1, o2, o3, o4;
+// One sample in the sampling region: spatial offsets (h * W + w) of its four
+// neighbours and its bilinear weights in the accumulation type.
+template <typename A>
+struct Sample {
+  int32_t o1, o2, o3, o4;
   A w1, w2, w3, w4;
-  int64_t iy, ix;
-  Bilinear<C> b;
 };
 
 // The samples of every bin of one RoI, bin after bin.
 template <typename C, typename A>
 struct RoiSamples {
   AlignRoi<C> roi;
+  int64_t k = 0;      // RoI index
+  int64_t image = 0;  // its image (0 for an empty RoI, never read then)
   std::vector<AlignBin> bins;
   std::vector<int64_t> begin;  // Samples of bin i: [begin[i], begin[i + 1]).
-  std::vector<CachedSample<C, A>> samples;
+  std::vector<Sample<A>> samples;
+  std::vector<int32_t> iy, ix;         // Grid indices (max mode only).
+  std::vector<Bilinear<C>> bilinear;  // Full interpolation state (box gradient only).
 
-  void build(const Box<C>& box, const AlignOptions& o, const RoiDims& d) {
-    roi = align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+  void build(const C* rois, int64_t index, const AlignOptions& o, const RoiDims& d,
+             bool with_indices, bool with_bilinear) {
+    k = index;
+    const Box<C> box = read_box(rois, index, d);
+    this->roi =
+        align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+    image = this->roi.empty ? 0 : box.image;
     const int64_t nbins = d.pooled_height * d.pooled_width;
     bins.resize(nbins);
     begin.resize(nbins + 1);
     samples.clear();
+    iy.clear();
+    ix.clear();
+    bilinear.clear();
     const int64_t w = d.width;
     for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
       for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
         const int64_t i = ph * d.pooled_width + pw;
-        bins[i] = align_bin(roi, ph, pw, d);
+        bins[i] = align_bin(this->roi, ph, pw, d);
         begin[i] = static_cast<int64_t>(samples.size());
-        for_each_sample(roi, bins[i], ph, pw, d,
-                        [&](int64_t iy, int64_t ix, const Bilinear<C>& s) {
-                          samples.push_back(CachedSample<C, A>{
-                              s.y_low * w + s.x_low, s.y_low * w + s.x_high,
-                              s.y_high * w + s.x_low, s.y_high * w + s.x_high,
+        for_each_sample(this->roi, bins[i], ph, pw, d,
+                        [&](int64_t sy, int64_t sx, const Bilinear<C>& s) {
+                          samples.push_back(Sample<A>{
+                              static_cast<int32_t>(s.y_low * w + s.x_low),
+                              static_cast<int32_t>(s.y_low * w + s.x_high),
+                              static_cast<int32_t>(s.y_high * w + s.x_low),
+                              static_cast<int32_t>(s.y_high * w + s.x_high),
                               static_cast<A>(s.w1), static_cast<A>(s.w2),
-                              static_cast<A>(s.w3), static_cast<A>(s.w4), iy, ix, s});
+                              static_cast<A>(s.w3), static_cast<A>(s.w4)});
+                          if (with_indices) {
+                            iy.push_back(static_cast<int32_t>(sy));
+                            ix.push_back(static_cast<int32_t>(sx));
+                          }
+                          if (with_bilinear) bilinear.push_back(s);
                         });
       }
     }
@@ -59,234 +87,463 @@ struct RoiSamples {
   }
 };
 
+// The number of samples a RoI's cache holds: the in-range samples are a
+// rectangle per bin, and the ranges of a row of bins (a column) are the
+// same for every column (row), so the count is separable.
+template <typename C>
+int64_t sample_count(const AlignRoi<C>& r, const RoiDims& d) {
+  if (r.empty || r.grid_h <= 0 || r.grid_w <= 0 || d.height == 0 || d.width == 0) return 0;
+  int64_t rows = 0, cols = 0;
+  for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
+    const SampleRange y = sample_range(r.start_h, ph, r.bin_h, r.grid_h, d.height);
+    rows += y.last - y.first;
+  }
+  for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
+    const SampleRange x = sample_range(r.start_w, pw, r.bin_w, r.grid_w, d.width);
+    cols += x.last - x.first;
+  }
+  return rows * cols;
+}
+
+// RoIs whose cache would exceed this many samples (~128 MB) are computed
+// straight from their samples instead, without a cache.
+constexpr int64_t kCacheBudget = int64_t{1} << 22;
+
+// The RoIs of each level (in RoI order); one list when there is one level.
+template <typename C>
+std::vector<std::vector<int64_t>> rois_by_level(const C* rois, const RoiDims& d,
+                                                const LevelMap& m) {
+  std::vector<std::vector<int64_t>> levels(std::max<int32_t>(m.num_levels, 1));
+  for (int64_t k = 0; k < d.num_rois; ++k) {
+    levels[roi_level(read_box(rois, k, d), m)].push_back(k);
+  }
+  return levels;
+}
+
+// Splits a level's RoIs, in image order, into groups whose caches stay
+// within the budget; calls cached(group) for each group (a vector of RoI
+// indices) and uncached(k) for each RoI too large for any cache. d and o are
+// the level's.
+template <typename C, typename F, typename G>
+void for_each_group(const C* rois, const AlignOptions& o, const RoiDims& d,
+                    const std::vector<int64_t>& order, F&& cached, G&& uncached) {
+  const int64_t K = static_cast<int64_t>(order.size());
+  std::vector<int64_t> image(K), count(K);
+  for (int64_t i = 0; i < K; ++i) {
+    const Box<C> box = read_box(rois, order[i], d);
+    image[i] = box.image;
+    count[i] = sample_count(
+        align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d), d);
+  }
+  std::vector<int64_t> rank(K);
+  std::iota(rank.begin(), rank.end(), 0);
+  std::stable_sort(rank.begin(), rank.end(),
+                   [&](int64_t a, int64_t b) { return image[a] < image[b]; });
+  constexpr int64_t kMaxGroup = 512;
+  std::vector<int64_t> group;
+  int64_t total = 0;
+  for (int64_t i : rank) {
+    if (count[i] > kCacheBudget) {
+      uncached(order[i]);
+      continue;
+    }
+    if (!group.empty() &&
+        (total + count[i] > kCacheBudget || static_cast<int64_t>(group.size()) >= kMaxGroup)) {
+      cached(group);
+      group.clear();
+      total = 0;
+    }
+    group.push_back(order[i]);
+    total += count[i];
+  }
+  if (!group.empty()) cached(group);
+}
+
+template <typename C, typename A>
+void build_group(std::vector<RoiSamples<C, A>>& caches, const std::vector<int64_t>& group,
+                 const C* rois, const AlignOptions& o, const RoiDims& d, TaskRunner& runner,
+                 bool with_indices) {
+  if (caches.size() < group.size()) caches.resize(group.size());
+  parallel_ranges(runner, static_cast<int64_t>(group.size()), 4 * runner.concurrency(),
+                  [&](int64_t begin, int64_t end) {
+                    for (int64_t i = begin; i < end; ++i) {
+                      caches[i].build(rois, group[i], o, d, with_indices, false);
+                    }
+                  });
+}
+
+template <typename T, typename A>
+inline A sample_value(const Sample<A>& s, const T* base) {
+  return bilinear_value(s.w1, s.w2, s.w3, s.w4, load(base + s.o1), load(base + s.o2),
+                        load(base + s.o3), load(base + s.o4));
+}
+
+// NHWC: neighbours of sample s at channel c of an image's pixels.
+template <typename T, typename A>
+inline A sample_value_nhwc(const Sample<A>& s, const T* pixels, int64_t channels,
+                           int64_t c) {
+  return bilinear_value(s.w1, s.w2, s.w3, s.w4, load(pixels + s.o1 * channels + c),
+                        load(pixels + s.o2 * channels + c), load(pixels + s.o3 * channels + c),
+                        load(pixels + s.o4 * channels + c));
+}
+
+// Forward of a group of one level's RoIs (d, o, features: the level's).
 template <typename T, typename C>
-void align_forward_rois(const AlignForwardArgs<T, C>& a, int64_t k_begin, int64_t k_end) {
+void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const RoiDims& d,
+                   const AlignOptions& o, const std::vector<RoiSamples<C, acc_t<T>>>& caches,
+                   int64_t n, TaskRunner& runner) {
   using A = acc_t<T>;
-  const RoiDims& d = a.dims;
-  const AlignOptions& o = a.options;
   const int64_t Cn = d.channels, HW = d.height * d.width;
   const int64_t nbins = d.pooled_height * d.pooled_width;
   const bool with_argmax = o.max_mode && a.argmax_y != nullptr;
-  RoiSamples<C, A> cache;
-  std::vector<A> acc;
-  std::vector<MaxSample<A>> best;
-  if (d.layout == Layout::kNHWC) {
-    acc.resize(Cn);
-    best.resize(Cn);
-  }
-  for (int64_t k = k_begin; k < k_end; ++k) {
-    const Box<C> box = read_box(a.rois, k, d);
-    cache.build(box, o, d);
-    const A count = static_cast<A>(cache.roi.count);
-    const int64_t image = cache.roi.empty ? 0 : box.image;
-    if (d.layout == Layout::kNCHW) {
-      for (int64_t c = 0; c < Cn; ++c) {
-        const T* plane = a.features + (image * Cn + c) * HW;
-        for (int64_t i = 0; i < nbins; ++i) {
-          const int64_t out = (k * Cn + c) * nbins + i;
-          const CachedSample<C, A>* s = cache.samples.data() + cache.begin[i];
-          const CachedSample<C, A>* end = cache.samples.data() + cache.begin[i + 1];
-          if (!o.max_mode) {
-            A sum = A(0);
-            for (; s != end; ++s) {
-              sum += bilinear_value(s->w1, s->w2, s->w3, s->w4, load(plane + s->o1),
-                                    load(plane + s->o2), load(plane + s->o3),
-                                    load(plane + s->o4));
+  if (d.layout == Layout::kNCHW) {
+    parallel_ranges(runner, Cn, 4 * runner.concurrency(), [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t r = 0; r < n; ++r) {
+          const RoiSamples<C, A>& s = caches[r];
+          const T* plane = features + (s.image * Cn + c) * HW;
+          const int64_t out0 = (s.k * Cn + c) * nbins;
+          const A count = static_cast<A>(s.roi.count);
+          for (int64_t i = 0; i < nbins; ++i) {
+            const Sample<A>* p = s.samples.data() + s.begin[i];
+            const Sample<A>* end = s.samples.data() + s.begin[i + 1];
+            if (!o.max_mode) {
+              A sum = A(0);
+              for (; p != end; ++p) sum += sample_value(*p, plane);
+              store(a.output + out0 + i, sum / count);
+              continue;
             }
-            store(a.output + out, sum / count);
-          } else {
-            const int64_t grid_w = cache.bins[i].grid_w;
+            const int64_t grid_w = s.bins[i].grid_w;
             MaxSample<A> m;
             m.init();
-            for (; s != end; ++s) {
-              m.offer(bilinear_value(s->w1, s->w2, s->w3, s->w4, load(plane + s->o1),
-                                     load(plane + s->o2), load(plane + s->o3),
-                                     load(plane + s->o4)),
-                      s->iy * grid_w + s->ix, s->iy, s->ix);
+            for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
+              m.offer(sample_value(s.samples[j], plane), s.iy[j] * grid_w + s.ix[j], s.iy[j],
+                      s.ix[j]);
             }
-            m.finish(cache.bins[i], first_outside(cache.bins[i]));
-            store(a.output + out, m.value);
+            m.finish(s.bins[i], first_outside(s.bins[i]));
+            store(a.output + out0 + i, m.value);
             if (with_argmax) {
-              a.argmax_y[out] = static_cast<int32_t>(m.iy);
-              a.argmax_x[out] = static_cast<int32_t>(m.ix);
+              a.argmax_y[out0 + i] = static_cast<int32_t>(m.iy);
+              a.argmax_x[out0 + i] = static_cast<int32_t>(m.ix);
             }
           }
         }
       }
-    } else {
-      // NHWC: the channels of a pixel are contiguous; every channel advances
-      // through the same samples in the same order.
-      const T* pixels = a.features + image * HW * Cn;
+    });
+    return;
+  }
+  // NHWC: a task owns RoIs; every channel advances through the same samples
+  // in the same order, the channel loop innermost and contiguous.
+  parallel_ranges(runner, n, 4 * runner.concurrency(), [&](int64_t r0, int64_t r1) {
+    std::vector<A> acc(Cn);
+    std::vector<MaxSample<A>> best(o.max_mode ? Cn : 0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const RoiSamples<C, A>& s = caches[r];
+      const T* pixels = features + s.image * HW * Cn;
+      const A count = static_cast<A>(s.roi.count);
       for (int64_t i = 0; i < nbins; ++i) {
-        const int64_t out = (k * nbins + i) * Cn;
-        const CachedSample<C, A>* s = cache.samples.data() + cache.begin[i];
-        const CachedSample<C, A>* end = cache.samples.data() + cache.begin[i + 1];
+        const int64_t out = (s.k * nbins + i) * Cn;
         if (!o.max_mode) {
-          std::fill(acc.begin(), acc.end(), A(0));
-          for (; s != end; ++s) {
-            const T* p1 = pixels + s->o1 * Cn;
-            const T* p2 = pixels + s->o2 * Cn;
-            const T* p3 = pixels + s->o3 * Cn;
-            const T* p4 = pixels + s->o4 * Cn;
+          A* __restrict accp = acc.data();
+          for (int64_t c = 0; c < Cn; ++c) accp[c] = A(0);
+          for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
+            const Sample<A> p = s.samples[j];
+            const T* __restrict p1 = pixels + p.o1 * Cn;
+            const T* __restrict p2 = pixels + p.o2 * Cn;
+            const T* __restrict p3 = pixels + p.o3 * Cn;
+            const T* __restrict p4 = pixels + p.o4 * Cn;
             for (int64_t c = 0; c < Cn; ++c) {
-              acc[c] += bilinear_value(s->w1, s->w2, s->w3, s->w4, load(p1 + c), load(p2 + c),
-                                       load(p3 + c), load(p4 + c));
+              accp[c] += bilinear_value(p.w1, p.w2, p.w3, p.w4, load(p1 + c), load(p2 + c),
+                                        load(p3 + c), load(p4 + c));
             }
           }
-          for (int64_t c = 0; c < Cn; ++c) store(a.output + out + c, acc[c] / count);
-        } else {
-          const int64_t grid_w = cache.bins[i].grid_w;
-          for (auto& m : best) m.init();
-          for (; s != end; ++s) {
-            const T* p1 = pixels + s->o1 * Cn;
-            const T* p2 = pixels + s->o2 * Cn;
-            const T* p3 = pixels + s->o3 * Cn;
-            const T* p4 = pixels + s->o4 * Cn;
-            const int64_t index = s->iy * grid_w + s->ix;
-            for (int64_t c = 0; c < Cn; ++c) {
-              best[c].offer(bilinear_value(s->w1, s->w2, s->w3, s->w4, load(p1 + c),
-                                           load(p2 + c), load(p3 + c), load(p4 + c)),
-                            index, s->iy, s->ix);
-            }
-          }
-          const int64_t outside = first_outside(cache.bins[i]);
+          for (int64_t c = 0; c < Cn; ++c) store(a.output + out + c, accp[c] / count);
+          continue;
+        }
+        const int64_t grid_w = s.bins[i].grid_w;
+        for (auto& m : best) m.init();
+        for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
+          const int64_t index = int64_t{s.iy[j]} * grid_w + s.ix[j];
           for (int64_t c = 0; c < Cn; ++c) {
-            best[c].finish(cache.bins[i], outside);
-            store(a.output + out + c, best[c].value);
-            if (with_argmax) {
-              a.argmax_y[out + c] = static_cast<int32_t>(best[c].iy);
-              a.argmax_x[out + c] = static_cast<int32_t>(best[c].ix);
-            }
+            best[c].offer(sample_value_nhwc(s.samples[j], pixels, Cn, c), index, s.iy[j],
+                          s.ix[j]);
+          }
+        }
+        const int64_t outside = first_outside(s.bins[i]);
+        for (int64_t c = 0; c < Cn; ++c) {
+          best[c].finish(s.bins[i], outside);
+          store(a.output + out + c, best[c].value);
+          if (with_argmax) {
+            a.argmax_y[out + c] = static_cast<int32_t>(best[c].iy);
+            a.argmax_x[out + c] = static_cast<int32_t>(best[c].ix);
           }
         }
       }
     }
-  }
+  });
+}
+
+// Feature gradient of a group of one level's RoIs (d, grad: the level's).
+template <typename T, typename C>
+void backward_group(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features,
+                    const RoiDims& d, const std::vector<RoiSamples<C, acc_t<T>>>& caches,
+                    int64_t n, TaskRunner& runner) {
+  using A = acc_t<T>;
+  const int64_t Cn = d.channels, HW = d.height * d.width;
+  const int64_t nbins = d.pooled_height * d.pooled_width;
+  // Tasks own blocks of channels: no two write the same element.
+  parallel_ranges(runner, Cn, 4 * runner.concurrency(), [&](int64_t c0, int64_t c1) {
+    if (d.layout == Layout::kNCHW) {
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t r = 0; r < n; ++r) {
+          const RoiSamples<C, A>& s = caches[r];
+          if (s.roi.empty) continue;
+          A* plane = grad_features + (s.image * Cn + c) * HW;
+          const CountDivider<A> div(static_cast<A>(s.roi.count));
+          for (int64_t i = 0; i < nbins; ++i) {
+            const A g = load(a.grad_output + (s.k * Cn + c) * nbins + i);
+            for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
+              const Sample<A>& p = s.samples[j];
+              plane[p.o1] += div(g * p.w1);
+              plane[p.o2] += div(g * p.w2);
+              plane[p.o3] += div(g * p.w3);
+              plane[p.o4] += div(g * p.w4);
+            }
+          }
+        }
+      }
+      return;
+    }
+    const int64_t cn = c1 - c0;
+    std::vector<A> g(cn);
+    for (int64_t r = 0; r < n; ++r) {
+      const RoiSamples<C, A>& s = caches[r];
+      if (s.roi.empty) continue;
+      A* pixels = grad_features + s.image * HW * Cn + c0;
+      const CountDivider<A> div(static_cast<A>(s.roi.count));
+      for (int64_t i = 0; i < nbins; ++i) {
+        const T* go = a.grad_output + (s.k * nbins + i) * Cn + c0;
+        A* __restrict gp = g.data();
+        for (int64_t c = 0; c < cn; ++c) gp[c] = load(go + c);
+        for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
+          const Sample<A> p = s.samples[j];
+          A* q1 = pixels + p.o1 * Cn;  // May coincide: no __restrict.
+          A* q2 = pixels + p.o2 * Cn;
+          A* q3 = pixels + p.o3 * Cn;
+          A* q4 = pixels + p.o4 * Cn;
+          // The four neighbours may coincide (edge replication), so the
+          // four updates stay separate passes, in torchvision's order.
+          for (int64_t c = 0; c < cn; ++c) q1[c] += div(gp[c] * p.w1);
+          for (int64_t c = 0; c < cn; ++c) q2[c] += div(gp[c] * p.w2);
+          for (int64_t c = 0; c < cn; ++c) q3[c] += div(gp[c] * p.w3);
+          for (int64_t c = 0; c < cn; ++c) q4[c] += div(gp[c] * p.w4);
+        }
+      }
+    }
+  });
+}
+
+// Forward of one RoI too large to cache, straight from its samples: a task
+// per block of channels.
+template <typename T, typename C>
+void forward_uncached(const AlignForwardArgs<T, C>& a, const T* features, const RoiDims& d,
+                      const AlignOptions& o, int64_t k, TaskRunner& runner) {
+  using A = acc_t<T>;
+  const Box<C> box = read_box(a.rois, k, d);
+  const AlignRoi<C> r =
+      align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+  const int64_t step = d.layout == Layout::kNCHW ? 1 : d.channels;
+  parallel_ranges(runner, d.channels, 4 * runner.concurrency(), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const T* base = features + feature_index_hw(d, r.empty ? 0 : box.image, c, 0);
+      for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
+        for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
+          const int64_t out = output_index(d, k, c, ph, pw);
+          const AlignBin b = align_bin(r, ph, pw, d);
+          if (!o.max_mode) {
+            store(a.output + out, align_output_avg(base, step, r, b, ph, pw, d));
+            continue;
+          }
+          const MaxSample<A> m = align_output_max(base, step, r, b, ph, pw, d);
+          store(a.output + out, m.value);
+          if (a.argmax_y != nullptr) {
+            a.argmax_y[out] = static_cast<int32_t>(m.iy);
+            a.argmax_x[out] = static_cast<int32_t>(m.ix);
+          }
+        }
+      }
+    }
+  });
+}
+
+// Feature gradient (avg) of one RoI too large to cache.
+template <typename T, typename C>
+void backward_uncached(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features,
+                       const RoiDims& d, const AlignOptions& o, int64_t k, TaskRunner& runner) {
+  using A = acc_t<T>;
+  const Box<C> box = read_box(a.rois, k, d);
+  const AlignRoi<C> r =
+      align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+  if (r.empty) return;
+  const int64_t step = d.layout == Layout::kNCHW ? 1 : d.channels;
+  const int64_t W = d.width;
+  const CountDivider<A> div(static_cast<A>(r.count));
+  parallel_ranges(runner, d.channels, 4 * runner.concurrency(), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      A* grad = grad_features + feature_index_hw(d, box.image, c, 0);
+      for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
+        for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
+          const A g = load(a.grad_output + output_index(d, k, c, ph, pw));
+          for_each_sample(r, align_bin(r, ph, pw, d), ph, pw, d,
+                          [&](int64_t, int64_t, const Bilinear<C>& s) {
+                            grad[(s.y_low * W + s.x_low) * step] += div(g * static_cast<A>(s.w1));
+                            grad[(s.y_low * W + s.x_high) * step] += div(g * static_cast<A>(s.w2));
+                            grad[(s.y_high * W + s.x_low) * step] += div(g * static_cast<A>(s.w3));
+                            grad[(s.y_high * W + s.x_high) * step] += div(g * static_cast<A>(s.w4));
+                          });
+        }
+      }
+    }
+  });
+}
+
+// Max mode: each output's gradient goes to its winning sample only; no
+// cache needed (one sample per output).
+template <typename T, typename C>
+void backward_max(const AlignBackwardArgs<T, C>& a, TaskRunner& runner) {
+  using A = acc_t<T>;
+  const int64_t Cn = a.dims.channels;
+  parallel_ranges(runner, Cn, 4 * runner.concurrency(), [&](int64_t c0, int64_t c1) {
+    for (int64_t k = 0; k < a.dims.num_rois; ++k) {
+      const Box<C> box = read_box(a.rois, k, a.dims);
+      if (box.image < 0) continue;
+      const FeatureLevel<A>& level = a.levels[roi_level(box, a.map)];
+      const RoiDims d = level_dims(a.dims, level);
+      const AlignRoi<C> r = align_roi(box, static_cast<C>(level.spatial_scale),
+                                      a.options.aligned, a.options.sampling_ratio, d);
+      const int64_t W = d.width;
+      const int64_t step = d.layout == Layout::kNCHW ? 1 : Cn;
+      for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
+        for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
+          for (int64_t c = c0; c < c1; ++c) {
+            const int64_t out = output_index(d, k, c, ph, pw);
+            const Bilinear<C> s = winning_sample(r, ph, pw, a.argmax_y[out], a.argmax_x[out], d);
+            if (!s.valid) continue;
+            const A g = load(a.grad_output + out);
+            A* grad = level.data + feature_index_hw(d, box.image, c, 0);
+            grad[(s.y_low * W + s.x_low) * step] += g * static_cast<A>(s.w1);
+            grad[(s.y_low * W + s.x_high) * step] += g * static_cast<A>(s.w2);
+            grad[(s.y_high * W + s.x_low) * step] += g * static_cast<A>(s.w3);
+            grad[(s.y_high * W + s.x_high) * step] += g * static_cast<A>(s.w4);
+          }
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
 
 template <typename T, typename C>
 void roi_align_forward(const AlignForwardArgs<T, C>& args, TaskRunner& runner) {
-  const RoiDims& d = args.dims;
-  if (d.channels == 0) return;
-  parallel_ranges(runner, d.num_rois, 4 * runner.concurrency(),
-                  [&](int64_t begin, int64_t end) { align_forward_rois(args, begin, end); });
+  if (args.dims.channels == 0 || args.dims.num_rois == 0) return;
+  std::vector<RoiSamples<C, acc_t<T>>> caches;
+  const auto by_level = rois_by_level(args.rois, args.dims, args.map);
+  for (size_t l = 0; l < by_level.size(); ++l) {
+    if (by_level[l].empty()) continue;
+    const RoiDims d = level_dims(args.dims, args.levels[l]);
+    const AlignOptions o = level_options(args.options, args.levels[l]);
+    for_each_group(
+        args.rois, o, d, by_level[l],
+        [&](const std::vector<int64_t>& group) {
+          build_group(caches, group, args.rois, o, d, runner, o.max_mode);
+          forward_group(args, args.levels[l].data, d, o, caches,
+                        static_cast<int64_t>(group.size()), runner);
+        },
+        [&](int64_t k) { forward_uncached(args, args.levels[l].data, d, o, k, runner); });
+  }
 }
 
 template <typename T, typename C>
 void roi_align_backward(const AlignBackwardArgs<T, C>& a, TaskRunner& runner) {
   using A = acc_t<T>;
-  const RoiDims& d = a.dims;
-  const AlignOptions& o = a.options;
-  const int64_t Cn = d.channels, HW = d.height * d.width;
-  const int64_t nbins = d.pooled_height * d.pooled_width;
-  const int64_t parts = 4 * runner.concurrency();
-  parallel_ranges(runner, d.batch * Cn * HW, parts, [&](int64_t begin, int64_t end) {
-    std::memset(a.grad_features + begin, 0, sizeof(A) * (end - begin));
-  });
-
-  // Each task owns a block of channels, so no two tasks write the same
-  // element, and every element receives its contributions in the order
-  // (RoI, bin, sample, neighbour) whatever the number of tasks.
-  parallel_ranges(runner, Cn, parts, [&](int64_t c_begin, int64_t c_end) {
-    RoiSamples<C, A> cache;
-    for (int64_t k = 0; k < d.num_rois; ++k) {
-      const Box<C> box = read_box(a.rois, k, d);
-      if (box.image < 0) continue;
-      if (!o.max_mode) {
-        cache.build(box, o, d);
-        if (cache.roi.empty) continue;
-        const A count = static_cast<A>(cache.roi.count);
-        for (int64_t i = 0; i < nbins; ++i) {
-          const CachedSample<C, A>* first = cache.samples.data() + cache.begin[i];
-          const CachedSample<C, A>* end = cache.samples.data() + cache.begin[i + 1];
-          if (first == end) continue;
-          for (int64_t c = c_begin; c < c_end; ++c) {
-            const A g = load(a.grad_output + output_index(d, k, c, i / d.pooled_width,
-                                                          i % d.pooled_width));
-            A* grad = a.grad_features + feature_index_hw(d, box.image, c, 0);
-            const int64_t step = d.layout == Layout::kNCHW ? 1 : Cn;
-            for (const CachedSample<C, A>* s = first; s != end; ++s) {
-              grad[s->o1 * step] += g * s->w1 / count;
-              grad[s->o2 * step] += g * s->w2 / count;
-              grad[s->o3 * step] += g * s->w3 / count;
-              grad[s->o4 * step] += g * s->w4 / count;
-            }
-          }
-        }
-      } else {
-        const AlignRoi<C> r = align_roi(box, static_cast<C>(o.spatial_scale), o.aligned,
-                                        o.sampling_ratio, d);
-        for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
-          for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
-            for (int64_t c = c_begin; c < c_end; ++c) {
-              const int64_t out = output_index(d, k, c, ph, pw);
-              const Bilinear<C> s = winning_sample(r, ph, pw, a.argmax_y[out], a.argmax_x[out], d);
-              if (!s.valid) continue;
-              const A g = load(a.grad_output + out);
-              A* grad = a.grad_features + feature_index_hw(d, box.image, c, 0);
-              const int64_t step = d.layout == Layout::kNCHW ? 1 : Cn;
-              const int64_t W = d.width;
-              grad[(s.y_low * W + s.x_low) * step] += g * static_cast<A>(s.w1);
-              grad[(s.y_low * W + s.x_high) * step] += g * static_cast<A>(s.w2);
-              grad[(s.y_high * W + s.x_low) * step] += g * static_cast<A>(s.w3);
-              grad[(s.y_high * W + s.x_high) * step] += g * static_cast<A>(s.w4);
-            }
-          }
-        }
-      }
-    }
-  });
+  const RoiDims& dims = a.dims;
+  for (int32_t l = 0; l < std::max<int32_t>(a.map.num_levels, 1); ++l) {
+    const RoiDims d = level_dims(dims, a.levels[l]);
+    A* grad = a.levels[l].data;
+    parallel_ranges(runner, d.batch * d.channels * d.height * d.width,
+                    4 * runner.concurrency(), [&](int64_t begin, int64_t end) {
+                      std::memset(grad + begin, 0, sizeof(A) * (end - begin));
+                    });
+  }
+  if (dims.channels == 0 || dims.num_rois == 0) return;
+  if (a.options.max_mode) {
+    backward_max(a, runner);
+    return;
+  }
+  std::vector<RoiSamples<C, A>> caches;
+  const auto by_level = rois_by_level(a.rois, dims, a.map);
+  for (size_t l = 0; l < by_level.size(); ++l) {
+    if (by_level[l].empty()) continue;
+    const RoiDims d = level_dims(dims, a.levels[l]);
+    const AlignOptions o = level_options(a.options, a.levels[l]);
+    // Uncached RoIs are visited in the same (image, RoI) order as the cached
+    // ones, so every element still receives its contributions in RoI order.
+    for_each_group(
+        a.rois, o, d, by_level[l],
+        [&](const std::vector<int64_t>& group) {
+          build_group(caches, group, a.rois, o, d, runner, false);
+          backward_group(a, a.levels[l].data, d, caches, static_cast<int64_t>(group.size()),
+                         runner);
+        },
+        [&](int64_t k) { backward_uncached(a, a.levels[l].data, d, o, k, runner); });
+  }
 }
 
 template <typename T, typename C>
 void roi_align_box_grad(const AlignBoxGradArgs<T, C>& a, TaskRunner& runner) {
   using A = acc_t<T>;
-  const RoiDims& d = a.dims;
-  const AlignOptions& o = a.options;
-  const int64_t Cn = d.channels, W = d.width;
-  const int64_t row = d.rois_per_image > 0 ? 4 : 5;
-  parallel_ranges(runner, d.num_rois, 4 * runner.concurrency(),
+  const int64_t Cn = a.dims.channels;
+  const int64_t row = a.dims.rois_per_image > 0 ? 4 : 5;
+  parallel_ranges(runner, a.dims.num_rois, 4 * runner.concurrency(),
                   [&](int64_t k_begin, int64_t k_end) {
     RoiSamples<C, A> cache;
     for (int64_t k = k_begin; k < k_end; ++k) {
       C* out = a.grad_rois + k * row;
       std::fill_n(out, row, C(0));
-      const Box<C> box = read_box(a.rois, k, d);
-      if (box.image < 0) continue;
-      cache.build(box, o, d);
-      const AlignRoi<C>& r = cache.roi;
-      if (r.empty) continue;
-      // Summed in double, in a fixed order: channels, bins, samples.
-      BoxGradSums sums;
-      const double inv_count = o.max_mode ? 1.0 : 1.0 / static_cast<double>(r.count);
+      const Box<C> box = read_box(a.rois, k, a.dims);
+      if (box.image < 0 || Cn == 0) continue;
+      const FeatureLevel<const T>& level = a.levels[roi_level(box, a.map)];
+      const RoiDims d = level_dims(a.dims, level);
+      const AlignOptions o = level_options(a.options, level);
+      const AlignRoi<C> r =
+          align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+      if (r.empty || d.height == 0 || d.width == 0) continue;
+      // Cotangents scaled like the forward (1 / count in avg mode), summed in
+      // double in a fixed order: channels, bins, samples.
+      const double count = o.max_mode ? 1.0 : static_cast<double>(r.count);
       const int64_t step = d.layout == Layout::kNCHW ? 1 : Cn;
-      auto add = [&](const Bilinear<C>& s, int64_t ph, int64_t pw, int64_t iy, int64_t ix,
-                     double g, const T* base) {
-        sums.add(s, load(base + (s.y_low * W + s.x_low) * step),
-                 load(base + (s.y_low * W + s.x_high) * step),
-                 load(base + (s.y_high * W + s.x_low) * step),
-                 load(base + (s.y_high * W + s.x_high) * step), g,
-                 sample_coord_dbin<C>(ph, iy, r.grid_h), sample_coord_dbin<C>(pw, ix, r.grid_w));
-      };
+      const bool cached = !o.max_mode && sample_count(r, d) <= kCacheBudget;
+      if (cached) cache.build(a.rois, k, o, d, true, true);
+      BoxGradSums sums;
       for (int64_t c = 0; c < Cn; ++c) {
-        const T* base = a.features + feature_index_hw(d, box.image, c, 0);
+        const T* base = level.data + feature_index_hw(d, box.image, c, 0);
         for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
           for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
-            const int64_t out_index = output_index(d, k, c, ph, pw);
-            const double g = static_cast<double>(load(a.grad_output + out_index)) * inv_count;
-            if (!o.max_mode) {
+            const int64_t o_index = output_index(d, k, c, ph, pw);
+            const double g = static_cast<double>(load(a.grad_output + o_index)) / count;
+            if (cached) {  // The samples of this bin, from the cache.
               const int64_t i = ph * d.pooled_width + pw;
               for (int64_t j = cache.begin[i]; j < cache.begin[i + 1]; ++j) {
-                const CachedSample<C, A>& s = cache.samples[j];
-                add(s.b, ph, pw, s.iy, s.ix, g, base);
+                sums.add_sample(base, step, d.width, cache.bilinear[j], g,
+                                sample_coord_dbin<C>(ph, cache.iy[j], r.grid_h),
+                                sample_coord_dbin<C>(pw, cache.ix[j], r.grid_w));
               }
-            } else {
-              const int32_t iy = a.argmax_y[out_index], ix = a.argmax_x[out_index];
-              const Bilinear<C> s = winning_sample(r, ph, pw, iy, ix, d);
-              if (s.valid) add(s, ph, pw, iy, ix, g, base);
+              continue;
             }
+            const int64_t wy = o.max_mode ? a.argmax_y[o_index] : -1;
+            const int64_t wx = o.max_mode ? a.argmax_x[o_index] : -1;
+            align_box_grad_output(base, step, r, ph, pw, d, o.max_mode, wy, wx, g, &sums);
           }
         }
       }
@@ -295,9 +552,9 @@ void roi_align_box_grad(const AlignBoxGradArgs<T, C>& a, TaskRunner& runner) {
   });
 }
 
-#define JAX_ROI_INSTANTIATE_ALIGN(T, C)                                                   \
-  template void roi_align_forward<T, C>(const AlignForwardArgs<T, C>&, TaskRunner&);     \
-  template void roi_align_backward<T, C>(const AlignBackwardArgs<T, C>&, TaskRunner&);   \
+#define JAX_ROI_INSTANTIATE_ALIGN(T, C)                                                 \
+  template void roi_align_forward<T, C>(const AlignForwardArgs<T, C>&, TaskRunner&);   \
+  template void roi_align_backward<T, C>(const AlignBackwardArgs<T, C>&, TaskRunner&); \
   template void roi_align_box_grad<T, C>(const AlignBoxGradArgs<T, C>&, TaskRunner&);
 JAX_ROI_FOR_EACH_TYPE_PAIR(JAX_ROI_INSTANTIATE_ALIGN)
 #undef JAX_ROI_INSTANTIATE_ALIGN

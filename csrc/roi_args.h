@@ -32,7 +32,11 @@ struct PoolBackwardArgs {
   acc_t<T>* grad_features;
 };
 
-// RoIAlign options.
+// A fixed sampling ratio above this is rejected: it bounds the work of a bin
+// (at most 2^20 samples) and keeps grid indices far from overflow.
+constexpr int64_t kMaxSamplingRatio = 1024;
+
+// RoIAlign options (spatial_scale: see FeatureLevel).
 struct AlignOptions {
   double spatial_scale;
   int64_t sampling_ratio;  // > 0: samples per bin axis; <= 0: adaptive.
@@ -40,30 +44,56 @@ struct AlignOptions {
   bool max_mode;           // Maximum of the samples instead of their mean.
 };
 
-// RoIAlign forward. In max mode, argmax_y/argmax_x (when not null) receive
-// the grid indices (iy, ix) of each output's winning sample, or -1 where no
-// gradient flows (no winner, or a winner outside the map).
+// Feature pyramid levels (multi-scale RoIAlign): at most this many.
+constexpr int kMaxLevels = 8;
+
+// One feature map: its data (features, or their gradient), spatial size and
+// scale. N, C and the layout are the RoiDims'.
+template <typename P>
+struct FeatureLevel {
+  P* data;
+  int64_t height, width;
+  double spatial_scale;
+};
+
+// torchvision's FPN level assignment (MultiScaleRoIAlign's LevelMapper):
+// level = clamp(floor(canonical_level + log2(sqrt(area) / canonical_scale)
+// + 1e-6), k_min, k_max) - k_min. With one level every RoI is level 0.
+struct LevelMap {
+  int32_t num_levels = 1;
+  double canonical_scale = 224;
+  double canonical_level = 4;
+  int64_t k_min = 0, k_max = 0;
+};
+
+// RoIAlign forward over one feature map, or over FPN levels with each RoI
+// pooled from its level. In max mode, argmax_y/argmax_x (when not null)
+// receive the grid indices (iy, ix) of each output's winning sample, or -1
+// where no gradient flows (no winner, or a winner outside the map).
 template <typename T, typename C>
 struct AlignForwardArgs {
-  RoiDims dims;
-  AlignOptions options;
-  const T* features;
+  RoiDims dims;  // height/width: unused (per level)
+  AlignOptions options;  // spatial_scale: unused (per level)
+  LevelMap map;
+  FeatureLevel<const T> levels[kMaxLevels];
   const C* rois;
   T* output;
   int32_t* argmax_y;
   int32_t* argmax_x;
 };
 
-// RoIAlign feature gradient. argmax_y/argmax_x are used in max mode only.
+// RoIAlign feature gradient, one buffer per level. argmax_y/argmax_x are
+// used in max mode only.
 template <typename T, typename C>
 struct AlignBackwardArgs {
   RoiDims dims;
   AlignOptions options;
+  LevelMap map;
+  FeatureLevel<acc_t<T>> levels[kMaxLevels];
   const T* grad_output;
   const C* rois;
   const int32_t* argmax_y;
   const int32_t* argmax_x;
-  acc_t<T>* grad_features;
 };
 
 // RoIAlign box gradient: d(sum(output * grad_output)) / d(rois), written
@@ -72,13 +102,28 @@ template <typename T, typename C>
 struct AlignBoxGradArgs {
   RoiDims dims;
   AlignOptions options;
-  const T* features;
+  LevelMap map;
+  FeatureLevel<const T> levels[kMaxLevels];
   const C* rois;
   const T* grad_output;
   const int32_t* argmax_y;
   const int32_t* argmax_x;
   C* grad_rois;
 };
+
+// The dimensions and options of one level.
+template <typename P>
+JAX_ROI_HD RoiDims level_dims(RoiDims d, const FeatureLevel<P>& level) {
+  d.height = level.height;
+  d.width = level.width;
+  return d;
+}
+
+template <typename P>
+JAX_ROI_HD AlignOptions level_options(AlignOptions o, const FeatureLevel<P>& level) {
+  o.spatial_scale = level.spatial_scale;
+  return o;
+}
 
 }  // namespace jax_roi
 

@@ -85,6 +85,8 @@ JAX_ROI_HD float to_float(bf16 h) {
 
 JAX_ROI_HD f16 to_f16(float v) {
 #if defined(__CUDA_ARCH__)
+  // NaN canonicalised as on the host (the intrinsic gives 0x7fff).
+  if (v != v) return f16{static_cast<uint16_t>(((__float_as_uint(v) >> 16) & 0x8000u) | 0x7e00u)};
   return f16{__half_as_ushort(__float2half_rn(v))};
 #else
   uint32_t x = float_bits(v);

@@ -88,38 +88,23 @@ __global__ void roi_pool_backward_kernel(PoolBackwardArgs<T, C> a, int64_t total
 template <typename T, typename C>
 __global__ void roi_align_forward_kernel(AlignForwardArgs<T, C> a, int64_t total) {
   using A = acc_t<T>;
-  const RoiDims& d = a.dims;
   const AlignOptions& o = a.options;
-  const int64_t step = d.layout == Layout::kNCHW ? 1 : d.channels;
-  const int64_t W = d.width;
+  const int64_t step = a.dims.layout == Layout::kNCHW ? 1 : a.dims.channels;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     int64_t k, c, ph, pw;
-    split_output_index(d, i, &k, &c, &ph, &pw);
-    const Box<C> box = read_box(a.rois, k, d);
+    split_output_index(a.dims, i, &k, &c, &ph, &pw);
+    const Box<C> box = read_box(a.rois, k, a.dims);
+    const FeatureLevel<const T> level = a.levels[roi_level(box, a.map)];
+    const RoiDims d = level_dims(a.dims, level);
     const AlignRoi<C> r =
-        align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+        align_roi(box, static_cast<C>(level.spatial_scale), o.aligned, o.sampling_ratio, d);
     const AlignBin b = align_bin(r, ph, pw, d);
-    const T* base = a.features + feature_index_hw(d, r.empty ? 0 : box.image, c, 0);
-    auto value = [&](const Bilinear<C>& s) {
-      return bilinear_value(static_cast<A>(s.w1), static_cast<A>(s.w2), static_cast<A>(s.w3),
-                            static_cast<A>(s.w4), load(base + (s.y_low * W + s.x_low) * step),
-                            load(base + (s.y_low * W + s.x_high) * step),
-                            load(base + (s.y_high * W + s.x_low) * step),
-                            load(base + (s.y_high * W + s.x_high) * step));
-    };
+    const T* base = level.data + feature_index_hw(d, r.empty ? 0 : box.image, c, 0);
     if (!o.max_mode) {
-      A sum = A(0);
-      for_each_sample(r, b, ph, pw, d,
-                      [&](int64_t, int64_t, const Bilinear<C>& s) { sum += value(s); });
-      store(a.output + i, sum / static_cast<A>(r.count));
+      store(a.output + i, align_output_avg(base, step, r, b, ph, pw, d));
     } else {
-      MaxSample<A> m;
-      m.init();
-      for_each_sample(r, b, ph, pw, d, [&](int64_t iy, int64_t ix, const Bilinear<C>& s) {
-        m.offer(value(s), iy * b.grid_w + ix, iy, ix);
-      });
-      m.finish(b, first_outside(b));
+      const MaxSample<A> m = align_output_max(base, step, r, b, ph, pw, d);
       store(a.output + i, m.value);
       if (a.argmax_y != nullptr) {
         a.argmax_y[i] = static_cast<int32_t>(m.iy);
@@ -132,34 +117,34 @@ __global__ void roi_align_forward_kernel(AlignForwardArgs<T, C> a, int64_t total
 template <typename T, typename C>
 __global__ void roi_align_backward_kernel(AlignBackwardArgs<T, C> a, int64_t total) {
   using A = acc_t<T>;
-  const RoiDims& d = a.dims;
   const AlignOptions& o = a.options;
-  const int64_t step = d.layout == Layout::kNCHW ? 1 : d.channels;
-  const int64_t W = d.width;
+  const int64_t step = a.dims.layout == Layout::kNCHW ? 1 : a.dims.channels;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     int64_t k, c, ph, pw;
-    split_output_index(d, i, &k, &c, &ph, &pw);
-    const Box<C> box = read_box(a.rois, k, d);
+    split_output_index(a.dims, i, &k, &c, &ph, &pw);
+    const Box<C> box = read_box(a.rois, k, a.dims);
     if (box.image < 0) continue;
+    const FeatureLevel<A> level = a.levels[roi_level(box, a.map)];
+    const RoiDims d = level_dims(a.dims, level);
+    const int64_t W = d.width;
     const AlignRoi<C> r =
-        align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
-    A* grad = a.grad_features + feature_index_hw(d, box.image, c, 0);
+        align_roi(box, static_cast<C>(level.spatial_scale), o.aligned, o.sampling_ratio, d);
+    A* grad = level.data + feature_index_hw(d, box.image, c, 0);
     const A g = load(a.grad_output + i);
-    auto scatter = [&](const Bilinear<C>& s, A scale) {
-      atomicAdd(grad + (s.y_low * W + s.x_low) * step, g * static_cast<A>(s.w1) / scale);
-      atomicAdd(grad + (s.y_low * W + s.x_high) * step, g * static_cast<A>(s.w2) / scale);
-      atomicAdd(grad + (s.y_high * W + s.x_low) * step, g * static_cast<A>(s.w3) / scale);
-      atomicAdd(grad + (s.y_high * W + s.x_high) * step, g * static_cast<A>(s.w4) / scale);
+    const CountDivider<A> div(o.max_mode ? A(1) : static_cast<A>(r.count));
+    auto scatter = [&](const Bilinear<C>& s) {
+      atomicAdd(grad + (s.y_low * W + s.x_low) * step, div(g * static_cast<A>(s.w1)));
+      atomicAdd(grad + (s.y_low * W + s.x_high) * step, div(g * static_cast<A>(s.w2)));
+      atomicAdd(grad + (s.y_high * W + s.x_low) * step, div(g * static_cast<A>(s.w3)));
+      atomicAdd(grad + (s.y_high * W + s.x_high) * step, div(g * static_cast<A>(s.w4)));
     };
     if (!o.max_mode) {
-      const AlignBin b = align_bin(r, ph, pw, d);
-      const A count = static_cast<A>(r.count);
-      for_each_sample(r, b, ph, pw, d,
-                      [&](int64_t, int64_t, const Bilinear<C>& s) { scatter(s, count); });
+      for_each_sample(r, align_bin(r, ph, pw, d), ph, pw, d,
+                      [&](int64_t, int64_t, const Bilinear<C>& s) { scatter(s); });
     } else {
       const Bilinear<C> s = winning_sample(r, ph, pw, a.argmax_y[i], a.argmax_x[i], d);
-      if (s.valid) scatter(s, A(1));
+      if (s.valid) scatter(s);
     }
   }
 }
@@ -168,50 +153,35 @@ __global__ void roi_align_backward_kernel(AlignBackwardArgs<T, C> a, int64_t tot
 // (deterministic, no atomics).
 template <typename T, typename C>
 __global__ void roi_align_box_grad_kernel(AlignBoxGradArgs<T, C> a) {
-  const RoiDims& d = a.dims;
   const AlignOptions& o = a.options;
-  const int64_t step = d.layout == Layout::kNCHW ? 1 : d.channels;
-  const int64_t W = d.width;
-  const int64_t row = d.rois_per_image > 0 ? 4 : 5;
-  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < d.num_rois;
-       k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  const int64_t step = a.dims.layout == Layout::kNCHW ? 1 : a.dims.channels;
+  const int64_t row = a.dims.rois_per_image > 0 ? 4 : 5;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+       k < a.dims.num_rois; k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     C* out = a.grad_rois + k * row;
     for (int64_t j = 0; j < row; ++j) out[j] = C(0);
-    const Box<C> box = read_box(a.rois, k, d);
+    const Box<C> box = read_box(a.rois, k, a.dims);
     if (box.image < 0) continue;
+    const FeatureLevel<const T> level = a.levels[roi_level(box, a.map)];
+    const RoiDims d = level_dims(a.dims, level);
     const AlignRoi<C> r =
-        align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+        align_roi(box, static_cast<C>(level.spatial_scale), o.aligned, o.sampling_ratio, d);
     if (r.empty) continue;
     BoxGradSums sums;
-    const double inv_count = o.max_mode ? 1.0 : 1.0 / static_cast<double>(r.count);
+    const double count = o.max_mode ? 1.0 : static_cast<double>(r.count);
     for (int64_t c = 0; c < d.channels; ++c) {
-      const T* base = a.features + feature_index_hw(d, box.image, c, 0);
-      auto add = [&](int64_t ph, int64_t pw, int64_t iy, int64_t ix, const Bilinear<C>& s,
-                     double g) {
-        sums.add(s, load(base + (s.y_low * W + s.x_low) * step),
-                 load(base + (s.y_low * W + s.x_high) * step),
-                 load(base + (s.y_high * W + s.x_low) * step),
-                 load(base + (s.y_high * W + s.x_high) * step), g,
-                 sample_coord_dbin<C>(ph, iy, r.grid_h), sample_coord_dbin<C>(pw, ix, r.grid_w));
-      };
+      const T* base = level.data + feature_index_hw(d, box.image, c, 0);
       for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
         for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
-          const int64_t out_index = output_index(d, k, c, ph, pw);
-          const double g = static_cast<double>(load(a.grad_output + out_index)) * inv_count;
-          if (!o.max_mode) {
-            const AlignBin b = align_bin(r, ph, pw, d);
-            for_each_sample(r, b, ph, pw, d, [&](int64_t iy, int64_t ix, const Bilinear<C>& s) {
-              add(ph, pw, iy, ix, s, g);
-            });
-          } else {
-            const int64_t iy = a.argmax_y[out_index], ix = a.argmax_x[out_index];
-            const Bilinear<C> s = winning_sample(r, ph, pw, iy, ix, d);
-            if (s.valid) add(ph, pw, iy, ix, s, g);
-          }
+          const int64_t o_index = output_index(d, k, c, ph, pw);
+          const double g = static_cast<double>(load(a.grad_output + o_index)) / count;
+          const int64_t wy = o.max_mode ? a.argmax_y[o_index] : -1;
+          const int64_t wx = o.max_mode ? a.argmax_x[o_index] : -1;
+          align_box_grad_output(base, step, r, ph, pw, d, o.max_mode, wy, wx, g, &sums);
         }
       }
     }
-    sums.write(r, o.spatial_scale, d, out + (row - 4));
+    sums.write(r, level.spatial_scale, d, out + (row - 4));
   }
 }
 
@@ -252,11 +222,14 @@ cudaError_t roi_align_forward(cudaStream_t stream, const AlignForwardArgs<T, C>&
 template <typename T, typename C>
 cudaError_t roi_align_backward(cudaStream_t stream, const AlignBackwardArgs<T, C>& args) {
   const RoiDims& d = args.dims;
-  const int64_t grad_size = d.batch * d.channels * d.height * d.width;
-  if (grad_size == 0) return cudaSuccess;
-  cudaError_t err =
-      cudaMemsetAsync(args.grad_features, 0, sizeof(acc_t<T>) * grad_size, stream);
-  if (err != cudaSuccess) return err;
+  for (int32_t l = 0; l < (args.map.num_levels > 1 ? args.map.num_levels : 1); ++l) {
+    const int64_t size =
+        d.batch * d.channels * args.levels[l].height * args.levels[l].width;
+    if (size == 0) continue;
+    cudaError_t err =
+        cudaMemsetAsync(args.levels[l].data, 0, sizeof(acc_t<T>) * size, stream);
+    if (err != cudaSuccess) return err;
+  }
   const int64_t total = d.num_rois * d.channels * d.pooled_height * d.pooled_width;
   if (total == 0) return cudaSuccess;
   roi_align_backward_kernel<T, C><<<num_blocks(total), kThreads, 0, stream>>>(args, total);

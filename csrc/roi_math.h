@@ -11,6 +11,7 @@
 #include <cfloat>
 #include <cstdint>
 
+#include "roi_args.h"
 #include "roi_common.h"
 
 namespace jax_roi {
@@ -28,6 +29,10 @@ JAX_ROI_HD float math_floor(float v) { return ::floorf(v); }
 JAX_ROI_HD double math_floor(double v) { return ::floor(v); }
 JAX_ROI_HD float math_ceil(float v) { return ::ceilf(v); }
 JAX_ROI_HD double math_ceil(double v) { return ::ceil(v); }
+JAX_ROI_HD float math_sqrt(float v) { return ::sqrtf(v); }
+JAX_ROI_HD double math_sqrt(double v) { return ::sqrt(v); }
+JAX_ROI_HD float math_log2(float v) { return ::log2f(v); }
+JAX_ROI_HD double math_log2(double v) { return ::log2(v); }
 
 JAX_ROI_HD int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 JAX_ROI_HD int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -50,8 +55,9 @@ JAX_ROI_HD int64_t clamp_to_i64(C v) {
 // Written so that the comparison happens before any integer conversion.
 template <typename C>
 JAX_ROI_HD int64_t batch_index(C v, int64_t batch) {
-  return (v > static_cast<C>(-1) && v < static_cast<C>(batch)) ? static_cast<int64_t>(v)
-                                                               : -1;
+  return (batch > 0 && v > static_cast<C>(-1) && v < static_cast<C>(batch))
+             ? static_cast<int64_t>(v)
+             : -1;
 }
 
 template <typename C>
@@ -151,17 +157,17 @@ JAX_ROI_HD acc_t<T> window_max(const T* base, int64_t stride_h, int64_t stride_w
                                int64_t width, Window rows, Window cols, int32_t* argmax) {
   using A = acc_t<T>;
   A best = pool_initial_max<A>();
-  int64_t best_index = -1;
+  int32_t best_index = -1;
   for (int64_t h = rows.start; h < rows.end; ++h) {
     for (int64_t w = cols.start; w < cols.end; ++w) {
       const A v = load(base + h * stride_h + w * stride_w);
-      if (v > best) {
+      if (v > best) {  // Rarely taken: a well-predicted branch beats a select chain.
         best = v;
-        best_index = h * width + w;
+        best_index = static_cast<int32_t>(h * width + w);
       }
     }
   }
-  *argmax = static_cast<int32_t>(best_index);
+  *argmax = best_index;
   return best;
 }
 
@@ -501,6 +507,17 @@ struct BoxGradSums {
     sx1 += gx * static_cast<double>(dx_dbin);
   }
 
+  // The same, reading the four neighbours from a plane (NCHW) or the pixels
+  // of an image (NHWC, step = C).
+  template <typename T, typename C>
+  JAX_ROI_HD void add_sample(const T* base, int64_t step, int64_t width, const Bilinear<C>& s,
+                             double g, C dy_dbin, C dx_dbin) {
+    add(s, load(base + (s.y_low * width + s.x_low) * step),
+        load(base + (s.y_low * width + s.x_high) * step),
+        load(base + (s.y_high * width + s.x_low) * step),
+        load(base + (s.y_high * width + s.x_high) * step), g, dy_dbin, dx_dbin);
+  }
+
   // Writes d/dx1, d/dy1, d/dx2, d/dy2.
   template <typename C>
   JAX_ROI_HD void write(const AlignRoi<C>& r, double spatial_scale, const RoiDims& d,
@@ -514,6 +531,112 @@ struct BoxGradSums {
     coords[3] = static_cast<C>(dbin_h * sy1);
   }
 };
+
+// ---------------------------------------------------------------------------
+// RoIAlign per output, straight from the samples (no cache): the CUDA
+// kernels, and the CPU kernels for RoIs too large to cache.
+// ---------------------------------------------------------------------------
+
+// Value of a sample from the plane (NCHW) or pixels (NHWC, step = C) at base.
+template <typename T, typename C>
+JAX_ROI_HD acc_t<T> sample_value(const T* base, int64_t step, int64_t width,
+                                 const Bilinear<C>& s) {
+  using A = acc_t<T>;
+  return bilinear_value(static_cast<A>(s.w1), static_cast<A>(s.w2), static_cast<A>(s.w3),
+                        static_cast<A>(s.w4), load(base + (s.y_low * width + s.x_low) * step),
+                        load(base + (s.y_low * width + s.x_high) * step),
+                        load(base + (s.y_high * width + s.x_low) * step),
+                        load(base + (s.y_high * width + s.x_high) * step));
+}
+
+// avg: the output of bin (ph, pw) of one channel.
+template <typename T, typename C>
+JAX_ROI_HD acc_t<T> align_output_avg(const T* base, int64_t step, const AlignRoi<C>& r,
+                                     const AlignBin& b, int64_t ph, int64_t pw,
+                                     const RoiDims& d) {
+  using A = acc_t<T>;
+  A sum = A(0);
+  for_each_sample(r, b, ph, pw, d, [&](int64_t, int64_t, const Bilinear<C>& s) {
+    sum += sample_value(base, step, d.width, s);
+  });
+  return sum / static_cast<A>(r.count);
+}
+
+// max: the settled running maximum of bin (ph, pw) of one channel.
+template <typename T, typename C>
+JAX_ROI_HD MaxSample<acc_t<T>> align_output_max(const T* base, int64_t step,
+                                                const AlignRoi<C>& r, const AlignBin& b,
+                                                int64_t ph, int64_t pw, const RoiDims& d) {
+  MaxSample<acc_t<T>> m;
+  m.init();
+  for_each_sample(r, b, ph, pw, d, [&](int64_t iy, int64_t ix, const Bilinear<C>& s) {
+    m.offer(sample_value(base, step, d.width, s), iy * b.grid_w + ix, iy, ix);
+  });
+  m.finish(b, first_outside(b));
+  return m;
+}
+
+// Adds one output's contributions to the box-gradient sums: every sample
+// (avg) or the winner (max), at cotangent g_scaled = g / count (avg) or g
+// (max), computed in double by the caller.
+template <typename T, typename C>
+JAX_ROI_HD void align_box_grad_output(const T* base, int64_t step, const AlignRoi<C>& r,
+                                      int64_t ph, int64_t pw, const RoiDims& d, bool max_mode,
+                                      int64_t winner_y, int64_t winner_x, double g_scaled,
+                                      BoxGradSums* sums) {
+  auto add = [&](int64_t iy, int64_t ix, const Bilinear<C>& s) {
+    sums->add_sample(base, step, d.width, s, g_scaled, sample_coord_dbin<C>(ph, iy, r.grid_h),
+                     sample_coord_dbin<C>(pw, ix, r.grid_w));
+  };
+  if (max_mode) {
+    const Bilinear<C> s = winning_sample(r, ph, pw, winner_y, winner_x, d);
+    if (s.valid) add(winner_y, winner_x, s);
+    return;
+  }
+  for_each_sample(r, align_bin(r, ph, pw, d), ph, pw, d, add);
+}
+
+// (g * w) / count, exactly. When count is a power of two (sampling_ratio 2
+// gives 4) the division is a multiplication by its exact reciprocal, which
+// gives the same result and is much cheaper.
+template <typename A>
+struct CountDivider {
+  A count, reciprocal;
+  bool power_of_two;
+  JAX_ROI_HD explicit CountDivider(A c) : count(c), reciprocal(A(1) / c) {
+    power_of_two = reciprocal * c == A(1) && is_power_of_two(c);
+  }
+  JAX_ROI_HD A operator()(A v) const { return power_of_two ? v * reciprocal : v / count; }
+
+ private:
+  JAX_ROI_HD static bool is_power_of_two(A c) {
+    // c is a positive integer (a sample count) below 2^62.
+    const int64_t n = static_cast<int64_t>(c);
+    return static_cast<A>(n) == c && n > 0 && (n & (n - 1)) == 0;
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Multi-scale (FPN) level assignment
+// ---------------------------------------------------------------------------
+
+// torchvision's LevelMapper, in the box dtype: the box area (x2 - x1) *
+// (y2 - y1), floor(k0 + log2(sqrt(area) / s0) + 1e-6), clamped to [k_min,
+// k_max], minus k_min. A box whose area is NaN (an inverted box, a NaN
+// coordinate) goes to level 0, like a zero-area box (log2(0) = -inf).
+template <typename C>
+JAX_ROI_HD int32_t roi_level(const Box<C>& box, const LevelMap& m) {
+  if (m.num_levels <= 1) return 0;
+  const C area = (box.x2 - box.x1) * (box.y2 - box.y1);
+  const C target = math_floor(static_cast<C>(m.canonical_level) +
+                              math_log2(math_sqrt(area) / static_cast<C>(m.canonical_scale)) +
+                              static_cast<C>(1e-6));
+  const C lo = static_cast<C>(m.k_min), hi = static_cast<C>(m.k_max);
+  if (!(target > lo)) return 0;  // Also NaN.
+  const C clamped = target < hi ? target : hi;
+  const int64_t level = static_cast<int64_t>(clamped - lo);
+  return static_cast<int32_t>(level < m.num_levels ? level : m.num_levels - 1);
+}
 
 }  // namespace jax_roi
 
