@@ -5,6 +5,6 @@ exact semantics, differentiable, and batched by ``jax.vmap`` in one launch.
 """
 
 from jax_roi._version import __version__
-from jax_roi.ops import roi_align, roi_pool
+from jax_roi.ops import multi_scale_roi_align, roi_align, roi_pool
 
-__all__ = ["__version__", "roi_align", "roi_pool"]
+__all__ = ["__version__", "multi_scale_roi_align", "roi_align", "roi_pool"]

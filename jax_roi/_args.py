@@ -60,6 +60,8 @@ def output_size_pair(output_size: Any) -> tuple[int, int]:
           f"output_size must be an int or a pair of ints, got {output_size!r}") from e
   if pair[0] <= 0 or pair[1] <= 0:
     raise ValueError(f"output_size must be positive, got {output_size!r}")
+  if pair[0] * pair[1] >= 2**31:
+    raise ValueError(f"output_size PH * PW must be below 2**31, got {output_size!r}")
   return pair[0], pair[1]
 
 
@@ -90,7 +92,7 @@ def choice(value: Any, name: str, allowed: tuple) -> Any:
 
 def canonicalize(features: Any, rois: Any, output_size: Any, *,
                  spatial_scale: Any, layout: Any, box_order: Any,
-                 implementation: Any):
+                 implementation: Any, name: str = "features"):
   """Validates the arguments shared by every op.
 
   Returns ``(features, rois, args)`` with rois in xyxy order and in float32
@@ -104,20 +106,20 @@ def canonicalize(features: Any, rois: Any, output_size: Any, *,
   pooled = output_size_pair(output_size)
   scale = spatial_scale_value(spatial_scale)
 
-  features = _as_array(features, "features")
+  features = _as_array(features, name)
   if features.dtype not in FEATURE_DTYPES:
     raise TypeError(
-        "features must be float16, bfloat16, float32 or float64, got"
+        f"{name} must be float16, bfloat16, float32 or float64, got"
         f" {features.dtype}")
   if features.ndim != 4:
     expected = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
     raise ValueError(
-        f"features must have rank 4, {expected} for layout {layout!r}; got"
+        f"{name} must have rank 4, {expected} for layout {layout!r}; got"
         f" shape {features.shape}")
   h, w = (features.shape[2:4] if layout == "NCHW" else features.shape[1:3])
   if h * w >= 2**31:
     raise ValueError(
-        f"features height * width must be below 2**31, got {h} * {w}")
+        f"{name} height * width must be below 2**31, got {h} * {w}")
 
   rois = _as_array(rois, "rois")
   if not jnp.issubdtype(rois.dtype, jnp.floating):
@@ -130,7 +132,7 @@ def canonicalize(features: Any, rois: Any, output_size: Any, *,
     if rois.shape[0] != features.shape[0]:
       raise ValueError(
           f"batched rois of shape {rois.shape} need one row of boxes per image:"
-          f" rois.shape[0] must equal the {features.shape[0]} images of features")
+          f" rois.shape[0] must equal the {features.shape[0]} images of {name}")
   else:
     raise ValueError(
         "rois must have shape (K, 5) with rows [batch_index, x1, y1, x2, y2],"
@@ -158,3 +160,65 @@ def bool_value(value: Any, name: str) -> bool:
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be a bool, got {value!r}")
   return bool(value)
+
+
+MAX_LEVELS = 8
+
+
+def pyramid_scales(features, spatial_scales: Any, image_size: Any, layout: str):
+  """The per-level spatial scales: given, or inferred as torchvision's
+  MultiScaleRoIAlign does (2 ** round(log2(feature size / image size)))."""
+  if spatial_scales is not None:
+    if isinstance(spatial_scales, (str, bytes)) or not hasattr(spatial_scales, "__len__"):
+      raise TypeError(f"spatial_scales must be a sequence of numbers, got {spatial_scales!r}")
+    scales = tuple(spatial_scale_value(s) for s in spatial_scales)
+    if len(scales) != len(features):
+      raise ValueError(
+          f"spatial_scales needs one scale per level: {len(features)} levels, got"
+          f" {len(scales)} scales")
+    if any(s <= 0 for s in scales):
+      raise ValueError(f"spatial_scales must be positive, got {spatial_scales!r}")
+    return scales
+  if image_size is None:
+    raise ValueError(
+        "multi_scale_roi_align needs spatial_scales, or image_size (H, W) of the input"
+        " images to infer them as torchvision does")
+  img_h, img_w = output_size_pair(image_size)
+  scales = []
+  for level, f in enumerate(features):
+    h, w = (f.shape[2], f.shape[3]) if layout == "NCHW" else (f.shape[1], f.shape[2])
+    if h == 0 or w == 0:
+      raise ValueError(f"features[{level}] has an empty spatial size {(h, w)}")
+    sh = 2.0 ** round(math.log2(h / img_h))
+    sw = 2.0 ** round(math.log2(w / img_w))
+    if sh != sw:
+      raise ValueError(
+          f"cannot infer the scale of features[{level}]: {(h, w)} vs image {(img_h, img_w)}"
+          f" gives {sh} along H and {sw} along W; pass spatial_scales")
+    scales.append(sh)
+  return tuple(scales)
+
+
+def level_range(scales) -> tuple[int, int]:
+  """torchvision's k_min, k_max: int(-log2(scale)) of the first and last
+  levels, computed in float32; the levels must be consecutive."""
+  levels = [int(-np.log2(np.float32(s))) for s in scales]
+  k_min, k_max = levels[0], levels[-1]
+  if levels != list(range(k_min, k_min + len(scales))):
+    raise ValueError(
+        f"spatial_scales {tuple(scales)} must halve from level to level (one level per"
+        f" power of two): levels {k_min}..{k_max} for {len(scales)} feature maps")
+  return k_min, k_max
+
+
+MAX_SAMPLING_RATIO = 1024  # roi_args.h kMaxSamplingRatio
+
+
+def sampling_ratio_value(value: Any) -> int:
+  """An int; <= 0 means adaptive; above 1024 is rejected (bounded work)."""
+  sr = int_value(value, "sampling_ratio")
+  if sr > MAX_SAMPLING_RATIO:
+    raise ValueError(
+        f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} (samples per bin axis;"
+        f" <= 0 for adaptive), got {sr}")
+  return sr

@@ -62,8 +62,9 @@ ROI = "roi"  # leading axes: rois.shape[:-1], i.e. (K,) or (N, R)
 ROIS = "rois"  # the boxes: (K, 5) or (N, R, 4)
 NONE = "none"  # an unbatched operand or result (an empty placeholder)
 
-# Computes the result types from the operands, the image shape (the features'
-# shape, whose first entry the batching rule may change) and the attributes.
+# Computes the result types from the operands, the image shapes (the shapes
+# of the feature maps, one per level, whose first entry the batching rule may
+# change) and the attributes.
 ResultFn = Callable[[Sequence[jax.Array], tuple, dict], Sequence[jax.ShapeDtypeStruct]]
 
 
@@ -73,30 +74,38 @@ class Kernel(NamedTuple):
   result_roles: tuple[str, ...]
   results: ResultFn
   # Static attributes, as (name, value) pairs of exactly typed numpy scalars
-  # or strings (they must match the C++ binding's Attr<T> types).
+  # or strings (they must match the C++ binding's Attr<T> types); a tuple of
+  # floats becomes a float64 array attribute.
   attrs: tuple[tuple[str, object], ...]
 
 
-def kernel(k: Kernel, image_shape: tuple, *args: jax.Array) -> tuple[jax.Array, ...]:
-  """Calls kernel ``k`` on ``args``; vmap folds into one call."""
-  return _batchable(k, tuple(image_shape))(*args)
+def kernel(k: Kernel, image_shapes: Sequence[tuple], *args: jax.Array) -> tuple[jax.Array, ...]:
+  """Calls kernel ``k`` on ``args``; vmap folds into one call.
+
+  ``image_shapes``: the shape of each feature map (one per FPN level).
+  """
+  return _batchable(k, tuple(tuple(s) for s in image_shapes))(*args)
+
+
+def _attr_value(v):
+  return np.asarray(v, np.float64) if isinstance(v, tuple) else v
 
 
 @functools.lru_cache(maxsize=None)
-def _batchable(k: Kernel, image_shape: tuple):
-  attrs = dict(k.attrs)
+def _batchable(k: Kernel, image_shapes: tuple):
+  attrs = {name: _attr_value(v) for name, v in k.attrs}
 
   def call(*args):
-    result_types = tuple(k.results(args, image_shape, attrs))
+    result_types = tuple(k.results(args, image_shapes, attrs))
     return tuple(jax.ffi.ffi_call(k.target, result_types)(*args, **attrs))
 
   call = jax.custom_batching.custom_vmap(call)
 
   @call.def_vmap
   def rule(axis_size, in_batched, *args):
-    folded, new_image_shape, unfold = _fold(
-        k, image_shape, axis_size, list(in_batched), list(args))
-    outs = _batchable(k, new_image_shape)(*folded)
+    folded, new_image_shapes, unfold = _fold(
+        k, image_shapes, axis_size, list(in_batched), list(args))
+    outs = _batchable(k, new_image_shapes)(*folded)
     return unfold(outs)
 
   return call
@@ -111,7 +120,7 @@ def roi_images(rois: jax.Array, batch: int) -> jax.Array:
   """
   if rois.shape[-1] == 5:
     v = rois[..., 0]
-    valid = (v > -1) & (v < batch)
+    valid = (v > -1) & (v < batch) & (batch > 0)
     return jnp.where(valid, jnp.trunc(jnp.where(valid, v, 0)), -1).astype(jnp.int32)
   n, r = rois.shape[:2]
   return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], (n, r))
@@ -121,7 +130,7 @@ def _merge_leading(x: jax.Array) -> jax.Array:
   return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
-def _fold(k: Kernel, image_shape: tuple, size: int, batched: list[bool],
+def _fold(k: Kernel, image_shapes: tuple, size: int, batched: list[bool],
           args: list[jax.Array]):
   """Folds the vmapped axis (axis 0 of batched operands) into the operands.
 
@@ -131,7 +140,7 @@ def _fold(k: Kernel, image_shape: tuple, size: int, batched: list[bool],
   roles = k.arg_roles
   rois_at = roles.index(ROIS)
   indexed = args[rois_at].shape[-1] == 5
-  n = image_shape[0]
+  n = image_shapes[0][0]
   fold_images = (any(b for b, r in zip(batched, roles) if r == IMAGE)
                  or IMAGE in k.result_roles)
 
@@ -156,7 +165,7 @@ def _fold(k: Kernel, image_shape: tuple, size: int, batched: list[bool],
         out_args.append(_merge_leading(x.at[..., 0].set(first)))
       else:  # ROI operands, batched (N, R, 4) boxes: merge the two leading axes
         out_args.append(_merge_leading(expand(x, b)))
-    new_image_shape = (size * n,) + tuple(image_shape[1:])
+    new_image_shapes = tuple((size * n,) + tuple(s[1:]) for s in image_shapes)
 
     def unfold(outs):
       res = []
@@ -164,7 +173,7 @@ def _fold(k: Kernel, image_shape: tuple, size: int, batched: list[bool],
         res.append(y if role == NONE else y.reshape((size, y.shape[0] // size) + y.shape[1:]))
       return tuple(res), tuple(role != NONE for role in k.result_roles)
 
-    return out_args, new_image_shape, unfold
+    return out_args, new_image_shapes, unfold
 
   # Only RoI-side operands are batched and no result is per image: the
   # images stay as they are and the vmapped axis joins the RoI axis.
@@ -200,7 +209,7 @@ def _fold(k: Kernel, image_shape: tuple, size: int, batched: list[bool],
       res.append(y)
     return tuple(res), tuple(role != NONE for role in k.result_roles)
 
-  return out_args, tuple(image_shape), unfold_rois
+  return out_args, image_shapes, unfold_rois
 
 
 def pooled_shape(rois_shape: tuple, channels: int, pooled: tuple[int, int],
@@ -225,23 +234,23 @@ def acc_dtype(dtype) -> np.dtype:
 # ---------------------------------------------------------------------------
 
 
-def _roi_pool_fwd_results(args, image_shape, attrs):
+def _roi_pool_fwd_results(args, image_shapes, attrs):
   features, rois = args
-  shape = pooled_shape(rois.shape, channels_of(image_shape, attrs["layout"]),
+  shape = pooled_shape(rois.shape, channels_of(image_shapes[0], attrs["layout"]),
                        (int(attrs["pooled_height"]), int(attrs["pooled_width"])),
                        attrs["layout"])
   out = jax.ShapeDtypeStruct(shape, features.dtype)
   return out, jax.ShapeDtypeStruct(shape, jnp.int32)
 
 
-def _roi_pool_fwd_no_argmax_results(args, image_shape, attrs):
-  out, _ = _roi_pool_fwd_results(args, image_shape, attrs)
+def _roi_pool_fwd_no_argmax_results(args, image_shapes, attrs):
+  out, _ = _roi_pool_fwd_results(args, image_shapes, attrs)
   return out, jax.ShapeDtypeStruct((0,), jnp.int32)
 
 
-def _roi_pool_bwd_results(args, image_shape, attrs):
+def _roi_pool_bwd_results(args, image_shapes, attrs):
   grad_output = args[0]
-  return (jax.ShapeDtypeStruct(image_shape, acc_dtype(grad_output.dtype)),)
+  return (jax.ShapeDtypeStruct(image_shapes[0], acc_dtype(grad_output.dtype)),)
 
 
 def _pool_attrs(output_size, spatial_scale, layout):
@@ -261,14 +270,14 @@ def roi_pool_forward(features, rois, *, output_size, spatial_scale, layout,
     k = Kernel("jax_roi_roi_pool_fwd_v1", (IMAGE, ROIS), (ROI, NONE),
                _roi_pool_fwd_no_argmax_results,
                _pool_attrs(output_size, spatial_scale, layout))
-  return kernel(k, features.shape, features, rois)
+  return kernel(k, [features.shape], features, rois)
 
 
 def roi_pool_backward(grad_output, argmax, rois, *, image_shape, layout):
   """Feature gradient (in the accumulation dtype) of RoIPool."""
   k = Kernel("jax_roi_roi_pool_bwd_v1", (ROI, ROI, ROIS), (IMAGE,),
              _roi_pool_bwd_results, (("layout", layout),))
-  (grad,) = kernel(k, image_shape, grad_output, argmax, rois)
+  (grad,) = kernel(k, [image_shape], grad_output, argmax, rois)
   return grad
 
 
@@ -295,35 +304,39 @@ class AlignOptions(NamedTuple):
             ("layout", self.layout))
 
 
-def _pooled_of(args, image_shape, attrs):
-  rois = args[1]
-  return pooled_shape(rois.shape, channels_of(image_shape, attrs["layout"]),
+def _pooled_of(rois, image_shapes, attrs):
+  return pooled_shape(rois.shape, channels_of(image_shapes[0], attrs["layout"]),
                       (int(attrs["pooled_height"]), int(attrs["pooled_width"])),
                       attrs["layout"])
 
 
-def _align_fwd_results(args, image_shape, attrs):
-  shape = _pooled_of(args, image_shape, attrs)
+def _align_fwd_results(args, image_shapes, attrs):
+  shape = _pooled_of(args[1], image_shapes, attrs)
   out = jax.ShapeDtypeStruct(shape, args[0].dtype)
   if attrs["mode"] == "max":
     return out, jax.ShapeDtypeStruct(shape, jnp.int32), jax.ShapeDtypeStruct(shape, jnp.int32)
   return out, _EMPTY, _EMPTY
 
 
-def _align_fwd_no_argmax_results(args, image_shape, attrs):
-  return _align_fwd_results(args, image_shape, dict(attrs, mode="avg"))[:1] + (_EMPTY, _EMPTY)
+def _align_fwd_no_argmax_results(args, image_shapes, attrs):
+  return _align_fwd_results(args, image_shapes, dict(attrs, mode="avg"))[:1] + (_EMPTY, _EMPTY)
 
 
 _EMPTY = jax.ShapeDtypeStruct((0,), jnp.int32)
 
 
-def _align_bwd_results(args, image_shape, attrs):
-  return (jax.ShapeDtypeStruct(image_shape, acc_dtype(args[0].dtype)),)
+def _align_bwd_results(args, image_shapes, attrs):
+  return tuple(jax.ShapeDtypeStruct(s, acc_dtype(args[0].dtype)) for s in image_shapes)
 
 
-def _align_box_grad_results(args, image_shape, attrs):
-  rois = args[1]
-  return (jax.ShapeDtypeStruct(rois.shape, rois.dtype),)
+def _box_grad_results(rois_at):
+  def results(args, image_shapes, attrs):
+    rois = args[rois_at]
+    return (jax.ShapeDtypeStruct(rois.shape, rois.dtype),)
+  return results
+
+
+_align_box_grad_results = _box_grad_results(1)
 
 
 def empty_argmax():
@@ -339,7 +352,7 @@ def roi_align_forward(features, rois, options: AlignOptions, with_argmax: bool):
   else:
     k = Kernel("jax_roi_roi_align_fwd_v1", (IMAGE, ROIS), (ROI, NONE, NONE),
                _align_fwd_no_argmax_results, options.attrs())
-  return kernel(k, features.shape, features, rois)
+  return kernel(k, [features.shape], features, rois)
 
 
 def _argmax_roles(options: AlignOptions):
@@ -351,7 +364,7 @@ def roi_align_backward(grad_output, rois, argmax_y, argmax_x, *, image_shape,
   """Feature gradient (in the accumulation dtype) of RoIAlign."""
   k = Kernel("jax_roi_roi_align_bwd_v1", (ROI, ROIS) + _argmax_roles(options), (IMAGE,),
              _align_bwd_results, options.attrs())
-  (grad,) = kernel(k, image_shape, grad_output, rois, argmax_y, argmax_x)
+  (grad,) = kernel(k, [image_shape], grad_output, rois, argmax_y, argmax_x)
   return grad
 
 
@@ -360,5 +373,62 @@ def roi_align_box_grad(features, rois, grad_output, argmax_y, argmax_x,
   """Gradient of sum(output * grad_output) w.r.t. the rois (rois' shape)."""
   k = Kernel("jax_roi_roi_align_box_grad_v1", (IMAGE, ROIS, ROI) + _argmax_roles(options),
              (ROIS,), _align_box_grad_results, options.attrs())
-  (grad,) = kernel(k, features.shape, features, rois, grad_output, argmax_y, argmax_x)
+  (grad,) = kernel(k, [features.shape], features, rois, grad_output, argmax_y, argmax_x)
+  return grad
+
+
+# ---------------------------------------------------------------------------
+# Multi-scale (FPN) RoIAlign: one fused call over every level
+# ---------------------------------------------------------------------------
+
+
+class MultiScaleOptions(NamedTuple):
+  output_size: tuple[int, int]
+  spatial_scales: tuple[float, ...]
+  sampling_ratio: int
+  aligned: bool
+  layout: str
+  canonical_scale: float
+  canonical_level: float
+  k_min: int
+  k_max: int
+
+  def attrs(self):
+    return (("spatial_scales", tuple(float(v) for v in self.spatial_scales)),
+            ("pooled_height", np.int64(self.output_size[0])),
+            ("pooled_width", np.int64(self.output_size[1])),
+            ("sampling_ratio", np.int64(self.sampling_ratio)),
+            ("aligned", bool(self.aligned)),
+            ("layout", self.layout),
+            ("canonical_scale", np.float64(self.canonical_scale)),
+            ("canonical_level", np.float64(self.canonical_level)),
+            ("k_min", np.int64(self.k_min)),
+            ("k_max", np.int64(self.k_max)))
+
+
+def _multi_fwd_results(args, image_shapes, attrs):
+  rois, first = args[0], args[1]
+  return (jax.ShapeDtypeStruct(_pooled_of(rois, image_shapes, attrs), first.dtype),)
+
+
+def multi_scale_forward(features: Sequence[jax.Array], rois, options: MultiScaleOptions):
+  k = Kernel("jax_roi_multi_scale_roi_align_fwd_v1", (ROIS,) + (IMAGE,) * len(features),
+             (ROI,), _multi_fwd_results, options.attrs())
+  (out,) = kernel(k, [f.shape for f in features], rois, *features)
+  return out
+
+
+def multi_scale_backward(grad_output, rois, *, image_shapes, options: MultiScaleOptions):
+  """Feature gradients (accumulation dtype), one per level."""
+  k = Kernel("jax_roi_multi_scale_roi_align_bwd_v1", (ROI, ROIS), (IMAGE,) * len(image_shapes),
+             _align_bwd_results, options.attrs())
+  return kernel(k, image_shapes, grad_output, rois)
+
+
+def multi_scale_box_grad(features: Sequence[jax.Array], rois, grad_output,
+                         options: MultiScaleOptions):
+  k = Kernel("jax_roi_multi_scale_roi_align_box_grad_v1",
+             (ROIS, ROI) + (IMAGE,) * len(features), (ROIS,), _box_grad_results(0),
+             options.attrs())
+  (grad,) = kernel(k, [f.shape for f in features], rois, grad_output, *features)
   return grad

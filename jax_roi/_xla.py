@@ -95,7 +95,7 @@ def roi_pool(features: jax.Array, rois: jax.Array, args: RoiArgs) -> jax.Array:
   c = chw.shape[1]
   images, (row_lo, row_hi), (col_lo, col_hi) = pool_windows(rois, args)
   k = images.shape[0]
-  if k == 0 or c == 0 or h == 0 or w == 0:  # Every bin is empty.
+  if k == 0 or c == 0 or h == 0 or w == 0 or args.image_shape[0] == 0:  # All empty.
     return jnp.zeros(_out_shape(lead, c, args), features.dtype)
   acc = acc_dtype(features.dtype)
   h_range = jnp.arange(h)
@@ -324,7 +324,7 @@ def roi_align(features: jax.Array, rois: jax.Array, args) -> jax.Array:
   n, c, h, w = chw.shape
   geo = align_geometry(rois, args)
   k = geo.images.shape[0]
-  if k == 0 or c == 0:
+  if k == 0 or c == 0 or n == 0:  # No output, or every RoI is padding.
     return jnp.zeros(_out_shape(lead, c, base), features.dtype)
   if 0 < args.sampling_ratio <= _GATHER_MAX_SR:
     out = _align_fixed_grid(chw, geo, args)
@@ -436,10 +436,12 @@ def align_at_winners(features, rois, argmax_y, argmax_x, args):
   differentiable w.r.t. features and rois."""
   base = args.base
   chw = _chw(features, args)
-  _, c, h, w = chw.shape
+  n, c, h, w = chw.shape
   geo = align_geometry(rois, args)
   ph_count, pw_count = base.output_size
   lead = rois.shape[:-1]
+  if n == 0 or geo.images.shape[0] == 0:
+    return jnp.zeros(_out_shape(lead, c, base), features.dtype)
 
   def to_kchw(a):
     a = a.reshape((-1,) + a.shape[len(lead):])
@@ -544,3 +546,40 @@ def _align_search_max(features, chw, rois, geo, args):
   if args.base.layout == "NHWC":
     values = jnp.moveaxis(values, 3, 1)
   return jnp.where(by >= 0, values.astype(acc), fallback)
+
+
+# ---------------------------------------------------------------------------
+# Multi-scale (FPN) RoIAlign
+# ---------------------------------------------------------------------------
+
+
+def roi_levels(rois: jax.Array, options) -> jax.Array:
+  """torchvision's LevelMapper (roi_math.h roi_level): level per RoI, (K,)."""
+  boxes = rois[..., -4:].reshape(-1, 4)
+  dtype = rois.dtype
+  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  target = jnp.floor(jnp.asarray(options.canonical_level, dtype)
+                     + jnp.log2(jnp.sqrt(area) / jnp.asarray(options.canonical_scale, dtype))
+                     + jnp.asarray(1e-6, dtype))
+  lo, hi = float(options.k_min), float(options.k_max)
+  level = jnp.where(target > lo, jnp.minimum(target, hi), lo) - lo  # NaN -> level 0
+  return jnp.clip(level, 0, len(options.spatial_scales) - 1).astype(jnp.int32)
+
+
+def multi_scale_roi_align(features, rois, args) -> jax.Array:
+  """Per-level roi_align (pure JAX), each RoI keeping its own level's output."""
+  from jax_roi.ops import AlignArgs  # the ops module imports this one
+
+  options = args.options
+  levels = roi_levels(lax.stop_gradient(rois), options)
+  lead = rois.shape[:-1]
+  out = None
+  for l, f in enumerate(features):
+    base = args.base._replace(spatial_scale=options.spatial_scales[l],
+                              image_shape=tuple(f.shape))
+    level_args = AlignArgs(base, options.sampling_ratio, options.aligned, "avg")
+    o = roi_align(f, rois, level_args)
+    mine = (levels == l).reshape(lead + (1,) * (o.ndim - len(lead)))
+    o = jnp.where(mine, o, jnp.zeros_like(o))
+    out = o if out is None else out + o
+  return out

@@ -29,6 +29,7 @@ backbone has ``spatial_scale=1/16``).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Literal, NamedTuple, Sequence
 
 import jax
@@ -39,7 +40,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jax_roi import _args, _ffi, _xla
 from jax_roi._args import RoiArgs
-from jax_roi._ffi import AlignOptions
+from jax_roi._ffi import AlignOptions, MultiScaleOptions
 
 Layout = Literal["NCHW", "NHWC"]
 BoxOrder = Literal["xyxy", "yxyx"]
@@ -306,7 +307,7 @@ def roi_align(features: jax.Array,
     TypeError, ValueError: as for :func:`roi_pool`; also a non-int
       sampling_ratio, a non-bool aligned or an unknown mode.
   """
-  sampling_ratio = _args.int_value(sampling_ratio, "sampling_ratio")
+  sampling_ratio = _args.sampling_ratio_value(sampling_ratio)
   aligned = _args.bool_value(aligned, "aligned")
   _args.choice(mode, "mode", _args.MODES)
   features, rois, base = _args.canonicalize(
@@ -426,3 +427,189 @@ def _roi_align_box_grad_bwd(args: AlignArgs, residuals, ct):
 
 _roi_align_box_grad.defvjp(_roi_align_box_grad_fwd, _roi_align_box_grad_bwd,
                            symbolic_zeros=True)
+
+
+# ---------------------------------------------------------------------------
+# Multi-scale (FPN) RoIAlign
+# ---------------------------------------------------------------------------
+
+
+class MultiScaleArgs(NamedTuple):
+  """Static configuration of a multi_scale_roi_align call (hashable)."""
+
+  base: RoiArgs  # of level 0
+  options: MultiScaleOptions
+  image_shapes: tuple[tuple[int, ...], ...]
+
+
+def multi_scale_roi_align(features: Sequence[jax.Array],
+                          rois: jax.Array,
+                          output_size: int | Sequence[int],
+                          *,
+                          spatial_scales: Sequence[float] | None = None,
+                          image_size: int | Sequence[int] | None = None,
+                          sampling_ratio: int = -1,
+                          aligned: bool = False,
+                          canonical_scale: float = 224,
+                          canonical_level: float = 4,
+                          layout: Layout = "NCHW",
+                          box_order: BoxOrder = "xyxy",
+                          implementation: Implementation = None) -> jax.Array:
+  """RoIAlign over FPN levels, each RoI pooled from its level, in one kernel.
+
+  The level of a box follows torchvision's ``MultiScaleRoIAlign`` (the
+  ``LevelMapper`` of the FPN paper): with ``area = (x2 - x1) * (y2 - y1)`` in
+  input pixels (computed in the boxes' dtype),
+  ``k = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)``,
+  clamped to ``[k_min, k_max]`` with ``k_min = int(-log2(spatial_scales[0]))``
+  and ``k_max = int(-log2(spatial_scales[-1]))``; the RoI is then pooled by
+  :func:`roi_align` (avg mode) from level ``k - k_min`` at that level's scale.
+  A box with a NaN area (inverted, or a NaN coordinate) goes to level 0.
+
+  Unlike torchvision, which loops over levels with data-dependent gathers,
+  this is ONE kernel per pass (forward, backward) that reads each RoI's level
+  on the device: static shapes, no host synchronisation, jit-friendly. And
+  ``aligned`` is an option (torchvision hard-codes False).
+
+  Args:
+    features: the FPN levels, finest first: a sequence of 1 to 8 arrays
+      ``(N, C, H_l, W_l)`` (NCHW) or ``(N, H_l, W_l, C)`` (NHWC) with the
+      same N, C and dtype.
+    rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` or ``(N, R, 4)``
+      boxes, in input-image pixels (padding rows as for roi_align).
+    output_size: ``PH`` = ``PW``, or ``(PH, PW)``.
+    spatial_scales: one scale per level (e.g. ``(1/4, 1/8, 1/16, 1/32)``),
+      halving from level to level. Default: inferred from ``image_size`` as
+      torchvision does: ``2 ** round(log2(H_l / H))``.
+    image_size: ``(H, W)`` of the input images (the largest, as torchvision
+      takes), needed when ``spatial_scales`` is None.
+    sampling_ratio, aligned: as for :func:`roi_align`.
+    canonical_scale, canonical_level: the level mapping's 224 and 4.
+    layout, box_order, implementation: as for :func:`roi_align`.
+
+  Returns:
+    ``(K, C, PH, PW)``, ``(K, PH, PW, C)``, ``(N, R, C, PH, PW)`` or
+    ``(N, R, PH, PW, C)``.
+
+  Gradients flow to every level's features and to the box coordinates, as
+  for :func:`roi_align`.
+  """
+  if isinstance(features, jax.Array) or not isinstance(features, (list, tuple)):
+    raise TypeError("features must be a list or tuple of feature maps (FPN levels)")
+  if not 1 <= len(features) <= _args.MAX_LEVELS:
+    raise ValueError(f"features must hold 1 to {_args.MAX_LEVELS} levels, got {len(features)}")
+  sampling_ratio = _args.sampling_ratio_value(sampling_ratio)
+  aligned = _args.bool_value(aligned, "aligned")
+  canonical_scale = _args.static_float(canonical_scale, "canonical_scale")
+  canonical_level = _args.static_float(canonical_level, "canonical_level")
+  if not (math.isfinite(canonical_scale) and canonical_scale > 0):
+    raise ValueError(f"canonical_scale must be positive and finite, got {canonical_scale}")
+  if not math.isfinite(canonical_level):
+    raise ValueError(f"canonical_level must be finite, got {canonical_level}")
+  levels = []
+  base = rois_c = None
+  for l, f in enumerate(features):
+    f, r, b = _args.canonicalize(f, rois, output_size, spatial_scale=1.0, layout=layout,
+                                 box_order=box_order, implementation=implementation,
+                                 name=f"features[{l}]")
+    if l == 0:
+      base, rois_c = b, r
+    elif (f.dtype != base.dtype or f.shape[0] != base.image_shape[0]
+          or _ffi.channels_of(f.shape, layout) != _ffi.channels_of(base.image_shape, layout)):
+      raise ValueError(
+          f"features[{l}] must have the dtype, batch size and channels of features[0]:"
+          f" {f.dtype}{f.shape} vs {base.dtype}{base.image_shape}")
+    levels.append(f)
+  scales = _args.pyramid_scales(levels, spatial_scales, image_size, layout)
+  k_min, k_max = _args.level_range(scales)
+  options = MultiScaleOptions(base.output_size, scales, sampling_ratio, aligned, layout,
+                              canonical_scale, canonical_level, k_min, k_max)
+  args = MultiScaleArgs(base, options, tuple(tuple(f.shape) for f in levels))
+  return _dispatch_levels(implementation, args, tuple(levels), rois_c)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _dispatch_levels(implementation, args: MultiScaleArgs, features, rois):
+  def ffi_impl(features, rois):
+    return _multi_ffi(tuple(features), rois, args)
+
+  def xla_impl(features, rois):
+    return _xla.multi_scale_roi_align(tuple(features), rois, args)
+
+  if implementation == "ffi":
+    return ffi_impl(features, rois)
+  if implementation == "xla":
+    return xla_impl(features, rois)
+  kernels = {"cpu": ffi_impl}
+  if _ffi.WITH_CUDA:
+    kernels["cuda"] = ffi_impl
+  return lax.platform_dependent(features, rois, default=xla_impl, **kernels)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _multi_ffi(features, rois, args: MultiScaleArgs):
+  return _ffi.multi_scale_forward(features, rois, args.options)
+
+
+def _multi_ffi_fwd(features, rois, args: MultiScaleArgs):
+  values = tuple(f.value for f in features)
+  out = _multi_ffi(values, rois.value, args)
+  need_features = () if any(f.perturbed for f in features) else None
+  box_inputs = values if rois.perturbed else None
+  return out, (rois.value, need_features, box_inputs)
+
+
+def _multi_ffi_bwd(args: MultiScaleArgs, residuals, g):
+  rois, need_features, box_inputs = residuals
+  g = _zeros_if_symbolic(g)
+  grad_features = (None,) * len(args.image_shapes)
+  grad_rois = None
+  if need_features is not None:
+    grad_features = tuple(x.astype(args.base.dtype) for x in _multi_grad(g, rois, args))
+  if box_inputs is not None:
+    grad_rois = _multi_box_grad(box_inputs, rois, g, args)
+  return grad_features, grad_rois
+
+
+_multi_ffi.defvjp(_multi_ffi_fwd, _multi_ffi_bwd, symbolic_zeros=True)
+
+
+# Linear in g; its VJP is the forward applied to the incoming cotangents.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _multi_grad(g, rois, args: MultiScaleArgs):
+  return tuple(_ffi.multi_scale_backward(g, rois, image_shapes=args.image_shapes,
+                                         options=args.options))
+
+
+def _multi_grad_fwd(g, rois, args: MultiScaleArgs):
+  return _multi_grad(g, rois, args), rois
+
+
+def _multi_grad_bwd(args: MultiScaleArgs, rois, gg):
+  ct = _multi_ffi(tuple(x.astype(args.base.dtype) for x in gg), rois, args)
+  return ct.astype(args.base.dtype), None
+
+
+_multi_grad.defvjp(_multi_grad_fwd, _multi_grad_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _multi_box_grad(features, rois, g, args: MultiScaleArgs):
+  return _ffi.multi_scale_box_grad(features, rois, g, args.options)
+
+
+def _multi_box_grad_fwd(features, rois, g, args: MultiScaleArgs):
+  values = tuple(f.value for f in features)
+  return _multi_box_grad(values, rois.value, g.value, args), (values, rois.value, g.value)
+
+
+def _multi_box_grad_bwd(args: MultiScaleArgs, residuals, ct):
+  if not isinstance(ct, SymbolicZero):
+    raise NotImplementedError(
+        "multi_scale_roi_align: second derivatives through the box gradient are not"
+        " implemented (gradients of gradients w.r.t. the features are)")
+  features, rois, g = residuals
+  return (tuple(jnp.zeros_like(f) for f in features), jnp.zeros_like(rois), jnp.zeros_like(g))
+
+
+_multi_box_grad.defvjp(_multi_box_grad_fwd, _multi_box_grad_bwd, symbolic_zeros=True)

@@ -1,0 +1,137 @@
+"""Flax layers: doctests, no parameters, linen == nnx == ops, training under jit."""
+
+from __future__ import annotations
+
+import doctest
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import jax_roi
+from jax_roi import linen as roi_linen
+from jax_roi import nnx as roi_nnx
+
+
+@pytest.mark.parametrize("module", [roi_linen, roi_nnx])
+def test_doctests(module):
+  result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+  assert result.attempted >= 3 and result.failed == 0
+
+
+def _inputs():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 32, 40, 8)).astype(np.float32)
+  levels = [x, x[:, ::2, ::2]]
+  rois = np.array([[0, 4.0, 4.0, 60.0, 50.0], [1, 10.0, 30.0, 140.0, 120.0],
+                   [1, 0.0, 0.0, 159.0, 127.0]], np.float32)
+  return x, levels, rois
+
+
+CASES = [
+    ("RoIPool", dict(output_size=5, spatial_scale=0.25),
+     lambda x, lv, r: jax_roi.roi_pool(x, r, 5, spatial_scale=0.25, layout="NHWC")),
+    ("RoIAlign", dict(output_size=(4, 3), spatial_scale=0.25, sampling_ratio=2, aligned=True),
+     lambda x, lv, r: jax_roi.roi_align(x, r, (4, 3), spatial_scale=0.25, sampling_ratio=2,
+                                        aligned=True, layout="NHWC")),
+    ("RoIAlign", dict(output_size=3, spatial_scale=0.25, mode="max"),
+     lambda x, lv, r: jax_roi.roi_align(x, r, 3, spatial_scale=0.25, mode="max",
+                                        layout="NHWC")),
+    ("MultiScaleRoIAlign", dict(output_size=4, spatial_scales=(0.25, 0.125), sampling_ratio=2),
+     lambda x, lv, r: jax_roi.multi_scale_roi_align(lv, r, 4, spatial_scales=(0.25, 0.125),
+                                                    sampling_ratio=2, layout="NHWC")),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,op", CASES)
+def test_linen_and_nnx_agree_with_the_op(name, kwargs, op):
+  x, levels, rois = _inputs()
+  inp = levels if name == "MultiScaleRoIAlign" else x
+  expected = op(x, levels, rois)
+  linen_layer = getattr(roi_linen, name)(**kwargs)
+  variables = linen_layer.init(jax.random.key(0), inp, rois)
+  assert jax.tree_util.tree_leaves(variables) == []
+  out_linen = linen_layer.apply(variables, inp, rois)
+  size = kwargs.pop("output_size")
+  nnx_layer = getattr(roi_nnx, name)(size, **kwargs)
+  assert jax.tree_util.tree_leaves(nnx.state(nnx_layer)) == []
+  out_nnx = nnx_layer(inp, rois)
+  np.testing.assert_array_equal(out_linen, expected)
+  np.testing.assert_array_equal(out_nnx, expected)
+
+
+def test_default_layout_is_channels_last():
+  assert roi_linen.RoIAlign(7).layout == "NHWC"
+  assert roi_nnx.RoIPool(7).layout == "NHWC"
+
+
+class _Head(nn.Module):
+  """conv -> RoIAlign -> dense: a toy RoI classifier."""
+
+  @nn.compact
+  def __call__(self, images, rois):
+    f = nn.relu(nn.Conv(8, (3, 3))(images))
+    pooled = roi_linen.RoIAlign(4, spatial_scale=1.0, sampling_ratio=2, aligned=True)(f, rois)
+    return nn.Dense(3)(pooled.reshape(pooled.shape[0], -1))
+
+
+def test_linen_model_trains_under_jit():
+  rng = np.random.default_rng(1)
+  images = rng.standard_normal((2, 24, 24, 3)).astype(np.float32)
+  rois = np.concatenate([rng.integers(0, 2, (12, 1)), rng.uniform(0, 10, (12, 2)),
+                         rng.uniform(12, 23, (12, 2))], 1).astype(np.float32)
+  labels = rng.integers(0, 3, 12)
+  model = _Head()
+  params = model.init(jax.random.key(0), images, rois)
+  tx = optax.adam(1e-2)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    def loss_fn(p):
+      logits = model.apply(p, images, rois)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, state = tx.update(grads, state)
+    return optax.apply_updates(params, updates), state, loss
+
+  losses = []
+  for _ in range(30):
+    params, state, loss = step(params, state)
+    losses.append(float(loss))
+  assert losses[-1] < 0.5 * losses[0]
+
+
+def test_nnx_model_trains_under_jit():
+  class Head(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+      self.pool = roi_nnx.RoIAlign(4, sampling_ratio=2, aligned=True)
+      self.dense = nnx.Linear(4 * 4 * 8, 3, rngs=rngs)
+
+    def __call__(self, images, rois):
+      pooled = self.pool(nnx.relu(self.conv(images)), rois)
+      return self.dense(pooled.reshape(pooled.shape[0], -1))
+
+  rng = np.random.default_rng(2)
+  images = rng.standard_normal((2, 24, 24, 3)).astype(np.float32)
+  rois = np.concatenate([rng.integers(0, 2, (12, 1)), rng.uniform(0, 10, (12, 2)),
+                         rng.uniform(12, 23, (12, 2))], 1).astype(np.float32)
+  labels = rng.integers(0, 3, 12)
+  model = Head(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    def loss_fn(m):
+      return optax.softmax_cross_entropy_with_integer_labels(m(images, rois), labels).mean()
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses = [float(step(model, optimizer)) for _ in range(30)]
+  assert losses[-1] < 0.5 * losses[0]
