@@ -7,4 +7,27 @@ exact semantics, differentiable, and batched by ``jax.vmap`` in one launch.
 from jax_roi._version import __version__
 from jax_roi.ops import multi_scale_roi_align, roi_align, roi_pool
 
-__all__ = ["__version__", "multi_scale_roi_align", "roi_align", "roi_pool"]
+
+def export_safety_checks():
+  """The ``disabled_checks`` that ``jax.export.export`` needs for jax_roi.
+
+  ``jax.export`` refuses custom calls it cannot vouch for; jax_roi's targets
+  are versioned (``jax_roi_roi_align_fwd_v1``): a target's operands,
+  results and attributes never change under the same name, and a release
+  that changes them adds a ``_v2`` target while still registering ``_v1``.
+  Usage::
+
+    exported = jax.export.export(jax.jit(f), platforms=("cpu", "cuda"),
+                                 disabled_checks=jax_roi.export_safety_checks())(x)
+
+  The process that deserializes and runs the artifact must ``import jax_roi``
+  (which registers the targets) with a jax_roi that still provides them.
+  """
+  import jax
+  from jax_roi import _ffi
+
+  return [jax.export.DisabledSafetyCheck.custom_call(name) for name in _ffi.target_names()]
+
+
+__all__ = ["__version__", "export_safety_checks", "multi_scale_roi_align", "roi_align",
+           "roi_pool"]

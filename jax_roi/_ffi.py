@@ -56,6 +56,11 @@ def _register() -> None:
 
 _register()
 
+
+def target_names() -> tuple[str, ...]:
+  """The XLA FFI custom-call targets this build registers."""
+  return tuple(sorted(_ext.cpu_targets()))
+
 # Operand and result roles, used by the batching rule:
 IMAGE = "image"  # leading axis: the N images (features, feature gradients)
 ROI = "roi"  # leading axes: rois.shape[:-1], i.e. (K,) or (N, R)
@@ -93,13 +98,9 @@ def _attr_value(v):
 
 @functools.lru_cache(maxsize=None)
 def _batchable(k: Kernel, image_shapes: tuple):
-  attrs = {name: _attr_value(v) for name, v in k.attrs}
-
-  def call(*args):
-    result_types = tuple(k.results(args, image_shapes, attrs))
-    return tuple(jax.ffi.ffi_call(k.target, result_types)(*args, **attrs))
-
-  call = jax.custom_batching.custom_vmap(call)
+  """The kernel call for given image shapes: custom_vmap (vmap folds into one
+  call) around custom_partitioning (jit shards it without gathers)."""
+  call = jax.custom_batching.custom_vmap(_partitionable(k, image_shapes))
 
   @call.def_vmap
   def rule(axis_size, in_batched, *args):
@@ -108,6 +109,173 @@ def _batchable(k: Kernel, image_shapes: tuple):
     outs = _batchable(k, new_image_shapes)(*folded)
     return unfold(outs)
 
+  return call
+
+
+def _ffi_call(k: Kernel, image_shapes: tuple, args):
+  """The raw ffi_call on (possibly per-shard) operands."""
+  attrs = {name: _attr_value(v) for name, v in k.attrs}
+  args = _match_manual_axes(args)
+  manual = _manual_context(args)
+  result_types = []
+  for r in k.results(args, image_shapes, attrs):
+    if manual is not None:  # inside shard_map: results vary like the operands
+      mesh, mat = manual
+      r = jax.ShapeDtypeStruct(r.shape, r.dtype, manual_axis_type=mat,
+                               sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    result_types.append(r)
+  return tuple(jax.ffi.ffi_call(k.target, tuple(result_types))(*args, **attrs))
+
+
+def _manual_context(args):
+  """(abstract mesh, manual axis type) of operands inside shard_map, else None."""
+  if not args:
+    return None
+  t = jax.typeof(args[0])
+  mat = getattr(t, "manual_axis_type", None)
+  sharding = getattr(t, "sharding", None)
+  if mat is None or not getattr(mat, "varying", None) or sharding is None:
+    return None
+  return sharding.mesh, mat
+
+
+def _manual_axis_type(x):
+  return getattr(jax.typeof(x), "manual_axis_type", None)
+
+
+def _match_manual_axes(args):
+  """Inside shard_map, makes every operand vary over the union of the mesh
+  axes any operand varies over (the results vary over them too)."""
+  varying = [getattr(_manual_axis_type(a), "varying", frozenset()) for a in args]
+  union = frozenset().union(*varying)
+  if not union:
+    return args
+  return tuple(a if v == union else jax.lax.pcast(a, tuple(sorted(union - v)), to="varying")
+               for a, v in zip(args, varying))
+
+
+# ---------------------------------------------------------------------------
+# Sharding: a Shardy sharding rule per kernel, and the per-shard call
+# ---------------------------------------------------------------------------
+
+
+def _factors(k: Kernel, arg_ranks: Sequence[int]):
+  """Einsum-like factors of every operand and result, and the factors that
+  must stay replicated or are reductions (summed across shards)."""
+  layout = dict(k.attrs)["layout"]
+  indexed = arg_ranks[k.arg_roles.index(ROIS)] == 2
+  lead = ["k"] if indexed else ["n", "r"]
+  pooled = ["c", "ph", "pw"] if layout == "NCHW" else ["ph", "pw", "c"]
+  replicated = {"ph", "pw", "f"}
+  if indexed:
+    replicated.add("n")  # RoIs name their image by value: every shard needs all images
+  placeholders = iter(range(1 << 16))
+
+  def spec(role, level, rank):
+    if role == IMAGE:
+      replicated.update({f"h{level}", f"w{level}"})
+      return (["n", "c", f"h{level}", f"w{level}"] if layout == "NCHW"
+              else ["n", f"h{level}", f"w{level}", "c"])
+    if role == ROIS:
+      return lead + ["f"]
+    if role == ROI:
+      return lead + pooled
+    z = f"z{next(placeholders)}"  # an empty placeholder: its own factors, replicated
+    dims = [z] + [f"{z}_{i}" for i in range(1, rank)]
+    replicated.update(dims)
+    return dims
+
+  def specs(roles, ranks):
+    out, level = [], 0
+    for role, rank in zip(roles, ranks):
+      out.append(spec(role, level, rank))
+      level += role == IMAGE
+    return out
+
+  ins = specs(k.arg_roles, arg_ranks)
+  outs = specs(k.result_roles, [1] * len(k.result_roles))
+  in_factors = {f for s in ins for f in s}
+  out_factors = {f for s in outs for f in s}
+  reductions = (in_factors - out_factors) - replicated
+  return ins, outs, replicated & (in_factors | out_factors), reductions
+
+
+def _spec_of(sharding_or_spec, rank):
+  """A sharding's (or a PartitionSpec's) entries, padded to rank."""
+  spec = getattr(sharding_or_spec, "spec", sharding_or_spec)
+  spec = tuple(spec) if spec is not None else ()
+  return spec + (None,) * (rank - len(spec))
+
+
+def _axes(entry) -> tuple[str, ...]:
+  return () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
+
+
+def _local_shape(shape, spec, mesh):
+  """The per-shard shape of a global shape under a PartitionSpec on mesh."""
+  sizes = dict(mesh.shape)
+  return tuple(dim // int(np.prod([sizes[a] for a in _axes(entry)], dtype=np.int64))
+               for dim, entry in zip(shape, spec))
+
+
+def _partitionable(k: Kernel, image_shapes: tuple):
+  """The kernel as a custom_partitioning function: under jit, sharded
+  operands are pooled shard by shard with no collective on features, boxes
+  or outputs (batch, RoI or channel sharding). Factors the kernel cannot
+  split (spatial dims; the image axis of (K, 5) RoIs) are replicated first;
+  reductions (the RoI axis of a feature gradient, the channels of a box
+  gradient) are summed across shards (psum) after the per-shard call."""
+  from jax.experimental.custom_partitioning import custom_partitioning
+
+  @custom_partitioning
+  def call(*args):
+    return _ffi_call(k, image_shapes, args)
+
+  def partition(mesh, arg_shapes, result_shape):
+    ranks = [len(a.shape) for a in arg_shapes]
+    ins, outs, replicated, reductions = _factors(k, ranks)
+    # Mesh axes of every splittable factor, from the operands' shardings.
+    factor_axes, used = {}, set()
+    for factors, a in zip(ins, arg_shapes):
+      for f, entry in zip(factors, _spec_of(a.sharding, len(a.shape))):
+        axes = _axes(entry)
+        if axes and f not in replicated and f not in factor_axes and not used & set(axes):
+          factor_axes[f] = entry
+          used.update(axes)
+    P = jax.sharding.PartitionSpec
+    spec = lambda factors: P(*[factor_axes.get(f) for f in factors])
+    arg_specs = [spec(f) for f in ins]
+    result_specs = [spec(f) for f in outs]
+    arg_shardings = tuple(jax.sharding.NamedSharding(mesh, s) for s in arg_specs)
+    result_shardings = tuple(jax.sharding.NamedSharding(mesh, s) for s in result_specs)
+    reduce_axes = tuple(a for f in reductions for a in _axes(factor_axes.get(f)))
+    images = [(a, s) for a, s, role in zip(arg_shapes, arg_specs, k.arg_roles) if role == IMAGE]
+    images = images or [(r, s) for r, s, role in zip(result_shape, result_specs, k.result_roles)
+                        if role == IMAGE]
+    local_images = tuple(_local_shape(a.shape, _spec_of(s, len(a.shape)), mesh)
+                         for a, s in images) or image_shapes
+
+    def lower(*args):
+      outs = _ffi_call(k, local_images, args)
+      if reduce_axes:  # partial sums over this shard's RoIs (or channels)
+        outs = tuple(jax.lax.psum(o, reduce_axes) for o in outs)
+      return outs
+
+    return mesh, lower, result_shardings, arg_shardings
+
+  def sharding_rule(mesh, value_types, result_types):
+    from jax.experimental.custom_partitioning import SdyShardingRule
+    from jax._src.lib.mlir import ir
+    ranks = [len(ir.RankedTensorType(t).shape) for t in value_types]
+    ins, outs, replicated, reductions = _factors(k, ranks)
+    # Special factors are listed in order of first appearance (Shardy's).
+    order = list(dict.fromkeys(f for spec in ins + outs for f in spec))
+    by_order = lambda fs: tuple(f for f in order if f in fs)
+    return SdyShardingRule(tuple(tuple(s) for s in ins), tuple(tuple(s) for s in outs),
+                           reduction_factors=by_order(reductions),
+                           need_replication_factors=by_order(replicated))
+
+  call.def_partition(partition=partition, sharding_rule=sharding_rule)
   return call
 
 

@@ -26,6 +26,17 @@ FLT_MAX = float(np.finfo(np.float32).max)
 _MAP_BATCH = 8
 
 
+def vary_like(x: jax.Array, *refs: jax.Array) -> jax.Array:
+  """Inside shard_map, makes x vary over the mesh axes the refs vary over
+  (loop carries must keep one type)."""
+  axes = set()
+  for r in refs:
+    axes |= set(getattr(getattr(jax.typeof(r), "manual_axis_type", None), "varying", ()) or ())
+  have = set(getattr(getattr(jax.typeof(x), "manual_axis_type", None), "varying", ()) or ())
+  missing = tuple(sorted(axes - have))
+  return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
 def round_half_away(v: jax.Array) -> jax.Array:
   """Rounds halves away from zero (C's round), exactly; jnp.round does not."""
   a = jnp.abs(v)
@@ -246,8 +257,8 @@ def sample_range(start, p, bin_size, grid, size):
   low, high = -1.0, float(size)
 
   def first_true(pred):
-    lo = jnp.zeros(grid.shape, jnp.int32)
-    hi = jnp.maximum(grid, 0)
+    lo = vary_like(jnp.zeros(grid.shape, jnp.int32), start, bin_size, grid)
+    hi = vary_like(jnp.maximum(grid, 0), start, bin_size, grid)
 
     def step(_, bounds):
       lo, hi = bounds
@@ -511,9 +522,10 @@ def _align_search_max(features, chw, rois, geo, args):
       return (jnp.where(better, v, best), jnp.where(better, iy[None, :, None], by),
               jnp.where(better, ix[None, None, :], bx))
 
-    init = (jnp.full((c, ph_count, pw_count), -FLT_MAX, acc),
-            jnp.full((c, ph_count, pw_count), -1, jnp.int32),
-            jnp.full((c, ph_count, pw_count), -1, jnp.int32))
+    init = tuple(vary_like(a, f, s_h, s_w, b_h, b_w, fy, fx) for a in (
+        jnp.full((c, ph_count, pw_count), -FLT_MAX, acc),
+        jnp.full((c, ph_count, pw_count), -1, jnp.int32),
+        jnp.full((c, ph_count, pw_count), -1, jnp.int32)))
     best, by, bx = lax.fori_loop(0, steps, body, init)
     # The zero-valued samples outside the region compete in grid order.
     has = (g_h > 0) & (g_w > 0)

@@ -47,19 +47,8 @@ BoxOrder = Literal["xyxy", "yxyx"]
 Implementation = Literal["ffi", "xla"] | None
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 5))
-def _dispatch(implementation, ffi_fn, xla_fn, features, rois, args: RoiArgs):
-  """Runs the kernel where one is compiled, else the pure-JAX version.
-
-  Jitted (with the static configuration) so that eager calls compile once.
-  """
-
-  def ffi_impl(f, r):
-    return ffi_fn(f, r, args)
-
-  def xla_impl(f, r):
-    return xla_fn(f, r, args)
-
+def _select(implementation, ffi_impl, xla_impl, features, rois):
+  """The kernel where one is compiled (per platform), else pure JAX."""
   if implementation == "ffi":
     return ffi_impl(features, rois)
   if implementation == "xla":
@@ -68,6 +57,79 @@ def _dispatch(implementation, ffi_fn, xla_fn, features, rois, args: RoiArgs):
   if _ffi.WITH_CUDA:
     kernels["cuda"] = ffi_impl
   return lax.platform_dependent(features, rois, default=xla_impl, **kernels)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 5))
+def _dispatch(implementation, ffi_fn, xla_fn, features, rois, args):
+  """Runs one op (jitted with its static configuration, so that eager calls
+  compile once); shard by shard under an explicit-axes mesh."""
+
+  def run(f, r, args):
+    return _select(implementation, lambda f, r: ffi_fn(f, r, args),
+                   lambda f, r: xla_fn(f, r, args), f, r)
+
+  plan = _explicit_plan([features], rois, _layout(args))
+  if plan is None:
+    return run(features, rois, args)
+  mesh, (f_spec,), r_spec, out_spec, local = plan
+  local_args = _with_image_shapes(args, local)
+  return jax.shard_map(lambda f, r: run(f, r, local_args), mesh=mesh,
+                       in_specs=(f_spec, r_spec), out_specs=out_spec)(
+                           jax.reshard(features, f_spec), jax.reshard(rois, r_spec))
+
+
+def _layout(args):
+  return getattr(args, "base", args).layout
+
+
+def _with_image_shapes(args, shapes):
+  """The static configuration with per-shard feature shapes."""
+  if isinstance(args, RoiArgs):
+    return args._replace(image_shape=shapes[0])
+  if isinstance(args, MultiScaleArgs):
+    return args._replace(base=args.base._replace(image_shape=shapes[0]),
+                         image_shapes=tuple(shapes))
+  return args._replace(base=args.base._replace(image_shape=shapes[0]))
+
+
+def _explicit_plan(features, rois, layout):
+  """Under a mesh with Explicit axes (jax.make_mesh / jax.set_mesh), the
+  shard_map that runs an op shard by shard: the batch axis of features and
+  (N, R, 4) boxes, the RoI axis of the boxes and the channel axis of the
+  features are kept split; spatial axes, box coordinates and the image axis
+  of (K, 5) RoIs (which name images by value) are replicated first. Returns
+  None when no operand is sharded over explicit axes."""
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+  shardings = [getattr(jax.typeof(x), "sharding", None) for x in (*features, rois)]
+  mesh = next((s.mesh for s in shardings if isinstance(s, NamedSharding)
+               and any(t == AxisType.Explicit for t in getattr(s.mesh, "axis_types", ()))
+               and any(e is not None for e in s.spec)), None)
+  if mesh is None:
+    return None
+  spec = lambda s, rank: _ffi._spec_of(s, rank)
+  f_spec = spec(shardings[0], 4)
+  r_spec = spec(shardings[-1], rois.ndim)
+  c_dim = 1 if layout == "NCHW" else 3
+  used = set()
+
+  def take(entry):
+    axes = set(_ffi._axes(entry))
+    if not axes or axes & used:
+      return None
+    used.update(axes)
+    return entry
+
+  indexed = rois.ndim == 2
+  n = None if indexed else take(f_spec[0])
+  k = take(r_spec[0]) if indexed else take(r_spec[1])
+  c = take(f_spec[c_dim])
+  feat = [n, c, None, None] if layout == "NCHW" else [n, None, None, c]
+  pooled = [c, None, None] if layout == "NCHW" else [None, None, c]
+  r_out = P(k, None) if indexed else P(n, k, None)
+  out = P(*([k] + pooled)) if indexed else P(*([n, k] + pooled))
+  local = tuple(_ffi._local_shape(f.shape, feat, mesh) for f in features)
+  return mesh, tuple(P(*feat) for _ in features), r_out, out, local
 
 
 # ---------------------------------------------------------------------------
@@ -530,20 +592,20 @@ def multi_scale_roi_align(features: Sequence[jax.Array],
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _dispatch_levels(implementation, args: MultiScaleArgs, features, rois):
-  def ffi_impl(features, rois):
-    return _multi_ffi(tuple(features), rois, args)
+  def run(features, rois, args):
+    return _select(implementation, lambda f, r: _multi_ffi(tuple(f), r, args),
+                   lambda f, r: _xla.multi_scale_roi_align(tuple(f), r, args),
+                   features, rois)
 
-  def xla_impl(features, rois):
-    return _xla.multi_scale_roi_align(tuple(features), rois, args)
-
-  if implementation == "ffi":
-    return ffi_impl(features, rois)
-  if implementation == "xla":
-    return xla_impl(features, rois)
-  kernels = {"cpu": ffi_impl}
-  if _ffi.WITH_CUDA:
-    kernels["cuda"] = ffi_impl
-  return lax.platform_dependent(features, rois, default=xla_impl, **kernels)
+  plan = _explicit_plan(features, rois, args.base.layout)
+  if plan is None:
+    return run(features, rois, args)
+  mesh, f_specs, r_spec, out_spec, local = plan
+  local_args = _with_image_shapes(args, local)
+  return jax.shard_map(lambda f, r: run(f, r, local_args), mesh=mesh,
+                       in_specs=(f_specs, r_spec), out_specs=out_spec)(
+                           tuple(jax.reshard(f, s) for f, s in zip(features, f_specs)),
+                           jax.reshard(rois, r_spec))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
