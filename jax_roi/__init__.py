@@ -6,6 +6,7 @@ exact semantics, differentiable, and batched by ``jax.vmap`` in one launch.
 
 from jax_roi._version import __version__
 from jax_roi.ops import multi_scale_roi_align, roi_align, roi_pool
+from jax_roi.validate import check_rois, validate_rois
 
 
 def export_safety_checks():
@@ -29,5 +30,5 @@ def export_safety_checks():
   return [jax.export.DisabledSafetyCheck.custom_call(name) for name in _ffi.target_names()]
 
 
-__all__ = ["__version__", "export_safety_checks", "multi_scale_roi_align", "roi_align",
-           "roi_pool"]
+__all__ = ["__version__", "check_rois", "export_safety_checks", "multi_scale_roi_align",
+           "roi_align", "roi_pool", "validate_rois"]

@@ -71,6 +71,7 @@ def _run(tmp_path, threads):
     return {k: d[k] for k in d.files}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="subprocess environment")
 def test_gradients_bit_identical_across_runs_and_thread_counts(tmp_path):
   reference = _run(tmp_path, None)

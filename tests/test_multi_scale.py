@@ -49,6 +49,7 @@ def torchvision_levels(boxes, scales=SCALES, canonical_scale=224, canonical_leve
   return (target - k_min).astype(int)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("fmt", ["indexed", "batched"])
 @pytest.mark.parametrize("aligned,sr", [(False, 2), (True, 0)])

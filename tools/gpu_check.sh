@@ -5,8 +5,10 @@
 #   1. builds jax_roi with CUDA against the installed jax (no build isolation),
 #   2. runs the whole test suite on the GPU (JAX_PLATFORMS=cuda),
 #   3. compares GPU and CPU outputs and gradients of every op,
-#   4. runs compute-sanitizer memcheck and racecheck on a small case,
-#   5. runs the GPU benchmark.
+#   4. runs compute-sanitizer memcheck and racecheck on a small case, and
+#      memcheck over the hostile-input tests (NaN/inf/huge boxes, bad indices),
+#   5. repeats the comparison with XLA's CUDA command buffers disabled,
+#   6. runs the GPU benchmark (float32 and bfloat16).
 # Each step's status is summarised at the end; the script fails if any did.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,10 +47,17 @@ step sanitizer sanitizer.log bash -c "
     echo \"--- compute-sanitizer --tool \$tool\"
     JAX_PLATFORMS=cuda,cpu compute-sanitizer --tool \$tool --error-exitcode 9 \
       --target-processes all $PY tools/gpu_compare.py --small
-  done"
+  done
+  echo \"--- compute-sanitizer memcheck over the hostile-input tests\"
+  cd tests && JAX_PLATFORMS=cuda compute-sanitizer --tool memcheck --error-exitcode 9 \
+    --target-processes all $PY -m pytest -q -p no:cacheprovider -x test_hardening.py \
+    test_roi_pool.py test_roi_align.py test_multi_scale.py \
+    -k 'hostile or huge or padding or empty or edge_case or nan or infinite or validate'"
+step no-command-buffers compare_no_command_buffers.log env JAX_PLATFORMS=cuda,cpu \
+  XLA_FLAGS="--xla_gpu_enable_command_buffer=" "$PY" tools/gpu_compare.py
 if [ -f benchmarks/run.py ]; then
   step benchmark benchmark.log env JAX_PLATFORMS=cuda "$PY" benchmarks/run.py \
-    --device gpu --out "$OUT"
+    --device gpu --dtypes float32 bfloat16 --out "$OUT"
 fi
 echo "=== summary"
 printf '%s\n' "${status[@]}" | tee "$OUT/summary.txt"

@@ -1,0 +1,259 @@
+"""Time-bounded differential fuzzing of the kernels against the float64 loop
+reference (tests/loop_reference.py), with hostile boxes.
+
+Each case draws an op configuration (layout, box format and order, dtype,
+spatial scale, output size, sampling ratio, aligned, mode), a small feature
+map, and boxes that are mostly reasonable and partly hostile (NaN, +-inf,
+1e30, inverted, zero-size, outside, padding rows with bad batch indices). It
+checks the forward output and both gradients against the reference and that
+every output is finite wherever the features are. Failing cases are written
+to --out as .npz files with their configuration.
+
+  python tools/fuzz.py --op roi_align --minutes 10 --out /tmp/fuzz
+  python tools/fuzz.py --op all --minutes 1        # a quick smoke run
+
+Exit status 1 if any case failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+import zlib
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+import loop_reference as ref  # noqa: E402
+from helpers import indexed_rois, random_boxes, random_features  # noqa: E402
+
+import jax_roi  # noqa: E402
+
+
+def draw_case(rng: np.random.Generator, op: str) -> dict:
+  n = int(rng.integers(1, 4))
+  cfg = dict(
+      op=op,
+      layout=str(rng.choice(["NCHW", "NHWC"])),
+      fmt=str(rng.choice(["indexed", "batched"])),
+      box_order=str(rng.choice(["xyxy", "yxyx"])),
+      dtype=str(rng.choice(["float32", "float64"])),
+      n=n, c=int(rng.integers(1, 5)), h=int(rng.integers(1, 20)), w=int(rng.integers(1, 20)),
+      k=int(rng.integers(0, 12)),
+      spatial_scale=float(rng.choice([1.0, 0.5, 0.25, 0.0625, rng.uniform(0.05, 2.0)])),
+      output_size=(int(rng.integers(1, 6)), int(rng.integers(1, 6))),
+      hostile=bool(rng.random() < 0.5),
+      seed=int(rng.integers(2**31)),
+  )
+  if op == "roi_align":
+    cfg.update(sampling_ratio=int(rng.choice([-1, 0, 1, 2, 3])), aligned=bool(rng.random() < 0.5),
+               mode=str(rng.choice(["avg", "max"])))
+  if op == "multi_scale":
+    levels = int(rng.integers(1, 5))
+    first = int(rng.integers(1, 4))  # the finest level's stride is 2**first
+    cfg.update(levels=levels, spatial_scale=2.0 ** -first,
+               h=int(rng.integers(2 ** (levels - 1), 18)), w=int(rng.integers(2 ** (levels - 1), 18)),
+               canonical_scale=float(rng.choice([224.0, 32.0, 16.0, rng.uniform(4, 64)])),
+               canonical_level=float(first + int(rng.integers(0, levels))),
+               sampling_ratio=int(rng.choice([-1, 0, 1, 2])), aligned=bool(rng.random() < 0.5),
+               mode="avg")
+  return cfg
+
+
+def levels_of(cfg: dict, x: np.ndarray) -> list[np.ndarray]:
+  """The FPN levels: x, then random maps of half the size (rounded up) each."""
+  rng = np.random.default_rng(cfg["seed"] + 1)
+  out = [x]
+  for l in range(1, cfg["levels"]):
+    h, w = -(-cfg["h"] // 2**l), -(-cfg["w"] // 2**l)
+    out.append(random_features(rng, cfg["n"], cfg["c"], h, w, cfg["layout"], x.dtype))
+  return out
+
+
+def level_index(cfg: dict, rois: np.ndarray) -> np.ndarray:
+  """torchvision's LevelMapper in the boxes' dtype, written from its formula."""
+  b = rois[..., -4:]
+  if cfg["box_order"] == "yxyx":
+    b = b[..., [1, 0, 3, 2]]
+  ct = b.dtype.type
+  with np.errstate(all="ignore"):
+    area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    k = np.floor(ct(cfg["canonical_level"]) + np.log2(np.sqrt(area) / ct(cfg["canonical_scale"]))
+                 + ct(1e-6))
+  k_min = int(-np.log2(cfg["spatial_scale"]))
+  k = np.where(np.isnan(k), k_min, np.clip(k, k_min, k_min + cfg["levels"] - 1))
+  return (k - k_min).astype(int)
+
+
+def make_inputs(cfg: dict):
+  rng = np.random.default_rng(cfg["seed"])
+  x = random_features(rng, cfg["n"], cfg["c"], cfg["h"], cfg["w"], cfg["layout"],
+                      np.dtype(cfg["dtype"]))
+  if cfg["fmt"] == "indexed":
+    boxes = random_boxes(rng, cfg["k"], cfg["h"], cfg["w"], cfg["spatial_scale"], cfg["hostile"])
+    rois = indexed_rois(rng, boxes, cfg["n"], padding=0.2 if cfg["hostile"] else 0.0)
+  else:
+    boxes = random_boxes(rng, cfg["n"] * cfg["k"], cfg["h"], cfg["w"], cfg["spatial_scale"],
+                         cfg["hostile"])
+    rois = boxes.reshape(cfg["n"], cfg["k"], 4)
+  if cfg["box_order"] == "yxyx":
+    rois = rois.copy()
+    rois[..., -4:] = rois[..., -4:][..., [1, 0, 3, 2]]
+  return x, rois.astype(cfg["dtype"])
+
+
+def check_case(cfg: dict) -> str | None:
+  """None if the kernel agrees with the reference, else a description."""
+  x, rois = make_inputs(cfg)
+  common = dict(spatial_scale=cfg["spatial_scale"], layout=cfg["layout"],
+                box_order=cfg["box_order"])
+  # The reference takes xyxy: give it the boxes reordered, and reorder its
+  # box gradient back (the permutation is its own inverse).
+  rois_xyxy = to_xyxy(cfg, rois)
+  f32 = cfg["dtype"] == "float32"
+  tol = 2e-5 if f32 else 1e-12
+  cot = np.cos(np.arange(np.prod(ref_shape(cfg)))).reshape(ref_shape(cfg)).astype(cfg["dtype"])
+  if cfg["op"] == "multi_scale":
+    return check_multi_scale(cfg, x, rois, cot, tol)
+  if cfg["op"] == "roi_pool":
+    fn = lambda x, r: jax_roi.roi_pool(x, r, cfg["output_size"], **common)
+    expected, argmax = ref.roi_pool(x, rois_xyxy, cfg["output_size"], cfg["spatial_scale"],
+                                    cfg["layout"])
+    exp_gx = ref.roi_pool_grad(x.shape, rois_xyxy, cot, argmax, layout=cfg["layout"])
+    exp_gr = np.zeros(rois.shape)
+    exact = True
+  else:
+    kw = dict(spatial_scale=cfg["spatial_scale"], layout=cfg["layout"],
+              sampling_ratio=cfg["sampling_ratio"], aligned=cfg["aligned"], mode=cfg["mode"])
+    fn = lambda x, r: jax_roi.roi_align(x, r, cfg["output_size"], box_order=cfg["box_order"],
+                                        **kw)
+    expected, _ = ref.roi_align(x, rois_xyxy, cfg["output_size"], **kw)
+    exp_gx, exp_gr = ref.roi_align_grad(x, rois_xyxy, cot, cfg["output_size"], **kw)
+    exp_gr = to_xyxy(cfg, exp_gr)
+    exact = not f32 and cfg["mode"] == "avg"
+  out = np.asarray(fn(x, rois), np.float64)
+  if out.shape != expected.shape:
+    return f"shape {out.shape} != {expected.shape}"
+  if not np.isfinite(out).all():
+    return "non-finite output from finite features"
+  if exact:
+    if not np.array_equal(out, expected):
+      return f"forward differs: max |d| {np.abs(out - expected).max():.3g}"
+  elif not np.allclose(out, expected, rtol=tol, atol=tol):
+    return f"forward differs: max |d| {np.abs(out - expected).max():.3g}"
+  loss = lambda x, r: jnp.sum(fn(x, r) * cot)
+  gx, gr = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(rois))
+  gx, gr = np.asarray(gx, np.float64), np.asarray(gr, np.float64)
+  if not np.allclose(gx, exp_gx, rtol=tol, atol=tol):
+    return f"feature gradient differs: max |d| {np.abs(gx - exp_gx).max():.3g}"
+  if not np.isfinite(gr).all():
+    return "non-finite box gradient"
+  box_tol = 50 * tol if (f32 and cfg["op"] == "roi_align" and cfg["mode"] == "max") else tol
+  bad = ~np.isclose(gr, exp_gr, rtol=box_tol, atol=box_tol)
+  if bad.any():
+    return f"box gradient differs at {np.argwhere(bad)[:3].tolist()}: max |d| " \
+           f"{np.abs(gr - exp_gr).max():.3g}"
+  return None
+
+
+def to_xyxy(cfg: dict, a: np.ndarray) -> np.ndarray:
+  """yxyx <-> xyxy on the last four columns (an involution); xyxy unchanged."""
+  if cfg["box_order"] == "xyxy":
+    return a
+  a = a.copy()
+  a[..., -4:] = a[..., -4:][..., [1, 0, 3, 2]]
+  return a
+
+
+def check_multi_scale(cfg, x, rois, cot, tol) -> str | None:
+  """Each RoI pooled by the reference roi_align from its torchvision level."""
+  levels = levels_of(cfg, x)
+  scales = [cfg["spatial_scale"] / 2**l for l in range(cfg["levels"])]
+  kw = dict(sampling_ratio=cfg["sampling_ratio"], aligned=cfg["aligned"], layout=cfg["layout"])
+  fn = lambda fs, r: jax_roi.multi_scale_roi_align(
+      fs, r, cfg["output_size"], spatial_scales=scales, canonical_scale=cfg["canonical_scale"],
+      canonical_level=cfg["canonical_level"], box_order=cfg["box_order"], **kw)
+  lvl = level_index(cfg, rois)
+  rois_xyxy = to_xyxy(cfg, rois)
+  expected = np.zeros(ref_shape(cfg))
+  exp_gl = [np.zeros(f.shape) for f in levels]
+  exp_gr = np.zeros(rois.shape)
+  for l, f in enumerate(levels):
+    mask = (lvl == l).reshape(lvl.shape + (1, 1, 1))
+    out_l, _ = ref.roi_align(f, rois_xyxy, cfg["output_size"], spatial_scale=scales[l], **kw)
+    expected += np.where(mask, out_l, 0)
+    gl, gr = ref.roi_align_grad(f, rois_xyxy, np.where(mask, cot, 0).astype(cot.dtype),
+                                cfg["output_size"], spatial_scale=scales[l], **kw)
+    exp_gl[l] += gl
+    exp_gr += to_xyxy(cfg, gr)
+  out = np.asarray(fn(levels, rois), np.float64)
+  if not np.isfinite(out).all():
+    return "non-finite output from finite features"
+  if cfg["dtype"] == "float64" and not np.array_equal(out, expected):
+    return f"forward differs: max |d| {np.abs(out - expected).max():.3g}"
+  if not np.allclose(out, expected, rtol=tol, atol=tol):
+    return f"forward differs: max |d| {np.abs(out - expected).max():.3g}"
+  loss = lambda fs, r: jnp.sum(fn(fs, r) * cot)
+  gls, gr = jax.grad(loss, argnums=(0, 1))([jnp.asarray(f) for f in levels], jnp.asarray(rois))
+  for l, (g, e) in enumerate(zip(gls, exp_gl)):
+    if not np.allclose(np.asarray(g, np.float64), e, rtol=tol, atol=tol):
+      return f"level {l} feature gradient differs"
+  gr = np.asarray(gr, np.float64)
+  if not np.allclose(gr, exp_gr, rtol=tol, atol=tol):
+    return f"box gradient differs: max |d| {np.abs(gr - exp_gr).max():.3g}"
+  return None
+
+
+def ref_shape(cfg: dict) -> tuple[int, ...]:
+  lead = (cfg["k"],) if cfg["fmt"] == "indexed" else (cfg["n"], cfg["k"])
+  ph, pw = cfg["output_size"]
+  tail = (cfg["c"], ph, pw) if cfg["layout"] == "NCHW" else (ph, pw, cfg["c"])
+  return lead + tail
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--op", choices=["roi_pool", "roi_align", "multi_scale", "all"], default="all")
+  parser.add_argument("--minutes", type=float, default=1.0, help="time budget per op")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("fuzz-failures"))
+  args = parser.parse_args(argv)
+  ops = ["roi_pool", "roi_align", "multi_scale"] if args.op == "all" else [args.op]
+  summary = {}
+  failures = 0
+  for op in ops:
+    rng = np.random.default_rng([args.seed, zlib.crc32(op.encode())])
+    deadline = time.monotonic() + 60 * args.minutes
+    cases = hostile = 0
+    while time.monotonic() < deadline:
+      cfg = draw_case(rng, op)
+      cases += 1
+      hostile += cfg["hostile"]
+      try:
+        problem = check_case(cfg)
+      except Exception as e:  # a crash or an unexpected exception is a finding
+        problem = f"{type(e).__name__}: {e}"
+      if problem:
+        failures += 1
+        args.out.mkdir(parents=True, exist_ok=True)
+        x, rois = make_inputs(cfg)
+        name = args.out / f"{op}-{failures}.npz"
+        np.savez(name, features=x, rois=rois, config=json.dumps(cfg))
+        print(f"FAIL {op} {json.dumps(cfg)}: {problem} -> {name}", flush=True)
+    summary[op] = dict(cases=cases, hostile_cases=hostile, minutes=args.minutes)
+    print(f"{op}: {cases} cases ({hostile} with hostile boxes) in {args.minutes:g} min",
+          flush=True)
+  print(json.dumps(dict(jax=jax.__version__, failures=failures, ops=summary)))
+  return 1 if failures else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

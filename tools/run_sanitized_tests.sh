@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Rebuilds jax_roi with AddressSanitizer + UndefinedBehaviorSanitizer into a
+# virtual environment and runs the kernel tests (hostile inputs included)
+# under them: any report fails the run.
+# Usage: VENV=.venv-3.12 bash tools/run_sanitized_tests.sh [pytest args]
+# (RESTORE=0 leaves the sanitized build installed)
+# (default pytest args: the op and validation tests, skipping the slow
+#  pure-JAX cases)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:?set VENV to a virtual environment with jax_roi[test] installed}"
+"$VENV/bin/python" -m pip install -q scikit-build-core pybind11 cmake ninja
+echo "== building jax_roi with sanitizers into $VENV"
+JAX_ROI_SANITIZE=ON JAX_ROI_CUDA=OFF "$VENV/bin/python" -m pip install -q \
+  --no-build-isolation --no-deps --force-reinstall "$ROOT"
+# The ASan runtime must come first; libstdc++ must be loaded when it starts
+# (python does not link it), or ASan cannot intercept C++ exceptions and
+# aborts at the first one jaxlib throws.
+PRELOAD="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libstdc++.so)"
+cd "$ROOT"
+if [ "$#" -eq 0 ]; then
+  set -- -q -p no:cacheprovider tests/test_roi_pool.py tests/test_roi_align.py \
+    tests/test_multi_scale.py tests/test_validation.py tests/test_hardening.py \
+    -k "not xla and not torchvision"
+fi
+status=0
+# Leak checking is off: CPython and jaxlib keep allocations until exit.
+LD_PRELOAD="$PRELOAD" \
+ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1" \
+UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  "$VENV/bin/pytest" "$@" || status=$?
+if [ "${RESTORE:-1}" = 0 ]; then
+  exit $status
+fi
+echo "== restoring the regular build"
+JAX_ROI_SANITIZE=OFF "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps \
+  --force-reinstall "$ROOT"
+exit $status
