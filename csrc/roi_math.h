@@ -218,16 +218,8 @@ JAX_ROI_HD AlignRoi<C> align_roi(const Box<C>& box, C scale, bool aligned,
   const C end_h = box.y2 * scale - offset;
   C roi_w = end_w - r.start_w;
   C roi_h = end_h - r.start_h;
-  r.empty = box.image < 0 || !(finite(r.start_w) && finite(r.start_h) && finite(roi_w) &&
-                              finite(roi_h));
   r.clamped_h = r.clamped_w = false;
-  if (r.empty) {
-    r.start_h = r.start_w = r.bin_h = r.bin_w = C(0);
-    r.grid_h = r.grid_w = 0;
-    r.count = C(1);
-    return r;
-  }
-  if (!aligned) {  // Malformed RoIs become 1x1.
+  if (!aligned) {  // Malformed RoIs become 1x1 (a -inf size too; NaN stays NaN).
     if (roi_w < C(1)) {
       roi_w = C(1);
       r.clamped_w = true;
@@ -236,6 +228,17 @@ JAX_ROI_HD AlignRoi<C> align_roi(const Box<C>& box, C scale, bool aligned,
       roi_h = C(1);
       r.clamped_h = true;
     }
+  }
+  // Empty where torchvision is undefined: a non-finite start or size (after
+  // the clamp, which torchvision applies first: x2 = -inf is a 1-pixel RoI).
+  r.empty = box.image < 0 || !(finite(r.start_w) && finite(r.start_h) && finite(roi_w) &&
+                              finite(roi_h));
+  if (r.empty) {
+    r.start_h = r.start_w = r.bin_h = r.bin_w = C(0);
+    r.grid_h = r.grid_w = 0;
+    r.count = C(1);
+    r.clamped_h = r.clamped_w = false;
+    return r;
   }
   r.bin_h = roi_h / static_cast<C>(d.pooled_height);
   r.bin_w = roi_w / static_cast<C>(d.pooled_width);

@@ -215,12 +215,12 @@ def align_geometry(rois: jax.Array, args) -> AlignGeometry:
   start_w, start_h, end_w, end_h = (scaled[:, i] for i in range(4))
   roi_w = end_w - start_w
   roi_h = end_h - start_h
+  if not args.aligned:  # clamped first, as torchvision: x2 = -inf is a 1-pixel RoI
+    roi_w = jnp.where(roi_w < 1, jnp.ones_like(roi_w), roi_w)
+    roi_h = jnp.where(roi_h < 1, jnp.ones_like(roi_h), roi_h)
   finite = (jnp.isfinite(start_w) & jnp.isfinite(start_h) & jnp.isfinite(roi_w)
             & jnp.isfinite(roi_h))
   empty = (images < 0) | ~finite
-  if not args.aligned:
-    roi_w = jnp.where(roi_w < 1, jnp.ones_like(roi_w), roi_w)
-    roi_h = jnp.where(roi_h < 1, jnp.ones_like(roi_h), roi_h)
   ph_count, pw_count = base.output_size
   bin_h = true_divide(roi_h, ph_count)
   bin_w = true_divide(roi_w, pw_count)

@@ -29,8 +29,9 @@ def validate_rois(rois: jax.Array, num_images: int, *, box_order: str = "xyxy"
   Returns:
     A dict of boolean arrays:
 
-    * ``"non_finite"``: a coordinate is NaN or infinite (the RoI pools
-      nothing in roi_align; roi_pool clamps infinities);
+    * ``"non_finite"``: a coordinate is NaN or infinite (roi_align pools
+      nothing from such a box, except a 1-pixel RoI for an end at -inf
+      without ``aligned``; roi_pool clamps infinities);
     * ``"inverted"``: ``x2 < x1`` or ``y2 < y1``;
     * ``"empty"``: zero width or height;
     * ``"bad_index"`` ((K, 5) only): a batch index that is NaN, not an

@@ -296,3 +296,25 @@ def test_more_than_2_31_output_elements_bfloat16(layout):
   # float32 accumulation of ~5e5 equal terms per element, then bfloat16.
   np.testing.assert_allclose(grad, expected, rtol=3e-2, atol=1e-3 * np.abs(expected).max())
   assert np.count_nonzero(grad) == np.count_nonzero(expected)
+
+
+@pytest.mark.parametrize("implementation", ["ffi", "xla"])
+@pytest.mark.parametrize("column", [3, 4])
+def test_minus_infinite_end_is_a_one_pixel_roi(implementation, column):
+  """torchvision clamps the size to 1 pixel before anything else
+  (max(-inf, 1) = 1), so x2 or y2 = -inf is a 1-pixel RoI like x2 = -1e30,
+  not an empty one (found by tools/fuzz.py)."""
+  x = jnp.asarray(random_features(np.random.default_rng(5), 1, 2, 9, 9), jnp.float32)
+  rois = np.array([[0, 3.3, 2.6, 6.0, 7.0]] * 3, np.float32)
+  rois[0, column], rois[1, column] = -np.inf, -1e30
+  rois[2, column] = np.inf  # undefined in torchvision: empty here
+  kw = dict(sampling_ratio=2, implementation=implementation)
+  out = np.asarray(jax_roi.roi_align(x, rois, 2, **kw))
+  expected, _ = ref.roi_align(np.asarray(x), rois, (2, 2), sampling_ratio=2)
+  np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(out[0], out[1])
+  assert np.abs(out[0]).min() > 0 and (out[2] == 0).all()
+  grad = np.asarray(jax.grad(lambda r: jnp.sum(jax_roi.roi_align(x, r, 2, **kw)))(
+      jnp.asarray(rois)))
+  np.testing.assert_array_equal(grad[0], grad[1])
+  assert grad[0, column] == 0 and np.all(np.isfinite(grad))

@@ -13,6 +13,13 @@ VENV="${VENV:?set VENV to a virtual environment with jax_roi[test] installed}"
 echo "== building jax_roi with sanitizers into $VENV"
 JAX_ROI_SANITIZE=ON JAX_ROI_CUDA=OFF "$VENV/bin/python" -m pip install -q \
   --no-build-isolation --no-deps --force-reinstall "$ROOT"
+# Check that the sanitized module is the one installed (located without
+# importing it: a sanitized module only loads with ASan preloaded).
+PKG="$(cd /tmp && "$VENV/bin/python" -c 'import importlib.util as u; print(u.find_spec("jax_roi").submodule_search_locations[0])')"
+if ! ldd "$PKG"/_jax_roi*.so | grep -q libasan; then
+  echo "error: the jax_roi module in $PKG is not a sanitized build" >&2
+  exit 1
+fi
 # The ASan runtime must come first; libstdc++ must be loaded when it starts
 # (python does not link it), or ASan cannot intercept C++ exceptions and
 # aborts at the first one jaxlib throws.
