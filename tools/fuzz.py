@@ -110,6 +110,9 @@ def make_inputs(cfg: dict):
   return x, rois.astype(cfg["dtype"])
 
 
+NEAR_TIES = [0]  # float32 max-mode cases accepted as near ties (see check_case)
+
+
 def check_case(cfg: dict) -> str | None:
   """None if the kernel agrees with the reference, else a description."""
   x, rois = make_inputs(cfg)
@@ -156,8 +159,19 @@ def check_case(cfg: dict) -> str | None:
     return f"feature gradient differs: max |d| {np.abs(gx - exp_gx).max():.3g}"
   if not np.isfinite(gr).all():
     return "non-finite box gradient"
-  box_tol = 50 * tol if (f32 and cfg["op"] == "roi_align" and cfg["mode"] == "max") else tol
-  bad = ~np.isclose(gr, exp_gr, rtol=box_tol, atol=box_tol)
+  bad = ~np.isclose(gr, exp_gr, rtol=tol, atol=tol)
+  if bad.any() and f32 and cfg["op"] == "roi_align" and cfg["mode"] == "max":
+    # Max mode in float32 can pick another winner than the float64 reference
+    # among samples within float32 rounding of each other. Accepted when the
+    # pure-JAX version (an independent float32 formulation) agrees with the
+    # kernel and the same case in float64 agrees with the reference.
+    xla = lambda x, r: jnp.sum(jax_roi.roi_align(
+        x, r, cfg["output_size"], box_order=cfg["box_order"], implementation="xla", **kw) * cot)
+    gr_xla = np.asarray(jax.grad(xla, argnums=1)(jnp.asarray(x), jnp.asarray(rois)), np.float64)
+    if np.allclose(gr, gr_xla, rtol=tol, atol=tol) and check_case(
+        dict(cfg, dtype="float64")) is None:
+      NEAR_TIES[0] += 1
+      return None
   if bad.any():
     return f"box gradient differs at {np.argwhere(bad)[:3].tolist()}: max |d| " \
            f"{np.abs(gr - exp_gr).max():.3g}"
@@ -248,7 +262,9 @@ def main(argv=None) -> int:
         name = args.out / f"{op}-{failures}.npz"
         np.savez(name, features=x, rois=rois, config=json.dumps(cfg))
         print(f"FAIL {op} {json.dumps(cfg)}: {problem} -> {name}", flush=True)
-    summary[op] = dict(cases=cases, hostile_cases=hostile, minutes=args.minutes)
+    summary[op] = dict(cases=cases, hostile_cases=hostile, minutes=args.minutes,
+                       float32_near_ties=NEAR_TIES[0])
+    NEAR_TIES[0] = 0
     print(f"{op}: {cases} cases ({hostile} with hostile boxes) in {args.minutes:g} min",
           flush=True)
   print(json.dumps(dict(jax=jax.__version__, failures=failures, ops=summary)))
