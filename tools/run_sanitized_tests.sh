@@ -9,6 +9,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:?set VENV to a virtual environment with jax_roi[test] installed}"
+VENV="$(cd "$VENV" && pwd)"  # absolute: the commands below run from other directories
 "$VENV/bin/python" -m pip install -q scikit-build-core pybind11 cmake ninja
 echo "== building jax_roi with sanitizers into $VENV"
 JAX_ROI_SANITIZE=ON JAX_ROI_CUDA=OFF "$VENV/bin/python" -m pip install -q \
