@@ -1,4 +1,4 @@
-"""jax_roi: RoI pooling operators (RoIPool, RoIAlign) for JAX.
+"""jax_roi: RoI pooling operators (RoIPool, RoIAlign, multi-scale RoIAlign) for JAX.
 
 C++ and CUDA kernels registered as XLA FFI custom calls, with torchvision's
 exact semantics, differentiable, and batched by ``jax.vmap`` in one launch.
@@ -25,9 +25,9 @@ def export_safety_checks():
   (which registers the targets) with a jax_roi that still provides them.
   """
   import jax
-  from jax_roi import _ffi
+  from jax_roi._core import extension
 
-  return [jax.export.DisabledSafetyCheck.custom_call(name) for name in _ffi.target_names()]
+  return [jax.export.DisabledSafetyCheck.custom_call(name) for name in extension.target_names()]
 
 
 __all__ = ["__version__", "check_rois", "export_safety_checks", "multi_scale_roi_align",

@@ -28,113 +28,21 @@ backbone has ``spatial_scale=1/16``).
 
 from __future__ import annotations
 
-import functools
-import math
-from typing import Literal, NamedTuple, Sequence
+from typing import Literal, Sequence
 
 import jax
-import jax.numpy as jnp
-from jax import lax
 
-from jax.custom_derivatives import SymbolicZero
-
-from jax_roi import _args, _ffi, _xla
-from jax_roi._args import RoiArgs
-from jax_roi._ffi import AlignOptions, MultiScaleOptions
+from jax_roi._core import args, dispatch
+from jax_roi._multi_scale import config as multi_scale_config
+from jax_roi._multi_scale import ffi as multi_scale_ffi
+from jax_roi._roi_align import ffi as roi_align_ffi
+from jax_roi._roi_align.config import MODES, RoiAlignConfig
+from jax_roi._roi_pool import ffi as roi_pool_ffi
+from jax_roi._roi_pool.config import RoiPoolConfig
 
 Layout = Literal["NCHW", "NHWC"]
 BoxOrder = Literal["xyxy", "yxyx"]
 Implementation = Literal["ffi", "xla"] | None
-
-
-def _select(implementation, ffi_impl, xla_impl, features, rois):
-  """The kernel where one is compiled (per platform), else pure JAX."""
-  if implementation == "ffi":
-    return ffi_impl(features, rois)
-  if implementation == "xla":
-    return xla_impl(features, rois)
-  kernels = {"cpu": ffi_impl}
-  if _ffi.WITH_CUDA:
-    kernels["cuda"] = ffi_impl
-  return lax.platform_dependent(features, rois, default=xla_impl, **kernels)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 5))
-def _dispatch(implementation, ffi_fn, xla_fn, features, rois, args):
-  """Runs one op (jitted with its static configuration, so that eager calls
-  compile once); shard by shard under an explicit-axes mesh."""
-
-  def run(f, r, args):
-    return _select(implementation, lambda f, r: ffi_fn(f, r, args),
-                   lambda f, r: xla_fn(f, r, args), f, r)
-
-  plan = _explicit_plan([features], rois, _layout(args))
-  if plan is None:
-    return run(features, rois, args)
-  mesh, (f_spec,), r_spec, out_spec, local = plan
-  local_args = _with_image_shapes(args, local)
-  return jax.shard_map(lambda f, r: run(f, r, local_args), mesh=mesh,
-                       in_specs=(f_spec, r_spec), out_specs=out_spec)(
-                           jax.reshard(features, f_spec), jax.reshard(rois, r_spec))
-
-
-def _layout(args):
-  return getattr(args, "base", args).layout
-
-
-def _with_image_shapes(args, shapes):
-  """The static configuration with per-shard feature shapes."""
-  if isinstance(args, RoiArgs):
-    return args._replace(image_shape=shapes[0])
-  if isinstance(args, MultiScaleArgs):
-    return args._replace(base=args.base._replace(image_shape=shapes[0]),
-                         image_shapes=tuple(shapes))
-  return args._replace(base=args.base._replace(image_shape=shapes[0]))
-
-
-def _explicit_plan(features, rois, layout):
-  """Under a mesh with Explicit axes (jax.make_mesh / jax.set_mesh), the
-  shard_map that runs an op shard by shard: the batch axis of features and
-  (N, R, 4) boxes, the RoI axis of the boxes and the channel axis of the
-  features are kept split; spatial axes, box coordinates and the image axis
-  of (K, 5) RoIs (which name images by value) are replicated first. Returns
-  None when no operand is sharded over explicit axes."""
-  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-
-  shardings = [getattr(jax.typeof(x), "sharding", None) for x in (*features, rois)]
-  mesh = next((s.mesh for s in shardings if isinstance(s, NamedSharding)
-               and any(t == AxisType.Explicit for t in getattr(s.mesh, "axis_types", ()))
-               and any(e is not None for e in s.spec)), None)
-  if mesh is None:
-    return None
-  spec = lambda s, rank: _ffi._spec_of(s, rank)
-  f_spec = spec(shardings[0], 4)
-  r_spec = spec(shardings[-1], rois.ndim)
-  c_dim = 1 if layout == "NCHW" else 3
-  used = set()
-
-  def take(entry):
-    axes = set(_ffi._axes(entry))
-    if not axes or axes & used:
-      return None
-    used.update(axes)
-    return entry
-
-  indexed = rois.ndim == 2
-  n = None if indexed else take(f_spec[0])
-  k = take(r_spec[0]) if indexed else take(r_spec[1])
-  c = take(f_spec[c_dim])
-  feat = [n, c, None, None] if layout == "NCHW" else [n, None, None, c]
-  pooled = [c, None, None] if layout == "NCHW" else [None, None, c]
-  r_out = P(k, None) if indexed else P(n, k, None)
-  out = P(*([k] + pooled)) if indexed else P(*([n, k] + pooled))
-  local = tuple(_ffi._local_shape(f.shape, feat, mesh) for f in features)
-  return mesh, tuple(P(*feat) for _ in features), r_out, out, local
-
-
-# ---------------------------------------------------------------------------
-# RoIPool
-# ---------------------------------------------------------------------------
 
 
 def roi_pool(features: jax.Array,
@@ -201,94 +109,10 @@ def roi_pool(features: jax.Array,
       unknown layout, box_order or implementation, or a negative or
       non-finite spatial_scale.
   """
-  features, rois, args = _args.canonicalize(
+  features, rois, base = args.canonicalize(
       features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
       box_order=box_order, implementation=implementation)
-  return _dispatch(implementation, _roi_pool_ffi, _xla.roi_pool, features, rois, args)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _roi_pool_ffi(features, rois, args: RoiArgs):
-  # Undifferentiated calls skip the argmax output.
-  out, _ = _ffi.roi_pool_forward(
-      features, rois, output_size=args.output_size, spatial_scale=args.spatial_scale,
-      layout=args.layout, with_argmax=False)
-  return out
-
-
-def _roi_pool_ffi_fwd(features, rois, args: RoiArgs):
-  out, argmax = _roi_pool_with_argmax(features, rois, args)
-  return out, (argmax, rois)
-
-
-def _roi_pool_ffi_bwd(args: RoiArgs, residuals, g):
-  argmax, rois = residuals
-  grad = _roi_pool_grad(g, argmax, rois, args)
-  return grad.astype(args.dtype), jnp.zeros_like(rois)
-
-
-_roi_pool_ffi.defvjp(_roi_pool_ffi_fwd, _roi_pool_ffi_bwd)
-
-
-# The forward with its argmax, itself differentiable, so that the forward
-# pass of a gradient can be differentiated again (gradients of gradients).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _roi_pool_with_argmax(features, rois, args: RoiArgs):
-  return _ffi.roi_pool_forward(
-      features, rois, output_size=args.output_size, spatial_scale=args.spatial_scale,
-      layout=args.layout, with_argmax=True)
-
-
-def _roi_pool_with_argmax_fwd(features, rois, args: RoiArgs):
-  out, argmax = _roi_pool_with_argmax(features, rois, args)
-  return (out, argmax), (argmax, rois)
-
-
-def _roi_pool_with_argmax_bwd(args: RoiArgs, residuals, cotangents):
-  return _roi_pool_ffi_bwd(args, residuals, cotangents[0])
-
-
-_roi_pool_with_argmax.defvjp(_roi_pool_with_argmax_fwd, _roi_pool_with_argmax_bwd)
-
-
-# The backward is linear in its cotangent; its own VJP gathers through the
-# argmax, which makes gradients of gradients work.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _roi_pool_grad(g, argmax, rois, args: RoiArgs):
-  return _ffi.roi_pool_backward(g, argmax, rois, image_shape=args.image_shape,
-                                layout=args.layout)
-
-
-def _roi_pool_grad_fwd(g, argmax, rois, args: RoiArgs):
-  return _roi_pool_grad(g, argmax, rois, args), (argmax, rois)
-
-
-def _roi_pool_grad_bwd(args: RoiArgs, residuals, gg):
-  argmax, rois = residuals
-  return _xla.gather_argmax(gg, argmax, rois, args).astype(args.dtype), None, None
-
-
-_roi_pool_grad.defvjp(_roi_pool_grad_fwd, _roi_pool_grad_bwd)
-
-
-# ---------------------------------------------------------------------------
-# RoIAlign
-# ---------------------------------------------------------------------------
-
-
-class AlignArgs(NamedTuple):
-  """Static configuration of a roi_align call (hashable)."""
-
-  base: RoiArgs
-  sampling_ratio: int
-  aligned: bool
-  mode: str
-
-  @property
-  def options(self) -> AlignOptions:
-    b = self.base
-    return AlignOptions(b.output_size, b.spatial_scale, self.sampling_ratio, self.aligned,
-                        self.mode, b.layout)
+  return dispatch.run(roi_pool_ffi.OP, implementation, (features,), rois, RoiPoolConfig(base))
 
 
 def roi_align(features: jax.Array,
@@ -369,139 +193,14 @@ def roi_align(features: jax.Array,
     TypeError, ValueError: as for :func:`roi_pool`; also a non-int
       sampling_ratio, a non-bool aligned or an unknown mode.
   """
-  sampling_ratio = _args.sampling_ratio_value(sampling_ratio)
-  aligned = _args.bool_value(aligned, "aligned")
-  _args.choice(mode, "mode", _args.MODES)
-  features, rois, base = _args.canonicalize(
+  sampling_ratio = args.sampling_ratio_value(sampling_ratio)
+  aligned = args.bool_value(aligned, "aligned")
+  args.choice(mode, "mode", MODES)
+  features, rois, base = args.canonicalize(
       features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
       box_order=box_order, implementation=implementation)
-  args = AlignArgs(base, sampling_ratio, aligned, mode)
-  return _dispatch(implementation, _roi_align_ffi, _xla.roi_align, features, rois, args)
-
-
-def _zeros_if_symbolic(x):
-  return jnp.zeros(x.shape, x.dtype) if isinstance(x, SymbolicZero) else x
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _roi_align_ffi(features, rois, args: AlignArgs):
-  out, _, _ = _ffi.roi_align_forward(features, rois, args.options, with_argmax=False)
-  return out
-
-
-# Residuals record, in their (static) tree structure, which cotangents the
-# backward must produce: the box gradient costs a pass over the features, and
-# is skipped (and the features not kept) when the boxes are not
-# differentiated.
-def _roi_align_ffi_fwd(features, rois, args: AlignArgs):
-  f, r = features.value, rois.value
-  if args.mode == "max":
-    out, argmax_y, argmax_x = _roi_align_max(f, r, args)
-  else:
-    out = _roi_align_ffi(f, r, args)
-    argmax_y = argmax_x = _ffi.empty_argmax()
-  need_features = () if features.perturbed else None
-  box_inputs = (f, ()) if rois.perturbed else None
-  return out, (r, argmax_y, argmax_x, need_features, box_inputs)
-
-
-def _roi_align_ffi_bwd(args: AlignArgs, residuals, g):
-  rois, argmax_y, argmax_x, need_features, box_inputs = residuals
-  g = _zeros_if_symbolic(g)
-  grad_features = grad_rois = None
-  if need_features is not None:
-    grad_features = _roi_align_grad(g, rois, argmax_y, argmax_x, args).astype(args.base.dtype)
-  if box_inputs is not None:
-    grad_rois = _roi_align_box_grad(box_inputs[0], rois, g, argmax_y, argmax_x, args)
-  return grad_features, grad_rois
-
-
-_roi_align_ffi.defvjp(_roi_align_ffi_fwd, _roi_align_ffi_bwd, symbolic_zeros=True)
-
-
-# Max mode: the forward with its argmax pair, differentiable so that the
-# forward pass of a gradient can be differentiated again.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _roi_align_max(features, rois, args: AlignArgs):
-  return _ffi.roi_align_forward(features, rois, args.options, with_argmax=True)
-
-
-def _roi_align_max_fwd(features, rois, args: AlignArgs):
-  out, argmax_y, argmax_x = _roi_align_max(features.value, rois.value, args)
-  need_features = () if features.perturbed else None
-  box_inputs = (features.value, ()) if rois.perturbed else None
-  return (out, argmax_y, argmax_x), (rois.value, argmax_y, argmax_x, need_features,
-                                     box_inputs)
-
-
-def _roi_align_max_bwd(args: AlignArgs, residuals, cotangents):
-  return _roi_align_ffi_bwd(args, residuals, cotangents[0])
-
-
-_roi_align_max.defvjp(_roi_align_max_fwd, _roi_align_max_bwd, symbolic_zeros=True)
-
-
-# The feature gradient is linear in its cotangent g; its VJP is the forward
-# op applied to the incoming cotangent (avg), or the bilinear value of that
-# cotangent at each winning sample (max).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _roi_align_grad(g, rois, argmax_y, argmax_x, args: AlignArgs):
-  return _ffi.roi_align_backward(g, rois, argmax_y, argmax_x,
-                                 image_shape=args.base.image_shape, options=args.options)
-
-
-def _roi_align_grad_fwd(g, rois, argmax_y, argmax_x, args: AlignArgs):
-  return _roi_align_grad(g, rois, argmax_y, argmax_x, args), (rois, argmax_y, argmax_x)
-
-
-def _roi_align_grad_bwd(args: AlignArgs, residuals, gg):
-  rois, argmax_y, argmax_x = residuals
-  gg = gg.astype(args.base.dtype)
-  if args.mode == "avg":
-    ct = _roi_align_ffi(gg, rois, args)
-  else:
-    ct = _xla.align_at_winners(gg, rois, argmax_y, argmax_x, args)
-  return ct.astype(args.base.dtype), None, None, None
-
-
-_roi_align_grad.defvjp(_roi_align_grad_fwd, _roi_align_grad_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _roi_align_box_grad(features, rois, g, argmax_y, argmax_x, args: AlignArgs):
-  return _ffi.roi_align_box_grad(features, rois, g, argmax_y, argmax_x, args.options)
-
-
-def _roi_align_box_grad_fwd(features, rois, g, argmax_y, argmax_x, args: AlignArgs):
-  out = _roi_align_box_grad(features.value, rois.value, g.value, argmax_y.value,
-                            argmax_x.value, args)
-  return out, (features.value, rois.value, g.value)
-
-
-def _roi_align_box_grad_bwd(args: AlignArgs, residuals, ct):
-  if not isinstance(ct, SymbolicZero):
-    raise NotImplementedError(
-        "roi_align: second derivatives through the box gradient are not implemented"
-        " (gradients of gradients w.r.t. the features are)")
-  features, rois, g = residuals
-  return (jnp.zeros_like(features), jnp.zeros_like(rois), jnp.zeros_like(g), None, None)
-
-
-_roi_align_box_grad.defvjp(_roi_align_box_grad_fwd, _roi_align_box_grad_bwd,
-                           symbolic_zeros=True)
-
-
-# ---------------------------------------------------------------------------
-# Multi-scale (FPN) RoIAlign
-# ---------------------------------------------------------------------------
-
-
-class MultiScaleArgs(NamedTuple):
-  """Static configuration of a multi_scale_roi_align call (hashable)."""
-
-  base: RoiArgs  # of level 0
-  options: MultiScaleOptions
-  image_shapes: tuple[tuple[int, ...], ...]
+  config = RoiAlignConfig(base, sampling_ratio, aligned, mode)
+  return dispatch.run(roi_align_ffi.OP, implementation, (features,), rois, config)
 
 
 def multi_scale_roi_align(features: Sequence[jax.Array],
@@ -556,122 +255,9 @@ def multi_scale_roi_align(features: Sequence[jax.Array],
   Gradients flow to every level's features and to the box coordinates, as
   for :func:`roi_align`.
   """
-  if isinstance(features, jax.Array) or not isinstance(features, (list, tuple)):
-    raise TypeError("features must be a list or tuple of feature maps (FPN levels)")
-  if not 1 <= len(features) <= _args.MAX_LEVELS:
-    raise ValueError(f"features must hold 1 to {_args.MAX_LEVELS} levels, got {len(features)}")
-  sampling_ratio = _args.sampling_ratio_value(sampling_ratio)
-  aligned = _args.bool_value(aligned, "aligned")
-  canonical_scale = _args.static_float(canonical_scale, "canonical_scale")
-  canonical_level = _args.static_float(canonical_level, "canonical_level")
-  if not (math.isfinite(canonical_scale) and canonical_scale > 0):
-    raise ValueError(f"canonical_scale must be positive and finite, got {canonical_scale}")
-  if not math.isfinite(canonical_level):
-    raise ValueError(f"canonical_level must be finite, got {canonical_level}")
-  levels = []
-  base = rois_c = None
-  for l, f in enumerate(features):
-    f, r, b = _args.canonicalize(f, rois, output_size, spatial_scale=1.0, layout=layout,
-                                 box_order=box_order, implementation=implementation,
-                                 name=f"features[{l}]")
-    if l == 0:
-      base, rois_c = b, r
-    elif (f.dtype != base.dtype or f.shape[0] != base.image_shape[0]
-          or _ffi.channels_of(f.shape, layout) != _ffi.channels_of(base.image_shape, layout)):
-      raise ValueError(
-          f"features[{l}] must have the dtype, batch size and channels of features[0]:"
-          f" {f.dtype}{f.shape} vs {base.dtype}{base.image_shape}")
-    levels.append(f)
-  scales = _args.pyramid_scales(levels, spatial_scales, image_size, layout)
-  k_min, k_max = _args.level_range(scales)
-  options = MultiScaleOptions(base.output_size, scales, sampling_ratio, aligned, layout,
-                              canonical_scale, canonical_level, k_min, k_max)
-  args = MultiScaleArgs(base, options, tuple(tuple(f.shape) for f in levels))
-  return _dispatch_levels(implementation, args, tuple(levels), rois_c)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _dispatch_levels(implementation, args: MultiScaleArgs, features, rois):
-  def run(features, rois, args):
-    return _select(implementation, lambda f, r: _multi_ffi(tuple(f), r, args),
-                   lambda f, r: _xla.multi_scale_roi_align(tuple(f), r, args),
-                   features, rois)
-
-  plan = _explicit_plan(features, rois, args.base.layout)
-  if plan is None:
-    return run(features, rois, args)
-  mesh, f_specs, r_spec, out_spec, local = plan
-  local_args = _with_image_shapes(args, local)
-  return jax.shard_map(lambda f, r: run(f, r, local_args), mesh=mesh,
-                       in_specs=(f_specs, r_spec), out_specs=out_spec)(
-                           tuple(jax.reshard(f, s) for f, s in zip(features, f_specs)),
-                           jax.reshard(rois, r_spec))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _multi_ffi(features, rois, args: MultiScaleArgs):
-  return _ffi.multi_scale_forward(features, rois, args.options)
-
-
-def _multi_ffi_fwd(features, rois, args: MultiScaleArgs):
-  values = tuple(f.value for f in features)
-  out = _multi_ffi(values, rois.value, args)
-  need_features = () if any(f.perturbed for f in features) else None
-  box_inputs = values if rois.perturbed else None
-  return out, (rois.value, need_features, box_inputs)
-
-
-def _multi_ffi_bwd(args: MultiScaleArgs, residuals, g):
-  rois, need_features, box_inputs = residuals
-  g = _zeros_if_symbolic(g)
-  grad_features = (None,) * len(args.image_shapes)
-  grad_rois = None
-  if need_features is not None:
-    grad_features = tuple(x.astype(args.base.dtype) for x in _multi_grad(g, rois, args))
-  if box_inputs is not None:
-    grad_rois = _multi_box_grad(box_inputs, rois, g, args)
-  return grad_features, grad_rois
-
-
-_multi_ffi.defvjp(_multi_ffi_fwd, _multi_ffi_bwd, symbolic_zeros=True)
-
-
-# Linear in g; its VJP is the forward applied to the incoming cotangents.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _multi_grad(g, rois, args: MultiScaleArgs):
-  return tuple(_ffi.multi_scale_backward(g, rois, image_shapes=args.image_shapes,
-                                         options=args.options))
-
-
-def _multi_grad_fwd(g, rois, args: MultiScaleArgs):
-  return _multi_grad(g, rois, args), rois
-
-
-def _multi_grad_bwd(args: MultiScaleArgs, rois, gg):
-  ct = _multi_ffi(tuple(x.astype(args.base.dtype) for x in gg), rois, args)
-  return ct.astype(args.base.dtype), None
-
-
-_multi_grad.defvjp(_multi_grad_fwd, _multi_grad_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _multi_box_grad(features, rois, g, args: MultiScaleArgs):
-  return _ffi.multi_scale_box_grad(features, rois, g, args.options)
-
-
-def _multi_box_grad_fwd(features, rois, g, args: MultiScaleArgs):
-  values = tuple(f.value for f in features)
-  return _multi_box_grad(values, rois.value, g.value, args), (values, rois.value, g.value)
-
-
-def _multi_box_grad_bwd(args: MultiScaleArgs, residuals, ct):
-  if not isinstance(ct, SymbolicZero):
-    raise NotImplementedError(
-        "multi_scale_roi_align: second derivatives through the box gradient are not"
-        " implemented (gradients of gradients w.r.t. the features are)")
-  features, rois, g = residuals
-  return (tuple(jnp.zeros_like(f) for f in features), jnp.zeros_like(rois), jnp.zeros_like(g))
-
-
-_multi_box_grad.defvjp(_multi_box_grad_fwd, _multi_box_grad_bwd, symbolic_zeros=True)
+  levels, rois, config = multi_scale_config.canonicalize(
+      features, rois, output_size, spatial_scales=spatial_scales, image_size=image_size,
+      sampling_ratio=sampling_ratio, aligned=aligned, canonical_scale=canonical_scale,
+      canonical_level=canonical_level, layout=layout, box_order=box_order,
+      implementation=implementation)
+  return dispatch.run(multi_scale_ffi.OP, implementation, levels, rois, config)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
-from jax_roi import _args
+from jax_roi._core import args as _args
 
 
 def validate_rois(rois: jax.Array, num_images: int, *, box_order: str = "xyxy"

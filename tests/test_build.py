@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from jax_roi import _ffi
+from jax_roi._core import extension
 
 
 def test_built_against_the_oldest_supported_ffi_api():
@@ -16,7 +16,7 @@ def test_built_against_the_oldest_supported_ffi_api():
   expected = os.environ.get("JAX_ROI_EXPECT_FFI_API")
   if expected is None:
     pytest.skip("JAX_ROI_EXPECT_FFI_API not set (set by .ci/run)")
-  built = ".".join(str(v) for v in _ffi._ext.ffi_api_version)
+  built = ".".join(str(v) for v in extension.ext.ffi_api_version)
   assert built == expected
 
 
@@ -26,6 +26,6 @@ def test_cuda_build_expectation():
   expected = os.environ.get("JAX_ROI_EXPECT_CUDA")
   if expected is None:
     pytest.skip("JAX_ROI_EXPECT_CUDA not set (set by .ci/run)")
-  assert _ffi.WITH_CUDA == (expected == "1")
-  if _ffi.WITH_CUDA:
-    assert set(_ffi._ext.cuda_targets()) == set(_ffi._ext.cpu_targets())
+  assert extension.WITH_CUDA == (expected == "1")
+  if extension.WITH_CUDA:
+    assert set(extension.ext.cuda_targets()) == set(extension.ext.cpu_targets())

@@ -159,19 +159,6 @@ def test_matches_loop_reference(layout, fmt, mode, sr, aligned):
       np.testing.assert_allclose(np.asarray(grad_r, np.float64), exp_r, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("sr,aligned", [(sr, a) for m, sr, a in CONFIGS if m == "max"])
-def test_max_mode_winners_match_reference(sr, aligned):
-  from jax_roi import _ffi
-  with jax.enable_x64(True):
-    x, rois = _case(11, "NCHW", "indexed", "float64", "float64", hostile=True)
-    options = _ffi.AlignOptions((3, 2), 0.5, sr, aligned, "max", "NCHW")
-    out, ay, ax = _ffi.roi_align_forward(jnp.asarray(x), jnp.asarray(rois), options, True)
-    expected, winners = ref.roi_align(x, rois, (3, 2), 0.5, sr, aligned, "max")
-    np.testing.assert_array_equal(np.asarray(out), expected)
-    np.testing.assert_array_equal(np.asarray(ay), winners[..., 0])
-    np.testing.assert_array_equal(np.asarray(ax), winners[..., 1])
-
-
 @st.composite
 def align_problems(draw, hostile=True):
   n = draw(st.integers(1, 3))

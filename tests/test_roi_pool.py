@@ -15,7 +15,6 @@ import jax_roi
 import loop_reference as ref
 from helpers import (DTYPES, indexed_rois, pooled_to_nchw, random_boxes,
                      random_features, stable_seed, to_layout)
-from jax_roi import _ffi
 
 LAYOUTS = ("NCHW", "NHWC")
 IMPLEMENTATIONS = ("ffi", "xla")
@@ -95,37 +94,6 @@ def _case(seed, layout, fmt, dtype, box_dtype, n=2, c=3, h=9, w=11, k=7,
   else:
     rois = random_boxes(rng, n * k, h, w, scale, hostile).reshape(n, k, 4)
   return x, rois.astype(box_dtype)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("fmt", ["indexed", "batched"])
-@pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("box_dtype", ["float32", "float64"])
-def test_matches_loop_reference(layout, fmt, dtype, box_dtype):
-  """Outputs and argmax exactly, gradients to float rounding, every dtype."""
-  with jax.enable_x64("float64" in (dtype, box_dtype)):
-    x, rois = _case(stable_seed(layout, fmt, dtype, box_dtype), layout, fmt,
-                    DTYPES[dtype], box_dtype)
-    expected, expected_argmax = ref.roi_pool(x, rois, (3, 2), 0.5, layout)
-    out, argmax = _ffi.roi_pool_forward(
-        jnp.asarray(x), jnp.asarray(rois), output_size=(3, 2), spatial_scale=0.5,
-        layout=layout, with_argmax=True)
-    assert out.dtype == x.dtype
-    np.testing.assert_array_equal(np.asarray(out), expected.astype(x.dtype))
-    np.testing.assert_array_equal(np.asarray(argmax), expected_argmax)
-    public = jax_roi.roi_pool(x, rois, (3, 2), spatial_scale=0.5, layout=layout)
-    np.testing.assert_array_equal(np.asarray(public), np.asarray(out))
-
-    cot = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
-    grad = jax.grad(lambda f: jnp.sum(
-        jax_roi.roi_pool(f, rois, (3, 2), spatial_scale=0.5, layout=layout)
-        * cot).astype(jnp.float32))(x)
-    assert grad.dtype == x.dtype
-    expected_grad = ref.roi_pool_grad(x.shape, rois, cot, expected_argmax, layout)
-    tol = {"float64": 1e-12, "float32": 1e-5}.get(dtype, 2e-2)
-    np.testing.assert_allclose(np.asarray(grad, np.float64), expected_grad,
-                               rtol=tol, atol=tol)
 
 
 @st.composite

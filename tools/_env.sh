@@ -27,8 +27,8 @@ echo "== installing jax_roi[$EXTRAS] ${JAX_SPEC:-} into $VENV (builds the C++/CU
 "$VENV/bin/python" -m pip install -q --upgrade "$ROOT[$EXTRAS]" ${JAX_SPEC:-}
 "$VENV/bin/python" -P - <<'PY'  # -P: not the source tree
 import jax, jax_roi
-from jax_roi import _ffi
+from jax_roi._core import extension
 print(f"== jax {jax.__version__}, jax_roi {jax_roi.__version__}, "
-      f"built against XLA FFI API {'.'.join(map(str, _ffi._ext.ffi_api_version))}, "
-      f"CUDA kernels: {_ffi.WITH_CUDA}")
+      f"built against XLA FFI API {'.'.join(map(str, extension.ext.ffi_api_version))}, "
+      f"CUDA kernels: {extension.WITH_CUDA}")
 PY

@@ -1,8 +1,10 @@
-"""Pure-JAX implementations (``implementation="xla"``).
+"""RoIAlign written with jnp (``implementation="xla"``).
 
-They follow the kernels' semantics and run on any platform: they are the
-automatic fallback where no kernel is compiled (``lax.platform_dependent``)
-and the baseline of the benchmarks. Gradients come from JAX autodiff.
+It follows the kernels' semantics (avg and max modes) and runs on any
+platform: the automatic fallback where no kernel is compiled, the
+benchmarks' baseline, and (:func:`align_at_winners`) the VJP of the max-mode
+kernel's backward. Gradients come from JAX autodiff. Imports no compiled
+code.
 """
 
 from __future__ import annotations
@@ -11,185 +13,18 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from jax_roi._args import RoiArgs
-from jax_roi._ffi import acc_dtype, roi_images
+from jax_roi._core.jnp_utils import FLT_MAX, exact_div, map_rois, vary_like
+from jax_roi._core.layout import (acc_dtype, from_kchw, pooled_shape, roi_images, to_kchw,
+                                  to_nchw)
+from jax_roi._roi_align.config import RoiAlignConfig
 
-# Rounded box coordinates are clamped to this magnitude before integer
-# arithmetic, as in the kernels (roi_math.h kCoordLimit).
-COORD_LIMIT = 2.0**40
-FLT_MAX = float(np.finfo(np.float32).max)
-# RoIs processed together inside lax.map: bounds the memory of the
-# per-RoI (C, H, PW, W) masked reductions.
-_MAP_BATCH = 8
-
-
-def vary_like(x: jax.Array, *refs: jax.Array) -> jax.Array:
-  """Inside shard_map, makes x vary over the mesh axes the refs vary over
-  (loop carries must keep one type)."""
-  axes = set()
-  for r in refs:
-    axes |= set(getattr(getattr(jax.typeof(r), "manual_axis_type", None), "varying", ()) or ())
-  have = set(getattr(getattr(jax.typeof(x), "manual_axis_type", None), "varying", ()) or ())
-  missing = tuple(sorted(axes - have))
-  return jax.lax.pcast(x, missing, to="varying") if missing else x
-
-
-def round_half_away(v: jax.Array) -> jax.Array:
-  """Rounds halves away from zero (C's round), exactly; jnp.round does not."""
-  a = jnp.abs(v)
-  r = jnp.floor(a)
-  r = r + (a - r >= 0.5).astype(v.dtype)
-  return jnp.copysign(r, v)
-
-
-def true_divide(num: jax.Array, den: int) -> jax.Array:
-  """num / den, correctly rounded.
-
-  XLA rewrites a division by a constant or broadcast divisor into a
-  multiplication by its reciprocal, which is not correctly rounded and moves
-  floor/ceil bin edges. The optimisation barrier hides the divisor.
-  """
-  d = lax.optimization_barrier(jnp.full(num.shape, den, num.dtype))
-  return num / d
-
-
-def pool_windows(rois: jax.Array, args: RoiArgs):
-  """RoIPool bins of every RoI (flattened to K).
-
-  Returns images (K,), row bounds (K, PH) x 2 and column bounds (K, PW) x 2,
-  as int32 half-open ranges clipped to the map (empty for padding and NaN).
-  """
-  n = args.image_shape[0]
-  h, w = _spatial(args)
-  ph_count, pw_count = args.output_size
-  dtype = rois.dtype
-  boxes = rois[..., -4:].reshape(-1, 4)
-  images = roi_images(rois, n).reshape(-1)
-  scaled = boxes * jnp.asarray(args.spatial_scale, dtype)
-  nan = jnp.isnan(scaled).any(axis=-1)
-  empty = nan | (images < 0)
-  r = jnp.clip(round_half_away(jnp.where(nan[:, None], 0, scaled)), -COORD_LIMIT,
-               COORD_LIMIT)
-  xs, ys, xe, ye = r[:, 0], r[:, 1], r[:, 2], r[:, 3]
-  roi_w = jnp.maximum(xe - xs + 1, 1)
-  roi_h = jnp.maximum(ye - ys + 1, 1)
-
-  def bins(count, roi_size, start, size):
-    bin_size = true_divide(roi_size, count)[:, None]
-    p = jnp.arange(count, dtype=dtype)[None, :]
-    lo = jnp.floor(p * bin_size) + start[:, None]
-    hi = jnp.ceil((p + 1) * bin_size) + start[:, None]
-    lo = jnp.where(empty[:, None], 0, jnp.clip(lo, 0, size)).astype(jnp.int32)
-    hi = jnp.where(empty[:, None], 0, jnp.clip(hi, 0, size)).astype(jnp.int32)
-    return lo, hi
-
-  rows = bins(ph_count, roi_h, ys, h)
-  cols = bins(pw_count, roi_w, xs, w)
-  return images, rows, cols
-
-
-def _spatial(args: RoiArgs) -> tuple[int, int]:
-  s = args.image_shape
-  return (s[2], s[3]) if args.layout == "NCHW" else (s[1], s[2])
-
-
-def roi_pool(features: jax.Array, rois: jax.Array, args: RoiArgs) -> jax.Array:
-  """RoIPool with torchvision's semantics, written with jnp."""
-  rois = lax.stop_gradient(rois)
-  lead = rois.shape[:-1]
-  ph_count, pw_count = args.output_size
-  h, w = _spatial(args)
-  chw = features if args.layout == "NCHW" else jnp.moveaxis(features, 3, 1)
-  c = chw.shape[1]
-  images, (row_lo, row_hi), (col_lo, col_hi) = pool_windows(rois, args)
-  k = images.shape[0]
-  if k == 0 or c == 0 or h == 0 or w == 0 or args.image_shape[0] == 0:  # All empty.
-    return jnp.zeros(_out_shape(lead, c, args), features.dtype)
-  acc = acc_dtype(features.dtype)
-  h_range = jnp.arange(h)
-  w_range = jnp.arange(w)
-  neg_inf = jnp.asarray(-jnp.inf, acc)
-
-  def one_roi(xs):
-    image, rlo, rhi, clo, chi = xs
-    # Values that can never win torchvision's strict '>' against -FLT_MAX
-    # (NaN, values <= -FLT_MAX) become -inf.
-    f = chw[jnp.maximum(image, 0)].astype(acc)  # (C, H, W)
-    key = jnp.where(f > -FLT_MAX, f, neg_inf)
-    col_mask = (w_range >= clo[:, None]) & (w_range < chi[:, None])  # (PW, W)
-    t = jnp.where(col_mask[None, None], key[:, :, None, :], neg_inf)  # (C, H, PW, W)
-    row_max = t.max(axis=-1)  # (C, H, PW)
-    row_arg = t.argmax(axis=-1)  # first maximum
-    row_mask = (h_range >= rlo[:, None]) & (h_range < rhi[:, None])  # (PH, H)
-    t2 = jnp.where(row_mask[None, :, :, None], row_max[:, None], neg_inf)  # (C, PH, H, PW)
-    best = t2.max(axis=2)  # (C, PH, PW)
-    h_star = t2.argmax(axis=2)
-    w_star = jnp.take_along_axis(row_arg, h_star, axis=1)
-    return h_star.astype(jnp.int32), w_star.astype(jnp.int32), best > neg_inf
-
-  h_star, w_star, found = lax.map(one_roi, (images, row_lo, row_hi, col_lo, col_hi),
-                                  batch_size=min(_MAP_BATCH, k))
-  # Gather the winners from the features so that autodiff sends each output's
-  # cotangent to exactly its argmax pixel, as the kernels do.
-  img = jnp.maximum(images, 0)[:, None, None, None]
-  ch = jnp.arange(c)[None, :, None, None]
-  picked = chw[img, ch, h_star, w_star]  # (K, C, PH, PW)
-  nonempty = ((row_hi > row_lo)[:, None, :, None] & (col_hi > col_lo)[:, None, None, :])
-  fill = jnp.where(nonempty, -FLT_MAX, 0).astype(features.dtype)
-  out = jnp.where(found, picked, fill)
-  if args.layout == "NHWC":
-    out = jnp.moveaxis(out, 1, 3)
-  return out.reshape(_out_shape(lead, c, args))
-
-
-def _out_shape(lead, c, args: RoiArgs):
-  ph_count, pw_count = args.output_size
-  tail = (c, ph_count, pw_count) if args.layout == "NCHW" else (ph_count, pw_count, c)
-  return tuple(lead) + tail
-
-
-def gather_argmax(grad_features: jax.Array, argmax: jax.Array, rois: jax.Array,
-                  args: RoiArgs) -> jax.Array:
-  """grad_features at each output's argmax pixel (0 where argmax is -1).
-
-  The VJP of the RoIPool backward (which is linear in its cotangent).
-  """
-  n = args.image_shape[0]
-  h, w = _spatial(args)
-  images = roi_images(rois, n)
-  extra = (None,) * 3
-  valid = (argmax >= 0) & (images >= 0)[(...,) + extra]
-  img = jnp.maximum(images, 0)[(...,) + extra]
-  pixel = jnp.clip(argmax, 0, h * w - 1)
-  if args.layout == "NCHW":
-    g = grad_features.reshape(n, -1, h * w)
-    ch = jnp.arange(g.shape[1])[:, None, None]
-    vals = g[img, ch, pixel]
-  else:
-    g = grad_features.reshape(n, h * w, -1)
-    vals = g[img, pixel, jnp.arange(g.shape[2])]
-  return jnp.where(valid, vals, 0)
-
-
-# ---------------------------------------------------------------------------
-# RoIAlign
-# ---------------------------------------------------------------------------
-
-MAX_GRID = 2**31 - 1  # roi_math.h kMaxGrid
+MAX_GRID = 2**31 - 1  # csrc kMaxGrid
 _ALIGN_CHUNK = 16  # RoIs per lax.map step
 # Up to this sampling ratio every sample is gathered at once; beyond it (and
 # for adaptive sampling) the separable (avg) or search (max) forms are used.
 _GATHER_MAX_SR = 4
-
-
-def exact_div(num: jax.Array, den: jax.Array) -> jax.Array:
-  """num / den, correctly rounded (see true_divide), den broadcast to num."""
-  d = lax.optimization_barrier(jnp.broadcast_to(den, jnp.broadcast_shapes(num.shape,
-                                                                          den.shape)))
-  return num / d
 
 
 class AlignGeometry(NamedTuple):
@@ -205,7 +40,7 @@ class AlignGeometry(NamedTuple):
 
 
 def align_geometry(rois: jax.Array, args) -> AlignGeometry:
-  """Per-RoI geometry of RoIAlign (roi_math.h align_roi), RoIs flattened."""
+  """Per-RoI geometry of RoIAlign (csrc align_roi), RoIs flattened."""
   base = args.base
   dtype = rois.dtype
   boxes = rois[..., -4:].reshape(-1, 4)
@@ -222,8 +57,8 @@ def align_geometry(rois: jax.Array, args) -> AlignGeometry:
             & jnp.isfinite(roi_h))
   empty = (images < 0) | ~finite
   ph_count, pw_count = base.output_size
-  bin_h = true_divide(roi_h, ph_count)
-  bin_w = true_divide(roi_w, pw_count)
+  bin_h = exact_div(roi_h, ph_count)
+  bin_w = exact_div(roi_w, pw_count)
 
   def grid(bin_size):
     if args.sampling_ratio > 0:
@@ -251,7 +86,7 @@ def sample_coord(start, p, bin_size, i, grid):
 
 def sample_range(start, p, bin_size, grid, size):
   """[first, last): the samples of a bin whose coordinate is in [-1, size]
-  (roi_math.h sample_range), by bisection; start/bin/grid broadcast with p."""
+  (csrc sample_range), by bisection; start/bin/grid broadcast with p."""
   start, p, bin_size, grid = jnp.broadcast_arrays(start, p, bin_size, grid)
   increasing = bin_size >= 0
   low, high = -1.0, float(size)
@@ -279,8 +114,8 @@ def sample_range(start, p, bin_size, grid, size):
 
 
 def axis_weights(coord, size):
-  """One axis of torchvision's bilinear rule: (valid, low, high, w_low, w_high,
-  frozen) for sample coordinates `coord` on an axis of `size` pixels."""
+  """One axis of torchvision's bilinear rule: (valid, low, high, w_low, w_high)
+  for sample coordinates `coord` on an axis of `size` pixels."""
   dtype = coord.dtype
   valid = (coord >= -1) & (coord <= size) & (size > 0)
   c = jnp.where(coord <= 0, jnp.zeros_like(coord), coord)
@@ -292,17 +127,6 @@ def axis_weights(coord, size):
   c = jnp.where(edge, low.astype(dtype), c)
   frac = c - low.astype(dtype)
   return valid, jnp.maximum(low, 0), jnp.maximum(high, 0), 1 - frac, frac
-
-
-def _align_layout_out(out_kchw, lead, c, args):
-  """(K, C, PH, PW) -> the layout's output with leading dims `lead`."""
-  if args.base.layout == "NHWC":
-    out_kchw = jnp.moveaxis(out_kchw, 1, 3)
-  return out_kchw.reshape(_out_shape(lead, c, args.base))
-
-
-def _chw(features, args):
-  return features if args.base.layout == "NCHW" else jnp.moveaxis(features, 3, 1)
 
 
 def _sample_values(chw, geo_k, ys, xs, acc):
@@ -327,27 +151,28 @@ def _sample_values(chw, geo_k, ys, xs, acc):
   return jnp.where(valid, v, jnp.zeros_like(v)), valid
 
 
-def roi_align(features: jax.Array, rois: jax.Array, args) -> jax.Array:
+def roi_align(features: tuple, rois: jax.Array, args: RoiAlignConfig) -> jax.Array:
   """RoIAlign (avg and max modes) with jax_roi's semantics, written with jnp."""
+  (features,) = features
   base = args.base
   lead = rois.shape[:-1]
-  chw = _chw(features, args)
+  chw = to_nchw(features, base.layout)
   n, c, h, w = chw.shape
   geo = align_geometry(rois, args)
   k = geo.images.shape[0]
   if k == 0 or c == 0 or n == 0:  # No output, or every RoI is padding.
-    return jnp.zeros(_out_shape(lead, c, base), features.dtype)
+    return jnp.zeros(pooled_shape(lead, c, base.output_size, base.layout), features.dtype)
   if 0 < args.sampling_ratio <= _GATHER_MAX_SR:
     out = _align_fixed_grid(chw, geo, args)
   elif args.mode == "avg":
     out = _align_separable_avg(chw, geo, args)
   else:
     out = _align_search_max(features, chw, rois, geo, args)
-  return _align_layout_out(out.astype(features.dtype), lead, c, args)
+  return from_kchw(out.astype(features.dtype), lead, base.layout)
 
 
-def _bins(geo_k, ph_count, pw_count):
-  """Per-RoI bin geometry broadcast to (K, PH, 1) and (K, PW, 1)."""
+def _bins(ph_count, pw_count):
+  """Bin indices (1, PH, 1) and (1, PW, 1), and a per-RoI value to (K, 1, 1)."""
   ph = jnp.arange(ph_count)[None, :, None]
   pw = jnp.arange(pw_count)[None, :, None]
   col = lambda a: a[:, None, None]
@@ -362,7 +187,7 @@ def _align_fixed_grid(chw, geo, args):
   grid_index = jnp.arange(sr)[None, None, :]
 
   def chunk(geo_k):
-    ph, pw, col = _bins(geo_k, ph_count, pw_count)
+    ph, pw, col = _bins(ph_count, pw_count)
     ys = sample_coord(col(geo_k.start_h), ph, col(geo_k.bin_h), grid_index, col(geo_k.grid_h))
     xs = sample_coord(col(geo_k.start_w), pw, col(geo_k.bin_w), grid_index, col(geo_k.grid_w))
     v, valid = _sample_values(chw, geo_k, ys, xs, acc)  # (K, PH, S, PW, S, C)
@@ -381,21 +206,10 @@ def _align_fixed_grid(chw, geo, args):
       out = jnp.where(geo_k.empty[:, None, None, None], jnp.zeros_like(out), out)
     return jnp.moveaxis(out, 3, 1)  # (K, C, PH, PW)
 
-  return _map_rois(chunk, geo)
+  return map_rois(chunk, geo, _ALIGN_CHUNK)
 
 
-def _map_rois(fn, xs, chunk=_ALIGN_CHUNK):
-  """fn maps arrays with a leading RoI axis; runs it over chunks of RoIs
-  (lax.map vmaps over each chunk), rematerialised in the backward pass."""
-
-  def one(x):
-    return jax.tree.map(lambda a: a[0], fn(jax.tree.map(lambda a: a[None], x)))
-
-  k = jax.tree.leaves(xs)[0].shape[0]
-  return lax.map(jax.checkpoint(one), xs, batch_size=min(chunk, k))
-
-
-def _axis_weight_matrix(start, bin_size, grid, count, size, p_count, candidates):
+def _axis_weight_matrix(start, bin_size, grid, size, p_count, candidates):
   """Separable RoIAlign weights along one axis: (K, P, size), the sum over the
   bin's samples of their bilinear weights on each pixel row (or column)."""
   p = jnp.arange(p_count)[None, :]
@@ -426,9 +240,9 @@ def _align_separable_avg(chw, geo, args):
   _, _, h, w = chw.shape
   ph_count, pw_count = args.base.output_size
   sr = args.sampling_ratio
-  wy = _axis_weight_matrix(geo.start_h, geo.bin_h, geo.grid_h, geo.count, h, ph_count,
+  wy = _axis_weight_matrix(geo.start_h, geo.bin_h, geo.grid_h, h, ph_count,
                            sr if sr > 0 else 2 * h + 3)
-  wx = _axis_weight_matrix(geo.start_w, geo.bin_w, geo.grid_w, geo.count, w, pw_count,
+  wx = _axis_weight_matrix(geo.start_w, geo.bin_w, geo.grid_w, w, pw_count,
                            sr if sr > 0 else 2 * w + 3)
 
   def chunk(xs):
@@ -438,7 +252,7 @@ def _align_separable_avg(chw, geo, args):
     return jnp.einsum("kph,kchq->kcpq", ay.astype(acc), t) / count.astype(acc)[:, None,
                                                                                None, None]
 
-  return _map_rois(chunk, (geo.images, wy, wx, geo.count), chunk=4)
+  return map_rois(chunk, (geo.images, wy, wx, geo.count), 4)
 
 
 def align_at_winners(features, rois, argmax_y, argmax_x, args):
@@ -446,19 +260,16 @@ def align_at_winners(features, rois, argmax_y, argmax_x, args):
   grid indices, -1: none -> 0): the max-mode output given its winners,
   differentiable w.r.t. features and rois."""
   base = args.base
-  chw = _chw(features, args)
+  chw = to_nchw(features, base.layout)
   n, c, h, w = chw.shape
   geo = align_geometry(rois, args)
   ph_count, pw_count = base.output_size
   lead = rois.shape[:-1]
   if n == 0 or geo.images.shape[0] == 0:
-    return jnp.zeros(_out_shape(lead, c, base), features.dtype)
+    return jnp.zeros(pooled_shape(lead, c, base.output_size, base.layout), features.dtype)
 
-  def to_kchw(a):
-    a = a.reshape((-1,) + a.shape[len(lead):])
-    return a if base.layout == "NCHW" else jnp.moveaxis(a, 3, 1)
-
-  ay, ax = to_kchw(argmax_y), to_kchw(argmax_x)  # (K, C, PH, PW)
+  ay = to_kchw(argmax_y, lead, base.layout)  # (K, C, PH, PW)
+  ax = to_kchw(argmax_x, lead, base.layout)
   col = lambda a: a[:, None, None, None]
   ph = jnp.arange(ph_count)[None, None, :, None]
   pw = jnp.arange(pw_count)[None, None, None, :]
@@ -477,7 +288,7 @@ def align_at_winners(features, rois, argmax_y, argmax_x, args):
        + (ly * hx).astype(acc) * at(yhi, xlo) + (ly * lx).astype(acc) * at(yhi, xhi))
   use = (ay >= 0) & (ax >= 0) & vy & vx & ~col(geo.empty)
   out = jnp.where(use, v, jnp.zeros_like(v))
-  return _align_layout_out(out, lead, c, args)
+  return from_kchw(out, lead, base.layout)
 
 
 def _align_search_max(features, chw, rois, geo, args):
@@ -552,46 +363,8 @@ def _align_search_max(features, chw, rois, geo, args):
                 fx, lx_))
   # (K, C, PH, PW) winners -> the layout's order for align_at_winners
   lead = rois.shape[:-1]
-  to_layout = lambda a: _align_layout_out(a, lead, c, args)
-  values = align_at_winners(features, rois, to_layout(by), to_layout(bx), args)
-  values = values.reshape((-1,) + values.shape[len(lead):])
-  if args.base.layout == "NHWC":
-    values = jnp.moveaxis(values, 3, 1)
+  layout = args.base.layout
+  values = align_at_winners(features, rois, from_kchw(by, lead, layout),
+                            from_kchw(bx, lead, layout), args)
+  values = to_kchw(values, lead, layout)
   return jnp.where(by >= 0, values.astype(acc), fallback)
-
-
-# ---------------------------------------------------------------------------
-# Multi-scale (FPN) RoIAlign
-# ---------------------------------------------------------------------------
-
-
-def roi_levels(rois: jax.Array, options) -> jax.Array:
-  """torchvision's LevelMapper (roi_math.h roi_level): level per RoI, (K,)."""
-  boxes = rois[..., -4:].reshape(-1, 4)
-  dtype = rois.dtype
-  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-  target = jnp.floor(jnp.asarray(options.canonical_level, dtype)
-                     + jnp.log2(jnp.sqrt(area) / jnp.asarray(options.canonical_scale, dtype))
-                     + jnp.asarray(1e-6, dtype))
-  lo, hi = float(options.k_min), float(options.k_max)
-  level = jnp.where(target > lo, jnp.minimum(target, hi), lo) - lo  # NaN -> level 0
-  return jnp.clip(level, 0, len(options.spatial_scales) - 1).astype(jnp.int32)
-
-
-def multi_scale_roi_align(features, rois, args) -> jax.Array:
-  """Per-level roi_align (pure JAX), each RoI keeping its own level's output."""
-  from jax_roi.ops import AlignArgs  # the ops module imports this one
-
-  options = args.options
-  levels = roi_levels(lax.stop_gradient(rois), options)
-  lead = rois.shape[:-1]
-  out = None
-  for l, f in enumerate(features):
-    base = args.base._replace(spatial_scale=options.spatial_scales[l],
-                              image_shape=tuple(f.shape))
-    level_args = AlignArgs(base, options.sampling_ratio, options.aligned, "avg")
-    o = roi_align(f, rois, level_args)
-    mine = (levels == l).reshape(lead + (1,) * (o.ndim - len(lead)))
-    o = jnp.where(mine, o, jnp.zeros_like(o))
-    out = o if out is None else out + o
-  return out

@@ -1,4 +1,4 @@
-"""Validation and canonicalisation of the public ops' arguments.
+"""Validation and canonicalisation of the arguments every op shares.
 
 Everything here runs at trace time, before any kernel: bad input raises a
 ``TypeError`` or ``ValueError`` that names the argument.
@@ -6,6 +6,7 @@ Everything here runs at trace time, before any kernel: bad input raises a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ FEATURE_DTYPES = tuple(
 
 
 class RoiArgs(NamedTuple):
-  """Canonical static description of one op call (hashable)."""
+  """The static part of a call that every op shares (hashable)."""
 
   output_size: tuple[int, int]
   spatial_scale: float
@@ -144,9 +145,6 @@ def canonicalize(features: Any, rois: Any, output_size: Any, *,
   return features, rois, args
 
 
-MODES = ("avg", "max")
-
-
 def int_value(value: Any, name: str) -> int:
   if isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be an int, got {value!r}")
@@ -162,56 +160,7 @@ def bool_value(value: Any, name: str) -> bool:
   return bool(value)
 
 
-MAX_LEVELS = 8
-
-
-def pyramid_scales(features, spatial_scales: Any, image_size: Any, layout: str):
-  """The per-level spatial scales: given, or inferred as torchvision's
-  MultiScaleRoIAlign does (2 ** round(log2(feature size / image size)))."""
-  if spatial_scales is not None:
-    if isinstance(spatial_scales, (str, bytes)) or not hasattr(spatial_scales, "__len__"):
-      raise TypeError(f"spatial_scales must be a sequence of numbers, got {spatial_scales!r}")
-    scales = tuple(spatial_scale_value(s) for s in spatial_scales)
-    if len(scales) != len(features):
-      raise ValueError(
-          f"spatial_scales needs one scale per level: {len(features)} levels, got"
-          f" {len(scales)} scales")
-    if any(s <= 0 for s in scales):
-      raise ValueError(f"spatial_scales must be positive, got {spatial_scales!r}")
-    return scales
-  if image_size is None:
-    raise ValueError(
-        "multi_scale_roi_align needs spatial_scales, or image_size (H, W) of the input"
-        " images to infer them as torchvision does")
-  img_h, img_w = output_size_pair(image_size)
-  scales = []
-  for level, f in enumerate(features):
-    h, w = (f.shape[2], f.shape[3]) if layout == "NCHW" else (f.shape[1], f.shape[2])
-    if h == 0 or w == 0:
-      raise ValueError(f"features[{level}] has an empty spatial size {(h, w)}")
-    sh = 2.0 ** round(math.log2(h / img_h))
-    sw = 2.0 ** round(math.log2(w / img_w))
-    if sh != sw:
-      raise ValueError(
-          f"cannot infer the scale of features[{level}]: {(h, w)} vs image {(img_h, img_w)}"
-          f" gives {sh} along H and {sw} along W; pass spatial_scales")
-    scales.append(sh)
-  return tuple(scales)
-
-
-def level_range(scales) -> tuple[int, int]:
-  """torchvision's k_min, k_max: int(-log2(scale)) of the first and last
-  levels, computed in float32; the levels must be consecutive."""
-  levels = [int(-np.log2(np.float32(s))) for s in scales]
-  k_min, k_max = levels[0], levels[-1]
-  if levels != list(range(k_min, k_min + len(scales))):
-    raise ValueError(
-        f"spatial_scales {tuple(scales)} must halve from level to level (one level per"
-        f" power of two): levels {k_min}..{k_max} for {len(scales)} feature maps")
-  return k_min, k_max
-
-
-MAX_SAMPLING_RATIO = 1024  # roi_args.h kMaxSamplingRatio
+MAX_SAMPLING_RATIO = 1024  # csrc kMaxSamplingRatio
 
 
 def sampling_ratio_value(value: Any) -> int:
@@ -222,3 +171,24 @@ def sampling_ratio_value(value: Any) -> int:
         f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} (samples per bin axis;"
         f" <= 0 for adaptive), got {sr}")
   return sr
+
+
+@dataclasses.dataclass(frozen=True)
+class OpConfig:
+  """Base of every op's configuration: the hashable static part of one
+  call (a jit static argument), used by both the kernel and the pure-JAX
+  paths. Ops subclass it (frozen dataclasses) with their own fields."""
+
+  base: RoiArgs
+
+  @property
+  def layout(self) -> str:
+    return self.base.layout
+
+  @property
+  def dtype(self) -> np.dtype:
+    return self.base.dtype
+
+  def with_image_shapes(self, shapes: tuple) -> "OpConfig":
+    """The configuration for other (e.g. per-shard) feature shapes."""
+    return dataclasses.replace(self, base=self.base._replace(image_shape=tuple(shapes[0])))

@@ -1,0 +1,149 @@
+"""The custom_vjp wiring every op shares, built from a few declarative rules.
+
+An op's kernels give it:
+
+* a forward (``forward``), and optionally a forward that also returns
+  integer residuals for the backward (``forward_saving``, e.g. argmax);
+* a feature gradient linear in the output cotangent (``feature_grad``),
+  whose own VJP (``feature_grad_vjp``) is a gather or the forward again: this
+  makes gradients of gradients w.r.t. the features work to any order;
+* a box gradient (``box_grad``), first order only: differentiating it again
+  raises ``NotImplementedError``; or none (the op is piecewise constant in
+  the boxes: zero gradient).
+
+:func:`differentiable` turns these into one ``fn(features, rois, config)``
+with ``features`` a tuple of feature maps (one per level). The box gradient
+is only computed, and the features only kept, when the boxes are
+differentiated; the feature gradient only when some features are.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+Features = tuple  # of jax.Array, one per level
+
+
+class VjpRules(NamedTuple):
+  name: str  # the public op's name, for error messages
+  forward: Callable[[Features, jax.Array, Any], jax.Array]
+  # forward_saving(features, rois, config) -> (output, saved: tuple of arrays);
+  # used when saves(config) is true, else saved = ().
+  forward_saving: Optional[Callable[[Features, jax.Array, Any], tuple]]
+  saves: Callable[[Any], bool]
+  # feature_grad(g, rois, saved, config) -> per-level gradients (any float dtype).
+  feature_grad: Callable[[jax.Array, jax.Array, tuple, Any], Features]
+  # feature_grad_vjp(gg, rois, saved, config) -> the cotangent of g; gg is
+  # per level, in the features' dtype.
+  feature_grad_vjp: Callable[[Features, jax.Array, tuple, Any], jax.Array]
+  # box_grad(features, rois, g, saved, config) -> d(sum(out * g)) / d(rois),
+  # or None: zero.
+  box_grad: Optional[Callable[[Features, jax.Array, jax.Array, tuple, Any], jax.Array]]
+
+
+def _zeros_if_symbolic(x):
+  return jnp.zeros(x.shape, x.dtype) if isinstance(x, SymbolicZero) else x
+
+
+def _values(tree):
+  return jax.tree.map(lambda p: p.value, tree)
+
+
+def _nones(tree):
+  return jax.tree.map(lambda _: None, tree)
+
+
+def differentiable(rules: VjpRules) -> Callable[[Features, jax.Array, Any], jax.Array]:
+  """The op as a custom_vjp function of (features, rois, config)."""
+
+  # -- the feature gradient: linear in g ---------------------------------
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+  def feature_grad(g, rois, saved, config):
+    return tuple(rules.feature_grad(g, rois, saved, config))
+
+  def feature_grad_fwd(g, rois, saved, config):
+    return feature_grad(g, rois, saved, config), (rois, saved)
+
+  def feature_grad_bwd(config, residuals, gg):
+    rois, saved = residuals
+    gg = tuple(x.astype(config.dtype) for x in gg)
+    ct = rules.feature_grad_vjp(gg, rois, saved, config)
+    return ct.astype(config.dtype), None, _nones(saved)
+
+  feature_grad.defvjp(feature_grad_fwd, feature_grad_bwd)
+
+  # -- the box gradient: first order only --------------------------------
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+  def box_grad(features, rois, g, saved, config):
+    return rules.box_grad(features, rois, g, saved, config)
+
+  def box_grad_fwd(features, rois, g, saved, config):
+    features, rois, g, saved = _values((features, rois, g, saved))
+    return box_grad(features, rois, g, saved, config), (features, rois, g, saved)
+
+  def box_grad_bwd(config, residuals, ct):
+    if not isinstance(ct, SymbolicZero):
+      raise NotImplementedError(
+          f"{rules.name}: second derivatives through the box gradient are not"
+          " implemented (gradients of gradients w.r.t. the features are)")
+    features, rois, g, saved = residuals
+    return (tuple(jnp.zeros_like(f) for f in features), jnp.zeros_like(rois),
+            jnp.zeros_like(g), _nones(saved))
+
+  box_grad.defvjp(box_grad_fwd, box_grad_bwd, symbolic_zeros=True)
+
+  # -- the op's backward, shared by both forwards ------------------------
+  def residuals(features, rois, saved):
+    """What the backward needs, recording in its (static) tree structure
+    which cotangents it must produce."""
+    f, r = _values(features), rois.value
+    need_features = () if any(x.perturbed for x in features) else None
+    box_inputs = f if rois.perturbed else None
+    return r, saved, need_features, box_inputs
+
+  def backward(config, res, g):
+    rois, saved, need_features, box_inputs = res
+    g = _zeros_if_symbolic(g)
+    grad_features = grad_rois = None
+    if need_features is not None:
+      grad_features = tuple(x.astype(config.dtype)
+                            for x in feature_grad(g, rois, saved, config))
+    if box_inputs is not None:
+      grad_rois = (box_grad(box_inputs, rois, g, saved, config) if rules.box_grad is not None
+                   else jnp.zeros_like(rois))
+    return grad_features, grad_rois
+
+  # -- the forward that also returns its residuals: differentiable, so that
+  # the forward pass of a gradient can be differentiated again ------------
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+  def saving(features, rois, config):
+    return rules.forward_saving(features, rois, config)
+
+  def saving_fwd(features, rois, config):
+    out, saved = saving(_values(features), rois.value, config)
+    return (out, saved), residuals(features, rois, saved)
+
+  def saving_bwd(config, res, cotangents):
+    return backward(config, res, cotangents[0])
+
+  saving.defvjp(saving_fwd, saving_bwd, symbolic_zeros=True)
+
+  # -- the op ---------------------------------------------------------------
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+  def op(features, rois, config):
+    return rules.forward(features, rois, config)
+
+  def op_fwd(features, rois, config):
+    if rules.saves(config):
+      out, saved = saving(_values(features), rois.value, config)
+    else:
+      out, saved = op(_values(features), rois.value, config), ()
+    return out, residuals(features, rois, saved)
+
+  op.defvjp(op_fwd, backward, symbolic_zeros=True)
+  return op

@@ -1,0 +1,67 @@
+"""One entry point for every op: kernel or pure JAX, per platform, shard by
+shard under explicit meshes, jitted with the op's static configuration (so
+that eager calls compile once)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
+
+import jax
+from jax import lax
+
+from jax_roi._core import extension
+from jax_roi._core.sharding import explicit_plan
+
+
+class Config(Protocol):
+  """What dispatch needs of an op's (hashable) static configuration."""
+
+  @property
+  def layout(self) -> str: ...
+
+  def with_image_shapes(self, shapes: tuple) -> "Config":
+    """The configuration for per-shard feature shapes (one per level)."""
+
+
+class Op(NamedTuple):
+  """An op's two implementations, each ``fn(features, rois, config)`` with
+  ``features`` a tuple of feature maps (one per level)."""
+
+  name: str
+  kernel: Callable[[tuple, jax.Array, Any], jax.Array]
+  xla: Callable[[tuple, jax.Array, Any], jax.Array]
+
+
+def run(op: Op, implementation, features: Sequence[jax.Array], rois: jax.Array,
+        config: Config) -> jax.Array:
+  """Runs ``op``: ``implementation`` None (the kernel on platforms that have
+  one, else pure JAX), "ffi" or "xla"."""
+  return _dispatch(op, implementation, config, tuple(features), rois)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _dispatch(op: Op, implementation, config: Config, features: tuple, rois):
+  plan = explicit_plan(features, rois, config.layout)
+  if plan is None:
+    return _select(op, implementation, features, rois, config)
+  mesh, f_specs, r_spec, out_spec, local = plan
+  local_config = config.with_image_shapes(local)
+  return jax.shard_map(lambda f, r: _select(op, implementation, f, r, local_config),
+                       mesh=mesh, in_specs=(f_specs, r_spec), out_specs=out_spec)(
+                           tuple(jax.reshard(f, s) for f, s in zip(features, f_specs)),
+                           jax.reshard(rois, r_spec))
+
+
+def _select(op: Op, implementation, features, rois, config):
+  """The kernel where one is compiled (per platform), else pure JAX."""
+  kernel = lambda f, r: op.kernel(f, r, config)
+  xla = lambda f, r: op.xla(f, r, config)
+  if implementation == "ffi":
+    return kernel(features, rois)
+  if implementation == "xla" or not extension.AVAILABLE:
+    return xla(features, rois)
+  kernels = {"cpu": kernel}
+  if extension.WITH_CUDA:
+    kernels["cuda"] = kernel
+  return lax.platform_dependent(features, rois, default=xla, **kernels)

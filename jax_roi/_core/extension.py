@@ -1,0 +1,88 @@
+"""The compiled extension: loading, ABI check and FFI target registration.
+
+The only module that imports ``jax_roi._jax_roi``. Importing it registers
+every target the extension exports (each op's C++ registry) for ``"cpu"``
+and, in CUDA builds, ``"CUDA"``.
+
+A checkout without a built extension still imports (with a warning): the
+ops then run their pure-JAX versions, and ``implementation="ffi"`` raises.
+An extension built against a newer XLA FFI than the running jaxlib is a
+hard error (registering it would take every jax computation down).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+
+import jax
+
+try:
+  from jax_roi import _jax_roi as ext
+except ModuleNotFoundError as e:  # a source checkout without a build
+  if e.name != "jax_roi._jax_roi":
+    raise
+  ext = None
+  MISSING_REASON = (
+      "jax_roi's compiled kernels (jax_roi._jax_roi) are not built in this installation"
+      " (pip install . builds them)")
+  warnings.warn(MISSING_REASON + "; the ops use their pure-JAX versions.", RuntimeWarning,
+                stacklevel=2)
+else:
+  MISSING_REASON = ""
+
+AVAILABLE: bool = ext is not None
+WITH_CUDA: bool = bool(ext is not None and ext.with_cuda)
+
+
+def runtime_ffi_api_version() -> tuple[int, int] | None:
+  """The XLA FFI API version of the running jaxlib (from its headers)."""
+  path = os.path.join(jax.ffi.include_dir(), "xla", "ffi", "api", "c_api.h")
+  try:
+    with open(path) as f:
+      text = f.read()
+  except OSError:
+    return None
+  major = re.search(r"#define XLA_FFI_API_MAJOR (\d+)", text)
+  minor = re.search(r"#define XLA_FFI_API_MINOR (\d+)", text)
+  if not (major and minor):
+    return None
+  return int(major.group(1)), int(minor.group(1))
+
+
+def built_ffi_api_version() -> tuple[int, int] | None:
+  """The XLA FFI API version the extension was compiled against."""
+  return tuple(ext.ffi_api_version) if ext is not None else None
+
+
+def _register() -> None:
+  built = built_ffi_api_version()
+  running = runtime_ffi_api_version()
+  if running is not None and built > running:
+    # Registering would fail inside backend initialisation and take every
+    # jax computation down with it: refuse early, with the fix.
+    raise ImportError(
+        f"jax_roi was compiled against XLA FFI API {built[0]}.{built[1]}, newer"
+        f" than the running jaxlib {jax.__version__} (API"
+        f" {running[0]}.{running[1]}). Rebuild it in this environment:"
+        " pip install --no-build-isolation --force-reinstall .")
+  for name, capsule in ext.cpu_targets().items():
+    jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+  for name, capsule in ext.cuda_targets().items():
+    jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
+
+
+if ext is not None:
+  _register()
+
+
+def target_names() -> tuple[str, ...]:
+  """The XLA FFI custom-call targets this build registers."""
+  return tuple(sorted(ext.cpu_targets())) if ext is not None else ()
+
+
+def require() -> None:
+  """Raises when the compiled kernels are unavailable (implementation="ffi")."""
+  if ext is None:
+    raise RuntimeError(MISSING_REASON + "; use implementation=None or 'xla'.")

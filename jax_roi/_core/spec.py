@@ -1,0 +1,67 @@
+"""The description of one kernel call, and result-type helpers."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+
+from jax_roi._core.layout import acc_dtype, channels_of, pooled_shape
+
+# Operand and result roles, used by the batching rule and the sharding rule:
+IMAGE = "image"  # leading axis: the N images (features, feature gradients)
+ROI = "roi"  # leading axes: rois.shape[:-1], i.e. (K,) or (N, R)
+ROIS = "rois"  # the boxes: (K, 5) or (N, R, 4)
+NONE = "none"  # an unbatched operand or result (an empty placeholder)
+
+# Computes the result types from the operands, the image shapes (the shapes
+# of the feature maps, one per level, whose first entry the batching rule may
+# change) and the attributes.
+ResultFn = Callable[[Sequence[jax.Array], tuple, dict], Sequence[jax.ShapeDtypeStruct]]
+
+
+class Kernel(NamedTuple):
+  """One FFI target call: its name, the role of each operand and result,
+  the result types, and the static attributes."""
+
+  target: str
+  arg_roles: tuple[str, ...]
+  result_roles: tuple[str, ...]
+  results: ResultFn
+  # Static attributes, as (name, value) pairs of exactly typed numpy scalars
+  # or strings (they must match the C++ binding's Attr<T> types); a tuple of
+  # floats becomes a float64 array attribute. Must include "layout".
+  attrs: tuple[tuple[str, object], ...]
+
+  @property
+  def layout(self) -> str:
+    return dict(self.attrs)["layout"]
+
+
+# ---------------------------------------------------------------------------
+# Result types that recur across ops (helpers for Kernel.results)
+# ---------------------------------------------------------------------------
+
+
+def pooled_result(rois: jax.Array, image_shapes: tuple, attrs: dict,
+                  dtype) -> jax.ShapeDtypeStruct:
+  """A per-RoI output: rois.shape[:-1] + (C, PH, PW) or (PH, PW, C)."""
+  layout = attrs["layout"]
+  shape = pooled_shape(rois.shape[:-1], channels_of(image_shapes[0], layout),
+                       (int(attrs["pooled_height"]), int(attrs["pooled_width"])), layout)
+  return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def feature_grad_results(args, image_shapes, attrs):
+  """Gradients of every feature map (one per level), in the accumulation
+  dtype of the cotangent, operand 0."""
+  return tuple(jax.ShapeDtypeStruct(s, acc_dtype(args[0].dtype)) for s in image_shapes)
+
+
+def like_operand(index: int) -> ResultFn:
+  """One result with the shape and dtype of operand `index` (a box gradient)."""
+
+  def results(args, image_shapes, attrs):
+    return (jax.ShapeDtypeStruct(args[index].shape, args[index].dtype),)
+
+  return results
