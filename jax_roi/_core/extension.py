@@ -12,6 +12,7 @@ hard error (registering it would take every jax computation down).
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import warnings
@@ -19,7 +20,7 @@ import warnings
 import jax
 
 try:
-  from jax_roi import _jax_roi as ext
+  ext = importlib.import_module("jax_roi._jax_roi")
 except ModuleNotFoundError as e:  # a source checkout without a build
   if e.name != "jax_roi._jax_roi":
     raise

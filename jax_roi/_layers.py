@@ -1,0 +1,68 @@
+"""Builds the Flax layers (jax_roi.linen, jax_roi.nnx) from the ops.
+
+A layer is the op with its static arguments (every parameter after
+``features`` and ``rois``) held as attributes and channels-last by default,
+as Flax is. The attributes, their defaults and their documentation come from
+the op's signature and :data:`ATTRIBUTE_DOCS`, so a new op gets its layers
+from one registration line in each of linen.py and nnx.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+# One line of documentation per op argument that layers hold.
+ATTRIBUTE_DOCS = {
+    "output_size": "PH = PW, or (PH, PW).",
+    "spatial_scale": "feature-map pixels per input pixel (1/16 for stride 16).",
+    "spatial_scales": ("one scale per level, halving from level to level; None infers them"
+                       " from ``image_size`` as torchvision does."),
+    "image_size": "(H, W) of the input images, needed without spatial_scales.",
+    "sampling_ratio": "samples per bin axis; <= 0 means adaptive.",
+    "aligned": "half-pixel offset (detectron2's ROIAlignV2).",
+    "mode": '"avg" (default) or "max".',
+    "canonical_scale": "the level mapping's canonical box size (224).",
+    "canonical_level": "the level of a canonical box (4).",
+    "layout": '"NHWC" (default, Flax\'s) or "NCHW".',
+    "box_order": '"xyxy" (default) or "yxyx".',
+    "implementation": 'None (the kernel where compiled), "ffi" or "xla".',
+}
+
+DEFAULT_LAYOUT = "NHWC"
+
+
+class Attribute:
+  def __init__(self, name: str, annotation: Any, default: Any):
+    self.name, self.annotation, self.default = name, annotation, default
+
+  @property
+  def required(self) -> bool:
+    return self.default is inspect.Parameter.empty
+
+
+def attributes(op: Callable) -> list[Attribute]:
+  """The op's static parameters (all but features and rois), channels-last."""
+  params = list(inspect.signature(op).parameters.values())[2:]
+  return [Attribute(p.name, p.annotation, DEFAULT_LAYOUT if p.name == "layout" else p.default)
+          for p in params]
+
+
+def static(value):
+  """Lists (e.g. from a config file) become tuples: static, hashable."""
+  return tuple(value) if isinstance(value, list) else value
+
+
+def call_op(op: Callable, attrs: list[Attribute], layer, features, rois):
+  """op(features, rois, output_size, **the layer's other attributes)."""
+  first, *rest = attrs
+  return op(features, rois, static(getattr(layer, first.name)),
+            **{a.name: static(getattr(layer, a.name)) for a in rest})
+
+
+def docstring(summary: str, example: str, attrs: list[Attribute], section: str) -> str:
+  lines = [summary, "", "Example usage::", ""]
+  lines += ["  " + line if line else "" for line in inspect.cleandoc(example).splitlines()]
+  lines += ["", f"{section}:"]
+  lines += [f"  {a.name}: {ATTRIBUTE_DOCS[a.name]}" for a in attrs]
+  return "\n".join(lines) + "\n"
