@@ -31,9 +31,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+# How each benchmarked op is called on a Case: (jax_roi call, torchvision
+# call). Adding an op to the benchmarks is one entry here plus its workloads.
+OPS = {
+    "roi_pool": (
+        lambda jax_roi, x, r, case, **kw: jax_roi.roi_pool(
+            x, r, case.output, spatial_scale=case.scale, **kw),
+        lambda tv_ops, x, r, case: tv_ops.roi_pool(x, r, case.output, case.scale)),
+    "roi_align": (
+        lambda jax_roi, x, r, case, **kw: jax_roi.roi_align(
+            x, r, case.output, spatial_scale=case.scale, sampling_ratio=case.sampling_ratio,
+            aligned=case.aligned, **kw),
+        lambda tv_ops, x, r, case: tv_ops.roi_align(
+            x, r, case.output, case.scale, case.sampling_ratio, case.aligned)),
+}
+
+
 @dataclass(frozen=True)
 class Case:
-  op: str  # roi_pool | roi_align
+  op: str  # a key of OPS
   features: tuple  # NCHW shape
   image: tuple  # input image (H, W) the boxes live in
   scale: float
@@ -218,13 +234,8 @@ def main(argv=None):
 
 
 def _jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_, implementation):
-  if case.op == "roi_pool":
-    op = lambda x: jax_roi.roi_pool(x, r, case.output, spatial_scale=case.scale,
-                                    layout=layout, implementation=implementation)
-  else:
-    op = lambda x: jax_roi.roi_align(x, r, case.output, spatial_scale=case.scale,
-                                     sampling_ratio=case.sampling_ratio, aligned=case.aligned,
-                                     layout=layout, implementation=implementation)
+  call = OPS[case.op][0]
+  op = lambda x: call(jax_roi, x, r, case, layout=layout, implementation=implementation)
   if pass_ == "fwd":
     f = jax.jit(op)
   else:
@@ -242,11 +253,8 @@ def _torch_fn(torch, tv_ops, case, feats, rois, cot, dtype, pass_, device, sync)
   x = torch.tensor(feats, dtype=tdtype, device=device)
   r = torch.tensor(rois, dtype=tdtype, device=device)
   ct = torch.tensor(cot, dtype=tdtype, device=device)
-  if case.op == "roi_pool":
-    op = lambda x: tv_ops.roi_pool(x, r, case.output, case.scale)
-  else:
-    op = lambda x: tv_ops.roi_align(x, r, case.output, case.scale, case.sampling_ratio,
-                                    case.aligned)
+  call = OPS[case.op][1]
+  op = lambda x: call(tv_ops, x, r, case)
   if pass_ == "fwd":
     def fn():
       with torch.no_grad():

@@ -23,6 +23,7 @@ import pathlib
 import sys
 import time
 import zlib
+from typing import Callable, NamedTuple
 
 import jax
 
@@ -39,6 +40,8 @@ import jax_roi  # noqa: E402
 
 
 def draw_case(rng: np.random.Generator, op: str) -> dict:
+  """A random case of `op`: the parameters every op shares, then the op's own
+  (OPS[op].draw)."""
   n = int(rng.integers(1, 4))
   cfg = dict(
       op=op,
@@ -53,19 +56,24 @@ def draw_case(rng: np.random.Generator, op: str) -> dict:
       hostile=bool(rng.random() < 0.5),
       seed=int(rng.integers(2**31)),
   )
-  if op == "roi_align":
-    cfg.update(sampling_ratio=int(rng.choice([-1, 0, 1, 2, 3])), aligned=bool(rng.random() < 0.5),
-               mode=str(rng.choice(["avg", "max"])))
-  if op == "multi_scale":
-    levels = int(rng.integers(1, 5))
-    first = int(rng.integers(1, 4))  # the finest level's stride is 2**first
-    cfg.update(levels=levels, spatial_scale=2.0 ** -first,
-               h=int(rng.integers(2 ** (levels - 1), 18)), w=int(rng.integers(2 ** (levels - 1), 18)),
-               canonical_scale=float(rng.choice([224.0, 32.0, 16.0, rng.uniform(4, 64)])),
-               canonical_level=float(first + int(rng.integers(0, levels))),
-               sampling_ratio=int(rng.choice([-1, 0, 1, 2])), aligned=bool(rng.random() < 0.5),
-               mode="avg")
+  OPS[op].draw(rng, cfg)
   return cfg
+
+
+def draw_roi_align(rng, cfg):
+  cfg.update(sampling_ratio=int(rng.choice([-1, 0, 1, 2, 3])), aligned=bool(rng.random() < 0.5),
+             mode=str(rng.choice(["avg", "max"])))
+
+
+def draw_multi_scale(rng, cfg):
+  levels = int(rng.integers(1, 5))
+  first = int(rng.integers(1, 4))  # the finest level's stride is 2**first
+  cfg.update(levels=levels, spatial_scale=2.0 ** -first,
+             h=int(rng.integers(2 ** (levels - 1), 18)), w=int(rng.integers(2 ** (levels - 1), 18)),
+             canonical_scale=float(rng.choice([224.0, 32.0, 16.0, rng.uniform(4, 64)])),
+             canonical_level=float(first + int(rng.integers(0, levels))),
+             sampling_ratio=int(rng.choice([-1, 0, 1, 2])), aligned=bool(rng.random() < 0.5),
+             mode="avg")
 
 
 def levels_of(cfg: dict, x: np.ndarray) -> list[np.ndarray]:
@@ -116,32 +124,47 @@ NEAR_TIES = [0]  # float32 max-mode cases accepted as near ties (see check_case)
 def check_case(cfg: dict) -> str | None:
   """None if the kernel agrees with the reference, else a description."""
   x, rois = make_inputs(cfg)
-  common = dict(spatial_scale=cfg["spatial_scale"], layout=cfg["layout"],
-                box_order=cfg["box_order"])
-  # The reference takes xyxy: give it the boxes reordered, and reorder its
-  # box gradient back (the permutation is its own inverse).
-  rois_xyxy = to_xyxy(cfg, rois)
   f32 = cfg["dtype"] == "float32"
   tol = 2e-5 if f32 else 1e-12
   cot = np.cos(np.arange(np.prod(ref_shape(cfg)))).reshape(ref_shape(cfg)).astype(cfg["dtype"])
-  if cfg["op"] == "multi_scale":
-    return check_multi_scale(cfg, x, rois, cot, tol)
-  if cfg["op"] == "roi_pool":
-    fn = lambda x, r: jax_roi.roi_pool(x, r, cfg["output_size"], **common)
-    expected, argmax = ref.roi_pool(x, rois_xyxy, cfg["output_size"], cfg["spatial_scale"],
-                                    cfg["layout"])
-    exp_gx = ref.roi_pool_grad(x.shape, rois_xyxy, cot, argmax, layout=cfg["layout"])
-    exp_gr = np.zeros(rois.shape)
-    exact = True
-  else:
-    kw = dict(spatial_scale=cfg["spatial_scale"], layout=cfg["layout"],
-              sampling_ratio=cfg["sampling_ratio"], aligned=cfg["aligned"], mode=cfg["mode"])
-    fn = lambda x, r: jax_roi.roi_align(x, r, cfg["output_size"], box_order=cfg["box_order"],
-                                        **kw)
-    expected, _ = ref.roi_align(x, rois_xyxy, cfg["output_size"], **kw)
-    exp_gx, exp_gr = ref.roi_align_grad(x, rois_xyxy, cot, cfg["output_size"], **kw)
-    exp_gr = to_xyxy(cfg, exp_gr)
-    exact = not f32 and cfg["mode"] == "avg"
+  return OPS[cfg["op"]].check(cfg, x, rois, cot, tol)
+
+
+def expect_roi_pool(cfg, x, rois, cot):
+  """(op(x, rois, **kw), reference output, feature and box gradients, whether
+  the output must match exactly)."""
+  # The reference takes xyxy: give it the boxes reordered.
+  rois_xyxy = to_xyxy(cfg, rois)
+  fn = lambda x, r, **kw: jax_roi.roi_pool(x, r, cfg["output_size"], box_order=cfg["box_order"],
+                                           spatial_scale=cfg["spatial_scale"],
+                                           layout=cfg["layout"], **kw)
+  expected, argmax = ref.roi_pool(x, rois_xyxy, cfg["output_size"], cfg["spatial_scale"],
+                                  cfg["layout"])
+  exp_gx = ref.roi_pool_grad(x.shape, rois_xyxy, cot, argmax, layout=cfg["layout"])
+  return fn, expected, exp_gx, np.zeros(rois.shape), True
+
+
+def expect_roi_align(cfg, x, rois, cot):
+  rois_xyxy = to_xyxy(cfg, rois)
+  kw = dict(spatial_scale=cfg["spatial_scale"], layout=cfg["layout"],
+            sampling_ratio=cfg["sampling_ratio"], aligned=cfg["aligned"], mode=cfg["mode"])
+  fn = lambda x, r, **extra: jax_roi.roi_align(x, r, cfg["output_size"],
+                                               box_order=cfg["box_order"], **kw, **extra)
+  expected, _ = ref.roi_align(x, rois_xyxy, cfg["output_size"], **kw)
+  exp_gx, exp_gr = ref.roi_align_grad(x, rois_xyxy, cot, cfg["output_size"], **kw)
+  # The permutation is its own inverse: the box gradient back in the input order.
+  exact = cfg["dtype"] != "float32" and cfg["mode"] == "avg"
+  return fn, expected, exp_gx, to_xyxy(cfg, exp_gr), exact
+
+
+def check_single(expect):
+  """The check of a single-map op from its expectations (expect_*)."""
+  return lambda cfg, x, rois, cot, tol: check_against(cfg, x, rois, cot, tol,
+                                                      *expect(cfg, x, rois, cot))
+
+
+def check_against(cfg, x, rois, cot, tol, fn, expected, exp_gx, exp_gr, exact) -> str | None:
+  f32 = cfg["dtype"] == "float32"
   out = np.asarray(fn(x, rois), np.float64)
   if out.shape != expected.shape:
     return f"shape {out.shape} != {expected.shape}"
@@ -160,13 +183,12 @@ def check_case(cfg: dict) -> str | None:
   if not np.isfinite(gr).all():
     return "non-finite box gradient"
   bad = ~np.isclose(gr, exp_gr, rtol=tol, atol=tol)
-  if bad.any() and f32 and cfg["op"] == "roi_align" and cfg["mode"] == "max":
+  if bad.any() and f32 and cfg.get("mode") == "max":
     # Max mode in float32 can pick another winner than the float64 reference
     # among samples within float32 rounding of each other. Accepted when the
     # pure-JAX version (an independent float32 formulation) agrees with the
     # kernel and the same case in float64 agrees with the reference.
-    xla = lambda x, r: jnp.sum(jax_roi.roi_align(
-        x, r, cfg["output_size"], box_order=cfg["box_order"], implementation="xla", **kw) * cot)
+    xla = lambda x, r: jnp.sum(fn(x, r, implementation="xla") * cot)
     gr_xla = np.asarray(jax.grad(xla, argnums=1)(jnp.asarray(x), jnp.asarray(rois)), np.float64)
     if np.allclose(gr, gr_xla, rtol=tol, atol=tol) and check_case(
         dict(cfg, dtype="float64")) is None:
@@ -226,6 +248,19 @@ def check_multi_scale(cfg, x, rois, cot, tol) -> str | None:
   return None
 
 
+class FuzzOp(NamedTuple):
+  draw: Callable  # draw(rng, cfg): adds the op's own parameters to cfg
+  check: Callable  # check(cfg, x, rois, cot, tol) -> None or what differs
+
+
+# The fuzzed ops. Adding an op is one entry (its draw and check functions).
+OPS = {
+    "roi_pool": FuzzOp(lambda rng, cfg: None, check_single(expect_roi_pool)),
+    "roi_align": FuzzOp(draw_roi_align, check_single(expect_roi_align)),
+    "multi_scale": FuzzOp(draw_multi_scale, check_multi_scale),
+}
+
+
 def ref_shape(cfg: dict) -> tuple[int, ...]:
   lead = (cfg["k"],) if cfg["fmt"] == "indexed" else (cfg["n"], cfg["k"])
   ph, pw = cfg["output_size"]
@@ -235,12 +270,12 @@ def ref_shape(cfg: dict) -> tuple[int, ...]:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--op", choices=["roi_pool", "roi_align", "multi_scale", "all"], default="all")
+  parser.add_argument("--op", choices=[*OPS, "all"], default="all")
   parser.add_argument("--minutes", type=float, default=1.0, help="time budget per op")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("fuzz-failures"))
   args = parser.parse_args(argv)
-  ops = ["roi_pool", "roi_align", "multi_scale"] if args.op == "all" else [args.op]
+  ops = list(OPS) if args.op == "all" else [args.op]
   summary = {}
   failures = 0
   for op in ops:
