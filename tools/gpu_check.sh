@@ -4,7 +4,7 @@
 # wheel built by tools/build_gpu_wheel.sh lies in dist/gpu/.
 #
 #   bash tools/gpu_check.sh              quick mode: under 8 minutes on one H100/H200
-#   bash tools/gpu_check.sh --full       quick steps, then the rest (~30-45 min)
+#   bash tools/gpu_check.sh --full       quick steps plus four long ones (at most 68 min)
 #   bash tools/gpu_check.sh --only compare,sanitizer     selected steps
 #   bash tools/gpu_check.sh --dry-run    the plan and the prerequisites; runs nothing
 #   bash tools/gpu_check.sh --self-test-on-cpu   (no GPU) runs the steps' logic on
