@@ -30,3 +30,45 @@ def golden():
 def x64():
   with jax.enable_x64(True):
     yield
+
+
+def on_gpu() -> bool:
+  return jax.default_backend() == "gpu"
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `gpu` need a GPU backend: skipped (with the reason) on
+  machines without one. The backend is only looked up when such a test
+  was collected."""
+  marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+  if not marked:
+    return
+  backend = jax.default_backend()
+  if backend == "gpu":
+    return
+  skip = pytest.mark.skip(reason=f"needs a GPU backend (jax.default_backend() is {backend!r})")
+  for item in marked:
+    item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def assert_same_gradient():
+  """Compares gradients of two runs (or orderings) of the same computation:
+  bit-identical on the CPU (the CPU backward is deterministic), equal to
+  float rounding on a GPU, where the CUDA backward accumulates with atomics
+  in an order that changes from run to run."""
+  gpu = on_gpu()
+
+  def check(actual, expected, err_msg=""):
+    if not gpu:
+      np.testing.assert_array_equal(actual, expected, err_msg=err_msg)
+      return
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    half = min(actual.dtype.itemsize, expected.dtype.itemsize) < 4
+    actual, expected = actual.astype(np.float64), expected.astype(np.float64)
+    rtol = 2e-2 if half else 1e-5
+    scale = float(np.max(np.abs(np.nan_to_num(expected)), initial=0.0))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * 0.1 * scale,
+                               err_msg=err_msg)
+
+  return check

@@ -31,7 +31,12 @@ for path in sorted(d.glob("*.bin")):
   args, kwargs = jax.tree.unflatten(exported.in_tree, leaves)
   outs = jax.tree.leaves(exported.call(*args, **kwargs))
   for i, o in enumerate(outs):
-    np.testing.assert_array_equal(np.asarray(o), io[f"{name}_out{i}"], err_msg=name)
+    if name.endswith("_grad") and sys.argv[2] == "gpu":
+      # expected values from the GPU, whose backward sums with atomics
+      np.testing.assert_allclose(np.asarray(o), io[f"{name}_out{i}"], rtol=1e-5,
+                                 atol=1e-6 * np.abs(io[f"{name}_out{i}"]).max(), err_msg=name)
+    else:
+      np.testing.assert_array_equal(np.asarray(o), io[f"{name}_out{i}"], err_msg=name)
   print("ok", name, exported.platforms)
 print("ALL OK")
 '''
@@ -75,7 +80,9 @@ def test_export_round_trip_in_a_fresh_process(tmp_path):
   np.savez(tmp_path / "io.npz", **io)
   runner = tmp_path / "runner.py"
   runner.write_text(RUNNER)
-  proc = subprocess.run([sys.executable, "-P", str(runner), str(tmp_path)], capture_output=True,
+  # The runner replays on the CPU what was computed on the default backend.
+  proc = subprocess.run([sys.executable, "-P", str(runner), str(tmp_path),
+                         jax.default_backend()], capture_output=True,
                         text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert proc.stdout.count("ok ") == 8 and "ALL OK" in proc.stdout

@@ -1,91 +1,186 @@
-"""Compares every op on the GPU against the CPU: forward outputs must be
-identical (the kernels share roi_math.h and are compiled without FMA
-contraction), feature gradients equal to float rounding (the GPU backward
-sums with atomics, in another order).
+"""Compares every op on the GPU against the CPU, through the public API:
+roi_pool, roi_align (avg and max, fixed and adaptive sampling, aligned or
+not) and multi_scale_roi_align, in every feature dtype (float32, float16,
+bfloat16, float64), both layouts (NCHW, NHWC) and both box formats
+(indexed (K, 5) rows, batched (N, R, 4) boxes), in both box orders (xyxy,
+yxyx), hostile rows included (NaN boxes, out-of-range image indices).
 
-Run with JAX_PLATFORMS=cuda,cpu. --small runs one tiny case (for
-compute-sanitizer).
+Forward outputs must be identical (the kernels share roi_math.h and both
+sides compile without FMA contraction); the feature and box gradients (of
+sum(out * cotangent)) equal to float rounding, because the GPU backward
+sums with atomics in another order. NaN positions must agree too.
+
+  JAX_PLATFORMS=cuda,cpu python tools/gpu_compare.py            # the matrix below
+  ... --all-combinations     # box format x box order crossed (twice the cases)
+  ... --small                # one tiny case (for compute-sanitizer)
+  ... --dtypes float32 --ops roi_align multi_scale --json out.json
+  JAX_PLATFORMS=cpu python tools/gpu_compare.py --platform cpu   # tests this script
+
+By default each (op, dtype, layout) runs twice: indexed rows with xyxy and
+batched boxes with yxyx, so every format and order is covered.
+Exit status: 0 if every case agrees, 1 otherwise, 2 if there is no GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
+import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-import jax_roi
+jax.config.update("jax_enable_x64", True)  # float64 cases; explicit dtypes elsewhere
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jax_roi  # noqa: E402
+
+SCALES = (0.25, 0.125, 0.0625)  # multi_scale: three FPN levels
+
+
+def _align(**kw):
+  return lambda x, r, **k: jax_roi.roi_align(x, r, (7, 5), spatial_scale=0.25, **kw, **k)
+
 
 OPS = {
     "roi_pool": lambda x, r, **kw: jax_roi.roi_pool(x, r, (7, 5), spatial_scale=0.25, **kw),
-    "roi_align": lambda x, r, **kw: jax_roi.roi_align(
-        x, r, (7, 5), spatial_scale=0.25, sampling_ratio=2, aligned=True, **kw),
-    "roi_align_adaptive": lambda x, r, **kw: jax_roi.roi_align(
-        x, r, (7, 5), spatial_scale=0.25, sampling_ratio=0, **kw),
-    "roi_align_max": lambda x, r, **kw: jax_roi.roi_align(
-        x, r, (7, 5), spatial_scale=0.25, sampling_ratio=2, mode="max", **kw),
+    "roi_align": _align(sampling_ratio=2, aligned=True),
+    "roi_align_adaptive": _align(sampling_ratio=0, aligned=False),
+    "roi_align_max": _align(sampling_ratio=2, mode="max"),
+    "roi_align_max_adaptive": _align(sampling_ratio=0, aligned=True, mode="max"),
+    "multi_scale": lambda xs, r, **kw: jax_roi.multi_scale_roi_align(
+        list(xs), r, (7, 5), spatial_scales=SCALES, sampling_ratio=2, canonical_scale=56,
+        canonical_level=4, **kw),
 }
-BOX_GRAD_OPS = ("roi_align", "roi_align_adaptive", "roi_align_max")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+LAYOUTS = ("NCHW", "NHWC")
+FORMATS = (("indexed", "xyxy"), ("batched", "yxyx"))
+ALL_FORMATS = tuple(itertools.product(("indexed", "batched"), ("xyxy", "yxyx")))
 
 
-def case(rng, layout, fmt, dtype, n, c, h, w, k):
-  x = rng.standard_normal((n, c, h, w)).astype(dtype)
-  if layout == "NHWC":
-    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+def case(rng, op, layout, fmt, order, dtype, n, c, h, w, k):
+  """Features (one array, or the levels of multi_scale), RoIs in the
+  format/order asked for, in float32 (float64 with float64 features)."""
+  def level(hh, ww):
+    x = rng.standard_normal((n, c, hh, ww)).astype(dtype)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x
+
+  if op == "multi_scale":
+    x = tuple(level(-(-h // 2**i), -(-w // 2**i)) for i in range(len(SCALES)))
+  else:
+    x = level(h, w)
   x1 = rng.uniform(-20, 4 * w, (n * k, 1))
   y1 = rng.uniform(-20, 4 * h, (n * k, 1))
   wh = rng.uniform(-5, 3 * max(h, w), (n * k, 2))
   boxes = np.concatenate([x1, y1, x1 + wh[:, :1], y1 + wh[:, 1:]], 1)
-  boxes[::7] = np.nan  # hostile rows too
+  boxes[::7] = np.nan  # hostile rows
+  boxes[3::11, 2] = np.inf
+  if order == "yxyx":
+    boxes = boxes[:, [1, 0, 3, 2]]
   if fmt == "indexed":
-    index = rng.integers(-1, n + 1, (n * k, 1)).astype(np.float64)
+    index = rng.integers(-1, n + 1, (n * k, 1)).astype(np.float64)  # some out of range
+    index[1:3] = 0  # never all padding (the --small case has 4 rows)
     rois = np.concatenate([index, boxes], 1)
   else:
     rois = boxes.reshape(n, k, 4)
-  return x, rois.astype(np.float32)
+  return x, rois.astype(np.float64 if dtype == np.float64 else np.float32)
 
 
-def run(op, x, rois, layout, device):
+def run(op, x, rois, layout, order, device):
+  """Forward output and the gradients w.r.t. features and rois of
+  sum(out * cotangent), all on `device`, as float64 numpy arrays."""
   x, rois = jax.device_put((x, rois), device)
-  f = lambda x, r: OPS[op](x, r, layout=layout, implementation="ffi")
-  out = f(x, rois)
-  cot = jnp.cos(jnp.arange(out.size, dtype=jnp.float32)).reshape(out.shape).astype(out.dtype)
-  loss = lambda x, r: jnp.sum((f(x, r) * cot).astype(jnp.float32))
-  argnums = (0, 1) if op in BOX_GRAD_OPS else (0,)
-  grads = jax.grad(loss, argnums=argnums)(x, rois)
-  grad = np.concatenate([np.asarray(g.astype(jnp.float32)).ravel() for g in grads])
-  return np.asarray(out.astype(jnp.float32)), np.nan_to_num(grad)
+  f = lambda x, r: OPS[op](x, r, layout=layout, box_order=order, implementation="ffi")
+
+  @jax.jit
+  def both(x, r):
+    out, vjp = jax.vjp(f, x, r)
+    cot = jnp.cos(jnp.arange(out.size, dtype=jnp.float32)).reshape(out.shape).astype(out.dtype)
+    return out, vjp(cot)
+
+  out, (gx, gr) = both(x, rois)
+  assert out.devices() == {device}, (out.devices(), device)
+  flat = lambda t: np.concatenate([np.asarray(a, np.float64).ravel() for a in jax.tree.leaves(t)])
+  return flat(out), flat(gx), flat(gr)
+
+
+def grad_error(g, c):
+  """Largest |g - c| / (1 + |c|), and whether the NaN positions agree."""
+  same_nan = np.array_equal(np.isnan(g), np.isnan(c))
+  g, c = np.nan_to_num(g), np.nan_to_num(c)
+  err = float(np.max(np.abs(g - c) / (1 + np.abs(c)))) if c.size else 0.0
+  return err, same_nan
 
 
 def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--small", action="store_true")
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--small", action="store_true", help="one tiny float32 case")
+  parser.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS))
+  parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
+  parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+  parser.add_argument("--all-combinations", action="store_true",
+                      help="cross box format and box order (default: two pairs)")
+  parser.add_argument("--json", help="write every case's result to this file")
+  parser.add_argument("--platform", default="cuda",
+                      help="the platform under test (default: cuda; 'cpu' compares the CPU "
+                           "with itself, to test this script on a machine without a GPU)")
   args = parser.parse_args()
-  gpu = jax.devices("cuda")[0]
+  try:
+    gpu = jax.devices(args.platform)[0]
+  except RuntimeError as e:
+    print(f"gpu_compare: no CUDA device ({e}); run with JAX_PLATFORMS=cuda,cpu on a GPU machine")
+    sys.exit(2)
   cpu = jax.devices("cpu")[0]
-  print(f"GPU: {gpu.device_kind}; jax {jax.__version__}")
-  size = (1, 3, 9, 11, 4) if args.small else (2, 64, 50, 68, 200)
-  dtypes = ["float32"] if args.small else ["float32", "float16", "bfloat16"]
-  layouts = ["NCHW"] if args.small else ["NCHW", "NHWC"]
-  fmts = ["indexed"] if args.small else ["indexed", "batched"]
+  from jax_roi import _ffi
+  print(f"GPU: {gpu.device_kind}; jax {jax.__version__}; jax_roi {jax_roi.__version__}, "
+        f"CUDA kernels: {_ffi.WITH_CUDA}")
+  if args.small:
+    size = (1, 3, 9, 11, 4)
+    grid = [("roi_align", "NCHW", ("indexed", "xyxy"), "float32"),
+            ("roi_pool", "NCHW", ("indexed", "xyxy"), "float32")]
+  else:
+    size = (2, 64, 50, 68, 200)
+    formats = ALL_FORMATS if args.all_combinations else FORMATS
+    grid = list(itertools.product(args.ops, args.layouts, formats, args.dtypes))
   failures = 0
+  results = []
   rng = np.random.default_rng(0)
-  for op, layout, fmt, dtype in itertools.product(OPS, layouts, fmts, dtypes):
-    np_dtype = jnp.dtype(dtype)
-    x, rois = case(rng, layout, fmt, np_dtype, *size)
-    out_g, grad_g = run(op, x, rois, layout, gpu)
-    out_c, grad_c = run(op, x, rois, layout, cpu)
+  start = time.perf_counter()
+  for op, layout, (fmt, order), dtype in grid:
+    t = time.perf_counter()
+    np_dtype = jnp.dtype(dtype).type
+    x, rois = case(rng, op, layout, fmt, order, np_dtype, *size)
+    out_g, gx_g, gr_g = run(op, x, rois, layout, order, gpu)
+    out_c, gx_c, gr_c = run(op, x, rois, layout, order, cpu)
     same = np.array_equal(out_g, out_c, equal_nan=True)
-    tol = 1e-5 if dtype == "float32" else 2e-2
-    grad_err = float(np.max(np.abs(grad_g - grad_c) / (1 + np.abs(grad_c)))) if grad_c.size else 0.0
-    ok = same and grad_err <= tol
+    mismatches = int(np.sum(~((out_g == out_c) | (np.isnan(out_g) & np.isnan(out_c)))))
+    tol = 1e-5 if dtype in ("float32", "float64") else 2e-2
+    gx_err, gx_nan = grad_error(gx_g, gx_c)
+    gr_err, gr_nan = grad_error(gr_g, gr_c)
+    nonzero = bool(np.any(np.nan_to_num(gx_c) != 0))  # else the comparison proves little
+    ok = same and gx_nan and gr_nan and gx_err <= tol and gr_err <= tol and nonzero
     failures += not ok
-    print(f"{'OK  ' if ok else 'FAIL'} {op:10s} {layout} {fmt:8s} {dtype:9s} "
-          f"forward identical: {same}, gradient max rel. error {grad_err:.2e}")
-  print("gpu_compare:", "FAILED" if failures else "all equal")
+    results.append(dict(op=op, layout=layout, format=fmt, box_order=order, dtype=dtype, ok=ok,
+                        forward_identical=same, forward_mismatches=mismatches,
+                        feature_grad_error=gx_err, box_grad_error=gr_err,
+                        nan_positions_agree=gx_nan and gr_nan, tolerance=tol,
+                        seconds=round(time.perf_counter() - t, 2)))
+    print(f"{'OK  ' if ok else 'FAIL'} {op:22s} {layout} {fmt:7s} {order} {dtype:8s} "
+          f"forward identical: {same}"
+          f"{'' if same else f' ({mismatches} of {out_c.size} differ)'}, "
+          f"feature grad {gx_err:.1e}, box grad {gr_err:.1e}"
+          f"{'' if gx_nan and gr_nan else ', NaN positions differ'}"
+          f"{'' if nonzero else ', feature gradient all zero'}", flush=True)
+  seconds = time.perf_counter() - start
+  print(f"gpu_compare: {len(grid) - failures}/{len(grid)} cases agree in {seconds:.0f} s:",
+        "FAILED" if failures else "all equal")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(dict(gpu=gpu.device_kind, jax=jax.__version__, seconds=seconds,
+                     failures=failures, cases=results), f, indent=1)
   sys.exit(1 if failures else 0)
 
 
