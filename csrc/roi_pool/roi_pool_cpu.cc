@@ -2,7 +2,7 @@
 //
 // Forward: one task per block of RoIs; each RoI's bin edges are computed
 // once and reused for every channel. NCHW scans each bin's rows (contiguous)
-// per channel with roi_math.h's window_max; NHWC advances the running maxima
+// per channel with roi_pool_math.h's window_max; NHWC advances the running maxima
 // of all channels together, pixel by pixel, the channel loop innermost and
 // branch-free (vectorised), with window_max's comparison rule and order:
 // row-major, strict '>', from -FLT_MAX.
@@ -14,8 +14,14 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu_kernels.h"
-#include "roi_math.h"
+#include "core/box.h"
+#include "core/dims.h"
+#include "core/math.h"
+#include "core/task_runner.h"
+#include "core/types.h"
+#include "roi_pool/roi_pool_args.h"
+#include "roi_pool/roi_pool_cpu.h"
+#include "roi_pool/roi_pool_math.h"
 
 namespace jax_roi {
 namespace cpu {

@@ -1,36 +1,18 @@
-// Kernel argument structs, shared by the CPU kernels and the CUDA launchers.
-// Plain data: pointers, dimensions and options. No XLA FFI types.
-#ifndef JAX_ROI_CSRC_ROI_ARGS_H_
-#define JAX_ROI_CSRC_ROI_ARGS_H_
+// RoIAlign's kernel arguments, shared by its CPU kernels and CUDA launchers
+// (and by multi_scale_roi_align, which runs the same kernels over FPN
+// levels). Plain data: pointers, dimensions and options. No XLA FFI types.
+//
+// AlignOptions shares its name with the Python-side jax_roi._ffi.AlignOptions
+// (a NamedTuple of the same options); they never meet in one language.
+#ifndef JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_ARGS_H_
+#define JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_ARGS_H_
 
 #include <cstdint>
 
-#include "roi_common.h"
+#include "core/dims.h"
+#include "core/types.h"
 
 namespace jax_roi {
-
-// RoIPool forward: output (and, when argmax != nullptr, the flat spatial
-// index h * W + w of each maximum, -1 where nothing was pooled).
-template <typename T, typename C>
-struct PoolForwardArgs {
-  RoiDims dims;
-  double spatial_scale;
-  const T* features;
-  const C* rois;
-  T* output;
-  int32_t* argmax;  // May be null: inference needs no argmax.
-};
-
-// RoIPool backward: grad_features = scatter-add of grad_output through
-// argmax. grad_features is written whole (zeros where nothing lands).
-template <typename T, typename C>
-struct PoolBackwardArgs {
-  RoiDims dims;
-  const T* grad_output;
-  const int32_t* argmax;
-  const C* rois;
-  acc_t<T>* grad_features;
-};
 
 // A fixed sampling ratio above this is rejected: it bounds the work of a bin
 // (at most 2^20 samples) and keeps grid indices far from overflow.
@@ -127,4 +109,4 @@ JAX_ROI_HD AlignOptions level_options(AlignOptions o, const FeatureLevel<P>& lev
 
 }  // namespace jax_roi
 
-#endif  // JAX_ROI_CSRC_ROI_ARGS_H_
+#endif  // JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_ARGS_H_
