@@ -30,6 +30,37 @@ struct Bilinear {
   bool y_frozen, x_frozen;  // The value does not depend on y (x) here.
 };
 
+// One axis of a valid sample at v in [-1, size]: v clamped to the map (edge
+// replication), its low and high neighbour and their weights l = v - low,
+// h = 1 - l.
+template <typename C>
+struct BilinearAxis {
+  int64_t low, high;
+  C l, h;
+  bool frozen;  // The value does not depend on v here.
+};
+
+template <typename C>
+JAX_ROI_HD BilinearAxis<C> bilinear_axis(C v, int64_t size) {
+  BilinearAxis<C> a;
+  a.frozen = false;
+  if (v <= C(0)) {
+    v = C(0);
+    a.frozen = true;
+  }
+  a.low = static_cast<int64_t>(v);
+  if (a.low >= size - 1) {
+    a.high = a.low = size - 1;
+    v = static_cast<C>(a.low);
+    a.frozen = true;
+  } else {
+    a.high = a.low + 1;
+  }
+  a.l = v - static_cast<C>(a.low);
+  a.h = C(1) - a.l;
+  return a;
+}
+
 template <typename C>
 JAX_ROI_HD Bilinear<C> bilinear(C y, C x, int64_t height, int64_t width) {
   Bilinear<C> b;
@@ -41,35 +72,18 @@ JAX_ROI_HD Bilinear<C> bilinear(C y, C x, int64_t height, int64_t width) {
     b.y_frozen = b.x_frozen = true;
     return b;
   }
-  b.y_frozen = b.x_frozen = false;
-  if (y <= C(0)) {
-    y = C(0);
-    b.y_frozen = true;
-  }
-  if (x <= C(0)) {
-    x = C(0);
-    b.x_frozen = true;
-  }
-  b.y_low = static_cast<int64_t>(y);
-  b.x_low = static_cast<int64_t>(x);
-  if (b.y_low >= height - 1) {
-    b.y_high = b.y_low = height - 1;
-    y = static_cast<C>(b.y_low);
-    b.y_frozen = true;
-  } else {
-    b.y_high = b.y_low + 1;
-  }
-  if (b.x_low >= width - 1) {
-    b.x_high = b.x_low = width - 1;
-    x = static_cast<C>(b.x_low);
-    b.x_frozen = true;
-  } else {
-    b.x_high = b.x_low + 1;
-  }
-  b.ly = y - static_cast<C>(b.y_low);
-  b.lx = x - static_cast<C>(b.x_low);
-  b.hy = C(1) - b.ly;
-  b.hx = C(1) - b.lx;
+  const BilinearAxis<C> ay = bilinear_axis(y, height);
+  const BilinearAxis<C> ax = bilinear_axis(x, width);
+  b.y_low = ay.low;
+  b.y_high = ay.high;
+  b.ly = ay.l;
+  b.hy = ay.h;
+  b.y_frozen = ay.frozen;
+  b.x_low = ax.low;
+  b.x_high = ax.high;
+  b.lx = ax.l;
+  b.hx = ax.h;
+  b.x_frozen = ax.frozen;
   b.w1 = b.hy * b.hx;
   b.w2 = b.hy * b.lx;
   b.w3 = b.ly * b.hx;

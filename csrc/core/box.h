@@ -13,20 +13,11 @@
 namespace jax_roi {
 
 // Magnitude (in feature-map pixels) beyond which rounded box coordinates are
-// clamped before their conversion to integers: 2^40. It keeps every integer
-// in the geometry far from int64 overflow (torchvision's int32 conversion is
-// undefined behaviour there) and changes nothing for coordinates that any
-// real feature map can hold.
+// clamped before their conversion to integers (clamp_to_i64): 2^40. It keeps
+// every integer in the geometry far from int64 overflow (torchvision's int32
+// conversion is undefined behaviour there) and changes nothing for
+// coordinates that any real feature map can hold.
 constexpr double kCoordLimit = 1099511627776.0;
-
-// Converts a non-NaN value to int64, truncating toward zero, after clamping
-// it to [-kCoordLimit, kCoordLimit] (so that +-inf are defined too).
-template <typename C>
-JAX_ROI_HD int64_t clamp_to_i64(C v) {
-  const C limit = static_cast<C>(kCoordLimit);
-  v = v < -limit ? -limit : (v > limit ? limit : v);
-  return static_cast<int64_t>(v);
-}
 
 // Image index of a (K, 5) row: the first column truncated toward zero, as
 // torchvision's (int) cast does (1.7 -> image 1, -0.5 -> image 0). A value

@@ -57,6 +57,17 @@ __device__ __forceinline__ void split_output_index(const RoiDims& d, int64_t i, 
   }
 }
 
+// The grid-stride loop of a kernel with one thread per output element:
+// f(i, k, c, ph, pw) for this thread's elements i < total.
+template <typename F>
+__device__ __forceinline__ void for_each_output(const RoiDims& d, int64_t total, F&& f) {
+  for (int64_t i = grid_thread_index(); i < total; i += grid_thread_count()) {
+    int64_t k, c, ph, pw;
+    split_output_index(d, i, &k, &c, &ph, &pw);
+    f(i, k, c, ph, pw);
+  }
+}
+
 // Launches a grid-stride kernel over n elements on `stream`: nothing at all
 // when n is 0 (CUDA rejects a 0-block grid).
 template <typename... P, typename... A>

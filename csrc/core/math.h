@@ -29,6 +29,15 @@ JAX_ROI_HD int64_t clip_i64(int64_t v, int64_t lo, int64_t hi) {
   return min_i64(max_i64(v, lo), hi);
 }
 
+// Converts a non-NaN value to int64, truncating toward zero, after clamping
+// it to [-limit, limit] (so that +-inf are defined too).
+template <typename C>
+JAX_ROI_HD int64_t clamp_to_i64(C v, double limit) {
+  const C l = static_cast<C>(limit);
+  v = v < -l ? -l : (v > l ? l : v);
+  return static_cast<int64_t>(v);
+}
+
 template <typename C>
 JAX_ROI_HD bool finite(C v) {
   return v - v == C(0);  // False for NaN and +-inf.

@@ -9,22 +9,15 @@
 
 #include <cstdint>
 
+#include "core/math.h"
 #include "core/types.h"
 
 namespace jax_roi {
 
 // Samples per bin along one axis never exceed this (2^31 - 1): the adaptive
-// grid ceil(roi_size / pooled_size) is clamped here, which only matters for
-// bins wider than 2^31 feature pixels.
-constexpr int64_t kMaxGrid = 2147483647;
-
-// Converts a finite ceil() result to a grid size in [-kMaxGrid, kMaxGrid].
-template <typename C>
-JAX_ROI_HD int64_t grid_size(C v) {
-  const C limit = static_cast<C>(kMaxGrid);
-  v = v < -limit ? -limit : (v > limit ? limit : v);
-  return static_cast<int64_t>(v);
-}
+// grid ceil(roi_size / pooled_size) is clamped here (clamp_to_i64), which
+// only matters for bins wider than 2^31 feature pixels.
+constexpr double kMaxGrid = 2147483647.0;
 
 // Coordinate of sample i (of `grid`) of bin p, in torchvision's exact
 // expression order: start + p * bin + ((i + 0.5f) * bin) / grid.

@@ -44,25 +44,21 @@ struct AccType<double> {
 template <typename T>
 using acc_t = typename AccType<T>::type;
 
-JAX_ROI_HD uint32_t float_bits(float v) {
+// The bits of a float and back.
 #if defined(__CUDA_ARCH__)
-  return __float_as_uint(v);
+JAX_ROI_HD uint32_t float_bits(float v) { return __float_as_uint(v); }
+JAX_ROI_HD float bits_float(uint32_t u) { return __uint_as_float(u); }
 #else
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  return u;
-#endif
+template <typename To, typename From>
+inline To bit_copy(From v) {
+  static_assert(sizeof(To) == sizeof(From), "bit_copy needs types of one size");
+  To out;
+  std::memcpy(&out, &v, sizeof(out));
+  return out;
 }
-
-JAX_ROI_HD float bits_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float v;
-  std::memcpy(&v, &u, sizeof(v));
-  return v;
+JAX_ROI_HD uint32_t float_bits(float v) { return bit_copy<uint32_t>(v); }
+JAX_ROI_HD float bits_float(uint32_t u) { return bit_copy<float>(u); }
 #endif
-}
 
 JAX_ROI_HD float to_float(f16 h) {
 #if defined(__CUDA_ARCH__)
@@ -138,15 +134,16 @@ JAX_ROI_HD void store(bf16* p, float v) { *p = to_bf16(v); }
 
 // Every (storage type, coordinate type) pair the kernels are compiled for:
 // features float32/float64/float16/bfloat16 times boxes float32/float64.
-#define JAX_ROI_FOR_EACH_TYPE_PAIR(M) \
-  M(float, float)                     \
-  M(float, double)                    \
-  M(double, float)                    \
-  M(double, double)                   \
-  M(::jax_roi::f16, float)            \
-  M(::jax_roi::f16, double)           \
-  M(::jax_roi::bf16, float)           \
-  M(::jax_roi::bf16, double)
+// Expands M(T, C, extra...) for each pair (see core/kernel.h).
+#define JAX_ROI_FOR_EACH_TYPE_PAIR(M, ...)  \
+  M(float, float, __VA_ARGS__)              \
+  M(float, double, __VA_ARGS__)             \
+  M(double, float, __VA_ARGS__)             \
+  M(double, double, __VA_ARGS__)            \
+  M(::jax_roi::f16, float, __VA_ARGS__)     \
+  M(::jax_roi::f16, double, __VA_ARGS__)    \
+  M(::jax_roi::bf16, float, __VA_ARGS__)    \
+  M(::jax_roi::bf16, double, __VA_ARGS__)
 
 }  // namespace jax_roi
 

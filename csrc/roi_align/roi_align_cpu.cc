@@ -22,11 +22,11 @@
 #include "core/bilinear.h"
 #include "core/box.h"
 #include "core/dims.h"
+#include "core/kernel.h"
 #include "core/sample_grid.h"
 #include "core/task_runner.h"
 #include "core/types.h"
-#include "roi_align/roi_align_args.h"
-#include "roi_align/roi_align_cpu.h"
+#include "roi_align/roi_align_kernels.h"
 #include "roi_align/roi_align_math.h"
 
 namespace jax_roi {
@@ -178,7 +178,6 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
   using A = acc_t<T>;
   const int64_t Cn = d.channels, HW = d.height * d.width;
   const int64_t nbins = d.pooled_height * d.pooled_width;
-  const bool with_argmax = o.max_mode && a.argmax_y != nullptr;
   if (d.layout == Layout::kNCHW) {
     parallel_ranges(runner, Cn, 4 * runner.concurrency(), [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
@@ -204,11 +203,7 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
                       s.ix[j]);
             }
             m.finish(s.bins[i], first_outside(s.bins[i]));
-            store(a.output + out0 + i, m.value);
-            if (with_argmax) {
-              a.argmax_y[out0 + i] = static_cast<int32_t>(m.iy);
-              a.argmax_x[out0 + i] = static_cast<int32_t>(m.ix);
-            }
+            store_max_output(a, out0 + i, m);
           }
         }
       }
@@ -255,11 +250,7 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
         const int64_t outside = first_outside(s.bins[i]);
         for (int64_t c = 0; c < Cn; ++c) {
           best[c].finish(s.bins[i], outside);
-          store(a.output + out + c, best[c].value);
-          if (with_argmax) {
-            a.argmax_y[out + c] = static_cast<int32_t>(best[c].iy);
-            a.argmax_x[out + c] = static_cast<int32_t>(best[c].ix);
-          }
+          store_max_output(a, out + c, best[c]);
         }
       }
     }
@@ -322,7 +313,6 @@ void backward_group(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features,
 template <typename T, typename C>
 void forward_uncached(const AlignForwardArgs<T, C>& a, const T* features, const RoiDims& d,
                       const AlignOptions& o, int64_t k, TaskRunner& runner) {
-  using A = acc_t<T>;
   const Box<C> box = read_box(a.rois, k, d);
   const AlignRoi<C> r =
       align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
@@ -332,18 +322,7 @@ void forward_uncached(const AlignForwardArgs<T, C>& a, const T* features, const 
       const T* base = features + feature_index_hw(d, r.empty ? 0 : box.image, c, 0);
       for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
         for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
-          const int64_t out = output_index(d, k, c, ph, pw);
-          const AlignBin b = align_bin(r, ph, pw, d);
-          if (!o.max_mode) {
-            store(a.output + out, align_output_avg(base, step, r, b, ph, pw, d));
-            continue;
-          }
-          const MaxSample<A> m = align_output_max(base, step, r, b, ph, pw, d);
-          store(a.output + out, m.value);
-          if (a.argmax_y != nullptr) {
-            a.argmax_y[out] = static_cast<int32_t>(m.iy);
-            a.argmax_x[out] = static_cast<int32_t>(m.ix);
-          }
+          store_align_output(a, output_index(d, k, c, ph, pw), base, step, r, ph, pw, d);
         }
       }
     }
@@ -521,12 +500,9 @@ void roi_align_box_grad(const AlignBoxGradArgs<T, C>& a, TaskRunner& runner) {
   });
 }
 
-#define JAX_ROI_INSTANTIATE_ALIGN(T, C)                                                 \
-  template void roi_align_forward<T, C>(const AlignForwardArgs<T, C>&, TaskRunner&);   \
-  template void roi_align_backward<T, C>(const AlignBackwardArgs<T, C>&, TaskRunner&); \
-  template void roi_align_box_grad<T, C>(const AlignBoxGradArgs<T, C>&, TaskRunner&);
-JAX_ROI_FOR_EACH_TYPE_PAIR(JAX_ROI_INSTANTIATE_ALIGN)
-#undef JAX_ROI_INSTANTIATE_ALIGN
-
 }  // namespace cpu
 }  // namespace jax_roi
+
+JAX_ROI_INSTANTIATE_CPU_KERNEL(roi_align_forward, AlignForwardArgs)
+JAX_ROI_INSTANTIATE_CPU_KERNEL(roi_align_backward, AlignBackwardArgs)
+JAX_ROI_INSTANTIATE_CPU_KERNEL(roi_align_box_grad, AlignBoxGradArgs)

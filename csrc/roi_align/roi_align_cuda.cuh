@@ -2,8 +2,8 @@
 // from its level) and their launchers. The per-element math is
 // roi_align_math.h, shared with the CPU kernels. Kernel code only: no XLA
 // FFI, and launches go through core/cuda_compat.h, so that this header also
-// compiles with a host compiler under JAX_ROI_CUDA_EMULATION. Instantiated by
-// roi_kernels.cu (JAX_ROI_INSTANTIATE_ROI_ALIGN_CUDA).
+// compiles with a host compiler under JAX_ROI_CUDA_EMULATION.
+// Instantiated by roi_kernels.cu.
 #ifndef JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_CUDA_CUH_
 #define JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_CUDA_CUH_
 
@@ -15,8 +15,7 @@
 #include "core/cuda_launch.h"
 #include "core/dims.h"
 #include "core/types.h"
-#include "roi_align/roi_align_args.h"
-#include "roi_align/roi_align_launch.h"
+#include "roi_align/roi_align_kernels.h"
 #include "roi_align/roi_align_math.h"
 
 namespace jax_roi {
@@ -24,30 +23,17 @@ namespace cuda {
 
 template <typename T, typename C>
 __global__ void roi_align_forward_kernel(AlignForwardArgs<T, C> a, int64_t total) {
-  using A = acc_t<T>;
   const AlignOptions& o = a.options;
   const int64_t step = a.dims.layout == Layout::kNCHW ? 1 : a.dims.channels;
-  for (int64_t i = grid_thread_index(); i < total; i += grid_thread_count()) {
-    int64_t k, c, ph, pw;
-    split_output_index(a.dims, i, &k, &c, &ph, &pw);
+  for_each_output(a.dims, total, [&](int64_t i, int64_t k, int64_t c, int64_t ph, int64_t pw) {
     const Box<C> box = read_box(a.rois, k, a.dims);
     const FeatureLevel<const T> level = a.levels[roi_level(box, a.map)];
     const RoiDims d = level_dims(a.dims, level);
     const AlignRoi<C> r =
         align_roi(box, static_cast<C>(level.spatial_scale), o.aligned, o.sampling_ratio, d);
-    const AlignBin b = align_bin(r, ph, pw, d);
     const T* base = level.data + feature_index_hw(d, r.empty ? 0 : box.image, c, 0);
-    if (!o.max_mode) {
-      store(a.output + i, align_output_avg(base, step, r, b, ph, pw, d));
-    } else {
-      const MaxSample<A> m = align_output_max(base, step, r, b, ph, pw, d);
-      store(a.output + i, m.value);
-      if (a.argmax_y != nullptr) {
-        a.argmax_y[i] = static_cast<int32_t>(m.iy);
-        a.argmax_x[i] = static_cast<int32_t>(m.ix);
-      }
-    }
-  }
+    store_align_output(a, i, base, step, r, ph, pw, d);
+  });
 }
 
 template <typename T, typename C>
@@ -55,11 +41,9 @@ __global__ void roi_align_backward_kernel(AlignBackwardArgs<T, C> a, int64_t tot
   using A = acc_t<T>;
   const AlignOptions& o = a.options;
   const int64_t step = a.dims.layout == Layout::kNCHW ? 1 : a.dims.channels;
-  for (int64_t i = grid_thread_index(); i < total; i += grid_thread_count()) {
-    int64_t k, c, ph, pw;
-    split_output_index(a.dims, i, &k, &c, &ph, &pw);
+  for_each_output(a.dims, total, [&](int64_t i, int64_t k, int64_t c, int64_t ph, int64_t pw) {
     const Box<C> box = read_box(a.rois, k, a.dims);
-    if (box.image < 0) continue;
+    if (box.image < 0) return;
     const FeatureLevel<A> level = a.levels[roi_level(box, a.map)];
     const RoiDims d = level_dims(a.dims, level);
     const AlignRoi<C> r =
@@ -78,7 +62,7 @@ __global__ void roi_align_backward_kernel(AlignBackwardArgs<T, C> a, int64_t tot
       const Bilinear<C> s = winning_sample(r, ph, pw, a.argmax_y[i], a.argmax_x[i], d);
       if (s.valid) scatter(s);
     }
-  }
+  });
 }
 
 // One thread per RoI: sums over channels, bins and samples in a fixed order
@@ -141,13 +125,5 @@ cudaError_t roi_align_box_grad(cudaStream_t stream, const AlignBoxGradArgs<T, C>
 
 }  // namespace cuda
 }  // namespace jax_roi
-
-#define JAX_ROI_INSTANTIATE_ROI_ALIGN_CUDA(T, C)                                     \
-  template cudaError_t jax_roi::cuda::roi_align_forward<T, C>(                       \
-      cudaStream_t, const jax_roi::AlignForwardArgs<T, C>&);                         \
-  template cudaError_t jax_roi::cuda::roi_align_backward<T, C>(                      \
-      cudaStream_t, const jax_roi::AlignBackwardArgs<T, C>&);                        \
-  template cudaError_t jax_roi::cuda::roi_align_box_grad<T, C>(                      \
-      cudaStream_t, const jax_roi::AlignBoxGradArgs<T, C>&);
 
 #endif  // JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_CUDA_CUH_

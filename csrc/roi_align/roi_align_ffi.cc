@@ -6,7 +6,7 @@
 
 #include "core/ffi_helpers.h"
 #include "core/ffi_target.h"
-#include "roi_align/roi_align_args.h"
+#include "roi_align/roi_align_kernels.h"
 #include "roi_align/roi_align_ffi.h"
 
 namespace jax_roi {

@@ -17,11 +17,7 @@
 #include "core/ffi_helpers.h"
 #include "core/ffi_target.h"
 #include "core/types.h"
-#include "roi_align/roi_align_args.h"
-#include "roi_align/roi_align_cpu.h"
-#ifdef JAX_ROI_WITH_CUDA
-#include "roi_align/roi_align_launch.h"
-#endif
+#include "roi_align/roi_align_kernels.h"
 
 namespace jax_roi {
 

@@ -18,7 +18,7 @@
 #include "core/math.h"
 #include "core/sample_grid.h"
 #include "core/types.h"
-#include "roi_align/roi_align_args.h"
+#include "roi_align/roi_align_kernels.h"
 
 namespace jax_roi {
 
@@ -71,8 +71,10 @@ JAX_ROI_HD AlignRoi<C> align_roi(const Box<C>& box, C scale, bool aligned,
   }
   r.bin_h = roi_h / static_cast<C>(d.pooled_height);
   r.bin_w = roi_w / static_cast<C>(d.pooled_width);
-  r.grid_h = sampling_ratio > 0 ? sampling_ratio : grid_size(math_ceil(r.bin_h));
-  r.grid_w = sampling_ratio > 0 ? sampling_ratio : grid_size(math_ceil(r.bin_w));
+  r.grid_h = sampling_ratio > 0 ? sampling_ratio
+                                    : clamp_to_i64(math_ceil(r.bin_h), kMaxGrid);
+  r.grid_w = sampling_ratio > 0 ? sampling_ratio
+                                    : clamp_to_i64(math_ceil(r.bin_w), kMaxGrid);
   r.count = static_cast<C>(max_i64(r.grid_h * r.grid_w, 1));
   return r;
 }
@@ -263,6 +265,32 @@ JAX_ROI_HD MaxSample<acc_t<T>> align_output_max(const T* base, int64_t step,
   });
   m.finish(b, first_outside(b));
   return m;
+}
+
+// Stores forward output element `out` of a max-mode bin: its value and, when
+// the argmax outputs are wanted, the winner's grid indices.
+template <typename T, typename C, typename A>
+JAX_ROI_HD void store_max_output(const AlignForwardArgs<T, C>& a, int64_t out,
+                                 const MaxSample<A>& m) {
+  store(a.output + out, m.value);
+  if (a.argmax_y != nullptr) {
+    a.argmax_y[out] = static_cast<int32_t>(m.iy);
+    a.argmax_x[out] = static_cast<int32_t>(m.ix);
+  }
+}
+
+// Stores forward output element `out`, bin (ph, pw) of one channel (avg or
+// max), straight from its samples.
+template <typename T, typename C>
+JAX_ROI_HD void store_align_output(const AlignForwardArgs<T, C>& a, int64_t out,
+                                   const T* base, int64_t step, const AlignRoi<C>& r,
+                                   int64_t ph, int64_t pw, const RoiDims& d) {
+  const AlignBin b = align_bin(r, ph, pw, d);
+  if (!a.options.max_mode) {
+    store(a.output + out, align_output_avg(base, step, r, b, ph, pw, d));
+  } else {
+    store_max_output(a, out, align_output_max(base, step, r, b, ph, pw, d));
+  }
 }
 
 // Adds one output's contributions to the box-gradient sums: every sample

@@ -16,11 +16,11 @@
 
 #include "core/box.h"
 #include "core/dims.h"
+#include "core/kernel.h"
 #include "core/math.h"
 #include "core/task_runner.h"
 #include "core/types.h"
-#include "roi_pool/roi_pool_args.h"
-#include "roi_pool/roi_pool_cpu.h"
+#include "roi_pool/roi_pool_kernels.h"
 #include "roi_pool/roi_pool_math.h"
 
 namespace jax_roi {
@@ -154,11 +154,8 @@ void roi_pool_backward(const PoolBackwardArgs<T, C>& a, TaskRunner& runner) {
   });
 }
 
-#define JAX_ROI_INSTANTIATE_POOL(T, C)                                              \
-  template void roi_pool_forward<T, C>(const PoolForwardArgs<T, C>&, TaskRunner&); \
-  template void roi_pool_backward<T, C>(const PoolBackwardArgs<T, C>&, TaskRunner&);
-JAX_ROI_FOR_EACH_TYPE_PAIR(JAX_ROI_INSTANTIATE_POOL)
-#undef JAX_ROI_INSTANTIATE_POOL
-
 }  // namespace cpu
 }  // namespace jax_roi
+
+JAX_ROI_INSTANTIATE_CPU_KERNEL(roi_pool_forward, PoolForwardArgs)
+JAX_ROI_INSTANTIATE_CPU_KERNEL(roi_pool_backward, PoolBackwardArgs)

@@ -1,8 +1,8 @@
 // RoIPool CUDA kernels and their launchers. The per-element math is
 // roi_pool_math.h, shared with the CPU kernels. Kernel code only: no XLA FFI,
 // and launches go through core/cuda_compat.h, so that this header also
-// compiles with a host compiler under JAX_ROI_CUDA_EMULATION. Instantiated
-// by roi_kernels.cu (JAX_ROI_INSTANTIATE_ROI_POOL_CUDA).
+// compiles with a host compiler under JAX_ROI_CUDA_EMULATION.
+// Instantiated by roi_kernels.cu.
 #ifndef JAX_ROI_CSRC_ROI_POOL_ROI_POOL_CUDA_CUH_
 #define JAX_ROI_CSRC_ROI_POOL_ROI_POOL_CUDA_CUH_
 
@@ -13,8 +13,7 @@
 #include "core/cuda_launch.h"
 #include "core/dims.h"
 #include "core/types.h"
-#include "roi_pool/roi_pool_args.h"
-#include "roi_pool/roi_pool_launch.h"
+#include "roi_pool/roi_pool_kernels.h"
 #include "roi_pool/roi_pool_math.h"
 
 namespace jax_roi {
@@ -27,9 +26,7 @@ __global__ void roi_pool_forward_kernel(PoolForwardArgs<T, C> a, int64_t total) 
   const C scale = static_cast<C>(a.spatial_scale);
   const int64_t stride_h = d.layout == Layout::kNCHW ? d.width : d.width * d.channels;
   const int64_t stride_w = d.layout == Layout::kNCHW ? 1 : d.channels;
-  for (int64_t i = grid_thread_index(); i < total; i += grid_thread_count()) {
-    int64_t k, c, ph, pw;
-    split_output_index(d, i, &k, &c, &ph, &pw);
+  for_each_output(d, total, [&](int64_t i, int64_t k, int64_t c, int64_t ph, int64_t pw) {
     const Box<C> box = read_box(a.rois, k, d);
     const PoolRoi<C> r = pool_roi(box, scale, d);
     A value = A(0);
@@ -44,7 +41,7 @@ __global__ void roi_pool_forward_kernel(PoolForwardArgs<T, C> a, int64_t total) 
     }
     store(a.output + i, value);
     if (a.argmax != nullptr) a.argmax[i] = index;
-  }
+  });
 }
 
 template <typename T, typename C>
@@ -81,11 +78,5 @@ cudaError_t roi_pool_backward(cudaStream_t stream, const PoolBackwardArgs<T, C>&
 
 }  // namespace cuda
 }  // namespace jax_roi
-
-#define JAX_ROI_INSTANTIATE_ROI_POOL_CUDA(T, C)                                      \
-  template cudaError_t jax_roi::cuda::roi_pool_forward<T, C>(                        \
-      cudaStream_t, const jax_roi::PoolForwardArgs<T, C>&);                          \
-  template cudaError_t jax_roi::cuda::roi_pool_backward<T, C>(                       \
-      cudaStream_t, const jax_roi::PoolBackwardArgs<T, C>&);
 
 #endif  // JAX_ROI_CSRC_ROI_POOL_ROI_POOL_CUDA_CUH_

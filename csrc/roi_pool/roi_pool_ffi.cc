@@ -8,11 +8,7 @@
 #include "core/ffi_helpers.h"
 #include "core/ffi_target.h"
 #include "core/types.h"
-#include "roi_pool/roi_pool_args.h"
-#include "roi_pool/roi_pool_cpu.h"
-#ifdef JAX_ROI_WITH_CUDA
-#include "roi_pool/roi_pool_launch.h"
-#endif
+#include "roi_pool/roi_pool_kernels.h"
 
 namespace jax_roi {
 namespace {

@@ -36,10 +36,10 @@ JAX_ROI_HD PoolRoi<C> pool_roi(const Box<C>& box, C scale, const RoiDims& d) {
     r.bin_h = r.bin_w = C(0);
     return r;
   }
-  r.start_w = clamp_to_i64(math_round(sx1));
-  r.start_h = clamp_to_i64(math_round(sy1));
-  const int64_t end_w = clamp_to_i64(math_round(sx2));
-  const int64_t end_h = clamp_to_i64(math_round(sy2));
+  r.start_w = clamp_to_i64(math_round(sx1), kCoordLimit);
+  r.start_h = clamp_to_i64(math_round(sy1), kCoordLimit);
+  const int64_t end_w = clamp_to_i64(math_round(sx2), kCoordLimit);
+  const int64_t end_h = clamp_to_i64(math_round(sy2), kCoordLimit);
   const int64_t roi_w = max_i64(end_w - r.start_w + 1, 1);
   const int64_t roi_h = max_i64(end_h - r.start_h + 1, 1);
   r.bin_h = static_cast<C>(roi_h) / static_cast<C>(d.pooled_height);

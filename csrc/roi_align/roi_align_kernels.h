@@ -1,15 +1,17 @@
-// RoIAlign's kernel arguments, shared by its CPU kernels and CUDA launchers
-// (and by multi_scale_roi_align, which runs the same kernels over FPN
-// levels). Plain data: pointers, dimensions and options. No XLA FFI types.
+// RoIAlign's kernels (roi_align_cpu.cc, roi_align_cuda.cuh), which also run
+// multi_scale_roi_align (FPN levels): their arguments, plain data (pointers,
+// dimensions and options; no XLA FFI types), and their declarations on every
+// back end (core/kernel.h).
 //
 // AlignOptions shares its name with the Python-side jax_roi._ffi.AlignOptions
 // (a NamedTuple of the same options); they never meet in one language.
-#ifndef JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_ARGS_H_
-#define JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_ARGS_H_
+#ifndef JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_KERNELS_H_
+#define JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_KERNELS_H_
 
 #include <cstdint>
 
 #include "core/dims.h"
+#include "core/kernel.h"
 #include "core/types.h"
 
 namespace jax_roi {
@@ -93,6 +95,16 @@ struct AlignBoxGradArgs {
   C* grad_rois;
 };
 
+JAX_ROI_DECLARE_KERNEL(roi_align_forward, AlignForwardArgs)
+
+// Deterministic on the CPU: each gradient element receives its contributions
+// in the same order (RoI, then bin, ascending) whatever the number of threads.
+JAX_ROI_DECLARE_KERNEL(roi_align_backward, AlignBackwardArgs)
+
+// Deterministic: the sums of a RoI run in a fixed order (one CPU task per
+// block of RoIs, one CUDA thread per RoI; no atomics).
+JAX_ROI_DECLARE_KERNEL(roi_align_box_grad, AlignBoxGradArgs)
+
 // The dimensions and options of one level.
 template <typename P>
 JAX_ROI_HD RoiDims level_dims(RoiDims d, const FeatureLevel<P>& level) {
@@ -109,4 +121,4 @@ JAX_ROI_HD AlignOptions level_options(AlignOptions o, const FeatureLevel<P>& lev
 
 }  // namespace jax_roi
 
-#endif  // JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_ARGS_H_
+#endif  // JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_KERNELS_H_

@@ -1,11 +1,13 @@
-// RoIPool's kernel arguments, shared by its CPU kernels and CUDA launchers.
-// Plain data: pointers, dimensions and options. No XLA FFI types.
-#ifndef JAX_ROI_CSRC_ROI_POOL_ROI_POOL_ARGS_H_
-#define JAX_ROI_CSRC_ROI_POOL_ROI_POOL_ARGS_H_
+// RoIPool's kernels (roi_pool_cpu.cc, roi_pool_cuda.cuh): their arguments,
+// plain data (pointers, dimensions and options; no XLA FFI types), and their
+// declarations on every back end (core/kernel.h).
+#ifndef JAX_ROI_CSRC_ROI_POOL_ROI_POOL_KERNELS_H_
+#define JAX_ROI_CSRC_ROI_POOL_ROI_POOL_KERNELS_H_
 
 #include <cstdint>
 
 #include "core/dims.h"
+#include "core/kernel.h"
 #include "core/types.h"
 
 namespace jax_roi {
@@ -33,6 +35,12 @@ struct PoolBackwardArgs {
   acc_t<T>* grad_features;
 };
 
+JAX_ROI_DECLARE_KERNEL(roi_pool_forward, PoolForwardArgs)
+
+// Deterministic on the CPU: each gradient element receives its contributions
+// in the same order (RoI, then bin, ascending) whatever the number of threads.
+JAX_ROI_DECLARE_KERNEL(roi_pool_backward, PoolBackwardArgs)
+
 }  // namespace jax_roi
 
-#endif  // JAX_ROI_CSRC_ROI_POOL_ROI_POOL_ARGS_H_
+#endif  // JAX_ROI_CSRC_ROI_POOL_ROI_POOL_KERNELS_H_
