@@ -36,7 +36,9 @@ const TargetMap& registered_targets(Platform platform);
 // cannot report errors.
 const std::vector<std::string>& registration_errors();
 
-// Registers its handlers when constructed; cuda may be null (no CUDA build).
+// Registers its handlers when constructed. cuda is ignored in builds without
+// CUDA (JAX_ROI_REGISTER_FFI_TARGET passes null there); elsewhere a null
+// handler is a registration error.
 struct TargetRegistration {
   TargetRegistration(const char* name, XLA_FFI_Handler* cpu, XLA_FFI_Handler* cuda);
 };
