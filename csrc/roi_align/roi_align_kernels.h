@@ -1,36 +1,20 @@
-// Kernel argument structs, shared by the CPU kernels and the CUDA launchers.
-// Plain data: pointers, dimensions and options. No XLA FFI types.
-#ifndef JAX_ROI_CSRC_ROI_ARGS_H_
-#define JAX_ROI_CSRC_ROI_ARGS_H_
+// RoIAlign's kernels (roi_align_cpu.cc, roi_align_cuda.cuh), which also run
+// multi_scale_roi_align (FPN levels): their arguments, plain data (pointers,
+// dimensions and options; no XLA FFI types), and their declarations on every
+// back end (core/kernel.h).
+//
+// AlignOptions shares its name with the Python-side jax_roi._ffi.AlignOptions
+// (a NamedTuple of the same options); they never meet in one language.
+#ifndef JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_KERNELS_H_
+#define JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_KERNELS_H_
 
 #include <cstdint>
 
-#include "roi_common.h"
+#include "core/dims.h"
+#include "core/kernel.h"
+#include "core/types.h"
 
 namespace jax_roi {
-
-// RoIPool forward: output (and, when argmax != nullptr, the flat spatial
-// index h * W + w of each maximum, -1 where nothing was pooled).
-template <typename T, typename C>
-struct PoolForwardArgs {
-  RoiDims dims;
-  double spatial_scale;
-  const T* features;
-  const C* rois;
-  T* output;
-  int32_t* argmax;  // May be null: inference needs no argmax.
-};
-
-// RoIPool backward: grad_features = scatter-add of grad_output through
-// argmax. grad_features is written whole (zeros where nothing lands).
-template <typename T, typename C>
-struct PoolBackwardArgs {
-  RoiDims dims;
-  const T* grad_output;
-  const int32_t* argmax;
-  const C* rois;
-  acc_t<T>* grad_features;
-};
 
 // A fixed sampling ratio above this is rejected: it bounds the work of a bin
 // (at most 2^20 samples) and keeps grid indices far from overflow.
@@ -111,6 +95,16 @@ struct AlignBoxGradArgs {
   C* grad_rois;
 };
 
+JAX_ROI_DECLARE_KERNEL(roi_align_forward, AlignForwardArgs)
+
+// Deterministic on the CPU: each gradient element receives its contributions
+// in the same order (RoI, then bin, ascending) whatever the number of threads.
+JAX_ROI_DECLARE_KERNEL(roi_align_backward, AlignBackwardArgs)
+
+// Deterministic: the sums of a RoI run in a fixed order (one CPU task per
+// block of RoIs, one CUDA thread per RoI; no atomics).
+JAX_ROI_DECLARE_KERNEL(roi_align_box_grad, AlignBoxGradArgs)
+
 // The dimensions and options of one level.
 template <typename P>
 JAX_ROI_HD RoiDims level_dims(RoiDims d, const FeatureLevel<P>& level) {
@@ -127,4 +121,4 @@ JAX_ROI_HD AlignOptions level_options(AlignOptions o, const FeatureLevel<P>& lev
 
 }  // namespace jax_roi
 
-#endif  // JAX_ROI_CSRC_ROI_ARGS_H_
+#endif  // JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_KERNELS_H_

@@ -2,7 +2,7 @@
 //
 // Forward: one task per block of RoIs; each RoI's bin edges are computed
 // once and reused for every channel. NCHW scans each bin's rows (contiguous)
-// per channel with roi_math.h's window_max; NHWC advances the running maxima
+// per channel with roi_pool_math.h's window_max; NHWC advances the running maxima
 // of all channels together, pixel by pixel, the channel loop innermost and
 // branch-free (vectorised), with window_max's comparison rule and order:
 // row-major, strict '>', from -FLT_MAX.
@@ -14,8 +14,14 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu_kernels.h"
-#include "roi_math.h"
+#include "core/box.h"
+#include "core/dims.h"
+#include "core/kernel.h"
+#include "core/math.h"
+#include "core/task_runner.h"
+#include "core/types.h"
+#include "roi_pool/roi_pool_kernels.h"
+#include "roi_pool/roi_pool_math.h"
 
 namespace jax_roi {
 namespace cpu {
@@ -148,11 +154,8 @@ void roi_pool_backward(const PoolBackwardArgs<T, C>& a, TaskRunner& runner) {
   });
 }
 
-#define JAX_ROI_INSTANTIATE_POOL(T, C)                                              \
-  template void roi_pool_forward<T, C>(const PoolForwardArgs<T, C>&, TaskRunner&); \
-  template void roi_pool_backward<T, C>(const PoolBackwardArgs<T, C>&, TaskRunner&);
-JAX_ROI_FOR_EACH_TYPE_PAIR(JAX_ROI_INSTANTIATE_POOL)
-#undef JAX_ROI_INSTANTIATE_POOL
-
 }  // namespace cpu
 }  // namespace jax_roi
+
+JAX_ROI_INSTANTIATE_CPU_KERNEL(roi_pool_forward, PoolForwardArgs)
+JAX_ROI_INSTANTIATE_CPU_KERNEL(roi_pool_backward, PoolBackwardArgs)

@@ -1,184 +1,26 @@
-// Per-element math of the RoI operators, shared by the CPU and CUDA kernels
-// (one source of truth: the CPU tests validate the arithmetic the GPU runs).
+// Per-element math of RoIAlign (torchvision.ops.roi_align, Mask R-CNN),
+// shared by the CPU and CUDA kernels (one source of truth: the CPU tests
+// validate the arithmetic the GPU runs), and the FPN level assignment of its
+// multi-scale form.
 //
 // Coordinates are computed in the box dtype C (float or double), values in
 // acc_t<T>. The operation order follows torchvision's CPU kernels exactly, and
 // the kernels are compiled without floating-point contraction, so that the
 // float32 and float64 results are bit-identical to torchvision's.
-#ifndef JAX_ROI_CSRC_ROI_MATH_H_
-#define JAX_ROI_CSRC_ROI_MATH_H_
+#ifndef JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_MATH_H_
+#define JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_MATH_H_
 
-#include <cfloat>
 #include <cstdint>
 
-#include "roi_args.h"
-#include "roi_common.h"
+#include "core/bilinear.h"
+#include "core/box.h"
+#include "core/dims.h"
+#include "core/math.h"
+#include "core/sample_grid.h"
+#include "core/types.h"
+#include "roi_align/roi_align_kernels.h"
 
 namespace jax_roi {
-
-// Magnitude (in feature-map pixels) beyond which rounded box coordinates are
-// clamped before their conversion to integers: 2^40. It keeps every integer
-// in the geometry far from int64 overflow (torchvision's int32 conversion is
-// undefined behaviour there) and changes nothing for coordinates that any
-// real feature map can hold.
-constexpr double kCoordLimit = 1099511627776.0;
-
-JAX_ROI_HD float math_round(float v) { return ::roundf(v); }  // Half away from 0.
-JAX_ROI_HD double math_round(double v) { return ::round(v); }
-JAX_ROI_HD float math_floor(float v) { return ::floorf(v); }
-JAX_ROI_HD double math_floor(double v) { return ::floor(v); }
-JAX_ROI_HD float math_ceil(float v) { return ::ceilf(v); }
-JAX_ROI_HD double math_ceil(double v) { return ::ceil(v); }
-JAX_ROI_HD float math_sqrt(float v) { return ::sqrtf(v); }
-JAX_ROI_HD double math_sqrt(double v) { return ::sqrt(v); }
-JAX_ROI_HD float math_log2(float v) { return ::log2f(v); }
-JAX_ROI_HD double math_log2(double v) { return ::log2(v); }
-
-JAX_ROI_HD int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
-JAX_ROI_HD int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
-JAX_ROI_HD int64_t clip_i64(int64_t v, int64_t lo, int64_t hi) {
-  return min_i64(max_i64(v, lo), hi);
-}
-
-// Converts a non-NaN value to int64, truncating toward zero, after clamping
-// it to [-kCoordLimit, kCoordLimit] (so that +-inf are defined too).
-template <typename C>
-JAX_ROI_HD int64_t clamp_to_i64(C v) {
-  const C limit = static_cast<C>(kCoordLimit);
-  v = v < -limit ? -limit : (v > limit ? limit : v);
-  return static_cast<int64_t>(v);
-}
-
-// Image index of a (K, 5) row: the first column truncated toward zero, as
-// torchvision's (int) cast does (1.7 -> image 1, -0.5 -> image 0). A value
-// whose truncation falls outside [0, batch), or NaN, marks a padding row: -1.
-// Written so that the comparison happens before any integer conversion.
-template <typename C>
-JAX_ROI_HD int64_t batch_index(C v, int64_t batch) {
-  return (batch > 0 && v > static_cast<C>(-1) && v < static_cast<C>(batch))
-             ? static_cast<int64_t>(v)
-             : -1;
-}
-
-template <typename C>
-struct Box {
-  int64_t image;  // -1 for a padding row.
-  C x1, y1, x2, y2;
-};
-
-// Reads RoI k in either box format (see RoiDims), always in xyxy order.
-template <typename C>
-JAX_ROI_HD Box<C> read_box(const C* rois, int64_t k, const RoiDims& d) {
-  Box<C> b;
-  if (d.rois_per_image > 0) {
-    const C* p = rois + k * 4;
-    b.image = k / d.rois_per_image;
-    b.x1 = p[0];
-    b.y1 = p[1];
-    b.x2 = p[2];
-    b.y2 = p[3];
-  } else {
-    const C* p = rois + k * 5;
-    b.image = batch_index(p[0], d.batch);
-    b.x1 = p[1];
-    b.y1 = p[2];
-    b.x2 = p[3];
-    b.y2 = p[4];
-  }
-  return b;
-}
-
-// ---------------------------------------------------------------------------
-// RoIPool (torchvision.ops.roi_pool, Fast R-CNN)
-// ---------------------------------------------------------------------------
-
-// Per-RoI geometry of RoIPool.
-template <typename C>
-struct PoolRoi {
-  bool empty;  // Every bin is empty: padding row or NaN coordinate.
-  int64_t start_h, start_w;
-  C bin_h, bin_w;
-};
-
-// start = round(x1 * s) (half away from zero), end = round(x2 * s), the end
-// pixel is inclusive, malformed RoIs become 1x1, bin = size / pooled size.
-template <typename C>
-JAX_ROI_HD PoolRoi<C> pool_roi(const Box<C>& box, C scale, const RoiDims& d) {
-  PoolRoi<C> r;
-  const C sx1 = box.x1 * scale;
-  const C sy1 = box.y1 * scale;
-  const C sx2 = box.x2 * scale;
-  const C sy2 = box.y2 * scale;
-  r.empty = box.image < 0 || !(sx1 == sx1 && sy1 == sy1 && sx2 == sx2 && sy2 == sy2);
-  if (r.empty) {
-    r.start_h = r.start_w = 0;
-    r.bin_h = r.bin_w = C(0);
-    return r;
-  }
-  r.start_w = clamp_to_i64(math_round(sx1));
-  r.start_h = clamp_to_i64(math_round(sy1));
-  const int64_t end_w = clamp_to_i64(math_round(sx2));
-  const int64_t end_h = clamp_to_i64(math_round(sy2));
-  const int64_t roi_w = max_i64(end_w - r.start_w + 1, 1);
-  const int64_t roi_h = max_i64(end_h - r.start_h + 1, 1);
-  r.bin_h = static_cast<C>(roi_h) / static_cast<C>(d.pooled_height);
-  r.bin_w = static_cast<C>(roi_w) / static_cast<C>(d.pooled_width);
-  return r;
-}
-
-// Half-open range [start, end) of pixel rows (or columns).
-struct Window {
-  int64_t start, end;
-  JAX_ROI_HD bool empty() const { return end <= start; }
-};
-
-// Rows (or columns) of bin p: [floor(p * bin), ceil((p + 1) * bin)) shifted
-// by the RoI start and clipped to [0, size].
-template <typename C>
-JAX_ROI_HD Window pool_bin(int64_t p, C bin, int64_t roi_start, int64_t size) {
-  const int64_t lo = static_cast<int64_t>(math_floor(static_cast<C>(p) * bin)) + roi_start;
-  const int64_t hi = static_cast<int64_t>(math_ceil(static_cast<C>(p + 1) * bin)) + roi_start;
-  return Window{clip_i64(lo, 0, size), clip_i64(hi, 0, size)};
-}
-
-// The running maximum starts here, as torchvision's does (also for double):
-// NaNs never win a strict '>' comparison and values <= -FLT_MAX never do
-// either, so such a bin outputs -FLT_MAX with argmax -1 (no gradient).
-template <typename A>
-JAX_ROI_HD A pool_initial_max() {
-  return static_cast<A>(-FLT_MAX);
-}
-
-// Maximum over a non-empty window of one (image, channel) plane whose element
-// (h, w) is at base[h * stride_h + w * stride_w]; ties go to the first
-// maximum in row-major order. *argmax receives h * width + w, or -1.
-template <typename T>
-JAX_ROI_HD acc_t<T> window_max(const T* base, int64_t stride_h, int64_t stride_w,
-                               int64_t width, Window rows, Window cols, int32_t* argmax) {
-  using A = acc_t<T>;
-  A best = pool_initial_max<A>();
-  int32_t best_index = -1;
-  for (int64_t h = rows.start; h < rows.end; ++h) {
-    for (int64_t w = cols.start; w < cols.end; ++w) {
-      const A v = load(base + h * stride_h + w * stride_w);
-      if (v > best) {  // Rarely taken: a well-predicted branch beats a select chain.
-        best = v;
-        best_index = static_cast<int32_t>(h * width + w);
-      }
-    }
-  }
-  *argmax = best_index;
-  return best;
-}
-
-// ---------------------------------------------------------------------------
-// RoIAlign (torchvision.ops.roi_align, Mask R-CNN)
-// ---------------------------------------------------------------------------
-
-// Samples per bin along one axis never exceed this (2^31 - 1): the adaptive
-// grid ceil(roi_size / pooled_size) is clamped here, which only matters for
-// bins wider than 2^31 feature pixels.
-constexpr int64_t kMaxGrid = 2147483647;
 
 // Per-RoI geometry of RoIAlign.
 template <typename C>
@@ -190,19 +32,6 @@ struct AlignRoi {
   C count;                 // Divisor of the average: max(grid_h * grid_w, 1).
   bool clamped_h, clamped_w;  // Size forced to 1 pixel (aligned == false).
 };
-
-// Converts a finite ceil() result to a grid size in [-kMaxGrid, kMaxGrid].
-template <typename C>
-JAX_ROI_HD int64_t grid_size(C v) {
-  const C limit = static_cast<C>(kMaxGrid);
-  v = v < -limit ? -limit : (v > limit ? limit : v);
-  return static_cast<int64_t>(v);
-}
-
-template <typename C>
-JAX_ROI_HD bool finite(C v) {
-  return v - v == C(0);  // False for NaN and +-inf.
-}
 
 // torchvision's geometry: start = x1 * s - offset with offset 0.5 when
 // aligned, size = end - start, forced to >= 1 when not aligned; bin = size /
@@ -242,147 +71,12 @@ JAX_ROI_HD AlignRoi<C> align_roi(const Box<C>& box, C scale, bool aligned,
   }
   r.bin_h = roi_h / static_cast<C>(d.pooled_height);
   r.bin_w = roi_w / static_cast<C>(d.pooled_width);
-  r.grid_h = sampling_ratio > 0 ? sampling_ratio : grid_size(math_ceil(r.bin_h));
-  r.grid_w = sampling_ratio > 0 ? sampling_ratio : grid_size(math_ceil(r.bin_w));
+  r.grid_h = sampling_ratio > 0 ? sampling_ratio
+                                    : clamp_to_i64(math_ceil(r.bin_h), kMaxGrid);
+  r.grid_w = sampling_ratio > 0 ? sampling_ratio
+                                    : clamp_to_i64(math_ceil(r.bin_w), kMaxGrid);
   r.count = static_cast<C>(max_i64(r.grid_h * r.grid_w, 1));
   return r;
-}
-
-// Coordinate of sample i (of `grid`) of bin p, in torchvision's exact
-// expression order: start + p * bin + ((i + 0.5f) * bin) / grid.
-template <typename C>
-JAX_ROI_HD C sample_coord(C start, int64_t p, C bin, int64_t i, int64_t grid) {
-  const C half_step = static_cast<C>(static_cast<float>(i) + 0.5f);
-  return start + static_cast<C>(p) * bin + half_step * bin / static_cast<C>(grid);
-}
-
-// d(sample coordinate) / d(bin) = p + (i + 0.5) / grid.
-template <typename C>
-JAX_ROI_HD C sample_coord_dbin(int64_t p, int64_t i, int64_t grid) {
-  return static_cast<C>(p) +
-         static_cast<C>(static_cast<float>(i) + 0.5f) / static_cast<C>(grid);
-}
-
-// A sample coordinate contributes only inside [-1, size] (zero beyond).
-template <typename C>
-JAX_ROI_HD bool coord_in_range(C v, int64_t size) {
-  return v >= C(-1) && v <= static_cast<C>(size);
-}
-
-// The samples i in [0, grid) of bin p whose coordinate lies in [-1, size]:
-// a half-open range [first, last). sample_coord is monotonic in i (every
-// operation in it is), so the range is contiguous. Samples outside add
-// exactly zero, so skipping them changes no result, and the work of a bin
-// stays bounded by the samples that can land on the map, however large the
-// adaptive grid of a huge box.
-struct SampleRange {
-  int64_t first, last;
-};
-
-template <typename C>
-JAX_ROI_HD SampleRange sample_range(C start, int64_t p, C bin, int64_t grid, int64_t size) {
-  if (grid <= 0) return SampleRange{0, 0};
-  const bool increasing = bin >= C(0);
-  // First i for which pred(i) holds, for a predicate monotone in i.
-  auto first_true = [&](auto pred) {
-    int64_t lo = 0, hi = grid;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (pred(mid)) {
-        hi = mid;
-      } else {
-        lo = mid + 1;
-      }
-    }
-    return lo;
-  };
-  const C low = C(-1), high = static_cast<C>(size);
-  int64_t first, last;
-  if (increasing) {
-    first = first_true([&](int64_t i) { return sample_coord(start, p, bin, i, grid) >= low; });
-    last = first_true([&](int64_t i) { return sample_coord(start, p, bin, i, grid) > high; });
-  } else {
-    first = first_true([&](int64_t i) { return sample_coord(start, p, bin, i, grid) <= high; });
-    last = first_true([&](int64_t i) { return sample_coord(start, p, bin, i, grid) < low; });
-  }
-  return SampleRange{first, last < first ? first : last};
-}
-
-// Bilinear interpolation of one sample: torchvision's rule. Outside
-// [-1, size] the sample is zero (valid == false); within one pixel outside
-// the map it replicates the edge.
-template <typename C>
-struct Bilinear {
-  bool valid;
-  int64_t y_low, y_high, x_low, x_high;
-  C ly, lx, hy, hx;
-  C w1, w2, w3, w4;
-  bool y_frozen, x_frozen;  // The value does not depend on y (x) here.
-};
-
-template <typename C>
-JAX_ROI_HD Bilinear<C> bilinear(C y, C x, int64_t height, int64_t width) {
-  Bilinear<C> b;
-  // Written as !(in range) so that NaN takes this branch.
-  b.valid = height > 0 && width > 0 && coord_in_range(y, height) && coord_in_range(x, width);
-  if (!b.valid) {
-    b.y_low = b.y_high = b.x_low = b.x_high = 0;
-    b.ly = b.lx = b.hy = b.hx = b.w1 = b.w2 = b.w3 = b.w4 = C(0);
-    b.y_frozen = b.x_frozen = true;
-    return b;
-  }
-  b.y_frozen = b.x_frozen = false;
-  if (y <= C(0)) {
-    y = C(0);
-    b.y_frozen = true;
-  }
-  if (x <= C(0)) {
-    x = C(0);
-    b.x_frozen = true;
-  }
-  b.y_low = static_cast<int64_t>(y);
-  b.x_low = static_cast<int64_t>(x);
-  if (b.y_low >= height - 1) {
-    b.y_high = b.y_low = height - 1;
-    y = static_cast<C>(b.y_low);
-    b.y_frozen = true;
-  } else {
-    b.y_high = b.y_low + 1;
-  }
-  if (b.x_low >= width - 1) {
-    b.x_high = b.x_low = width - 1;
-    x = static_cast<C>(b.x_low);
-    b.x_frozen = true;
-  } else {
-    b.x_high = b.x_low + 1;
-  }
-  b.ly = y - static_cast<C>(b.y_low);
-  b.lx = x - static_cast<C>(b.x_low);
-  b.hy = C(1) - b.ly;
-  b.hx = C(1) - b.lx;
-  b.w1 = b.hy * b.hx;
-  b.w2 = b.hy * b.lx;
-  b.w3 = b.ly * b.hx;
-  b.w4 = b.ly * b.lx;
-  return b;
-}
-
-// Value of a valid sample from its four neighbours v1..v4 (torchvision's
-// order of operations).
-template <typename A>
-JAX_ROI_HD A bilinear_value(A w1, A w2, A w3, A w4, A v1, A v2, A v3, A v4) {
-  return w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4;
-}
-
-// Partial derivatives of a valid sample's value w.r.t. its y and x
-// coordinates (zero where the value is locally constant in that coordinate).
-template <typename C, typename A>
-JAX_ROI_HD void bilinear_gradient(const Bilinear<C>& b, A v1, A v2, A v3, A v4, C* d_dy,
-                                  C* d_dx) {
-  *d_dy = b.y_frozen ? C(0)
-                     : b.hx * static_cast<C>(v3 - v1) + b.lx * static_cast<C>(v4 - v2);
-  *d_dx = b.x_frozen ? C(0)
-                     : b.hy * static_cast<C>(v2 - v1) + b.ly * static_cast<C>(v4 - v3);
 }
 
 // The samples of one bin that land in the sampling region: a rectangle of
@@ -515,10 +209,9 @@ struct BoxGradSums {
   template <typename T, typename C>
   JAX_ROI_HD void add_sample(const T* base, int64_t step, int64_t width, const Bilinear<C>& s,
                              double g, C dy_dbin, C dx_dbin) {
-    add(s, load(base + (s.y_low * width + s.x_low) * step),
-        load(base + (s.y_low * width + s.x_high) * step),
-        load(base + (s.y_high * width + s.x_low) * step),
-        load(base + (s.y_high * width + s.x_high) * step), g, dy_dbin, dx_dbin);
+    const BilinearTaps<C> t = bilinear_taps<C>(s, width);
+    add(s, load(base + t.o1 * step), load(base + t.o2 * step), load(base + t.o3 * step),
+        load(base + t.o4 * step), g, dy_dbin, dx_dbin);
   }
 
   // Writes d/dx1, d/dy1, d/dx2, d/dy2.
@@ -544,12 +237,7 @@ struct BoxGradSums {
 template <typename T, typename C>
 JAX_ROI_HD acc_t<T> sample_value(const T* base, int64_t step, int64_t width,
                                  const Bilinear<C>& s) {
-  using A = acc_t<T>;
-  return bilinear_value(static_cast<A>(s.w1), static_cast<A>(s.w2), static_cast<A>(s.w3),
-                        static_cast<A>(s.w4), load(base + (s.y_low * width + s.x_low) * step),
-                        load(base + (s.y_low * width + s.x_high) * step),
-                        load(base + (s.y_high * width + s.x_low) * step),
-                        load(base + (s.y_high * width + s.x_high) * step));
+  return bilinear_gather(base, step, bilinear_taps<acc_t<T>>(s, width));
 }
 
 // avg: the output of bin (ph, pw) of one channel.
@@ -577,6 +265,32 @@ JAX_ROI_HD MaxSample<acc_t<T>> align_output_max(const T* base, int64_t step,
   });
   m.finish(b, first_outside(b));
   return m;
+}
+
+// Stores forward output element `out` of a max-mode bin: its value and, when
+// the argmax outputs are wanted, the winner's grid indices.
+template <typename T, typename C, typename A>
+JAX_ROI_HD void store_max_output(const AlignForwardArgs<T, C>& a, int64_t out,
+                                 const MaxSample<A>& m) {
+  store(a.output + out, m.value);
+  if (a.argmax_y != nullptr) {
+    a.argmax_y[out] = static_cast<int32_t>(m.iy);
+    a.argmax_x[out] = static_cast<int32_t>(m.ix);
+  }
+}
+
+// Stores forward output element `out`, bin (ph, pw) of one channel (avg or
+// max), straight from its samples.
+template <typename T, typename C>
+JAX_ROI_HD void store_align_output(const AlignForwardArgs<T, C>& a, int64_t out,
+                                   const T* base, int64_t step, const AlignRoi<C>& r,
+                                   int64_t ph, int64_t pw, const RoiDims& d) {
+  const AlignBin b = align_bin(r, ph, pw, d);
+  if (!a.options.max_mode) {
+    store(a.output + out, align_output_avg(base, step, r, b, ph, pw, d));
+  } else {
+    store_max_output(a, out, align_output_max(base, step, r, b, ph, pw, d));
+  }
 }
 
 // Adds one output's contributions to the box-gradient sums: every sample
@@ -643,4 +357,4 @@ JAX_ROI_HD int32_t roi_level(const Box<C>& box, const LevelMap& m) {
 
 }  // namespace jax_roi
 
-#endif  // JAX_ROI_CSRC_ROI_MATH_H_
+#endif  // JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_MATH_H_

@@ -1,13 +1,17 @@
-// Types shared by the CPU and CUDA kernels: storage types for half
-// precision, the accumulation-type policy, tensor layouts, the problem
-// dimensions and 64-bit index arithmetic. Nothing here knows about XLA FFI.
-#ifndef JAX_ROI_CSRC_ROI_COMMON_H_
-#define JAX_ROI_CSRC_ROI_COMMON_H_
+// Value types shared by the CPU and CUDA kernels of every op: storage types
+// for half precision, the accumulation-type policy, loads and stores, and the
+// (storage, coordinate) type pairs the kernels are compiled for. Nothing here
+// knows about XLA FFI.
+#ifndef JAX_ROI_CSRC_CORE_TYPES_H_
+#define JAX_ROI_CSRC_CORE_TYPES_H_
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
+// JAX_ROI_HD marks the functions the CPU and CUDA kernels share. Under a
+// host compiler (CPU kernels, FFI handlers, or CUDA kernels run by the host
+// emulation of core/cuda_compat.h) they are plain inline functions.
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -40,25 +44,21 @@ struct AccType<double> {
 template <typename T>
 using acc_t = typename AccType<T>::type;
 
-JAX_ROI_HD uint32_t float_bits(float v) {
+// The bits of a float and back.
 #if defined(__CUDA_ARCH__)
-  return __float_as_uint(v);
+JAX_ROI_HD uint32_t float_bits(float v) { return __float_as_uint(v); }
+JAX_ROI_HD float bits_float(uint32_t u) { return __uint_as_float(u); }
 #else
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  return u;
-#endif
+template <typename To, typename From>
+inline To bit_copy(From v) {
+  static_assert(sizeof(To) == sizeof(From), "bit_copy needs types of one size");
+  To out;
+  std::memcpy(&out, &v, sizeof(out));
+  return out;
 }
-
-JAX_ROI_HD float bits_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float v;
-  std::memcpy(&v, &u, sizeof(v));
-  return v;
+JAX_ROI_HD uint32_t float_bits(float v) { return bit_copy<uint32_t>(v); }
+JAX_ROI_HD float bits_float(uint32_t u) { return bit_copy<float>(u); }
 #endif
-}
 
 JAX_ROI_HD float to_float(f16 h) {
 #if defined(__CUDA_ARCH__)
@@ -134,61 +134,17 @@ JAX_ROI_HD void store(bf16* p, float v) { *p = to_bf16(v); }
 
 // Every (storage type, coordinate type) pair the kernels are compiled for:
 // features float32/float64/float16/bfloat16 times boxes float32/float64.
-#define JAX_ROI_FOR_EACH_TYPE_PAIR(M) \
-  M(float, float)                     \
-  M(float, double)                    \
-  M(double, float)                    \
-  M(double, double)                   \
-  M(::jax_roi::f16, float)            \
-  M(::jax_roi::f16, double)           \
-  M(::jax_roi::bf16, float)           \
-  M(::jax_roi::bf16, double)
-
-// Feature-map layout. NCHW is torchvision's, NHWC is Flax's. Outputs follow
-// the features: (K, C, PH, PW) for NCHW, (K, PH, PW, C) for NHWC.
-enum class Layout : int32_t { kNCHW = 0, kNHWC = 1 };
-
-// Problem dimensions of one RoI op. All sizes are 64-bit.
-//
-// Two box formats:
-//   rois_per_image == 0: rois is (K, 5), rows [batch_index, x1, y1, x2, y2];
-//   rois_per_image == R > 0: rois is (N, R, 4), rows [x1, y1, x2, y2], and
-//     RoI k belongs to image k / R (K = N * R).
-struct RoiDims {
-  int64_t batch = 0;     // N
-  int64_t channels = 0;  // C
-  int64_t height = 0;    // H
-  int64_t width = 0;     // W
-  int64_t num_rois = 0;  // K
-  int64_t rois_per_image = 0;
-  int64_t pooled_height = 0;  // PH
-  int64_t pooled_width = 0;   // PW
-  Layout layout = Layout::kNCHW;
-};
-
-// Flat index of feature element (n, c, h, w).
-JAX_ROI_HD int64_t feature_index(const RoiDims& d, int64_t n, int64_t c, int64_t h,
-                                 int64_t w) {
-  return d.layout == Layout::kNCHW
-             ? ((n * d.channels + c) * d.height + h) * d.width + w
-             : ((n * d.height + h) * d.width + w) * d.channels + c;
-}
-
-// Flat index of feature element (n, c) at spatial offset hw = h * W + w.
-JAX_ROI_HD int64_t feature_index_hw(const RoiDims& d, int64_t n, int64_t c,
-                                    int64_t hw) {
-  return d.layout == Layout::kNCHW ? (n * d.channels + c) * d.height * d.width + hw
-                                   : (n * d.height * d.width + hw) * d.channels + c;
-}
-
-// Flat index of output element (k, c, ph, pw).
-JAX_ROI_HD int64_t output_index(const RoiDims& d, int64_t k, int64_t c, int64_t ph,
-                                int64_t pw) {
-  return d.layout == Layout::kNCHW
-             ? ((k * d.channels + c) * d.pooled_height + ph) * d.pooled_width + pw
-             : ((k * d.pooled_height + ph) * d.pooled_width + pw) * d.channels + c;
-}
+// Expands M(T, C, extra...) for each pair (see core/kernel.h).
+#define JAX_ROI_FOR_EACH_TYPE_PAIR(M, ...)  \
+  M(float, float, __VA_ARGS__)              \
+  M(float, double, __VA_ARGS__)             \
+  M(double, float, __VA_ARGS__)             \
+  M(double, double, __VA_ARGS__)            \
+  M(::jax_roi::f16, float, __VA_ARGS__)     \
+  M(::jax_roi::f16, double, __VA_ARGS__)    \
+  M(::jax_roi::bf16, float, __VA_ARGS__)    \
+  M(::jax_roi::bf16, double, __VA_ARGS__)
 
 }  // namespace jax_roi
 
-#endif  // JAX_ROI_CSRC_ROI_COMMON_H_
+#endif  // JAX_ROI_CSRC_CORE_TYPES_H_

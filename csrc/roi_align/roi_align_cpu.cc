@@ -1,7 +1,7 @@
 // RoIAlign CPU kernels (avg and max modes, feature and box gradients).
 //
 // Sample positions and bilinear weights depend on the RoI and the bin, not on
-// the channel: they are computed once per RoI (roi_math.h) into a compact
+// the channel: they are computed once per RoI (roi_align_math.h) into a compact
 // cache that every channel then reuses in the same order, so the results are
 // exactly those of the per-element math.
 //
@@ -19,8 +19,15 @@
 #include <numeric>
 #include <vector>
 
-#include "cpu_kernels.h"
-#include "roi_math.h"
+#include "core/bilinear.h"
+#include "core/box.h"
+#include "core/dims.h"
+#include "core/kernel.h"
+#include "core/sample_grid.h"
+#include "core/task_runner.h"
+#include "core/types.h"
+#include "roi_align/roi_align_kernels.h"
+#include "roi_align/roi_align_math.h"
 
 namespace jax_roi {
 namespace cpu {
@@ -29,10 +36,7 @@ namespace {
 // One sample in the sampling region: spatial offsets (h * W + w) of its four
 // neighbours and its bilinear weights in the accumulation type.
 template <typename A>
-struct Sample {
-  int32_t o1, o2, o3, o4;
-  A w1, w2, w3, w4;
-};
+using Sample = BilinearTaps<A, int32_t>;
 
 // The samples of every bin of one RoI, bin after bin.
 template <typename C, typename A>
@@ -68,13 +72,7 @@ struct RoiSamples {
         begin[i] = static_cast<int64_t>(samples.size());
         for_each_sample(this->roi, bins[i], ph, pw, d,
                         [&](int64_t sy, int64_t sx, const Bilinear<C>& s) {
-                          samples.push_back(Sample<A>{
-                              static_cast<int32_t>(s.y_low * w + s.x_low),
-                              static_cast<int32_t>(s.y_low * w + s.x_high),
-                              static_cast<int32_t>(s.y_high * w + s.x_low),
-                              static_cast<int32_t>(s.y_high * w + s.x_high),
-                              static_cast<A>(s.w1), static_cast<A>(s.w2),
-                              static_cast<A>(s.w3), static_cast<A>(s.w4)});
+                          samples.push_back(bilinear_taps<A, int32_t>(s, w));
                           if (with_indices) {
                             iy.push_back(static_cast<int32_t>(sy));
                             ix.push_back(static_cast<int32_t>(sx));
@@ -172,21 +170,6 @@ void build_group(std::vector<RoiSamples<C, A>>& caches, const std::vector<int64_
                   });
 }
 
-template <typename T, typename A>
-inline A sample_value(const Sample<A>& s, const T* base) {
-  return bilinear_value(s.w1, s.w2, s.w3, s.w4, load(base + s.o1), load(base + s.o2),
-                        load(base + s.o3), load(base + s.o4));
-}
-
-// NHWC: neighbours of sample s at channel c of an image's pixels.
-template <typename T, typename A>
-inline A sample_value_nhwc(const Sample<A>& s, const T* pixels, int64_t channels,
-                           int64_t c) {
-  return bilinear_value(s.w1, s.w2, s.w3, s.w4, load(pixels + s.o1 * channels + c),
-                        load(pixels + s.o2 * channels + c), load(pixels + s.o3 * channels + c),
-                        load(pixels + s.o4 * channels + c));
-}
-
 // Forward of a group of one level's RoIs (d, o, features: the level's).
 template <typename T, typename C>
 void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const RoiDims& d,
@@ -195,7 +178,6 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
   using A = acc_t<T>;
   const int64_t Cn = d.channels, HW = d.height * d.width;
   const int64_t nbins = d.pooled_height * d.pooled_width;
-  const bool with_argmax = o.max_mode && a.argmax_y != nullptr;
   if (d.layout == Layout::kNCHW) {
     parallel_ranges(runner, Cn, 4 * runner.concurrency(), [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
@@ -209,7 +191,7 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
             const Sample<A>* end = s.samples.data() + s.begin[i + 1];
             if (!o.max_mode) {
               A sum = A(0);
-              for (; p != end; ++p) sum += sample_value(*p, plane);
+              for (; p != end; ++p) sum += bilinear_gather(plane, 1, *p);
               store(a.output + out0 + i, sum / count);
               continue;
             }
@@ -217,15 +199,11 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
             MaxSample<A> m;
             m.init();
             for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
-              m.offer(sample_value(s.samples[j], plane), s.iy[j] * grid_w + s.ix[j], s.iy[j],
+              m.offer(bilinear_gather(plane, 1, s.samples[j]), s.iy[j] * grid_w + s.ix[j], s.iy[j],
                       s.ix[j]);
             }
             m.finish(s.bins[i], first_outside(s.bins[i]));
-            store(a.output + out0 + i, m.value);
-            if (with_argmax) {
-              a.argmax_y[out0 + i] = static_cast<int32_t>(m.iy);
-              a.argmax_x[out0 + i] = static_cast<int32_t>(m.ix);
-            }
+            store_max_output(a, out0 + i, m);
           }
         }
       }
@@ -265,18 +243,14 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
         for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
           const int64_t index = int64_t{s.iy[j]} * grid_w + s.ix[j];
           for (int64_t c = 0; c < Cn; ++c) {
-            best[c].offer(sample_value_nhwc(s.samples[j], pixels, Cn, c), index, s.iy[j],
+            best[c].offer(bilinear_gather(pixels + c, Cn, s.samples[j]), index, s.iy[j],
                           s.ix[j]);
           }
         }
         const int64_t outside = first_outside(s.bins[i]);
         for (int64_t c = 0; c < Cn; ++c) {
           best[c].finish(s.bins[i], outside);
-          store(a.output + out + c, best[c].value);
-          if (with_argmax) {
-            a.argmax_y[out + c] = static_cast<int32_t>(best[c].iy);
-            a.argmax_x[out + c] = static_cast<int32_t>(best[c].ix);
-          }
+          store_max_output(a, out + c, best[c]);
         }
       }
     }
@@ -303,11 +277,7 @@ void backward_group(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features,
           for (int64_t i = 0; i < nbins; ++i) {
             const A g = load(a.grad_output + (s.k * Cn + c) * nbins + i);
             for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
-              const Sample<A>& p = s.samples[j];
-              plane[p.o1] += div(g * p.w1);
-              plane[p.o2] += div(g * p.w2);
-              plane[p.o3] += div(g * p.w3);
-              plane[p.o4] += div(g * p.w4);
+              bilinear_scatter(plane, 1, s.samples[j], [&](A* q, A w) { *q += div(g * w); });
             }
           }
         }
@@ -326,17 +296,12 @@ void backward_group(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features,
         A* __restrict gp = g.data();
         for (int64_t c = 0; c < cn; ++c) gp[c] = load(go + c);
         for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
-          const Sample<A> p = s.samples[j];
-          A* q1 = pixels + p.o1 * Cn;  // May coincide: no __restrict.
-          A* q2 = pixels + p.o2 * Cn;
-          A* q3 = pixels + p.o3 * Cn;
-          A* q4 = pixels + p.o4 * Cn;
           // The four neighbours may coincide (edge replication), so the
-          // four updates stay separate passes, in torchvision's order.
-          for (int64_t c = 0; c < cn; ++c) q1[c] += div(gp[c] * p.w1);
-          for (int64_t c = 0; c < cn; ++c) q2[c] += div(gp[c] * p.w2);
-          for (int64_t c = 0; c < cn; ++c) q3[c] += div(gp[c] * p.w3);
-          for (int64_t c = 0; c < cn; ++c) q4[c] += div(gp[c] * p.w4);
+          // four updates stay separate passes over the channels, in
+          // torchvision's order (and q gets no __restrict).
+          bilinear_scatter(pixels, Cn, s.samples[j], [&](A* q, A w) {
+            for (int64_t c = 0; c < cn; ++c) q[c] += div(gp[c] * w);
+          });
         }
       }
     }
@@ -348,7 +313,6 @@ void backward_group(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features,
 template <typename T, typename C>
 void forward_uncached(const AlignForwardArgs<T, C>& a, const T* features, const RoiDims& d,
                       const AlignOptions& o, int64_t k, TaskRunner& runner) {
-  using A = acc_t<T>;
   const Box<C> box = read_box(a.rois, k, d);
   const AlignRoi<C> r =
       align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
@@ -358,18 +322,7 @@ void forward_uncached(const AlignForwardArgs<T, C>& a, const T* features, const 
       const T* base = features + feature_index_hw(d, r.empty ? 0 : box.image, c, 0);
       for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
         for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
-          const int64_t out = output_index(d, k, c, ph, pw);
-          const AlignBin b = align_bin(r, ph, pw, d);
-          if (!o.max_mode) {
-            store(a.output + out, align_output_avg(base, step, r, b, ph, pw, d));
-            continue;
-          }
-          const MaxSample<A> m = align_output_max(base, step, r, b, ph, pw, d);
-          store(a.output + out, m.value);
-          if (a.argmax_y != nullptr) {
-            a.argmax_y[out] = static_cast<int32_t>(m.iy);
-            a.argmax_x[out] = static_cast<int32_t>(m.ix);
-          }
+          store_align_output(a, output_index(d, k, c, ph, pw), base, step, r, ph, pw, d);
         }
       }
     }
@@ -396,10 +349,8 @@ void backward_uncached(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features
           const A g = load(a.grad_output + output_index(d, k, c, ph, pw));
           for_each_sample(r, align_bin(r, ph, pw, d), ph, pw, d,
                           [&](int64_t, int64_t, const Bilinear<C>& s) {
-                            grad[(s.y_low * W + s.x_low) * step] += div(g * static_cast<A>(s.w1));
-                            grad[(s.y_low * W + s.x_high) * step] += div(g * static_cast<A>(s.w2));
-                            grad[(s.y_high * W + s.x_low) * step] += div(g * static_cast<A>(s.w3));
-                            grad[(s.y_high * W + s.x_high) * step] += div(g * static_cast<A>(s.w4));
+                            bilinear_scatter(grad, step, bilinear_taps<A>(s, W),
+                                             [&](A* q, A w) { *q += div(g * w); });
                           });
         }
       }
@@ -431,10 +382,7 @@ void backward_max(const AlignBackwardArgs<T, C>& a, TaskRunner& runner) {
             if (!s.valid) continue;
             const A g = load(a.grad_output + out);
             A* grad = level.data + feature_index_hw(d, box.image, c, 0);
-            grad[(s.y_low * W + s.x_low) * step] += g * static_cast<A>(s.w1);
-            grad[(s.y_low * W + s.x_high) * step] += g * static_cast<A>(s.w2);
-            grad[(s.y_high * W + s.x_low) * step] += g * static_cast<A>(s.w3);
-            grad[(s.y_high * W + s.x_high) * step] += g * static_cast<A>(s.w4);
+            bilinear_scatter(grad, step, bilinear_taps<A>(s, W), [&](A* q, A w) { *q += g * w; });
           }
         }
       }
@@ -504,7 +452,7 @@ template <typename T, typename C>
 void roi_align_box_grad(const AlignBoxGradArgs<T, C>& a, TaskRunner& runner) {
   using A = acc_t<T>;
   const int64_t Cn = a.dims.channels;
-  const int64_t row = a.dims.rois_per_image > 0 ? 4 : 5;
+  const int64_t row = roi_row_size(a.dims);
   parallel_ranges(runner, a.dims.num_rois, 4 * runner.concurrency(),
                   [&](int64_t k_begin, int64_t k_end) {
     RoiSamples<C, A> cache;
@@ -552,12 +500,9 @@ void roi_align_box_grad(const AlignBoxGradArgs<T, C>& a, TaskRunner& runner) {
   });
 }
 
-#define JAX_ROI_INSTANTIATE_ALIGN(T, C)                                                 \
-  template void roi_align_forward<T, C>(const AlignForwardArgs<T, C>&, TaskRunner&);   \
-  template void roi_align_backward<T, C>(const AlignBackwardArgs<T, C>&, TaskRunner&); \
-  template void roi_align_box_grad<T, C>(const AlignBoxGradArgs<T, C>&, TaskRunner&);
-JAX_ROI_FOR_EACH_TYPE_PAIR(JAX_ROI_INSTANTIATE_ALIGN)
-#undef JAX_ROI_INSTANTIATE_ALIGN
-
 }  // namespace cpu
 }  // namespace jax_roi
+
+JAX_ROI_INSTANTIATE_CPU_KERNEL(roi_align_forward, AlignForwardArgs)
+JAX_ROI_INSTANTIATE_CPU_KERNEL(roi_align_backward, AlignBackwardArgs)
+JAX_ROI_INSTANTIATE_CPU_KERNEL(roi_align_box_grad, AlignBoxGradArgs)

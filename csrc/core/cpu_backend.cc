@@ -1,7 +1,11 @@
-// XLA FFI handlers of the CPU kernels.
+// The CPU back end: XLA's intra-op thread pool as a TaskRunner, with IEEE
+// subnormals on every thread the kernels use.
+#include "core/cpu_backend.h"
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <functional>
@@ -14,9 +18,8 @@
 #include <xmmintrin.h>
 #endif
 
-#include "cpu_kernels.h"
-#include "ffi_handlers.h"
-#include "xla/ffi/api/ffi.h"
+#include "core/ffi_helpers.h"
+#include "core/task_runner.h"
 
 namespace jax_roi {
 namespace {
@@ -119,10 +122,9 @@ class ThreadPoolRunner final : public cpu::TaskRunner {
   int64_t concurrency_ = 1;
 };
 
-// Runs a kernel with IEEE subnormals on the pool; exceptions (the kernels'
-// only failure is running out of memory for their caches) become errors.
-template <typename F>
-ffi::Error run_kernel(ffi::ThreadPool& pool, F&& kernel) {
+}  // namespace
+
+ffi::Error run_kernel(ffi::ThreadPool& pool, KernelRef kernel) {
   ScopedSubnormals subnormals;
   try {
     ThreadPoolRunner runner(pool);
@@ -136,55 +138,4 @@ ffi::Error run_kernel(ffi::ThreadPool& pool, F&& kernel) {
   }
 }
 
-struct CpuBackend {
-  using Context = ffi::ThreadPool;
-
-  template <typename T, typename C>
-  static ffi::Error roi_pool_forward(Context pool, const PoolForwardArgs<T, C>& args) {
-    return run_kernel(pool, [&](cpu::TaskRunner& r) { cpu::roi_pool_forward(args, r); });
-  }
-
-  template <typename T, typename C>
-  static ffi::Error roi_pool_backward(Context pool, const PoolBackwardArgs<T, C>& args) {
-    return run_kernel(pool, [&](cpu::TaskRunner& r) { cpu::roi_pool_backward(args, r); });
-  }
-
-  template <typename T, typename C>
-  static ffi::Error roi_align_forward(Context pool, const AlignForwardArgs<T, C>& args) {
-    return run_kernel(pool, [&](cpu::TaskRunner& r) { cpu::roi_align_forward(args, r); });
-  }
-
-  template <typename T, typename C>
-  static ffi::Error roi_align_backward(Context pool, const AlignBackwardArgs<T, C>& args) {
-    return run_kernel(pool, [&](cpu::TaskRunner& r) { cpu::roi_align_backward(args, r); });
-  }
-
-  template <typename T, typename C>
-  static ffi::Error roi_align_box_grad(Context pool, const AlignBoxGradArgs<T, C>& args) {
-    return run_kernel(pool, [&](cpu::TaskRunner& r) { cpu::roi_align_box_grad(args, r); });
-  }
-};
-
-}  // namespace
 }  // namespace jax_roi
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiPoolForwardCpu, jax_roi::RoiPoolForward<jax_roi::CpuBackend>,
-                              jax_roi::RoiPoolForwardBinding<xla::ffi::ThreadPool>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiPoolBackwardCpu,
-                              jax_roi::RoiPoolBackward<jax_roi::CpuBackend>,
-                              jax_roi::RoiPoolBackwardBinding<xla::ffi::ThreadPool>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignForwardCpu,
-                              jax_roi::RoiAlignForward<jax_roi::CpuBackend>,
-                              jax_roi::RoiAlignForwardBinding<xla::ffi::ThreadPool>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignBackwardCpu,
-                              jax_roi::RoiAlignBackward<jax_roi::CpuBackend>,
-                              jax_roi::RoiAlignBackwardBinding<xla::ffi::ThreadPool>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiAlignBoxGradCpu,
-                              jax_roi::RoiAlignBoxGrad<jax_roi::CpuBackend>,
-                              jax_roi::RoiAlignBoxGradBinding<xla::ffi::ThreadPool>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiMultiScaleForwardCpu, jax_roi::MultiScaleForward<jax_roi::CpuBackend>,
-                              jax_roi::MultiScaleForwardBinding<xla::ffi::ThreadPool>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiMultiScaleBackwardCpu, jax_roi::MultiScaleBackward<jax_roi::CpuBackend>,
-                              jax_roi::MultiScaleBackwardBinding<xla::ffi::ThreadPool>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxRoiMultiScaleBoxGradCpu, jax_roi::MultiScaleBoxGrad<jax_roi::CpuBackend>,
-                              jax_roi::MultiScaleBoxGradBinding<xla::ffi::ThreadPool>());

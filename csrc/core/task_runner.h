@@ -1,0 +1,41 @@
+// Parallelism of the CPU kernels. They know nothing of XLA FFI: the caller
+// (core/cpu_backend.h) hands them a TaskRunner over XLA's thread pool.
+#ifndef JAX_ROI_CSRC_CORE_TASK_RUNNER_H_
+#define JAX_ROI_CSRC_CORE_TASK_RUNNER_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+
+namespace jax_roi {
+namespace cpu {
+
+// Runs independent tasks, possibly concurrently.
+class TaskRunner {
+ public:
+  virtual ~TaskRunner() = default;
+  // How many tasks may usefully run at once (>= 1).
+  virtual int64_t concurrency() const = 0;
+  // Calls fn(i) once for every i in [0, n) and returns when all calls have
+  // returned. Calls may run on any thread, in any order.
+  virtual void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) = 0;
+};
+
+// Splits [0, n) into at most `parts` contiguous ranges and runs
+// fn(begin, end) for each of them through the runner.
+template <typename F>
+void parallel_ranges(TaskRunner& runner, int64_t n, int64_t parts, F&& fn) {
+  if (n <= 0) return;
+  parts = std::max<int64_t>(1, std::min(parts, n));
+  const int64_t chunk = (n + parts - 1) / parts;
+  const int64_t tasks = (n + chunk - 1) / chunk;
+  runner.parallel_for(tasks, [&](int64_t t) {
+    const int64_t begin = t * chunk;
+    fn(begin, std::min(n, begin + chunk));
+  });
+}
+
+}  // namespace cpu
+}  // namespace jax_roi
+
+#endif  // JAX_ROI_CSRC_CORE_TASK_RUNNER_H_

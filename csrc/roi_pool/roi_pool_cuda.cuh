@@ -1,0 +1,82 @@
+// RoIPool CUDA kernels and their launchers. The per-element math is
+// roi_pool_math.h, shared with the CPU kernels. Kernel code only: no XLA FFI,
+// and launches go through core/cuda_compat.h, so that this header also
+// compiles with a host compiler under JAX_ROI_CUDA_EMULATION.
+// Instantiated by roi_kernels.cu.
+#ifndef JAX_ROI_CSRC_ROI_POOL_ROI_POOL_CUDA_CUH_
+#define JAX_ROI_CSRC_ROI_POOL_ROI_POOL_CUDA_CUH_
+
+#include <cstdint>
+
+#include "core/box.h"
+#include "core/cuda_compat.h"
+#include "core/cuda_launch.h"
+#include "core/dims.h"
+#include "core/types.h"
+#include "roi_pool/roi_pool_kernels.h"
+#include "roi_pool/roi_pool_math.h"
+
+namespace jax_roi {
+namespace cuda {
+
+template <typename T, typename C>
+__global__ void roi_pool_forward_kernel(PoolForwardArgs<T, C> a, int64_t total) {
+  using A = acc_t<T>;
+  const RoiDims& d = a.dims;
+  const C scale = static_cast<C>(a.spatial_scale);
+  const int64_t stride_h = d.layout == Layout::kNCHW ? d.width : d.width * d.channels;
+  const int64_t stride_w = d.layout == Layout::kNCHW ? 1 : d.channels;
+  for_each_output(d, total, [&](int64_t i, int64_t k, int64_t c, int64_t ph, int64_t pw) {
+    const Box<C> box = read_box(a.rois, k, d);
+    const PoolRoi<C> r = pool_roi(box, scale, d);
+    A value = A(0);
+    int32_t index = -1;
+    if (!r.empty) {
+      const Window rows = pool_bin(ph, r.bin_h, r.start_h, d.height);
+      const Window cols = pool_bin(pw, r.bin_w, r.start_w, d.width);
+      if (!rows.empty() && !cols.empty()) {
+        const T* base = a.features + feature_index(d, box.image, c, 0, 0);
+        value = window_max(base, stride_h, stride_w, d.width, rows, cols, &index);
+      }
+    }
+    store(a.output + i, value);
+    if (a.argmax != nullptr) a.argmax[i] = index;
+  });
+}
+
+template <typename T, typename C>
+__global__ void roi_pool_backward_kernel(PoolBackwardArgs<T, C> a, int64_t total) {
+  const RoiDims& d = a.dims;
+  const int64_t hw_size = d.height * d.width;
+  for (int64_t i = grid_thread_index(); i < total; i += grid_thread_count()) {
+    const int64_t hw = a.argmax[i];
+    if (hw < 0 || hw >= hw_size) continue;
+    int64_t k, c, ph, pw;
+    split_output_index(d, i, &k, &c, &ph, &pw);
+    const int64_t image = read_box(a.rois, k, d).image;
+    if (image < 0) continue;
+    atomicAdd(a.grad_features + feature_index_hw(d, image, c, hw), load(a.grad_output + i));
+  }
+}
+
+template <typename T, typename C>
+cudaError_t roi_pool_forward(cudaStream_t stream, const PoolForwardArgs<T, C>& args) {
+  const int64_t total = output_count(args.dims);
+  return launch_over(total, roi_pool_forward_kernel<T, C>, stream, args, total);
+}
+
+template <typename T, typename C>
+cudaError_t roi_pool_backward(cudaStream_t stream, const PoolBackwardArgs<T, C>& args) {
+  const RoiDims& d = args.dims;
+  const int64_t grad_size = d.batch * d.channels * d.height * d.width;
+  if (grad_size == 0) return cudaSuccess;
+  const cudaError_t err = zero_async(args.grad_features, grad_size, stream);
+  if (err != cudaSuccess) return err;
+  const int64_t total = output_count(d);
+  return launch_over(total, roi_pool_backward_kernel<T, C>, stream, args, total);
+}
+
+}  // namespace cuda
+}  // namespace jax_roi
+
+#endif  // JAX_ROI_CSRC_ROI_POOL_ROI_POOL_CUDA_CUH_
