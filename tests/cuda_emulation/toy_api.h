@@ -23,7 +23,7 @@ cudaError_t block_sum(cudaStream_t s, const int* x, int64_t n, int* out, bool sy
 cudaError_t barrier_predicates(cudaStream_t s, const int* x, int* out, unsigned blocks,
                                unsigned threads);
 cudaError_t warp_sum(cudaStream_t s, const int* x, int64_t n, int* out, unsigned threads);
-cudaError_t warp_sum_divergent(cudaStream_t s, const int* x, int* out, unsigned blocks);
+cudaError_t warp_sum_divergent(cudaStream_t s, const unsigned* x, unsigned* out, unsigned blocks);
 cudaError_t warp_ops(cudaStream_t s, const int* x, int* out, unsigned blocks, unsigned threads);
 cudaError_t reverse(cudaStream_t s, const float* x, float* y, unsigned blocks, unsigned threads,
                     size_t smem);
@@ -75,7 +75,7 @@ inline void bind(pybind11::module_ m) {
   });
   m.def("warp_sum_divergent", [=](py::array x, py::array out, unsigned blocks) {
     return static_cast<int>(
-        warp_sum_divergent(st, data<int>(x, "x"), data<int>(out, "out"), blocks));
+        warp_sum_divergent(st, data<unsigned>(x, "x"), data<unsigned>(out, "out"), blocks));
   });
   m.def("warp_ops", [=](py::array x, py::array out, unsigned blocks, unsigned threads) {
     return static_cast<int>(

@@ -119,8 +119,9 @@ __global__ void warp_sum_kernel(const int* x, int64_t n, int* out) {
 
 // A bug: a full-warp reduction run by half of the warp (the other lanes
 // exit), so lanes 0-15 read lanes 16-31, which never provide a value.
-__global__ void warp_sum_divergent_kernel(const int* x, int* out) {
-  int v = x[blockIdx.x * blockDim.x + threadIdx.x];
+// (Unsigned: the undefined values must not overflow a signed sum.)
+__global__ void warp_sum_divergent_kernel(const unsigned* x, unsigned* out) {
+  unsigned v = x[blockIdx.x * blockDim.x + threadIdx.x];
   if ((threadIdx.x & 31) >= 16) return;
   for (int offset = 16; offset > 0; offset /= 2) {
     v += __shfl_down_sync(0xffffffffu, v, offset);
@@ -229,7 +230,7 @@ cudaError_t warp_sum(cudaStream_t s, const int* x, int64_t n, int* out,
   const unsigned blocks = static_cast<unsigned>((n + threads - 1) / threads);
   return launch_kernel(warp_sum_kernel, dim3(blocks), dim3(threads), 0, s, x, n, out);
 }
-cudaError_t warp_sum_divergent(cudaStream_t s, const int* x, int* out, unsigned blocks) {
+cudaError_t warp_sum_divergent(cudaStream_t s, const unsigned* x, unsigned* out, unsigned blocks) {
   return launch_kernel(warp_sum_divergent_kernel, dim3(blocks), dim3(64), 0, s, x, out);
 }
 cudaError_t warp_ops(cudaStream_t s, const int* x, int* out, unsigned blocks,
