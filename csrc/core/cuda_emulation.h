@@ -635,7 +635,7 @@ inline std::string thread_name(const Block& b, unsigned t) {
 
 inline void set_thread_builtins(const Block& b, unsigned t) {
   const unsigned bx = b.dim.x, by = b.dim.y;
-  threadIdx = uint3{t % bx, (t / bx) % by, t / (bx * by)};
+  threadIdx = b.dim.x == b.n ? uint3{t, 0, 0} : uint3{t % bx, (t / bx) % by, t / (bx * by)};
 }
 
 inline void mark_failed(Block& b, const std::string& why) {
