@@ -22,6 +22,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -77,6 +78,11 @@ def emu():
         if r.returncode != 0:
           pytest.fail(f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}")
       (build / "built").touch()
+    os.utime(build / "built")  # last use; builds unused for a week are pruned
+    for old in base.iterdir():
+      stamp = old / "built"
+      if old != build and stamp.exists() and time.time() - stamp.stat().st_mtime > 7 * 86400:
+        shutil.rmtree(old, ignore_errors=True)
   sys.path.insert(0, str(build))
   try:
     mod = importlib.import_module("_toy_emulation")
@@ -219,6 +225,24 @@ def test_block_reduction_needs_its_barriers(emu, k):
     assert k.block_sum(x, out, False) == emu.cudaSuccess
     wrong += not np.array_equal(out, expected)
   assert wrong > 0, "the reduction without __syncthreads() was right for every seed"
+
+
+def test_concurrent_launches_from_several_os_threads(emu, k):
+  # __shared__ is per OS thread (static thread_local): launches running at
+  # the same time on different threads must not share it.
+  from concurrent.futures import ThreadPoolExecutor
+  rng = np.random.default_rng(7)
+  inputs = [rng.integers(-100, 100, 256 * 40).astype(np.int32) for _ in range(4)]
+
+  def work(x):
+    for _ in range(10):
+      out = np.zeros(40, np.int32)
+      assert k.block_sum(x, out, True) == emu.cudaSuccess
+      np.testing.assert_array_equal(out, x.reshape(40, 256).sum(1))
+    return True
+
+  with ThreadPoolExecutor(4) as pool:
+    assert all(pool.map(work, inputs))
 
 
 def test_barrier_predicates(emu, k):

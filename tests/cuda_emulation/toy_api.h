@@ -61,9 +61,14 @@ inline void bind(pybind11::module_ m) {
         data<int>(max_value, "max_value"), data<unsigned long long>(cas_count, "cas_count"),
         data<double>(dsum, "dsum"), data<unsigned>(wrap, "wrap"), data<int>(winner, "winner")));
   });
+  // Runs without the GIL: Python threads can launch concurrently, as XLA's
+  // threads do.
   m.def("block_sum", [=](py::array x, py::array out, bool sync) {
-    return static_cast<int>(block_sum(st, data<int>(x, "x"), static_cast<int64_t>(x.size()),
-                                      data<int>(out, "out"), sync));
+    const int* xp = data<int>(x, "x");
+    int* op = data<int>(out, "out");
+    const int64_t n = static_cast<int64_t>(x.size());
+    py::gil_scoped_release release;
+    return static_cast<int>(block_sum(st, xp, n, op, sync));
   });
   m.def("barrier_predicates", [=](py::array x, py::array out, unsigned blocks, unsigned threads) {
     return static_cast<int>(
