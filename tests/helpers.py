@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+import jax_roi
+
 DTYPES = {
     "float32": np.float32,
     "float64": np.float64,
@@ -68,3 +70,58 @@ def to_layout(features_nchw, layout):
 def pooled_to_nchw(out, layout):
   """A per-RoI output in `layout` order -> (..., C, PH, PW)."""
   return out if layout == "NCHW" else jnp.moveaxis(out, -1, -3)
+
+
+def nchw_to(x, layout):
+  """NCHW numpy features -> `layout`."""
+  return x if layout == "NCHW" else np.moveaxis(x, 1, 3)
+
+
+def nchw_of(x, layout):
+  """Features in `layout` -> NCHW numpy."""
+  return np.asarray(x) if layout == "NCHW" else np.moveaxis(np.asarray(x), 3, 1)
+
+
+def pooled_from_nchw(x, layout):
+  """A per-RoI result (..., C, PH, PW) -> `layout` order."""
+  return x if layout == "NCHW" else np.moveaxis(x, -3, -1)
+
+
+# One configuration of each op (and mode), called as OPS[name](x, rois, **kw).
+OPS = {
+    "roi_pool": lambda x, r, **kw: jax_roi.roi_pool(x, r, (3, 2), spatial_scale=0.5, **kw),
+    "roi_align": lambda x, r, **kw: jax_roi.roi_align(
+        x, r, (3, 2), spatial_scale=0.5, sampling_ratio=2, **kw),
+    "roi_align_max": lambda x, r, **kw: jax_roi.roi_align(
+        x, r, (3, 2), spatial_scale=0.5, sampling_ratio=0, aligned=True, mode="max", **kw),
+}
+
+
+def draw_dims(draw, st, max_hw, max_k, max_out, scales):
+  """Hypothesis draws shared by the property tests, in a fixed order:
+  (n, c, h, w, k, output_size, spatial_scale)."""
+  n = draw(st.integers(1, 3))
+  c = draw(st.integers(1, 4))
+  h = draw(st.integers(1, max_hw))
+  w = draw(st.integers(1, max_hw))
+  k = draw(st.integers(0, max_k))
+  output_size = (draw(st.integers(1, max_out)), draw(st.integers(1, max_out)))
+  return n, c, h, w, k, output_size, draw(st.sampled_from(scales))
+
+
+def random_rois(rng, fmt, n, k, h, w, scale, hostile, padding=0.2):
+  """(k, 5) rows with a fraction `padding` of padding rows ("indexed") or
+  (n, k, 4) boxes ("batched") on an (h, w) map seen at `scale` (0 counts as 1)."""
+  img_scale = scale if scale > 0 else 1.0
+  if fmt == "indexed":
+    return indexed_rois(rng, random_boxes(rng, k, h, w, img_scale, hostile), n, padding)
+  return random_boxes(rng, n * k, h, w, img_scale, hostile).reshape(n, k, 4)
+
+
+def random_case(seed, layout, fmt, dtype, box_dtype, n=2, c=3, h=9, w=11, k=6, scale=0.5,
+                hostile=False, padding=0.2):
+  """Features and RoIs of one op call from a seed."""
+  rng = np.random.default_rng(seed)
+  x = random_features(rng, n, c, h, w, layout, dtype)
+  rois = random_rois(rng, fmt, n, k, h, w, scale, hostile, padding)
+  return x, rois.astype(box_dtype)

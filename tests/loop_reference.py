@@ -296,6 +296,12 @@ def _bilinear_value(plane, ya, xa):
            + w3 * plane[:, y_high, x_low]) + w4 * plane[:, y_high, x_high])
 
 
+def _align_inputs(features, rois, layout, coord_dtype):
+  """float64 NCHW features, the rois as an array, and the coordinate type."""
+  rois = np.asarray(rois)
+  return to_nchw(features, layout).astype(np.float64), rois, _coord_type(rois, coord_dtype)
+
+
 @np.errstate(all="ignore")  # inf/NaN coordinates and values are defined
 def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
               aligned=False, mode="avg", layout="NCHW", box_order="xyxy",
@@ -305,11 +311,9 @@ def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
   the grid indices (iy, ix) of the winning sample in max mode, (-1, -1) where
   no gradient flows (and everywhere in avg mode)."""
   assert mode in ("avg", "max"), mode
-  f = to_nchw(features, layout).astype(np.float64)
+  f, rois, ct = _align_inputs(features, rois, layout, coord_dtype)
   n, c_count, h_size, w_size = f.shape
   ph_count, pw_count = output_size
-  rois = np.asarray(rois)
-  ct = _coord_type(rois, coord_dtype)
   lead = rois.shape[:-1]
   k_count = int(np.prod(lead))
   out = np.zeros((k_count, c_count, ph_count, pw_count))
@@ -391,11 +395,9 @@ def roi_align_grad(features, rois, cotangent, output_size, spatial_scale=1.0,
   dbin_h/dy1 = -s/PH, dbin_h/dy2 = s/PH (both 0 under the 1-pixel minimum).
   The grid size and count are piecewise constant: no gradient."""
   assert mode in ("avg", "max"), mode
-  f = to_nchw(features, layout).astype(np.float64)
+  f, rois, ct = _align_inputs(features, rois, layout, coord_dtype)
   n, c_count, h_size, w_size = f.shape
   ph_count, pw_count = output_size
-  rois = np.asarray(rois)
-  ct = _coord_type(rois, coord_dtype)
   cot = np.asarray(cotangent, np.float64)
   if layout == "NHWC":
     cot = np.moveaxis(cot, -1, -3)

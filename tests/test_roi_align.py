@@ -15,8 +15,9 @@ from jax.test_util import check_grads
 
 import jax_roi
 import loop_reference as ref
-from helpers import (DTYPES, indexed_rois, pooled_to_nchw, random_boxes,
-                     random_features, stable_seed)
+from helpers import (DTYPES, draw_dims, indexed_rois, nchw_of, nchw_to, pooled_from_nchw,
+                     pooled_to_nchw, random_boxes, random_case,
+                     random_features, random_rois, stable_seed)
 
 LAYOUTS = ("NCHW", "NHWC")
 IMPLEMENTATIONS = ("ffi", "xla")
@@ -33,18 +34,6 @@ def _parse(name):
           int(sr[2:]), dtype, scale[1:])
 
 
-def _nchw_to(x, layout):
-  return x if layout == "NCHW" else np.moveaxis(x, 1, 3)
-
-
-def _to_nchw(x, layout):
-  return np.asarray(x) if layout == "NCHW" else np.moveaxis(np.asarray(x), 3, 1)
-
-
-def _pooled_from_nchw(x, layout):
-  return x if layout == "NCHW" else np.moveaxis(x, -3, -1)
-
-
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_golden_torchvision(golden, layout, implementation):
@@ -57,9 +46,9 @@ def test_golden_torchvision(golden, layout, implementation):
   for name in cases:
     scale, size, aligned, sr, dtype, scale_key = _parse(name)
     with jax.enable_x64(dtype == "float64"):
-      x = _nchw_to(golden["features"].astype(dtype), layout)
+      x = nchw_to(golden["features"].astype(dtype), layout)
       rois = golden[f"rois_s{scale_key}"].astype(dtype)
-      cot = _pooled_from_nchw(golden[f"{name}_cot"], layout)
+      cot = pooled_from_nchw(golden[f"{name}_cot"], layout)
 
       def align(x):
         return jax_roi.roi_align(x, rois, size, spatial_scale=scale, sampling_ratio=sr,
@@ -67,7 +56,7 @@ def test_golden_torchvision(golden, layout, implementation):
                                  implementation=implementation)
 
       out = np.asarray(pooled_to_nchw(align(x), layout))
-      grad = _to_nchw(jax.grad(lambda x: jnp.sum(align(x) * cot))(x), layout)
+      grad = nchw_of(jax.grad(lambda x: jnp.sum(align(x) * cot))(x), layout)
       if implementation == "ffi":
         np.testing.assert_array_equal(out, golden[f"{name}_out"], err_msg=name)
         tol = 1e-6 if dtype == "float32" else 1e-13
@@ -102,7 +91,7 @@ EDGE_CASES = [
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("roi,sr2,sr2_aligned,adaptive_aligned", EDGE_CASES)
 def test_edge_case_table(roi, sr2, sr2_aligned, adaptive_aligned, layout, implementation):
-  x = _nchw_to(np.arange(2 * 2 * 6 * 8, dtype=np.float32).reshape(2, 2, 6, 8), layout)
+  x = nchw_to(np.arange(2 * 2 * 6 * 8, dtype=np.float32).reshape(2, 2, 6, 8), layout)
   rois = np.array([roi], np.float32)
   for sr, aligned, expected, tol in [(2, False, sr2, 1e-6), (2, True, sr2_aligned, 1e-6),
                                      (0, True, adaptive_aligned, 1e-4),
@@ -113,15 +102,8 @@ def test_edge_case_table(roi, sr2, sr2_aligned, adaptive_aligned, layout, implem
     np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
 
 
-def _case(seed, layout, fmt, dtype, box_dtype, n=2, c=3, h=9, w=11, k=6, scale=0.5,
-          hostile=False, padding=0.2):
-  rng = np.random.default_rng(seed)
-  x = random_features(rng, n, c, h, w, layout, dtype)
-  if fmt == "indexed":
-    rois = indexed_rois(rng, random_boxes(rng, k, h, w, scale, hostile), n, padding)
-  else:
-    rois = random_boxes(rng, n * k, h, w, scale, hostile).reshape(n, k, 4)
-  return x, rois.astype(box_dtype)
+def _case(seed, layout, fmt, dtype, box_dtype, **kw):
+  return random_case(seed, layout, fmt, dtype, box_dtype, **{"k": 6, **kw})
 
 
 CONFIGS = [  # (mode, sampling_ratio, aligned)
@@ -161,13 +143,8 @@ def test_matches_loop_reference(layout, fmt, mode, sr, aligned):
 
 @st.composite
 def align_problems(draw, hostile=True):
-  n = draw(st.integers(1, 3))
-  c = draw(st.integers(1, 4))
-  h = draw(st.integers(1, 10))
-  w = draw(st.integers(1, 10))
-  k = draw(st.integers(0, 8))
-  output_size = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-  scale = draw(st.sampled_from([1.0, 0.5, 0.25, 0.3, 2.0, 0.0]))
+  n, c, h, w, k, output_size, scale = draw_dims(draw, st, 10, 8, 4,
+                                                [1.0, 0.5, 0.25, 0.3, 2.0, 0.0])
   sr = draw(st.sampled_from([-1, 0, 1, 2, 3]))
   aligned = draw(st.booleans())
   mode = draw(st.sampled_from(["avg", "max"]))
@@ -178,11 +155,7 @@ def align_problems(draw, hostile=True):
   x = random_features(rng, n, c, h, w, layout, np.float64)
   if rng.random() < 0.2:
     x[rng.random(x.shape) < 0.1] = rng.choice([np.nan, -np.inf, 0.0])
-  img_scale = scale if scale > 0 else 1.0
-  if fmt == "indexed":
-    rois = indexed_rois(rng, random_boxes(rng, k, h, w, img_scale, hostile), n, 0.2)
-  else:
-    rois = random_boxes(rng, n * k, h, w, img_scale, hostile).reshape(n, k, 4)
+  rois = random_rois(rng, fmt, n, k, h, w, scale, hostile)
   kw = dict(spatial_scale=scale, sampling_ratio=sr, aligned=aligned, mode=mode,
             layout=layout)
   return x, rois, output_size, kw

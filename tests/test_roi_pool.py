@@ -13,25 +13,14 @@ from jax.test_util import check_grads
 
 import jax_roi
 import loop_reference as ref
-from helpers import (DTYPES, indexed_rois, pooled_to_nchw, random_boxes,
-                     random_features, stable_seed, to_layout)
+from helpers import (DTYPES, draw_dims, indexed_rois, nchw_of, nchw_to, pooled_from_nchw,
+                     pooled_to_nchw, random_boxes, random_case,
+                     random_features, random_rois)
 
 LAYOUTS = ("NCHW", "NHWC")
 IMPLEMENTATIONS = ("ffi", "xla")
 GOLDEN = [(scale, size, dtype) for scale in ("1.0", "0.5", "0.25")
           for size in ("3x3", "2x4") for dtype in ("float32", "float64")]
-
-
-def _nchw_to(x, layout):
-  return x if layout == "NCHW" else np.moveaxis(x, 1, 3)
-
-
-def _to_nchw(x, layout):
-  return np.asarray(x) if layout == "NCHW" else np.moveaxis(np.asarray(x), 3, 1)
-
-
-def _pooled_from_nchw(x, layout):
-  return x if layout == "NCHW" else np.moveaxis(x, -3, -1)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -42,9 +31,9 @@ def test_golden_torchvision(golden, scale, size, dtype, layout, implementation):
   name = f"roi_pool_s{scale}_{size}_{dtype}"
   output_size = tuple(int(v) for v in size.split("x"))
   with jax.enable_x64(dtype == "float64"):
-    x = _nchw_to(golden["features"].astype(dtype), layout)
+    x = nchw_to(golden["features"].astype(dtype), layout)
     rois = golden[f"rois_s{scale}"].astype(dtype)
-    cot = _pooled_from_nchw(golden[f"{name}_cot"], layout)
+    cot = pooled_from_nchw(golden[f"{name}_cot"], layout)
 
     def pool(x):
       return jax_roi.roi_pool(x, rois, output_size, spatial_scale=float(scale),
@@ -56,7 +45,7 @@ def test_golden_torchvision(golden, scale, size, dtype, layout, implementation):
     grad = jax.grad(lambda x: jnp.sum(pool(x) * cot))(x)
     assert grad.dtype == np.dtype(dtype)
     tol = 1e-6 if dtype == "float32" else 1e-13
-    np.testing.assert_allclose(_to_nchw(grad, layout), golden[f"{name}_grad"],
+    np.testing.assert_allclose(nchw_of(grad, layout), golden[f"{name}_grad"],
                                rtol=tol, atol=tol)
 
 
@@ -79,32 +68,20 @@ EDGE_CASES = [
 @pytest.mark.parametrize("roi,expected", EDGE_CASES)
 def test_edge_case_table(roi, expected, layout, implementation):
   x = np.arange(2 * 2 * 6 * 8, dtype=np.float32).reshape(2, 2, 6, 8)
-  out = jax_roi.roi_pool(_nchw_to(x, layout), np.array([roi], np.float32), 2,
+  out = jax_roi.roi_pool(nchw_to(x, layout), np.array([roi], np.float32), 2,
                          layout=layout, implementation=implementation)
   out = np.asarray(pooled_to_nchw(out, layout))
   np.testing.assert_array_equal(out[0, 0].ravel(), np.array(expected, np.float32))
 
 
-def _case(seed, layout, fmt, dtype, box_dtype, n=2, c=3, h=9, w=11, k=7,
-          scale=0.5, hostile=False, padding=0.2):
-  rng = np.random.default_rng(seed)
-  x = random_features(rng, n, c, h, w, layout, dtype)
-  if fmt == "indexed":
-    rois = indexed_rois(rng, random_boxes(rng, k, h, w, scale, hostile), n, padding)
-  else:
-    rois = random_boxes(rng, n * k, h, w, scale, hostile).reshape(n, k, 4)
-  return x, rois.astype(box_dtype)
+def _case(seed, layout, fmt, dtype, box_dtype, **kw):
+  return random_case(seed, layout, fmt, dtype, box_dtype, **{"k": 7, **kw})
 
 
 @st.composite
 def pool_problems(draw, hostile=True):
-  n = draw(st.integers(1, 3))
-  c = draw(st.integers(1, 4))
-  h = draw(st.integers(1, 12))
-  w = draw(st.integers(1, 12))
-  k = draw(st.integers(0, 10))
-  output_size = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
-  scale = draw(st.sampled_from([1.0, 0.5, 0.25, 1 / 16, 0.3, 2.0, 0.0]))
+  n, c, h, w, k, output_size, scale = draw_dims(draw, st, 12, 10, 5,
+                                                [1.0, 0.5, 0.25, 1 / 16, 0.3, 2.0, 0.0])
   layout = draw(st.sampled_from(LAYOUTS))
   fmt = draw(st.sampled_from(["indexed", "batched"]))
   box_order = draw(st.sampled_from(["xyxy", "yxyx"]))
@@ -114,11 +91,7 @@ def pool_problems(draw, hostile=True):
   if rng.random() < 0.2:  # ties and NaN features
     x = np.round(x).astype(np.float32)
     x[rng.random(x.shape) < 0.1] = np.nan
-  img_scale = scale if scale > 0 else 1.0
-  if fmt == "indexed":
-    rois = indexed_rois(rng, random_boxes(rng, k, h, w, img_scale, hostile), n, 0.2)
-  else:
-    rois = random_boxes(rng, n * k, h, w, img_scale, hostile).reshape(n, k, 4)
+  rois = random_rois(rng, fmt, n, k, h, w, scale, hostile)
   if box_order == "yxyx":
     perm = [0, 2, 1, 4, 3] if fmt == "indexed" else [1, 0, 3, 2]
     rois = rois[..., perm]

@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 
 import jax_roi
-from helpers import indexed_rois, random_boxes, random_features
+from helpers import OPS, indexed_rois, random_boxes, random_features
 
-OPS = {
-    "roi_pool": lambda x, r, **kw: jax_roi.roi_pool(x, r, (3, 2), spatial_scale=0.5, **kw),
-    "roi_align": lambda x, r, **kw: jax_roi.roi_align(
-        x, r, (3, 2), spatial_scale=0.5, sampling_ratio=2, **kw),
-    "roi_align_max": lambda x, r, **kw: jax_roi.roi_align(
-        x, r, (3, 2), spatial_scale=0.5, sampling_ratio=0, aligned=True, mode="max", **kw),
-}
 BOX_GRAD_OPS = ("roi_align", "roi_align_max")
 LAYOUTS = ("NCHW", "NHWC")
 
