@@ -2,9 +2,10 @@
 // declarations (*_launch.h), on three compilers:
 //
 //  * nvcc (__CUDACC__): <cuda_runtime.h>. JAX_ROI_CUDA_ARCH is __CUDA_ARCH__
-//    in the device pass and undefined otherwise: architecture-dependent code
+//    in the device pass and 0 in the host pass: architecture-dependent code
 //    tests JAX_ROI_CUDA_ARCH, never __CUDA_ARCH__ (core/types.h's half
-//    conversions excepted: they pick device intrinsics).
+//    conversions excepted: they pick device intrinsics). Dynamic shared
+//    memory is declared with JAX_ROI_DYNAMIC_SHARED(type, name).
 //  * a host C++ compiler with JAX_ROI_CUDA_EMULATION defined: the kernels run
 //    on the CPU through core/cuda_emulation.h, which must provide
 //      - __global__, __device__, __host__, __shared__: empty or host
@@ -43,7 +44,18 @@
 
 #if defined(__CUDA_ARCH__)
 #define JAX_ROI_CUDA_ARCH __CUDA_ARCH__
+#else
+#define JAX_ROI_CUDA_ARCH 0  // host pass: kernel bodies are not code-generated
 #endif
+
+// Dynamic shared memory of a kernel: `JAX_ROI_DYNAMIC_SHARED(float, buf);`
+// declares `float* buf` (16-byte aligned, shared_bytes of launch_kernel).
+// One per kernel; the same extern name in every kernel, typed unsigned
+// char, is what nvcc accepts (the emulation's definition is a heap buffer:
+// `extern __shared__` cannot be emulated).
+#define JAX_ROI_DYNAMIC_SHARED(type, name)                                  \
+  extern __shared__ __align__(16) unsigned char jax_roi_dynamic_smem_[]; \
+  type* name = reinterpret_cast<type*>(jax_roi_dynamic_smem_)
 
 namespace jax_roi {
 namespace cuda {
