@@ -17,6 +17,10 @@
 //      - atomicAdd(float*, float) and atomicAdd(double*, double), returning
 //        the old value; __syncthreads();
 //      - cudaStream_t, cudaError_t, cudaSuccess, cudaGetErrorString(cudaError_t);
+//      - cudaGetDeviceCount, cudaGetDevice, cudaSetDevice and
+//        cudaFuncGetAttributes(cudaFuncAttributes*, const void* kernel)
+//        (kernel preloading, core/cuda_launch.h);
+//      - JAX_ROI_DYNAMIC_SHARED(type, name) (dynamic shared memory);
 //      - in namespace jax_roi::cuda, the two functions below:
 //          template <typename... P, typename... A>
 //          cudaError_t launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block,
@@ -30,9 +34,10 @@
 //  * a host C++ compiler otherwise (the FFI handlers, which only call the
 //    launchers): <cuda_runtime_api.h>, for cudaStream_t and cudaError_t.
 //
-// Kernel headers launch only through jax_roi::cuda::launch_kernel (never the
-// <<<>>> syntax, which only nvcc parses) and clear memory only through
-// jax_roi::cuda::memset_async.
+// Kernel headers launch only through core/cuda_launch.h's launch<kernel> and
+// launch_over<kernel> (which register the kernel for preloading and call
+// jax_roi::cuda::launch_kernel; never the <<<>>> syntax, which only nvcc
+// parses) and clear memory only through jax_roi::cuda::memset_async.
 #ifndef JAX_ROI_CSRC_CORE_CUDA_COMPAT_H_
 #define JAX_ROI_CSRC_CORE_CUDA_COMPAT_H_
 
