@@ -58,6 +58,7 @@ PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
   // Kernel preloading (the CUDA handlers' instantiate stage).
   m.def("registered_kernel_count",
         [] { return jax_roi::cuda::registered_kernel_count(); });
+  m.def("kernel_loads", [] { return jax_roi::cuda::kernel_loads(); });
   m.def("preload_kernels",
         [] { return static_cast<int>(jax_roi::cuda::preload_kernels()); });
 }

@@ -96,6 +96,7 @@ struct KernelList {
   std::mutex mu;
   std::vector<const void*> kernels;       // guarded by mu
   std::vector<bool> loaded_on_device;     // guarded by mu
+  size_t loads = 0;                       // successful loads so far; guarded by mu
 };
 
 inline KernelList& kernel_list() {
@@ -130,6 +131,14 @@ inline size_t registered_kernel_count() {
   return l.kernels.size();
 }
 
+// How many kernel loads preload_registered_kernels() has made in this
+// process (every kernel once per device, when all goes well).
+inline size_t kernel_loads() {
+  detail::KernelList& l = detail::kernel_list();
+  std::lock_guard<std::mutex> lock(l.mu);
+  return l.loads;
+}
+
 // Loads every registered kernel on every visible device, once per device per
 // process (thread-safe; later calls only take a lock). Each device's
 // primary context - the one XLA uses - is made current for the loads, then
@@ -158,6 +167,7 @@ inline cudaError_t preload_registered_kernels() {
     for (size_t k = 0; k < l.kernels.size() && err == cudaSuccess; ++k) {
       cudaFuncAttributes attributes;
       err = cudaFuncGetAttributes(&attributes, l.kernels[k]);
+      if (err == cudaSuccess) ++l.loads;
     }
     if (err == cudaSuccess) l.loaded_on_device[static_cast<size_t>(d)] = true;
   }
