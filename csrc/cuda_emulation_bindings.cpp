@@ -55,6 +55,13 @@ PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
     return d;
   });
   m.def("last_error_message", [] { return emu::last_error_message(); });
+  // Grid-stride launches with at most `blocks` blocks of `threads` threads
+  // (0, 0: the real launch shape), to run the grid-stride loops over several
+  // strides (core/cuda_launch.h).
+  m.def("set_launch_limits", [](int64_t blocks, int threads) {
+    jax_roi::cuda::launch_limits().blocks.store(blocks);
+    jax_roi::cuda::launch_limits().threads.store(threads);
+  });
   // Kernel preloading (the CUDA handlers' instantiate stage).
   m.def("registered_kernel_count",
         [] { return jax_roi::cuda::registered_kernel_count(); });

@@ -156,22 +156,33 @@ def emus():
 # ---------------------------------------------------------------------------
 
 
+# Launch shapes of the emulated runs, one per seed (blocks, threads per
+# block; 0, 0: the real shape, which gives every element its own thread):
+# the small ones make every grid-stride loop run several strides.
+LAUNCH_LIMITS = [(0, 0), (2, 32), (3, 96)]
+
+
 def _seeds(emu, case_seed):
   return [(case_seed * 7919 + emu.cuda_arch * 31 + i) % 2**32 for i in range(SEEDS_PER_ARCH)]
 
 
 def run_both(emus, fn, *args, case_seed=0):
   """fn(*args) on the CPU kernels, then on each emulation module's CUDA
-  kernels for SEEDS_PER_ARCH seeds: (cpu_result, [(label, result, stats)])."""
+  kernels for SEEDS_PER_ARCH seeds (and launch shapes):
+  (cpu_result, [(label, result, stats)])."""
   expected = jax.tree.map(np.asarray, fn(*args))
   runs = []
   for emu in emus:
     with kernel.redirect_targets(lambda t, s=emu.target_suffix: t + s):
-      for seed in _seeds(emu, case_seed):
+      for seed, limits in zip(_seeds(emu, case_seed), LAUNCH_LIMITS):
         emu.set_seed(seed)
+        emu.set_launch_limits(*limits)
         emu.reset_stats()
-        out = jax.tree.map(np.asarray, jax.block_until_ready(fn(*args)))
-        runs.append((f"sm{emu.cuda_arch} seed {seed}", out, emu.stats()))
+        try:
+          out = jax.tree.map(np.asarray, jax.block_until_ready(fn(*args)))
+        finally:
+          emu.set_launch_limits(0, 0)
+        runs.append((f"sm{emu.cuda_arch} seed {seed} launch limits {limits}", out, emu.stats()))
   return expected, runs
 
 

@@ -12,6 +12,7 @@
 #ifndef JAX_ROI_CSRC_CORE_CUDA_LAUNCH_H_
 #define JAX_ROI_CSRC_CORE_CUDA_LAUNCH_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -27,11 +28,42 @@ namespace cuda {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65535LL * 64;
 
+#ifdef JAX_ROI_CUDA_EMULATION
+// Test knob of the emulation build (set_launch_limits of the emulation
+// module): grid-stride launches use at most `blocks` blocks of `threads`
+// threads (0: kMaxBlocks, kThreads), so that tests run every grid-stride
+// loop over several strides (with the default shape a grid only strides
+// past kMaxBlocks * kThreads elements).
+struct LaunchLimits {
+  std::atomic<int64_t> blocks{0};
+  std::atomic<int> threads{0};
+};
+inline LaunchLimits& launch_limits() {
+  static LaunchLimits limits;
+  return limits;
+}
+#endif
+
+// Threads per block of a grid-stride launch.
+inline int threads_per_block() {
+#ifdef JAX_ROI_CUDA_EMULATION
+  const int t = launch_limits().threads.load(std::memory_order_relaxed);
+  if (t > 0 && t < kThreads) return t;
+#endif
+  return kThreads;
+}
+
 // Blocks for n elements: one thread each, at most kMaxBlocks blocks (the
 // grid-stride loops cover the rest), at least one.
 inline int64_t num_blocks(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks);
+  int64_t max_blocks = kMaxBlocks;
+#ifdef JAX_ROI_CUDA_EMULATION
+  const int64_t b = launch_limits().blocks.load(std::memory_order_relaxed);
+  if (b > 0 && b < max_blocks) max_blocks = b;
+#endif
+  const int64_t threads = threads_per_block();
+  const int64_t blocks = (n + threads - 1) / threads;
+  return blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks);
 }
 
 // Start and step of a grid-stride loop:
@@ -192,8 +224,9 @@ cudaError_t launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stre
 template <auto Kernel, typename... A>
 cudaError_t launch_over(int64_t n, cudaStream_t stream, A&&... args) {
   if (n <= 0) return cudaSuccess;
-  return launch<Kernel>(dim3(static_cast<unsigned int>(num_blocks(n))), dim3(kThreads), 0,
-                        stream, std::forward<A>(args)...);
+  return launch<Kernel>(dim3(static_cast<unsigned int>(num_blocks(n))),
+                        dim3(static_cast<unsigned int>(threads_per_block())), 0, stream,
+                        std::forward<A>(args)...);
 }
 
 // Zeroes n elements at p on `stream` (nothing when n is 0).
