@@ -3,6 +3,7 @@
 // (JAX_ROI_FOR_EACH_TYPE_PAIR). No XLA FFI here: the handlers
 // (<op>/<op>_ffi.cc, host compiler) call the launchers declared in
 // <op>/<op>_kernels.h.
+#include "core/cuda_launch.h"
 #include "core/kernel.h"
 #include "roi_align/roi_align_cuda.cuh"
 #include "roi_pool/roi_pool_cuda.cuh"
@@ -13,3 +14,7 @@ JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_pool_backward, PoolBackwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_forward, AlignForwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_backward, AlignBackwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_box_grad, AlignBoxGradArgs)
+
+// Every kernel the launchers above can launch registered itself when this
+// module was loaded (core/cuda_launch.h).
+cudaError_t jax_roi::cuda::preload_kernels() { return preload_registered_kernels(); }

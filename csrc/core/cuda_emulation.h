@@ -217,6 +217,8 @@ enum cudaError {
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorInvalidDeviceFunction = 98,
   cudaErrorLaunchOutOfResources = 701,
   cudaErrorLaunchFailure = 719,
   cudaErrorNotSupported = 801,
@@ -230,6 +232,8 @@ inline const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidDeviceFunction: return "cudaErrorInvalidDeviceFunction";
     case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
@@ -243,6 +247,8 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidDeviceFunction: return "invalid device function";
     case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     case cudaErrorNotSupported: return "operation not supported";
@@ -265,6 +271,7 @@ struct Stats {
   uint64_t fibers_created = 0;   // fiber stacks allocated (pooled per OS thread)
   uint64_t undefined_shuffle_reads = 0;  // warp reads of a non-participating lane
   uint64_t memsets = 0;
+  uint64_t func_attribute_queries = 0;  // cudaFuncGetAttributes calls (kernel preloading)
 };
 
 namespace detail {
@@ -295,8 +302,9 @@ inline std::atomic<size_t>& stack_bytes_ref() {
   return s;
 }
 
+constexpr int kNumStats = 11;  // the fields of Stats
 struct AtomicStats {
-  std::atomic<uint64_t> v[10];
+  std::atomic<uint64_t> v[kNumStats];
   AtomicStats() {
     for (auto& x : v) x.store(0);
   }
@@ -306,12 +314,12 @@ inline AtomicStats& global_stats() {
   return s;
 }
 inline void add_stats(const Stats& s) {
-  const uint64_t add[10] = {s.launches,   s.failed_launches,        s.blocks,
-                            s.threads,    s.barriers,               s.warp_syncs,
-                            s.suspensions, s.fibers_created,        s.undefined_shuffle_reads,
-                            s.memsets};
+  const uint64_t add[kNumStats] = {s.launches,    s.failed_launches, s.blocks,
+                                   s.threads,     s.barriers,        s.warp_syncs,
+                                   s.suspensions, s.fibers_created,  s.undefined_shuffle_reads,
+                                   s.memsets,     s.func_attribute_queries};
   AtomicStats& g = global_stats();
-  for (int i = 0; i < 10; ++i) {
+  for (int i = 0; i < kNumStats; ++i) {
     if (add[i]) g.v[i].fetch_add(add[i], std::memory_order_relaxed);
   }
 }
@@ -978,6 +986,11 @@ inline cudaError_t set_error(cudaError_t e) {
   return e;
 }
 
+// e (and the next cudaGetLastError) when failed, else cudaSuccess.
+inline cudaError_t set_error_if(bool failed, cudaError_t e) {
+  return failed ? set_error(e) : cudaSuccess;
+}
+
 inline cudaError_t validate(dim3 grid, dim3 block, size_t shared_bytes) {
   if (rt().block != nullptr) return cudaErrorNotSupported;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 ||
@@ -1097,11 +1110,12 @@ inline void set_stack_bytes(size_t n) { detail::stack_bytes_ref().store(n); }
 inline Stats stats() {
   detail::AtomicStats& g = detail::global_stats();
   Stats s;
-  uint64_t* out[10] = {&s.launches,   &s.failed_launches, &s.blocks,
-                       &s.threads,    &s.barriers,        &s.warp_syncs,
-                       &s.suspensions, &s.fibers_created, &s.undefined_shuffle_reads,
-                       &s.memsets};
-  for (int i = 0; i < 10; ++i) *out[i] = g.v[i].load();
+  uint64_t* out[detail::kNumStats] = {
+      &s.launches,    &s.failed_launches, &s.blocks,
+      &s.threads,     &s.barriers,        &s.warp_syncs,
+      &s.suspensions, &s.fibers_created,  &s.undefined_shuffle_reads,
+      &s.memsets,     &s.func_attribute_queries};
+  for (int i = 0; i < detail::kNumStats; ++i) *out[i] = g.v[i].load();
   return s;
 }
 inline void reset_stats() {
@@ -1161,6 +1175,49 @@ inline cudaError_t cudaGetLastError() {
 }
 inline cudaError_t cudaPeekAtLastError() {
   return jax_roi::cuda::emulation::detail::last_error_ref();
+}
+
+// Device management and kernel attributes, as far as kernel preloading
+// (core/cuda_launch.h) uses them: one device (0); cudaFuncGetAttributes
+// "loads" a kernel (on a GPU it forces lazy module loading), counts it in
+// Stats::func_attribute_queries and reports the limits the launch validation
+// applies.
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes;
+  size_t constSizeBytes;
+  size_t localSizeBytes;
+  int maxThreadsPerBlock;
+  int numRegs;
+  int ptxVersion;
+  int binaryVersion;
+  int cacheModeCA;
+  int maxDynamicSharedSizeBytes;
+  int preferredShmemCarveout;
+};
+
+inline cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaSetDevice(int device) {
+  return jax_roi::cuda::emulation::detail::set_error_if(device != 0, cudaErrorInvalidDevice);
+}
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* func) {
+  namespace d = jax_roi::cuda::emulation::detail;
+  if (attr == nullptr || func == nullptr) return d::set_error_if(true, cudaErrorInvalidDeviceFunction);
+  *attr = cudaFuncAttributes{};
+  attr->maxThreadsPerBlock = 1024;
+  attr->binaryVersion = attr->ptxVersion = JAX_ROI_CUDA_ARCH / 10;
+  attr->maxDynamicSharedSizeBytes =
+      static_cast<int>(jax_roi::cuda::emulation::max_dynamic_shared_bytes());
+  jax_roi::cuda::emulation::Stats s;
+  s.func_attribute_queries = 1;
+  d::add_stats(s);
+  return cudaSuccess;
 }
 
 // ---------------------------------------------------------------------------

@@ -1,13 +1,23 @@
 // Grid helpers of the CUDA kernels, op-agnostic: grid-stride loops over
-// output elements, their launch configuration and the launch itself. Only
-// core/cuda_compat.h's surface is used, so this compiles under nvcc and,
-// with JAX_ROI_CUDA_EMULATION, under a host compiler.
+// output elements, their launch configuration, the launch itself and the
+// preloading of every kernel the module launches. Only core/cuda_compat.h's
+// surface is used, so this compiles under nvcc and, with
+// JAX_ROI_CUDA_EMULATION, under a host compiler.
+//
+// Kernels are launched with launch<kernel>(grid, block, shared_bytes,
+// stream, args...) or launch_over<kernel>(n, stream, args...): the kernel is
+// a template argument so that every kernel some launcher can launch is
+// recorded, when the module is loaded, in a list that
+// preload_registered_kernels() walks (see there).
 #ifndef JAX_ROI_CSRC_CORE_CUDA_LAUNCH_H_
 #define JAX_ROI_CSRC_CORE_CUDA_LAUNCH_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <utility>
+#include <vector>
 
 #include "core/cuda_compat.h"
 #include "core/dims.h"
@@ -18,11 +28,42 @@ namespace cuda {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65535LL * 64;
 
+#ifdef JAX_ROI_CUDA_EMULATION
+// Test knob of the emulation build (set_launch_limits of the emulation
+// module): grid-stride launches use at most `blocks` blocks of `threads`
+// threads (0: kMaxBlocks, kThreads), so that tests run every grid-stride
+// loop over several strides (with the default shape a grid only strides
+// past kMaxBlocks * kThreads elements).
+struct LaunchLimits {
+  std::atomic<int64_t> blocks{0};
+  std::atomic<int> threads{0};
+};
+inline LaunchLimits& launch_limits() {
+  static LaunchLimits limits;
+  return limits;
+}
+#endif
+
+// Threads per block of a grid-stride launch.
+inline int threads_per_block() {
+#ifdef JAX_ROI_CUDA_EMULATION
+  const int t = launch_limits().threads.load(std::memory_order_relaxed);
+  if (t > 0 && t < kThreads) return t;
+#endif
+  return kThreads;
+}
+
 // Blocks for n elements: one thread each, at most kMaxBlocks blocks (the
 // grid-stride loops cover the rest), at least one.
 inline int64_t num_blocks(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks);
+  int64_t max_blocks = kMaxBlocks;
+#ifdef JAX_ROI_CUDA_EMULATION
+  const int64_t b = launch_limits().blocks.load(std::memory_order_relaxed);
+  if (b > 0 && b < max_blocks) max_blocks = b;
+#endif
+  const int64_t threads = threads_per_block();
+  const int64_t blocks = (n + threads - 1) / threads;
+  return blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks);
 }
 
 // Start and step of a grid-stride loop:
@@ -68,13 +109,124 @@ __device__ __forceinline__ void for_each_output(const RoiDims& d, int64_t total,
   }
 }
 
+// ---------------------------------------------------------------------------
+// Kernel preloading
+// ---------------------------------------------------------------------------
+// CUDA loads modules lazily (CUDA_MODULE_LOADING=LAZY, the default since
+// CUDA 12.2): a kernel's code is loaded into a device's context at its first
+// launch. If that first launch happens while XLA captures a command buffer
+// (a CUDA graph), the load happens inside stream capture, which drivers older
+// than CUDA 12.3 reject. preload_kernels() loads every kernel beforehand
+// (cudaFuncGetAttributes forces the load); the CUDA handlers call it
+// (through cuda::preload_kernels(), core/kernel.h, which the CUDA
+// translation unit defines with it) from their FFI instantiate stage
+// (core/ffi_target.h), which XLA runs when it builds the executable, before
+// anything is captured.
+namespace detail {
+
+struct KernelList {
+  std::mutex mu;
+  std::vector<const void*> kernels;       // guarded by mu
+  std::vector<bool> loaded_on_device;     // guarded by mu
+  size_t loads = 0;                       // successful loads so far; guarded by mu
+};
+
+inline KernelList& kernel_list() {
+  static KernelList* list = new KernelList();  // never destroyed: no exit-order issues
+  return *list;
+}
+
+inline bool register_kernel(const void* kernel) {
+  KernelList& l = kernel_list();
+  std::lock_guard<std::mutex> lock(l.mu);
+  l.kernels.push_back(kernel);
+  return true;
+}
+
+// Kernel's entry in the list, made by a dynamic initialiser when the module
+// is loaded: launch<Kernel> odr-uses `registered`, which instantiates it.
+template <auto Kernel>
+struct KernelRegistration {
+  static const bool registered;
+};
+template <auto Kernel>
+const bool KernelRegistration<Kernel>::registered =
+    register_kernel(reinterpret_cast<const void*>(Kernel));
+
+}  // namespace detail
+
+// The number of kernels the module can launch (each (T, C) instantiation
+// counts).
+inline size_t registered_kernel_count() {
+  detail::KernelList& l = detail::kernel_list();
+  std::lock_guard<std::mutex> lock(l.mu);
+  return l.kernels.size();
+}
+
+// How many kernel loads preload_registered_kernels() has made in this
+// process (every kernel once per device, when all goes well).
+inline size_t kernel_loads() {
+  detail::KernelList& l = detail::kernel_list();
+  std::lock_guard<std::mutex> lock(l.mu);
+  return l.loads;
+}
+
+// Loads every registered kernel on every visible device, once per device per
+// process (thread-safe; later calls only take a lock). Each device's
+// primary context - the one XLA uses - is made current for the loads, then
+// the calling thread's current device is restored. Returns the first error
+// (e.g. cudaErrorNoKernelImageForDevice: no code for this GPU), or
+// cudaSuccess; a device whose loads failed is retried by the next call.
+inline cudaError_t preload_registered_kernels() {
+  detail::KernelList& l = detail::kernel_list();
+  std::lock_guard<std::mutex> lock(l.mu);
+  int devices = 0;
+  cudaError_t err = cudaGetDeviceCount(&devices);
+  if (err != cudaSuccess) return err;
+  if (l.loaded_on_device.size() < static_cast<size_t>(devices)) {
+    l.loaded_on_device.resize(static_cast<size_t>(devices), false);
+  }
+  int current = 0;
+  err = cudaGetDevice(&current);
+  if (err != cudaSuccess) return err;
+  bool switched = false;
+  for (int d = 0; d < devices && err == cudaSuccess; ++d) {
+    if (l.loaded_on_device[static_cast<size_t>(d)]) continue;
+    if (d != current) {
+      err = cudaSetDevice(d);
+      switched = true;
+    }
+    for (size_t k = 0; k < l.kernels.size() && err == cudaSuccess; ++k) {
+      cudaFuncAttributes attributes;
+      err = cudaFuncGetAttributes(&attributes, l.kernels[k]);
+      if (err == cudaSuccess) ++l.loads;
+    }
+    if (err == cudaSuccess) l.loaded_on_device[static_cast<size_t>(d)] = true;
+  }
+  const cudaError_t restore = switched ? cudaSetDevice(current) : cudaSuccess;
+  return err != cudaSuccess ? err : restore;
+}
+
+// ---------------------------------------------------------------------------
+// Launches
+// ---------------------------------------------------------------------------
+
+// Launches Kernel on `stream` (and registers it for preloading).
+template <auto Kernel, typename... A>
+cudaError_t launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                   A&&... args) {
+  static_cast<void>(detail::KernelRegistration<Kernel>::registered);
+  return launch_kernel(Kernel, grid, block, shared_bytes, stream, std::forward<A>(args)...);
+}
+
 // Launches a grid-stride kernel over n elements on `stream`: nothing at all
 // when n is 0 (CUDA rejects a 0-block grid).
-template <typename... P, typename... A>
-cudaError_t launch_over(int64_t n, void (*kernel)(P...), cudaStream_t stream, A&&... args) {
+template <auto Kernel, typename... A>
+cudaError_t launch_over(int64_t n, cudaStream_t stream, A&&... args) {
   if (n <= 0) return cudaSuccess;
-  return launch_kernel(kernel, dim3(static_cast<unsigned int>(num_blocks(n))), dim3(kThreads),
-                       0, stream, std::forward<A>(args)...);
+  return launch<Kernel>(dim3(static_cast<unsigned int>(num_blocks(n))),
+                        dim3(static_cast<unsigned int>(threads_per_block())), 0, stream,
+                        std::forward<A>(args)...);
 }
 
 // Zeroes n elements at p on `stream` (nothing when n is 0).

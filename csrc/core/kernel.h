@@ -26,6 +26,16 @@
 
 #if defined(JAX_ROI_WITH_CUDA) || defined(__CUDACC__) || defined(JAX_ROI_CUDA_EMULATION)
 #include "core/cuda_compat.h"
+namespace jax_roi {
+namespace cuda {
+// Loads the code of every CUDA kernel of the module on every visible device,
+// once per device per process (core/cuda_launch.h's
+// preload_registered_kernels(); defined by the CUDA translation unit,
+// roi_kernels.cu). The CUDA handlers' FFI instantiate stage calls it, so
+// that no kernel is loaded lazily during CUDA graph capture.
+cudaError_t preload_kernels();
+}  // namespace cuda
+}  // namespace jax_roi
 #define JAX_ROI_DECLARE_CUDA_KERNEL_(name, Args)                     \
   namespace cuda {                                                   \
   template <typename T, typename C>                                  \

@@ -4,6 +4,10 @@
 #include <string>
 #include <vector>
 
+#if defined(JAX_ROI_WITH_CUDA) || defined(JAX_ROI_CUDA_EMULATION)
+#include "core/cuda_backend.h"
+#endif
+
 namespace jax_roi {
 namespace {
 
@@ -19,13 +23,25 @@ Registry& registry() {
   return *r;
 }
 
-void add(Platform platform, const char* name, XLA_FFI_Handler* handler) {
+const char* platform_name(Platform platform) {
+  switch (platform) {
+    case Platform::kCpu:
+      return "cpu";
+    case Platform::kCuda:
+      return "CUDA";
+    case Platform::kCudaEmulation:
+      return "cpu (CUDA emulation)";
+  }
+  return "?";
+}
+
+void add(Platform platform, const std::string& name, Stages stages) {
   Registry& r = registry();
-  const char* where = platform == Platform::kCpu ? "cpu" : "CUDA";
-  if (handler == nullptr) {
+  const char* where = platform_name(platform);
+  if (stages.execute == nullptr) {
     r.errors.push_back(std::string("null ") + where + " handler for FFI target " + name);
-  } else if (!r.targets[platform].emplace(name, handler).second) {
-    r.errors.push_back(std::string("FFI target ") + name + " registered twice for " + where);
+  } else if (!r.targets[platform].emplace(name, stages).second) {
+    r.errors.push_back("FFI target " + name + " registered twice for " + where);
   }
 }
 
@@ -37,9 +53,12 @@ const std::vector<std::string>& registration_errors() { return registry().errors
 
 TargetRegistration::TargetRegistration(const char* name, XLA_FFI_Handler* cpu,
                                        XLA_FFI_Handler* cuda) {
-  add(Platform::kCpu, name, cpu);
-#ifdef JAX_ROI_WITH_CUDA
-  add(Platform::kCuda, name, cuda);
+  add(Platform::kCpu, name, Stages{nullptr, cpu});
+#if defined(JAX_ROI_WITH_CUDA)
+  add(Platform::kCuda, name, Stages{JaxRoiPreloadCudaKernels, cuda});
+#elif defined(JAX_ROI_CUDA_EMULATION)
+  add(Platform::kCudaEmulation, std::string(name) + JAX_ROI_CUDA_EMULATION_SUFFIX,
+      Stages{JaxRoiPreloadCudaKernels, cuda});
 #else
   (void)cuda;
 #endif

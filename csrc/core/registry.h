@@ -6,9 +6,15 @@
 //
 // registers a CPU handler and a CUDA handler (XLA_FFI_Handler*) under one
 // target name. The CUDA handler is only referenced in builds with CUDA
-// (JAX_ROI_WITH_CUDA): elsewhere the preprocessor drops it, so it need not
-// exist. core/ffi_target.h defines both handlers and registers them in one
-// line (JAX_ROI_FFI_TARGET).
+// kernels: elsewhere the preprocessor drops it, so it need not exist. Where
+// it goes:
+//   * JAX_ROI_WITH_CUDA (a CUDA build): Platform::kCuda, same name, with the
+//     instantiate stage JaxRoiPreloadCudaKernels (core/cuda_backend.h);
+//   * JAX_ROI_CUDA_EMULATION (the emulation build: the CUDA handler runs the
+//     host-compiled kernels on XLA:CPU): Platform::kCudaEmulation, under the
+//     name + JAX_ROI_CUDA_EMULATION_SUFFIX, with the same instantiate stage.
+// core/ffi_target.h defines both handlers and registers them in one line
+// (JAX_ROI_FFI_TARGET).
 //
 // Registration happens in static constructors of the op sources, which are
 // linked straight into the module (no static library that could drop them).
@@ -21,12 +27,25 @@
 
 #include "xla/ffi/api/c_api.h"
 
+// The emulation build's target-name suffix (its build sets one per
+// architecture: "_cuda_emulation_sm750", ...).
+#ifndef JAX_ROI_CUDA_EMULATION_SUFFIX
+#define JAX_ROI_CUDA_EMULATION_SUFFIX "_cuda_emulation"
+#endif
+
 namespace jax_roi {
 
-enum class Platform { kCpu, kCuda };
+// kCudaEmulation: the CUDA handlers of the emulation build, for XLA:CPU.
+enum class Platform { kCpu, kCuda, kCudaEmulation };
 
-// Target name -> handler, one map per platform, sorted by name.
-using TargetMap = std::map<std::string, XLA_FFI_Handler*>;
+// A target's handlers by FFI execution stage (instantiate may be null).
+struct Stages {
+  XLA_FFI_Handler* instantiate = nullptr;
+  XLA_FFI_Handler* execute = nullptr;
+};
+
+// Target name -> handlers, one map per platform, sorted by name.
+using TargetMap = std::map<std::string, Stages>;
 
 // The targets registered for a platform.
 const TargetMap& registered_targets(Platform platform);
@@ -37,8 +56,8 @@ const TargetMap& registered_targets(Platform platform);
 const std::vector<std::string>& registration_errors();
 
 // Registers its handlers when constructed. cuda is ignored in builds without
-// CUDA (JAX_ROI_REGISTER_FFI_TARGET passes null there); elsewhere a null
-// handler is a registration error.
+// CUDA kernels (JAX_ROI_REGISTER_FFI_TARGET passes null there); elsewhere a
+// null handler is a registration error.
 struct TargetRegistration {
   TargetRegistration(const char* name, XLA_FFI_Handler* cpu, XLA_FFI_Handler* cuda);
 };
@@ -48,7 +67,7 @@ struct TargetRegistration {
 #define JAX_ROI_REGISTRY_CONCAT_(a, b) a##b
 #define JAX_ROI_REGISTRY_CONCAT(a, b) JAX_ROI_REGISTRY_CONCAT_(a, b)
 
-#ifdef JAX_ROI_WITH_CUDA
+#if defined(JAX_ROI_WITH_CUDA) || defined(JAX_ROI_CUDA_EMULATION)
 #define JAX_ROI_CUDA_HANDLER_OR_NULL(handler) handler
 #else
 #define JAX_ROI_CUDA_HANDLER_OR_NULL(handler) nullptr

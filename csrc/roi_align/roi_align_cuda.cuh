@@ -103,7 +103,7 @@ __global__ void roi_align_box_grad_kernel(AlignBoxGradArgs<T, C> a) {
 template <typename T, typename C>
 cudaError_t roi_align_forward(cudaStream_t stream, const AlignForwardArgs<T, C>& args) {
   const int64_t total = output_count(args.dims);
-  return launch_over(total, roi_align_forward_kernel<T, C>, stream, args, total);
+  return launch_over<roi_align_forward_kernel<T, C>>(total, stream, args, total);
 }
 
 template <typename T, typename C>
@@ -115,12 +115,12 @@ cudaError_t roi_align_backward(cudaStream_t stream, const AlignBackwardArgs<T, C
     if (err != cudaSuccess) return err;
   }
   const int64_t total = output_count(d);
-  return launch_over(total, roi_align_backward_kernel<T, C>, stream, args, total);
+  return launch_over<roi_align_backward_kernel<T, C>>(total, stream, args, total);
 }
 
 template <typename T, typename C>
 cudaError_t roi_align_box_grad(cudaStream_t stream, const AlignBoxGradArgs<T, C>& args) {
-  return launch_over(args.dims.num_rois, roi_align_box_grad_kernel<T, C>, stream, args);
+  return launch_over<roi_align_box_grad_kernel<T, C>>(args.dims.num_rois, stream, args);
 }
 
 }  // namespace cuda

@@ -62,7 +62,7 @@ __global__ void roi_pool_backward_kernel(PoolBackwardArgs<T, C> a, int64_t total
 template <typename T, typename C>
 cudaError_t roi_pool_forward(cudaStream_t stream, const PoolForwardArgs<T, C>& args) {
   const int64_t total = output_count(args.dims);
-  return launch_over(total, roi_pool_forward_kernel<T, C>, stream, args, total);
+  return launch_over<roi_pool_forward_kernel<T, C>>(total, stream, args, total);
 }
 
 template <typename T, typename C>
@@ -73,7 +73,7 @@ cudaError_t roi_pool_backward(cudaStream_t stream, const PoolBackwardArgs<T, C>&
   const cudaError_t err = zero_async(args.grad_features, grad_size, stream);
   if (err != cudaSuccess) return err;
   const int64_t total = output_count(d);
-  return launch_over(total, roi_pool_backward_kernel<T, C>, stream, args, total);
+  return launch_over<roi_pool_backward_kernel<T, C>>(total, stream, args, total);
 }
 
 }  // namespace cuda

@@ -8,8 +8,9 @@ without gathers, see ``sharding``) around the ``ffi_call``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +29,44 @@ def empty_operand() -> jax.Array:
   return jnp.zeros((0,), jnp.int32)
 
 
+# Test-only (see redirect_targets): maps an FFI target name to the one called.
+_redirect: Callable[[str], str] | None = None
+
+
+@contextlib.contextmanager
+def redirect_targets(fn: Callable[[str], str]) -> Iterator[None]:
+  """TEST-ONLY hook, not part of the API: inside the block, every kernel call
+  traced calls the FFI target ``fn(name)`` instead of ``name`` (e.g. the
+  CUDA kernels run on the CPU by the emulation test module:
+  ``redirect_targets(lambda t: t + "_cuda_emulation_sm750")``, see
+  tests/test_cuda_emulation.py). The target must be registered and take the
+  same operands, results and attributes.
+
+  The name is rewritten at trace time, and jitted functions (the ops'
+  dispatch among them) reuse executables compiled before: jax's caches are
+  cleared on entry and on exit, so that nothing traced without the redirect
+  runs inside the block, nor anything traced with it after. Not thread-safe
+  (one redirect per process at a time); nesting replaces the outer one.
+  """
+  global _redirect
+  previous = _redirect
+  jax.clear_caches()
+  _redirect = fn
+  try:
+    yield
+  finally:
+    _redirect = previous
+    jax.clear_caches()
+
+
 def call(k: Kernel, image_shapes: Sequence[tuple], *args: jax.Array) -> tuple[jax.Array, ...]:
   """Calls kernel ``k`` on ``args``; vmap folds into one call.
 
   ``image_shapes``: the shape of each feature map (one per FPN level).
   """
   extension.require()
+  if _redirect is not None:
+    k = k._replace(target=_redirect(k.target))
   return _batchable(k, tuple(tuple(s) for s in image_shapes))(*args)
 
 

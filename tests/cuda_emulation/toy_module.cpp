@@ -71,6 +71,7 @@ PYBIND11_MODULE(_toy_emulation, m) {
     d["fibers_created"] = s.fibers_created;
     d["undefined_shuffle_reads"] = s.undefined_shuffle_reads;
     d["memsets"] = s.memsets;
+    d["func_attribute_queries"] = s.func_attribute_queries;
     return d;
   });
   m.def("last_error_message", [] { return emu::last_error_message(); });

@@ -1,0 +1,71 @@
+// The CUDA emulation test module, _jax_roi_cuda_emulation_sm<arch>
+// (CMakeLists.txt: JAX_ROI_BUILD_CUDA_EMULATION): the same sources as
+// _jax_roi, compiled with JAX_ROI_CUDA_EMULATION and JAX_ROI_CUDA_ARCH=<arch>,
+// so that every target's CUDA handler (core/ffi_target.h) runs the CUDA
+// kernels on the host (core/cuda_emulation.h) as an XLA:CPU custom call.
+// Exposes those handlers, registered under the target name +
+// JAX_ROI_CUDA_EMULATION_SUFFIX (core/registry.h), and the emulation's
+// controls. Used by tests/test_cuda_emulation.py; never installed.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "bindings.h"
+#include "core/cuda_compat.h"
+#include "core/cuda_launch.h"
+#include "core/kernel.h"
+#include "core/registry.h"
+#include "xla/ffi/api/c_api.h"
+
+#if !defined(JAX_ROI_CUDA_EMULATION) || !defined(JAX_ROI_EMULATION_MODULE)
+#error "build with -DJAX_ROI_CUDA_EMULATION and -DJAX_ROI_EMULATION_MODULE=<module name>"
+#endif
+
+namespace py = pybind11;
+namespace emu = jax_roi::cuda::emulation;
+
+PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
+  jax_roi::bindings::check_registrations();
+  m.doc() = "jax_roi's CUDA kernels run on the CPU by the CUDA emulation (tests only).";
+  // The emulated CUDA handlers, for platform "cpu" (the real CPU handlers
+  // are _jax_roi's).
+  m.def("cpu_targets", [] { return jax_roi::bindings::targets(jax_roi::Platform::kCudaEmulation); });
+  m.attr("target_suffix") = JAX_ROI_CUDA_EMULATION_SUFFIX;
+  m.attr("cuda_arch") = JAX_ROI_CUDA_ARCH;
+  m.attr("ffi_api_version") = py::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
+
+  m.def("set_seed", [](uint64_t s) { emu::set_seed(s); });
+  m.def("seed", [] { return emu::seed(); });
+  m.def("set_verbose", [](bool on) { emu::set_verbose(on); });
+  m.def("reset_stats", [] { emu::reset_stats(); });
+  m.def("stats", [] {
+    const emu::Stats s = emu::stats();
+    py::dict d;
+    d["launches"] = s.launches;
+    d["failed_launches"] = s.failed_launches;
+    d["blocks"] = s.blocks;
+    d["threads"] = s.threads;
+    d["barriers"] = s.barriers;
+    d["warp_syncs"] = s.warp_syncs;
+    d["suspensions"] = s.suspensions;
+    d["fibers_created"] = s.fibers_created;
+    d["undefined_shuffle_reads"] = s.undefined_shuffle_reads;
+    d["memsets"] = s.memsets;
+    d["func_attribute_queries"] = s.func_attribute_queries;
+    return d;
+  });
+  m.def("last_error_message", [] { return emu::last_error_message(); });
+  // Grid-stride launches with at most `blocks` blocks of `threads` threads
+  // (0, 0: the real launch shape), to run the grid-stride loops over several
+  // strides (core/cuda_launch.h).
+  m.def("set_launch_limits", [](int64_t blocks, int threads) {
+    jax_roi::cuda::launch_limits().blocks.store(blocks);
+    jax_roi::cuda::launch_limits().threads.store(threads);
+  });
+  // Kernel preloading (the CUDA handlers' instantiate stage).
+  m.def("registered_kernel_count",
+        [] { return jax_roi::cuda::registered_kernel_count(); });
+  m.def("kernel_loads", [] { return jax_roi::cuda::kernel_loads(); });
+  m.def("preload_kernels",
+        [] { return static_cast<int>(jax_roi::cuda::preload_kernels()); });
+}

@@ -1,0 +1,600 @@
+"""The CUDA kernels, run on the CPU by the CUDA emulation, against the CPU
+kernels, through the public ops.
+
+The emulation modules _jax_roi_cuda_emulation_sm<arch> (CMakeLists.txt,
+JAX_ROI_BUILD_CUDA_EMULATION) are jax_roi's sources compiled with
+JAX_ROI_CUDA_EMULATION: every FFI target's CUDA handler, with its CUDA
+kernels compiled for the host (csrc/core/cuda_emulation.h: one fiber per
+CUDA thread, blocks and threads in a seeded shuffled order), registered for
+"cpu" as <target>_cuda_emulation_sm<arch>. Each case runs the ops with
+implementation="ffi" on the CPU kernels (jax_roi._jax_roi), then, inside
+kernel.redirect_targets, on the emulated CUDA kernels of every architecture
+build, for several emulation seeds, and compares:
+
+* forward outputs and the FFI layer's argmax residuals bit for bit (NaN
+  equals NaN whatever its sign bit; -0.0 differs from 0.0): one thread per
+  output element computes it in the same operation order as the CPU kernels;
+* box gradients (roi_align, multi-scale) bit for bit: one CUDA thread per
+  RoI sums channels, bins and samples in a fixed order, in double, as the CPU
+  kernel does (no atomics);
+* feature gradients to a few ulps of the accumulation dtype relative to the
+  array's magnitude (see _assert_feature_grad_close): the CUDA kernels
+  scatter-add them with atomicAdd, so the summation order, hence the
+  rounding, follows the block and thread order (the seed).
+
+Every emulated run must have launched kernels (emulation stats) unless its
+outputs are empty, so no case passes vacuously.
+
+Environment:
+  JAX_ROI_EMULATION_ARCHS   JAX_ROI_CUDA_ARCH values to build and run, space-
+      or semicolon-separated (default "750 1210": the oldest and newest
+      architectures CUDA 13 compiles for; no kernel has an architecture-
+      dependent path yet, so the two ends of the range cover every one that
+      a `JAX_ROI_CUDA_ARCH >= N` test could select)
+  JAX_ROI_EMULATION_BUILD_DIR  where to build (default <repo>/build/cuda_emulation)
+  JAX_ROI_EMULATION_SANITIZE=1 build with -fsanitize=address,undefined (run
+      the interpreter with the ASan runtime preloaded: tools/run_sanitized_tests.sh)
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+import jax_roi
+from helpers import DTYPES, indexed_rois, random_boxes, random_features, stable_seed
+from jax_roi._core import extension, kernel
+from jax_roi._core.args import canonicalize
+from jax_roi._roi_align import ffi as roi_align_ffi
+from jax_roi._roi_align.config import RoiAlignConfig
+from jax_roi._roi_pool import ffi as roi_pool_ffi
+from jax_roi._roi_pool.config import RoiPoolConfig
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SEEDS_PER_ARCH = 3
+ARCHS = tuple(int(a) for a in
+              os.environ.get("JAX_ROI_EMULATION_ARCHS", "750 1210").replace(";", " ").split())
+
+pytestmark = pytest.mark.skipif(not extension.AVAILABLE, reason="jax_roi's kernels are not built")
+
+
+# ---------------------------------------------------------------------------
+# Building and loading the emulation modules
+# ---------------------------------------------------------------------------
+
+
+def _tool(name):
+  here = pathlib.Path(sys.executable).parent / name
+  found = str(here) if here.exists() else shutil.which(name)
+  if found is None:
+    pytest.fail(f"{name} not found (pip install {name})")
+  return found
+
+
+def _source_hash(*extra) -> str:
+  h = hashlib.sha256()
+  files = [ROOT / "CMakeLists.txt"] + sorted(p for p in (ROOT / "csrc").rglob("*") if p.is_file())
+  for path in files:
+    h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+  h.update("|".join(map(str, extra)).encode())
+  return h.hexdigest()[:16]
+
+
+def _build(archs, sanitize) -> pathlib.Path:
+  """Builds the modules once per source state (a directory per hash of
+  csrc/ and CMakeLists.txt, the interpreter, pybind11, the jaxlib headers and
+  the options), one xdist worker at a time."""
+  pybind11 = pytest.importorskip("pybind11")
+  include = jax.ffi.include_dir()
+  key = _source_hash(sys.version, pybind11.__version__, jax.__version__, include, archs, sanitize)
+  base = pathlib.Path(os.environ.get("JAX_ROI_EMULATION_BUILD_DIR",
+                                     ROOT / "build" / "cuda_emulation"))
+  build = base / key
+  base.mkdir(parents=True, exist_ok=True)
+  with open(base / ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (build / "built").exists():
+      shutil.rmtree(build, ignore_errors=True)
+      configure = [
+          _tool("cmake"), "-S", str(ROOT), "-B", str(build), "-G", "Ninja",
+          f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}", "-DCMAKE_BUILD_TYPE=Release",
+          f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+          f"-DXLA_FFI_INCLUDE_DIR={include}",  # the running jaxlib's FFI API
+          "-DJAX_ROI_CUDA=OFF", "-DJAX_ROI_BUILD_CUDA_EMULATION=ON",
+          f"-DJAX_ROI_EMULATION_ARCHS={';'.join(map(str, archs))}",
+          f"-DJAX_ROI_SANITIZE={'ON' if sanitize else 'OFF'}",
+      ]
+      targets = [f"_jax_roi_cuda_emulation_sm{a}" for a in archs]
+      for cmd in (configure, [_tool("cmake"), "--build", str(build), "--target", *targets]):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+          pytest.fail(f"{' '.join(cmd)} failed:\n{r.stdout[-20000:]}\n{r.stderr[-20000:]}")
+      (build / "built").touch()
+    os.utime(build / "built")  # last use; builds unused for a week are pruned
+    for old in base.iterdir():
+      stamp = old / "built"
+      if old != build and stamp.exists() and time.time() - stamp.stat().st_mtime > 7 * 86400:
+        shutil.rmtree(old, ignore_errors=True)
+  return build
+
+
+@pytest.fixture(scope="session")
+def emus():
+  """The emulation module of every configured architecture, its targets
+  registered for "cpu"."""
+  sanitize = os.environ.get("JAX_ROI_EMULATION_SANITIZE", "0") not in ("", "0")
+  if sanitize and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+    pytest.skip("JAX_ROI_EMULATION_SANITIZE=1 needs the ASan runtime in LD_PRELOAD")
+  build = _build(ARCHS, sanitize)
+  sys.path.insert(0, str(build))
+  try:
+    mods = [importlib.import_module(f"_jax_roi_cuda_emulation_sm{a}") for a in ARCHS]
+  finally:
+    sys.path.remove(str(build))
+  for m in mods:
+    m.set_verbose(False)
+    for name, handlers in m.cpu_targets().items():
+      jax.ffi.register_ffi_target(name, handlers, platform="cpu")
+  return mods
+
+
+# ---------------------------------------------------------------------------
+# Running a case on both back ends
+# ---------------------------------------------------------------------------
+
+
+# Launch shapes of the emulated runs, one per seed (blocks, threads per
+# block; 0, 0: the real shape, which gives every element its own thread):
+# the small ones make every grid-stride loop run several strides.
+LAUNCH_LIMITS = [(0, 0), (2, 32), (3, 96)]
+
+
+def _seeds(emu, case_seed):
+  return [(case_seed * 7919 + emu.cuda_arch * 31 + i) % 2**32 for i in range(SEEDS_PER_ARCH)]
+
+
+def run_both(emus, fn, *args, case_seed=0):
+  """fn(*args) on the CPU kernels, then on each emulation module's CUDA
+  kernels for SEEDS_PER_ARCH seeds (and launch shapes):
+  (cpu_result, [(label, result, stats)])."""
+  expected = jax.tree.map(np.asarray, fn(*args))
+  runs = []
+  for emu in emus:
+    with kernel.redirect_targets(lambda t, s=emu.target_suffix: t + s):
+      for seed, limits in zip(_seeds(emu, case_seed), LAUNCH_LIMITS):
+        emu.set_seed(seed)
+        emu.set_launch_limits(*limits)
+        emu.reset_stats()
+        try:
+          out = jax.tree.map(np.asarray, jax.block_until_ready(fn(*args)))
+        finally:
+          emu.set_launch_limits(0, 0)
+        runs.append((f"sm{emu.cuda_arch} seed {seed} launch limits {limits}", out, emu.stats()))
+  return expected, runs
+
+
+def _bits(a):
+  a = np.asarray(a)
+  return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]) \
+      if a.dtype.kind == "f" or a.dtype == ml_dtypes.bfloat16 else a
+
+
+def assert_bits_equal(actual, expected, what):
+  """Bit for bit, except that any NaN equals any NaN."""
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
+  nan_a = np.isnan(actual.astype(np.float64)) if actual.dtype.kind != "i" else np.zeros(actual.shape, bool)
+  nan_e = np.isnan(expected.astype(np.float64)) if expected.dtype.kind != "i" else nan_a
+  np.testing.assert_array_equal(nan_a, nan_e, err_msg=f"{what}: NaN positions")
+  differ = (_bits(actual) != _bits(expected)) & ~nan_e
+  if differ.any():
+    i = tuple(np.argwhere(differ)[0])
+    pytest.fail(f"{what}: {differ.sum()} of {differ.size} elements differ in their bits, "
+                f"first at {i}: {actual[i]!r} vs {expected[i]!r}")
+
+
+def _eps(dtype):
+  return float(ml_dtypes.finfo(dtype).eps)
+
+
+# Feature-gradient tolerance in ulps of the accumulation dtype relative to
+# the sum of |terms| (see assert_feature_grad_close): with a fixed sampling
+# ratio (and roi_pool) an element gathers a few dozen terms at most and the
+# two summation orders differ by < 5 ulps (measured over the whole sweep);
+# adaptive sampling (sampling_ratio <= 0) of the hostile boxes (coordinates
+# up to 1e30) piles thousands of samples onto the border pixels: up to ~200
+# ulps measured, for an error bound of (n - 1) ulps.
+GRAD_ULPS = 16
+GRAD_ULPS_ADAPTIVE = 1024
+
+
+def assert_feature_grad_close(actual, expected, magnitude, what, ulps=GRAD_ULPS):
+  """Feature gradients: the CUDA kernels accumulate them with atomicAdd in
+  the accumulation dtype (float32, or float64 for float64 features) in an
+  order that follows the block and thread schedule (the seed), the CPU
+  kernels in a fixed order; the two sums differ by rounding only. Summing n
+  terms t_i in any order errs by at most (n - 1) eps sum|t_i|, in practice
+  far less: the tolerance is `ulps` ulps of the accumulation dtype relative
+  to `magnitude`, sum|t_i| for each element (the CPU gradient for
+  |cotangent|: the bilinear weights are non-negative), not to the element's
+  value, which may be a cancellation. float16/bfloat16 gradients are that
+  float32 sum rounded to the storage dtype: one storage ulp more. Non-finite
+  values must sit at the same places with the same value."""
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
+  a, e, m = (np.asarray(v).astype(np.float64) for v in (actual, expected, magnitude))
+  finite = np.isfinite(e)
+  np.testing.assert_array_equal(np.isfinite(a), finite, err_msg=f"{what}: non-finite positions")
+  np.testing.assert_array_equal(np.where(finite, 0, a), np.where(finite, 0, e),
+                                err_msg=f"{what}: non-finite values")
+  if not finite.any():
+    return
+  acc = np.float64 if actual.dtype == np.float64 else np.float32
+  tol = ulps * _eps(acc) * np.abs(m)
+  if actual.dtype not in (np.float32, np.float64):  # one storage ulp (and the subnormal step)
+    tol = tol + _eps(actual.dtype) * np.maximum(np.abs(a), np.abs(e)) \
+        + float(ml_dtypes.finfo(actual.dtype).smallest_subnormal)
+  excess = np.where(finite, np.abs(a - e) - tol, 0)
+  if (excess > 0).any():
+    i = tuple(np.argwhere(excess > 0)[0])
+    pytest.fail(f"{what}: {(excess > 0).sum()} elements beyond tolerance, first at {i}: "
+                f"{a[i]!r} vs {e[i]!r}, tolerance {tol[i]:.3g} (sum of |terms| {m[i]:.3g})")
+
+
+def check_launched(stats, outputs, label):
+  """The emulated run executed kernels whenever it had something to compute."""
+  if any(np.asarray(o).size for o in outputs):
+    assert stats["launches"] > 0 and stats["threads"] > 0, f"{label}: no kernel ran: {stats}"
+  assert stats["failed_launches"] == 0, f"{label}: {stats}"
+
+
+# ---------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------
+
+# (feature dtype, box dtype, layout, rois format): together every dtype, both
+# box dtypes, both layouts and both formats, for each op configuration.
+VARIANTS = [
+    ("float32", "float32", "NCHW", "indexed"),
+    ("float64", "float64", "NHWC", "batched"),
+    ("float16", "float64", "NCHW", "batched"),
+    ("bfloat16", "float32", "NHWC", "indexed"),
+]
+VARIANT_IDS = ["-".join(v) for v in VARIANTS]
+
+ALIGN_CONFIGS = [(mode, sr, aligned) for mode in ("avg", "max") for sr in (0, 2)
+                 for aligned in (False, True)]
+
+
+def make_case(seed, dtype, box_dtype, layout, fmt, n=2, c=3, h=7, w=9, k=10, scale=0.5,
+              hostile=True):
+  """Features and rois: random boxes mixed with hostile ones (NaN, inf,
+  +-1e30, 3e9 coordinates) and, in the (K, 5) format, bad batch indices
+  (NaN, -1, N, -7, 1e9)."""
+  rng = np.random.default_rng(seed)
+  x = random_features(rng, n, c, h, w, layout, DTYPES[dtype])
+  if fmt == "indexed":
+    rois = indexed_rois(rng, random_boxes(rng, k, h, w, scale, hostile), n, padding=0.3)
+  else:
+    rois = random_boxes(rng, n * k, h, w, scale, hostile).reshape(n, k, 4)
+  return x, rois.astype(box_dtype)
+
+
+def _value_and_grads(op, x, rois, cot, box_grad):
+  """jit(out, d<out, cot>/dx, d<out, |cot|>/dx and, when box_grad,
+  d<out, cot>/drois) of op(x, rois)."""
+  def f(x, rois):
+    out, vjp = jax.vjp(op, x, rois)
+    g, g_rois = vjp(cot)
+    return (out, g, vjp(jnp.abs(cot))[0]) + ((g_rois,) if box_grad else ())
+  return jax.jit(f)
+
+
+def _check_feature_grads(got, expected, magnitude, what, ulps=GRAD_ULPS):
+  leaves = [jax.tree.leaves(t) for t in (got, expected, magnitude)]
+  assert len(set(map(len, leaves))) == 1, what
+  for i, (a, e, m) in enumerate(zip(*leaves)):
+    assert_feature_grad_close(a, e, m, what if len(leaves[0]) == 1 else f"{what} [level {i}]",
+                              ulps)
+
+
+def compare(emus, op, x, rois, case_seed, box_grad, what, adaptive=False):
+  """op(x, rois) and its gradients, CPU kernels vs emulated CUDA kernels."""
+  out_shape = jax.eval_shape(op, x, rois)
+  cot = np.random.default_rng(case_seed + 1).standard_normal(out_shape.shape).astype(
+      out_shape.dtype)
+  fn = _value_and_grads(op, x, rois, cot, box_grad)
+  expected, runs = run_both(emus, fn, x, rois, case_seed=case_seed)
+  for label, got, stats in runs:
+    check_launched(stats, got[:1], f"{what} [{label}]")
+    assert_bits_equal(got[0], expected[0], f"{what} [{label}] output")
+    _check_feature_grads(got[1], expected[1], expected[2], f"{what} [{label}] feature gradient",
+                         GRAD_ULPS_ADAPTIVE if adaptive else GRAD_ULPS)
+    if box_grad:
+      assert_bits_equal(got[3], expected[3], f"{what} [{label}] box gradient")
+  return expected
+
+
+def _x64(*dtypes):
+  return jax.enable_x64("float64" in dtypes)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_roi_pool(emus, variant):
+  dtype, box_dtype, layout, fmt = variant
+  seed = stable_seed("roi_pool", *variant)
+  with _x64(dtype, box_dtype):
+    x, rois = make_case(seed, dtype, box_dtype, layout, fmt)
+    op = lambda x, r: jax_roi.roi_pool(x, r, (3, 2), spatial_scale=0.5, layout=layout,
+                                       implementation="ffi")
+    compare(emus, op, x, rois, seed, box_grad=False, what=f"roi_pool {variant}")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("mode,sr,aligned", ALIGN_CONFIGS)
+def test_roi_align(emus, variant, mode, sr, aligned):
+  dtype, box_dtype, layout, fmt = variant
+  seed = stable_seed("roi_align", mode, sr, aligned, *variant)
+  with _x64(dtype, box_dtype):
+    x, rois = make_case(seed, dtype, box_dtype, layout, fmt)
+    op = lambda x, r: jax_roi.roi_align(x, r, (3, 2), spatial_scale=0.5, sampling_ratio=sr,
+                                        aligned=aligned, mode=mode, layout=layout,
+                                        implementation="ffi")
+    compare(emus, op, x, rois, seed, box_grad=True,
+            what=f"roi_align {mode} sr={sr} aligned={aligned} {variant}", adaptive=sr <= 0)
+
+
+SCALES3 = (1 / 4, 1 / 8, 1 / 16)
+
+
+def _fpn_case(seed, dtype, box_dtype, layout, fmt, levels, n=2, c=2, k=12):
+  """FPN levels of a 128 x 128 image and boxes. With 3 levels (scales 1/4,
+  1/8, 1/16: LevelMapper levels k = 2..4, k = floor(4 + log2(sqrt(area) /
+  224))) every box is either small (sqrt(area) < 112: level 0) or large
+  (>= 224: level 2), so the middle level receives no RoI; a few hostile
+  boxes (NaN: level 0) and bad batch indices too."""
+  rng = np.random.default_rng(seed)
+  scales = SCALES3[:levels]
+  feats = [random_features(rng, n, c, int(128 * s), int(128 * s), layout, DTYPES[dtype])
+           for s in scales]
+  side = np.where(rng.random(n * k) < 0.5, rng.uniform(4, 100, n * k),
+                  rng.uniform(235, 320, n * k))
+  x1, y1 = rng.uniform(-150, 120, n * k), rng.uniform(-150, 120, n * k)
+  aspect = rng.uniform(0.9, 1.1, n * k)
+  boxes = np.stack([x1, y1, x1 + side * aspect, y1 + side / aspect], axis=1)
+  hostile = rng.random(n * k) < 0.1
+  boxes[hostile, rng.integers(0, 4, hostile.sum())] = rng.choice(
+      [np.nan, np.inf, -1e30, 1e30], hostile.sum())
+  if fmt == "indexed":
+    rois = indexed_rois(rng, boxes[:k], n, padding=0.25)
+  else:
+    rois = boxes.reshape(n, k, 4)
+  return feats, rois.astype(box_dtype), scales
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("levels,sr,aligned", [(1, 2, True), (3, 0, False), (3, 2, True)])
+def test_multi_scale(emus, variant, levels, sr, aligned):
+  dtype, box_dtype, layout, fmt = variant
+  seed = stable_seed("multi_scale", levels, sr, aligned, *variant)
+  with _x64(dtype, box_dtype):
+    feats, rois, scales = _fpn_case(seed, dtype, box_dtype, layout, fmt, levels)
+    op = lambda fs, r: jax_roi.multi_scale_roi_align(
+        list(fs), r, (3, 2), spatial_scales=scales, sampling_ratio=sr, aligned=aligned,
+        layout=layout, implementation="ffi")
+    expected = compare(emus, op, tuple(feats), rois, seed, box_grad=True,
+                       what=f"multi_scale levels={levels} sr={sr} aligned={aligned} {variant}",
+                       adaptive=sr <= 0)
+    if levels == 3:  # the middle level got no RoI: its gradient is all zeros
+      assert not np.any(np.asarray(expected[1][1], np.float64))
+      assert any(np.any(np.asarray(expected[1][i], np.float64)) for i in (0, 2))
+
+
+# Degenerate shapes: K = 0, N = 0, zero-size feature maps.
+EMPTY_CASES = {
+    "K=0 indexed": ((2, 3, 5, 6), (0, 5)),
+    "K=0 batched": ((2, 3, 5, 6), (2, 0, 4)),
+    "N=0 batched": ((0, 3, 5, 6), (0, 4, 4)),
+    "N=0 indexed": ((0, 3, 5, 6), (4, 5)),
+    "H=0": ((2, 3, 0, 6), (4, 5)),
+    "W=0": ((2, 3, 5, 0), (2, 3, 4)),
+    "C=0": ((2, 0, 5, 6), (4, 5)),
+}
+
+
+@pytest.mark.parametrize("name", list(EMPTY_CASES))
+@pytest.mark.parametrize("op_name", ["roi_pool", "roi_align_avg", "roi_align_max", "multi_scale"])
+def test_degenerate_shapes(emus, name, op_name):
+  x_shape, r_shape = EMPTY_CASES[name]
+  rng = np.random.default_rng(stable_seed(name, op_name))
+  x = rng.standard_normal(x_shape).astype(np.float32)
+  boxes = random_boxes(rng, int(np.prod(r_shape[:-1])), 5, 6, 0.5, hostile=True)
+  rois = (boxes.reshape(r_shape) if r_shape[-1] == 4
+          else indexed_rois(rng, boxes, max(x_shape[0], 1), padding=0.3)).astype(np.float32)
+  ops = {
+      "roi_pool": lambda x, r: jax_roi.roi_pool(x, r, 2, spatial_scale=0.5, implementation="ffi"),
+      "roi_align_avg": lambda x, r: jax_roi.roi_align(x, r, 2, spatial_scale=0.5,
+                                                      implementation="ffi"),
+      "roi_align_max": lambda x, r: jax_roi.roi_align(x, r, 2, spatial_scale=0.5, mode="max",
+                                                      implementation="ffi"),
+      "multi_scale": lambda x, r: jax_roi.multi_scale_roi_align(
+          [x], r, 2, spatial_scales=(0.5,), implementation="ffi"),
+  }
+  try:
+    jax.eval_shape(ops[op_name], x, rois)
+  except (ValueError, TypeError) as e:  # shapes the op rejects up front
+    pytest.skip(f"{op_name} rejects {name}: {e}")
+  compare(emus, ops[op_name], x, rois, stable_seed(name), box_grad=op_name != "roi_pool",
+          what=f"{op_name} {name}", adaptive=op_name != "roi_pool")
+
+
+@pytest.mark.parametrize("op_name", ["roi_pool", "roi_align_max", "multi_scale"])
+def test_vmap_and_grad_paths(emus, op_name):
+  """vmap folds into one kernel call (jax_roi._core.batching); jit(vmap(grad))
+  goes through the same emulated kernels."""
+  seed = stable_seed("vmap", op_name)
+  x, rois = make_case(seed, "float32", "float32", "NCHW", "indexed", k=6)
+  xs = np.stack([x, x[::-1] * 2])  # a batch of two feature stacks
+  ops = {
+      "roi_pool": lambda x, r: jax_roi.roi_pool(x, r, 2, spatial_scale=0.5, implementation="ffi"),
+      "roi_align_max": lambda x, r: jax_roi.roi_align(x, r, 2, spatial_scale=0.5, mode="max",
+                                                      sampling_ratio=2, implementation="ffi"),
+      "multi_scale": lambda x, r: jax_roi.multi_scale_roi_align(
+          [x], r, 2, spatial_scales=(0.5,), implementation="ffi"),
+  }
+  op = ops[op_name]
+  cot = np.random.default_rng(seed).standard_normal(
+      (2,) + jax.eval_shape(op, x, rois).shape).astype(np.float32)
+
+  def grad(c):  # d<op(x), c>/dx, vmapped over (x, c)
+    return jax.vmap(lambda x, c: jax.vjp(lambda x: op(x, rois), x)[1](c)[0])(xs, c)
+
+  fn = jax.jit(lambda xs, r: (jax.vmap(op, (0, None))(xs, r), grad(cot), grad(np.abs(cot))))
+  expected, runs = run_both(emus, fn, xs, rois, case_seed=seed)
+  for label, got, stats in runs:
+    check_launched(stats, got[:1], f"vmap {op_name} [{label}]")
+    assert_bits_equal(got[0], expected[0], f"vmap {op_name} [{label}] output")
+    _check_feature_grads(got[1], expected[1], expected[2], f"vmap {op_name} [{label}] gradient",
+                         GRAD_ULPS_ADAPTIVE if op_name == "multi_scale" else GRAD_ULPS)
+
+
+ALL_VARIANTS = [(d, b, l, f) for d in DTYPES for b in ("float32", "float64")
+                for l in ("NCHW", "NHWC") for f in ("indexed", "batched")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ALL_VARIANTS, ids=["-".join(v) for v in ALL_VARIANTS])
+@pytest.mark.parametrize("op_name", ["roi_pool"] + [f"roi_align-{m}-{sr}-{a}"
+                                                    for m, sr, a in ALIGN_CONFIGS])
+def test_extended_sweep(emus, variant, op_name):
+  """Every (dtype, box dtype, layout, format) combination for every op
+  configuration, larger maps and more boxes (the default run covers each
+  value of each axis, not every combination)."""
+  dtype, box_dtype, layout, fmt = variant
+  seed = stable_seed("sweep", op_name, *variant)
+  with _x64(dtype, box_dtype):
+    x, rois = make_case(seed, dtype, box_dtype, layout, fmt, n=3, c=4, h=13, w=10, k=24)
+    if op_name == "roi_pool":
+      op = lambda x, r: jax_roi.roi_pool(x, r, (4, 3), spatial_scale=0.5, layout=layout,
+                                         implementation="ffi")
+    else:
+      _, mode, sr, aligned = op_name.split("-")
+      op = lambda x, r: jax_roi.roi_align(x, r, (4, 3), spatial_scale=0.5,
+                                          sampling_ratio=int(sr), aligned=aligned == "True",
+                                          mode=mode, layout=layout, implementation="ffi")
+    compare(emus, op, x, rois, seed, box_grad=op_name != "roi_pool",
+            what=f"{op_name} {variant}", adaptive=op_name.endswith("-0-True") or op_name.endswith("-0-False"))
+
+
+def _base(x, rois, output_size, spatial_scale, layout):
+  return canonicalize(x, rois, output_size, spatial_scale=spatial_scale, layout=layout,
+                      box_order="xyxy", implementation="ffi")[2]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_forward_argmax(emus, variant):
+  """The argmax residuals the FFI layer hands to the backward: roi_pool's
+  flat spatial index, roi_align max mode's winning sample, bit for bit."""
+  dtype, box_dtype, layout, fmt = variant
+  seed = stable_seed("argmax", *variant)
+  with _x64(dtype, box_dtype):
+    x, rois = make_case(seed, dtype, box_dtype, layout, fmt)
+    base = _base(x, rois, (3, 2), 0.5, layout)
+    pool = RoiPoolConfig(base)
+    aligns = [RoiAlignConfig(base, sr, aligned, "max") for sr in (0, 2) for aligned in (False, True)]
+
+    def fn(x, rois):
+      outs = roi_pool_ffi.forward(x, rois, pool, with_argmax=True)
+      for c in aligns:
+        outs += tuple(roi_align_ffi.forward(x, rois, c, with_argmax=True))
+      return outs
+
+    expected, runs = run_both(emus, jax.jit(fn), jnp.asarray(x), jnp.asarray(rois),
+                              case_seed=seed)
+    assert expected[1].dtype == np.int32 and expected[1].size > 0
+    for label, got, stats in runs:
+      check_launched(stats, got, f"argmax {variant} [{label}]")
+      for i, (a, e) in enumerate(zip(got, expected)):
+        assert_bits_equal(a, e, f"argmax {variant} [{label}] result {i}")
+
+
+# ---------------------------------------------------------------------------
+# The modules themselves
+# ---------------------------------------------------------------------------
+
+
+def test_every_target_has_an_emulated_twin_per_architecture(emus):
+  assert sorted(m.cuda_arch for m in emus) == sorted(ARCHS)
+  assert len(set(ARCHS)) >= 2 or os.environ.get("JAX_ROI_EMULATION_ARCHS")
+  cpu = set(extension.target_names())
+  assert cpu
+  for m in emus:
+    assert m.target_suffix == f"_cuda_emulation_sm{m.cuda_arch}"
+    targets = m.cpu_targets()
+    assert set(targets) == {t + m.target_suffix for t in cpu}
+    for handlers in targets.values():  # instantiate (kernel preloading) + execute
+      assert set(handlers) == {"instantiate", "execute"}
+
+
+def test_kernels_are_preloaded_once_by_the_instantiate_stage(emus):
+  """XLA:CPU runs the handlers' instantiate stage when it compiles a call:
+  the first one of the process loads every registered kernel once
+  (cudaFuncGetAttributes: the emulation's stand-in counts the calls);
+  later compilations load nothing. In a fresh interpreter, so that no
+  earlier test has compiled anything."""
+  build = pathlib.Path(emus[0].__file__).parent
+  code = f"""
+import sys
+sys.path.insert(0, {str(build)!r})
+import jax, numpy as np, jax_roi
+from jax_roi._core import kernel
+m = __import__("_jax_roi_cuda_emulation_sm{emus[0].cuda_arch}")
+for name, h in m.cpu_targets().items():
+  jax.ffi.register_ffi_target(name, h, platform="cpu")
+n = m.registered_kernel_count()
+assert n >= 5 * 8, n  # 5 kernels x 8 (storage, coordinate) type pairs
+x = np.ones((1, 2, 5, 5), np.float32)
+rois = np.array([[0, 0, 0, 3, 3]], np.float32)
+assert m.kernel_loads() == 0 and m.stats()["func_attribute_queries"] == 0
+jax.block_until_ready(jax_roi.roi_align(x, rois, 2, implementation="ffi"))  # the CPU kernels
+assert m.kernel_loads() == 0
+with kernel.redirect_targets(lambda t: t + m.target_suffix):
+  for mode in ("avg", "max"):  # two compilations, two instantiations
+    jax.block_until_ready(jax_roi.roi_align(x, rois, 2, mode=mode, implementation="ffi"))
+    assert m.kernel_loads() == n, (m.kernel_loads(), n)
+    assert m.stats()["func_attribute_queries"] == n
+assert m.preload_kernels() == 0 and m.kernel_loads() == n  # cudaSuccess; nothing reloaded
+print("ok", n)
+"""
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+  assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
+
+
+def test_redirect_targets_clears_compiled_executables(emus):
+  """A call jitted before the redirect is not reused inside it, nor the
+  redirected one after it."""
+  m = emus[0]
+  x, rois = make_case(1, "float32", "float32", "NCHW", "indexed")
+  f = lambda: jax.block_until_ready(jax_roi.roi_pool(x, rois, 2, implementation="ffi"))
+  f()
+  m.reset_stats()
+  with kernel.redirect_targets(lambda t: t + m.target_suffix):
+    f()
+    assert m.stats()["launches"] > 0
+  m.reset_stats()
+  f()
+  assert m.stats()["launches"] == 0
