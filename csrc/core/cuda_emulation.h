@@ -1320,110 +1320,58 @@ inline T __ldg(const T* p) {
 }
 
 // Atomics: plain read-modify-writes (exact: a block runs alone); integer
-// arithmetic wraps as on the GPU. Each returns the old value.
-inline int atomicAdd(int* a, int v) {
-  const int old = *a;
-  *a = static_cast<int>(static_cast<unsigned>(old) + static_cast<unsigned>(v));
-  return old;
-}
-inline unsigned atomicAdd(unsigned* a, unsigned v) {
-  const unsigned old = *a;
-  *a = old + v;
-  return old;
-}
-inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
-  const unsigned long long old = *a;
-  *a = old + v;
-  return old;
-}
-inline float atomicAdd(float* a, float v) {
-  const float old = *a;
-  *a = old + v;
-  return old;
-}
-inline double atomicAdd(double* a, double v) {
-  const double old = *a;
-  *a = old + v;
-  return old;
-}
-inline int atomicSub(int* a, int v) {
-  const int old = *a;
-  *a = static_cast<int>(static_cast<unsigned>(old) - static_cast<unsigned>(v));
-  return old;
-}
-inline unsigned atomicSub(unsigned* a, unsigned v) {
-  const unsigned old = *a;
-  *a = old - v;
-  return old;
-}
-template <typename T>
-inline T jax_roi_emu_exch(T* a, T v) {
+// arithmetic wraps as on the GPU (signed values go through their unsigned
+// twin). Each returns the old value.
+template <typename T, typename F>
+inline T jax_roi_emu_rmw(T* a, F f) {
   const T old = *a;
-  *a = v;
+  *a = static_cast<T>(f(old));
   return old;
 }
-inline int atomicExch(int* a, int v) { return jax_roi_emu_exch(a, v); }
-inline unsigned atomicExch(unsigned* a, unsigned v) { return jax_roi_emu_exch(a, v); }
-inline unsigned long long atomicExch(unsigned long long* a, unsigned long long v) {
-  return jax_roi_emu_exch(a, v);
-}
-inline float atomicExch(float* a, float v) { return jax_roi_emu_exch(a, v); }
-#define JAX_ROI_EMU_MINMAX(T)                 \
-  inline T atomicMin(T* a, T v) {             \
-    const T old = *a;                         \
-    *a = v < old ? v : old;                   \
-    return old;                               \
-  }                                           \
-  inline T atomicMax(T* a, T v) {             \
-    const T old = *a;                         \
-    *a = v > old ? v : old;                   \
-    return old;                               \
+inline int jax_roi_emu_wrap(unsigned v) { return static_cast<int>(v); }
+#define JAX_ROI_EMU_RMW(R, name, T, expr)                                  \
+  inline R name(T* a, T v) {                                               \
+    return jax_roi_emu_rmw(a, [&]([[maybe_unused]] T old) { return expr; }); \
   }
-JAX_ROI_EMU_MINMAX(int)
-JAX_ROI_EMU_MINMAX(unsigned)
-JAX_ROI_EMU_MINMAX(long long)
-JAX_ROI_EMU_MINMAX(unsigned long long)
-#undef JAX_ROI_EMU_MINMAX
-inline unsigned atomicInc(unsigned* a, unsigned v) {
-  const unsigned old = *a;
-  *a = old >= v ? 0u : old + 1u;
-  return old;
-}
-inline unsigned atomicDec(unsigned* a, unsigned v) {
-  const unsigned old = *a;
-  *a = (old == 0u || old > v) ? v : old - 1u;
-  return old;
-}
-#define JAX_ROI_EMU_CAS_BITS(T)                   \
-  inline T atomicCAS(T* a, T compare, T v) {      \
-    const T old = *a;                             \
-    if (old == compare) *a = v;                   \
-    return old;                                   \
-  }                                               \
-  inline T atomicAnd(T* a, T v) {                 \
-    const T old = *a;                             \
-    *a = static_cast<T>(old & v);                 \
-    return old;                                   \
-  }                                               \
-  inline T atomicOr(T* a, T v) {                  \
-    const T old = *a;                             \
-    *a = static_cast<T>(old | v);                 \
-    return old;                                   \
-  }                                               \
-  inline T atomicXor(T* a, T v) {                 \
-    const T old = *a;                             \
-    *a = static_cast<T>(old ^ v);                 \
-    return old;                                   \
+JAX_ROI_EMU_RMW(int, atomicAdd, int, jax_roi_emu_wrap(static_cast<unsigned>(old) + v))
+JAX_ROI_EMU_RMW(unsigned, atomicAdd, unsigned, old + v)
+JAX_ROI_EMU_RMW(unsigned long long, atomicAdd, unsigned long long, old + v)
+JAX_ROI_EMU_RMW(float, atomicAdd, float, old + v)
+JAX_ROI_EMU_RMW(double, atomicAdd, double, old + v)
+JAX_ROI_EMU_RMW(int, atomicSub, int, jax_roi_emu_wrap(static_cast<unsigned>(old) - v))
+JAX_ROI_EMU_RMW(unsigned, atomicSub, unsigned, old - v)
+JAX_ROI_EMU_RMW(int, atomicExch, int, v)
+JAX_ROI_EMU_RMW(unsigned, atomicExch, unsigned, v)
+JAX_ROI_EMU_RMW(unsigned long long, atomicExch, unsigned long long, v)
+JAX_ROI_EMU_RMW(float, atomicExch, float, v)
+JAX_ROI_EMU_RMW(unsigned, atomicInc, unsigned, old >= v ? 0u : old + 1u)
+JAX_ROI_EMU_RMW(unsigned, atomicDec, unsigned, (old == 0u || old > v) ? v : old - 1u)
+#define JAX_ROI_EMU_INTEGER_ATOMICS(T)                    \
+  JAX_ROI_EMU_RMW(T, atomicMin, T, v < old ? v : old)     \
+  JAX_ROI_EMU_RMW(T, atomicMax, T, v > old ? v : old)
+JAX_ROI_EMU_INTEGER_ATOMICS(int)
+JAX_ROI_EMU_INTEGER_ATOMICS(unsigned)
+JAX_ROI_EMU_INTEGER_ATOMICS(long long)
+JAX_ROI_EMU_INTEGER_ATOMICS(unsigned long long)
+#define JAX_ROI_EMU_BITWISE_ATOMICS(T)                    \
+  JAX_ROI_EMU_RMW(T, atomicAnd, T, old & v)               \
+  JAX_ROI_EMU_RMW(T, atomicOr, T, old | v)                \
+  JAX_ROI_EMU_RMW(T, atomicXor, T, old ^ v)
+JAX_ROI_EMU_BITWISE_ATOMICS(int)
+JAX_ROI_EMU_BITWISE_ATOMICS(unsigned)
+JAX_ROI_EMU_BITWISE_ATOMICS(unsigned long long)
+#define JAX_ROI_EMU_CAS(T)                                                   \
+  inline T atomicCAS(T* a, T compare, T v) {                                 \
+    return jax_roi_emu_rmw(a, [&](T old) { return old == compare ? v : old; }); \
   }
-JAX_ROI_EMU_CAS_BITS(int)
-JAX_ROI_EMU_CAS_BITS(unsigned)
-JAX_ROI_EMU_CAS_BITS(unsigned long long)
-#undef JAX_ROI_EMU_CAS_BITS
-inline unsigned short atomicCAS(unsigned short* a, unsigned short compare, unsigned short v) {
-  const unsigned short old = *a;
-  if (old == compare) *a = v;
-  return old;
-}
+JAX_ROI_EMU_CAS(int)
+JAX_ROI_EMU_CAS(unsigned)
+JAX_ROI_EMU_CAS(unsigned long long)
+JAX_ROI_EMU_CAS(unsigned short)
+#undef JAX_ROI_EMU_CAS
+#undef JAX_ROI_EMU_BITWISE_ATOMICS
+#undef JAX_ROI_EMU_INTEGER_ATOMICS
+#undef JAX_ROI_EMU_RMW
 
 // Integer intrinsics common in warp code.
 inline int __popc(unsigned x) { return __builtin_popcount(x); }

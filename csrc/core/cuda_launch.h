@@ -229,6 +229,14 @@ cudaError_t launch_over(int64_t n, cudaStream_t stream, A&&... args) {
                         std::forward<A>(args)...);
 }
 
+// Launches Kernel(args, total) with one thread per output element of
+// args.dims (the RoI ops' forward and backward kernels).
+template <auto Kernel, typename Args>
+cudaError_t launch_per_output(cudaStream_t stream, const Args& args) {
+  const int64_t total = output_count(args.dims);
+  return launch_over<Kernel>(total, stream, args, total);
+}
+
 // Zeroes n elements at p on `stream` (nothing when n is 0).
 template <typename P>
 cudaError_t zero_async(P* p, int64_t n, cudaStream_t stream) {

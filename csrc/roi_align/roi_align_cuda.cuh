@@ -18,8 +18,7 @@
 #include "roi_align/roi_align_kernels.h"
 #include "roi_align/roi_align_math.h"
 
-namespace jax_roi {
-namespace cuda {
+namespace jax_roi::cuda {
 
 template <typename T, typename C>
 __global__ void roi_align_forward_kernel(AlignForwardArgs<T, C> a, int64_t total) {
@@ -102,8 +101,7 @@ __global__ void roi_align_box_grad_kernel(AlignBoxGradArgs<T, C> a) {
 
 template <typename T, typename C>
 cudaError_t roi_align_forward(cudaStream_t stream, const AlignForwardArgs<T, C>& args) {
-  const int64_t total = output_count(args.dims);
-  return launch_over<roi_align_forward_kernel<T, C>>(total, stream, args, total);
+  return launch_per_output<roi_align_forward_kernel<T, C>>(stream, args);
 }
 
 template <typename T, typename C>
@@ -114,8 +112,7 @@ cudaError_t roi_align_backward(cudaStream_t stream, const AlignBackwardArgs<T, C
     const cudaError_t err = zero_async(args.levels[l].data, size, stream);
     if (err != cudaSuccess) return err;
   }
-  const int64_t total = output_count(d);
-  return launch_over<roi_align_backward_kernel<T, C>>(total, stream, args, total);
+  return launch_per_output<roi_align_backward_kernel<T, C>>(stream, args);
 }
 
 template <typename T, typename C>
@@ -123,7 +120,6 @@ cudaError_t roi_align_box_grad(cudaStream_t stream, const AlignBoxGradArgs<T, C>
   return launch_over<roi_align_box_grad_kernel<T, C>>(args.dims.num_rois, stream, args);
 }
 
-}  // namespace cuda
-}  // namespace jax_roi
+}  // namespace jax_roi::cuda
 
 #endif  // JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_CUDA_CUH_

@@ -16,8 +16,7 @@
 #include "roi_pool/roi_pool_kernels.h"
 #include "roi_pool/roi_pool_math.h"
 
-namespace jax_roi {
-namespace cuda {
+namespace jax_roi::cuda {
 
 template <typename T, typename C>
 __global__ void roi_pool_forward_kernel(PoolForwardArgs<T, C> a, int64_t total) {
@@ -61,8 +60,7 @@ __global__ void roi_pool_backward_kernel(PoolBackwardArgs<T, C> a, int64_t total
 
 template <typename T, typename C>
 cudaError_t roi_pool_forward(cudaStream_t stream, const PoolForwardArgs<T, C>& args) {
-  const int64_t total = output_count(args.dims);
-  return launch_over<roi_pool_forward_kernel<T, C>>(total, stream, args, total);
+  return launch_per_output<roi_pool_forward_kernel<T, C>>(stream, args);
 }
 
 template <typename T, typename C>
@@ -72,11 +70,9 @@ cudaError_t roi_pool_backward(cudaStream_t stream, const PoolBackwardArgs<T, C>&
   if (grad_size == 0) return cudaSuccess;
   const cudaError_t err = zero_async(args.grad_features, grad_size, stream);
   if (err != cudaSuccess) return err;
-  const int64_t total = output_count(d);
-  return launch_over<roi_pool_backward_kernel<T, C>>(total, stream, args, total);
+  return launch_per_output<roi_pool_backward_kernel<T, C>>(stream, args);
 }
 
-}  // namespace cuda
-}  // namespace jax_roi
+}  // namespace jax_roi::cuda
 
 #endif  // JAX_ROI_CSRC_ROI_POOL_ROI_POOL_CUDA_CUH_
