@@ -12,6 +12,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
+import numpy as np
+
 # One line of documentation per op argument that layers hold.
 ATTRIBUTE_DOCS = {
     "output_size": "PH = PW, or (PH, PW).",
@@ -49,12 +51,19 @@ def attributes(op: Callable) -> list[Attribute]:
 
 
 def static(value):
-  """Lists (e.g. from a config file) become tuples: static, hashable."""
-  return tuple(value) if isinstance(value, list) else value
+  """Sequences given as lists or 1-D numpy arrays (e.g. from a config file)
+  become tuples: static and hashable, as the ops take them."""
+  if isinstance(value, list) or (isinstance(value, np.ndarray) and value.ndim == 1):
+    return tuple(value)
+  return value
 
 
 def call_op(op: Callable, attrs: list[Attribute], layer, features, rois):
-  """op(features, rois, output_size, **the layer's other attributes)."""
+  """op(features, rois, output_size, **the layer's other attributes).
+  Feature maps given as another iterable than a list or tuple (the levels
+  of a pyramid) are passed as a list."""
+  if not (hasattr(features, "shape") or isinstance(features, (list, tuple))):
+    features = list(features)
   first, *rest = attrs
   return op(features, rois, static(getattr(layer, first.name)),
             **{a.name: static(getattr(layer, a.name)) for a in rest})

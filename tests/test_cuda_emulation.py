@@ -116,6 +116,8 @@ def _build(archs, sanitize) -> pathlib.Path:
           "-DJAX_ROI_CUDA=OFF", "-DJAX_ROI_BUILD_CUDA_EMULATION=ON",
           f"-DJAX_ROI_EMULATION_ARCHS={';'.join(map(str, archs))}",
           f"-DJAX_ROI_SANITIZE={'ON' if sanitize else 'OFF'}",
+          # CI builds with JAX_ROI_WERROR=ON: the emulation build stays warning-free too.
+          f"-DJAX_ROI_WERROR={os.environ.get('JAX_ROI_WERROR', 'OFF')}",
       ]
       targets = [f"_jax_roi_cuda_emulation_sm{a}" for a in archs]
       for cmd in (configure, [_tool("cmake"), "--build", str(build), "--target", *targets]):
@@ -580,7 +582,9 @@ assert m.preload_kernels() == 0 and m.kernel_loads() == n  # cudaSuccess; nothin
 print("ok", n)
 """
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                         # the jax_roi under test first (not a source tree on sys.path)
+                         [str(pathlib.Path(jax_roi.__file__).parent.parent)] + sys.path)))
   assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
 
 

@@ -5,7 +5,7 @@ bfloat16, float64), both layouts (NCHW, NHWC) and both box formats
 (indexed (K, 5) rows, batched (N, R, 4) boxes), in both box orders (xyxy,
 yxyx), hostile rows included (NaN boxes, out-of-range image indices).
 
-Forward outputs must be identical (the kernels share roi_math.h and both
+Forward outputs must be identical (the kernels share the <op>_math.h headers and both
 sides compile without FMA contraction); the feature and box gradients (of
 sum(out * cotangent)) equal to float rounding, because the GPU backward
 sums with atomics in another order. NaN positions must agree too.
@@ -134,9 +134,9 @@ def main():
     print(f"gpu_compare: no CUDA device ({e}); run with JAX_PLATFORMS=cuda,cpu on a GPU machine")
     sys.exit(2)
   cpu = jax.devices("cpu")[0]
-  from jax_roi import _ffi
+  from jax_roi._core import extension
   print(f"GPU: {gpu.device_kind}; jax {jax.__version__}; jax_roi {jax_roi.__version__}, "
-        f"CUDA kernels: {_ffi.WITH_CUDA}")
+        f"CUDA kernels: {extension.WITH_CUDA}")
   if args.small:
     size = (1, 3, 9, 11, 4)
     grid = [("roi_align", "NCHW", ("indexed", "xyxy"), "float32"),

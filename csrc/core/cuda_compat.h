@@ -1,5 +1,5 @@
 // The CUDA surface of the kernel headers (*_cuda.cuh) and of the launcher
-// declarations (*_launch.h), on three compilers:
+// declarations (JAX_ROI_DECLARE_KERNEL in *_kernels.h), on three compilers:
 //
 //  * nvcc (__CUDACC__): <cuda_runtime.h>. JAX_ROI_CUDA_ARCH is __CUDA_ARCH__
 //    in the device pass and 0 in the host pass: architecture-dependent code

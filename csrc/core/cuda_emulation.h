@@ -92,7 +92,7 @@
 // compiles the emulated kernels once per supported architecture value, each
 // build in its own module (the value must be the same in every translation
 // unit linked together). __CUDA_ARCH__ and __CUDACC__ stay undefined: host
-// code paths (e.g. the memcpy bit casts of roi_common.h) are used.
+// code paths (e.g. the memcpy bit casts of core/types.h) are used.
 // Intrinsics that need a newer architecture (__reduce_*_sync: 800) exist
 // only when JAX_ROI_CUDA_ARCH is high enough, so a missing #if guard fails
 // to compile in the older build, as it would with nvcc. The nvcc side, for

@@ -171,40 +171,33 @@ inline size_t kernel_loads() {
   return l.loads;
 }
 
-// Loads every registered kernel on every visible device, once per device per
-// process (thread-safe; later calls only take a lock). Each device's
-// primary context - the one XLA uses - is made current for the loads, then
-// the calling thread's current device is restored. Returns the first error
-// (e.g. cudaErrorNoKernelImageForDevice: no code for this GPU), or
-// cudaSuccess; a device whose loads failed is retried by the next call.
+// Loads every registered kernel on the calling thread's current device (the
+// one whose context XLA makes current when it builds an executable for it),
+// once per device per process (thread-safe; later calls only take a lock).
+// Other devices are left alone: no context is created on a GPU the process
+// does not use. Returns the first error (e.g. cudaErrorNoKernelImageForDevice:
+// no code for this GPU), after clearing it from the runtime's last-error
+// state so that no later launch reports it; a device whose loads failed is
+// retried by the next call.
 inline cudaError_t preload_registered_kernels() {
   detail::KernelList& l = detail::kernel_list();
   std::lock_guard<std::mutex> lock(l.mu);
-  int devices = 0;
-  cudaError_t err = cudaGetDeviceCount(&devices);
-  if (err != cudaSuccess) return err;
-  if (l.loaded_on_device.size() < static_cast<size_t>(devices)) {
-    l.loaded_on_device.resize(static_cast<size_t>(devices), false);
-  }
-  int current = 0;
-  err = cudaGetDevice(&current);
-  if (err != cudaSuccess) return err;
-  bool switched = false;
-  for (int d = 0; d < devices && err == cudaSuccess; ++d) {
-    if (l.loaded_on_device[static_cast<size_t>(d)]) continue;
-    if (d != current) {
-      err = cudaSetDevice(d);
-      switched = true;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess && device >= 0) {
+    if (l.loaded_on_device.size() <= static_cast<size_t>(device)) {
+      l.loaded_on_device.resize(static_cast<size_t>(device) + 1, false);
     }
+    if (l.loaded_on_device[static_cast<size_t>(device)]) return cudaSuccess;
     for (size_t k = 0; k < l.kernels.size() && err == cudaSuccess; ++k) {
       cudaFuncAttributes attributes;
       err = cudaFuncGetAttributes(&attributes, l.kernels[k]);
       if (err == cudaSuccess) ++l.loads;
     }
-    if (err == cudaSuccess) l.loaded_on_device[static_cast<size_t>(d)] = true;
+    if (err == cudaSuccess) l.loaded_on_device[static_cast<size_t>(device)] = true;
   }
-  const cudaError_t restore = switched ? cudaSetDevice(current) : cudaSuccess;
-  return err != cudaSuccess ? err : restore;
+  if (err != cudaSuccess) static_cast<void>(cudaGetLastError());
+  return err;
 }
 
 // ---------------------------------------------------------------------------

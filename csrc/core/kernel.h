@@ -28,7 +28,7 @@
 #include "core/cuda_compat.h"
 namespace jax_roi {
 namespace cuda {
-// Loads the code of every CUDA kernel of the module on every visible device,
+// Loads the code of every CUDA kernel of the module on the current device,
 // once per device per process (core/cuda_launch.h's
 // preload_registered_kernels(); defined by the CUDA translation unit,
 // roi_kernels.cu). The CUDA handlers' FFI instantiate stage calls it, so

@@ -47,7 +47,12 @@ void add(Platform platform, const std::string& name, Stages stages) {
 
 }  // namespace
 
-const TargetMap& registered_targets(Platform platform) { return registry().targets[platform]; }
+const TargetMap& registered_targets(Platform platform) {
+  static const TargetMap kNone;
+  const Registry& r = registry();
+  const auto it = r.targets.find(platform);
+  return it != r.targets.end() ? it->second : kNone;
+}
 
 const std::vector<std::string>& registration_errors() { return registry().errors; }
 

@@ -1,8 +1,8 @@
 // RoIAlign's FFI handler cores, shared by roi_align's targets (one feature
 // map, roi_align_ffi.cc) and multi_scale_roi_align's (FPN levels,
 // multi_scale_roi_align/multi_scale_ffi.cc): decode and validate the levels,
-// options and operands, then run the kernels of roi_align_cpu.h /
-// roi_align_launch.h through the back end.
+// options and operands, then run the kernels declared in roi_align_kernels.h
+// through the back end.
 #ifndef JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_FFI_H_
 #define JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_FFI_H_
 

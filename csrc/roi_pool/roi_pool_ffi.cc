@@ -1,5 +1,5 @@
 // RoIPool's XLA FFI targets (CPU and CUDA): decode and validate, then run
-// the kernels of roi_pool_cpu.h / roi_pool_launch.h.
+// the kernels declared in roi_pool_kernels.h.
 #include <cstdint>
 #include <string_view>
 #include <vector>

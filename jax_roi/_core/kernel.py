@@ -21,8 +21,6 @@ from jax_roi._core.batching import fold
 from jax_roi._core.sharding import partitionable
 from jax_roi._core.spec import Kernel
 
-EMPTY = jax.ShapeDtypeStruct((0,), jnp.int32)  # an empty result placeholder
-
 
 def empty_operand() -> jax.Array:
   """An empty operand placeholder (e.g. no argmax in avg mode)."""

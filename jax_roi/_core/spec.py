@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 
 from jax_roi._core.layout import acc_dtype, channels_of, pooled_shape
 
@@ -52,14 +54,34 @@ def pooled_result(rois: jax.Array, image_shapes: tuple, attrs: dict,
   return jax.ShapeDtypeStruct(shape, dtype)
 
 
+EMPTY = jax.ShapeDtypeStruct((0,), jnp.int32)  # an empty result placeholder
+
+
+@functools.lru_cache(maxsize=None)
+def forward_results(argmax_count: int, with_argmax: bool) -> ResultFn:
+  """A forward's results: the pooled output in the features' dtype (operand
+  0; operand 1 the rois), then `argmax_count` int32 arrays of its shape (the
+  winners the backward needs), or empty placeholders when not asked for.
+  Cached: equal arguments give the same function (Kernel specs compare it)."""
+
+  def results(args, image_shapes, attrs):
+    out = pooled_result(args[1], image_shapes, attrs, args[0].dtype)
+    argmax = out.update(dtype=jnp.int32) if with_argmax else EMPTY
+    return (out,) + (argmax,) * argmax_count
+
+  return results
+
+
 def feature_grad_results(args, image_shapes, attrs):
   """Gradients of every feature map (one per level), in the accumulation
   dtype of the cotangent, operand 0."""
   return tuple(jax.ShapeDtypeStruct(s, acc_dtype(args[0].dtype)) for s in image_shapes)
 
 
+@functools.lru_cache(maxsize=None)
 def like_operand(index: int) -> ResultFn:
-  """One result with the shape and dtype of operand `index` (a box gradient)."""
+  """One result with the shape and dtype of operand `index` (a box gradient).
+  Cached, like forward_results."""
 
   def results(args, image_shapes, attrs):
     return (jax.ShapeDtypeStruct(args[index].shape, args[index].dtype),)

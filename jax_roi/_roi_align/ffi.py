@@ -3,32 +3,17 @@ and the VJP wiring."""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from jax_roi._core import kernel
 from jax_roi._core.autodiff import VjpRules, differentiable
 from jax_roi._core.dispatch import Op
 from jax_roi._core.spec import (IMAGE, NONE, ROI, ROIS, Kernel, feature_grad_results,
-                                like_operand, pooled_result)
+                                forward_results, like_operand)
 from jax_roi._roi_align import xla
 from jax_roi._roi_align.config import RoiAlignConfig
 
 FORWARD = "jax_roi_roi_align_fwd_v1"  # features, rois -> output, argmax_y, argmax_x
 BACKWARD = "jax_roi_roi_align_bwd_v1"  # grad_output, rois, argmax_y, argmax_x -> grad_features
 BOX_GRAD = "jax_roi_roi_align_box_grad_v1"  # features, rois, grad_output, argmax_y, argmax_x -> grad_rois
-
-
-def _forward_results(with_argmax):
-  def results(args, image_shapes, attrs):
-    features, rois = args
-    out = pooled_result(rois, image_shapes, attrs, features.dtype)
-    if with_argmax:
-      return out, out.update(dtype=jnp.int32), out.update(dtype=jnp.int32)
-    return out, kernel.EMPTY, kernel.EMPTY
-  return results
-
-
-_FORWARD_RESULTS = {True: _forward_results(True), False: _forward_results(False)}
 
 
 def _argmax_roles(config: RoiAlignConfig):
@@ -40,7 +25,7 @@ def forward(features, rois, config: RoiAlignConfig, with_argmax: bool):
   placeholder unless asked for."""
   with_argmax = with_argmax and config.mode == "max"
   roles = (ROI, ROI) if with_argmax else (NONE, NONE)
-  k = Kernel(FORWARD, (IMAGE, ROIS), (ROI,) + roles, _FORWARD_RESULTS[with_argmax],
+  k = Kernel(FORWARD, (IMAGE, ROIS), (ROI,) + roles, forward_results(2, with_argmax),
              config.attrs())
   return kernel.call(k, [features.shape], features, rois)
 

@@ -3,13 +3,11 @@ the VJP wiring."""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from jax_roi._core import kernel
 from jax_roi._core.autodiff import VjpRules, differentiable
 from jax_roi._core.dispatch import Op
 from jax_roi._core.spec import (IMAGE, NONE, ROI, ROIS, Kernel, feature_grad_results,
-                                pooled_result)
+                                forward_results)
 from jax_roi._roi_pool import xla
 from jax_roi._roi_pool.config import RoiPoolConfig
 
@@ -17,21 +15,10 @@ FORWARD = "jax_roi_roi_pool_fwd_v1"  # features, rois -> output, argmax (or empt
 BACKWARD = "jax_roi_roi_pool_bwd_v1"  # grad_output, argmax, rois -> grad_features
 
 
-def _forward_results(with_argmax):
-  def results(args, image_shapes, attrs):
-    features, rois = args
-    out = pooled_result(rois, image_shapes, attrs, features.dtype)
-    return out, (out.update(dtype=jnp.int32) if with_argmax else kernel.EMPTY)
-  return results
-
-
-_FORWARD_RESULTS = {True: _forward_results(True), False: _forward_results(False)}
-
-
 def forward(features, rois, config: RoiPoolConfig, with_argmax: bool):
   """(output, argmax); argmax is an empty placeholder unless asked for."""
   k = Kernel(FORWARD, (IMAGE, ROIS), (ROI, ROI if with_argmax else NONE),
-             _FORWARD_RESULTS[with_argmax], config.attrs())
+             forward_results(1, with_argmax), config.attrs())
   return kernel.call(k, [features.shape], features, rois)
 
 
