@@ -15,6 +15,7 @@
 #include "core/cuda_launch.h"
 #include "core/kernel.h"
 #include "core/registry.h"
+#include "cuda_emulation_bindings.h"
 #include "xla/ffi/api/c_api.h"
 
 #if !defined(JAX_ROI_CUDA_EMULATION) || !defined(JAX_ROI_EMULATION_MODULE)
@@ -22,7 +23,6 @@
 #endif
 
 namespace py = pybind11;
-namespace emu = jax_roi::cuda::emulation;
 
 PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
   jax_roi::bindings::check_registrations();
@@ -34,27 +34,7 @@ PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
   m.attr("cuda_arch") = JAX_ROI_CUDA_ARCH;
   m.attr("ffi_api_version") = py::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
 
-  m.def("set_seed", [](uint64_t s) { emu::set_seed(s); });
-  m.def("seed", [] { return emu::seed(); });
-  m.def("set_verbose", [](bool on) { emu::set_verbose(on); });
-  m.def("reset_stats", [] { emu::reset_stats(); });
-  m.def("stats", [] {
-    const emu::Stats s = emu::stats();
-    py::dict d;
-    d["launches"] = s.launches;
-    d["failed_launches"] = s.failed_launches;
-    d["blocks"] = s.blocks;
-    d["threads"] = s.threads;
-    d["barriers"] = s.barriers;
-    d["warp_syncs"] = s.warp_syncs;
-    d["suspensions"] = s.suspensions;
-    d["fibers_created"] = s.fibers_created;
-    d["undefined_shuffle_reads"] = s.undefined_shuffle_reads;
-    d["memsets"] = s.memsets;
-    d["func_attribute_queries"] = s.func_attribute_queries;
-    return d;
-  });
-  m.def("last_error_message", [] { return emu::last_error_message(); });
+  jax_roi::bindings::def_emulation_controls(m);
   // Grid-stride launches with at most `blocks` blocks of `threads` threads
   // (0, 0: the real launch shape), to run the grid-stride loops over several
   // strides (core/cuda_launch.h).

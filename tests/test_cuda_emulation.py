@@ -31,22 +31,18 @@ Environment:
       architectures CUDA 13 compiles for; no kernel has an architecture-
       dependent path yet, so the two ends of the range cover every one that
       a `JAX_ROI_CUDA_ARCH >= N` test could select)
-  JAX_ROI_EMULATION_BUILD_DIR  where to build (default <repo>/build/cuda_emulation)
+  JAX_ROI_EMULATION_BUILD_DIR  where to build (default <repo>/build; then cuda_emulation/<hash>)
   JAX_ROI_EMULATION_SANITIZE=1 build with -fsanitize=address,undefined (run
       the interpreter with the ASan runtime preloaded: tools/run_sanitized_tests.sh)
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +50,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import cmake_cache
 import jax_roi
 from helpers import DTYPES, indexed_rois, random_boxes, random_features, stable_seed
 from jax_roi._core import extension, kernel
@@ -76,14 +73,6 @@ pytestmark = pytest.mark.skipif(not extension.AVAILABLE, reason="jax_roi's kerne
 # ---------------------------------------------------------------------------
 
 
-def _tool(name):
-  here = pathlib.Path(sys.executable).parent / name
-  found = str(here) if here.exists() else shutil.which(name)
-  if found is None:
-    pytest.fail(f"{name} not found (pip install {name})")
-  return found
-
-
 def _source_hash(*extra) -> str:
   h = hashlib.sha256()
   files = [ROOT / "CMakeLists.txt"] + sorted(p for p in (ROOT / "csrc").rglob("*") if p.is_file())
@@ -100,37 +89,14 @@ def _build(archs, sanitize) -> pathlib.Path:
   pybind11 = pytest.importorskip("pybind11")
   include = jax.ffi.include_dir()
   key = _source_hash(sys.version, pybind11.__version__, jax.__version__, include, archs, sanitize)
-  base = pathlib.Path(os.environ.get("JAX_ROI_EMULATION_BUILD_DIR",
-                                     ROOT / "build" / "cuda_emulation"))
-  build = base / key
-  base.mkdir(parents=True, exist_ok=True)
-  with open(base / ".lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not (build / "built").exists():
-      shutil.rmtree(build, ignore_errors=True)
-      configure = [
-          _tool("cmake"), "-S", str(ROOT), "-B", str(build), "-G", "Ninja",
-          f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}", "-DCMAKE_BUILD_TYPE=Release",
-          f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-          f"-DXLA_FFI_INCLUDE_DIR={include}",  # the running jaxlib's FFI API
-          "-DJAX_ROI_CUDA=OFF", "-DJAX_ROI_BUILD_CUDA_EMULATION=ON",
-          f"-DJAX_ROI_EMULATION_ARCHS={';'.join(map(str, archs))}",
-          f"-DJAX_ROI_SANITIZE={'ON' if sanitize else 'OFF'}",
-          # CI builds with JAX_ROI_WERROR=ON: the emulation build stays warning-free too.
-          f"-DJAX_ROI_WERROR={os.environ.get('JAX_ROI_WERROR', 'OFF')}",
-      ]
-      targets = [f"_jax_roi_cuda_emulation_sm{a}" for a in archs]
-      for cmd in (configure, [_tool("cmake"), "--build", str(build), "--target", *targets]):
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-          pytest.fail(f"{' '.join(cmd)} failed:\n{r.stdout[-20000:]}\n{r.stderr[-20000:]}")
-      (build / "built").touch()
-    os.utime(build / "built")  # last use; builds unused for a week are pruned
-    for old in base.iterdir():
-      stamp = old / "built"
-      if old != build and stamp.exists() and time.time() - stamp.stat().st_mtime > 7 * 86400:
-        shutil.rmtree(old, ignore_errors=True)
-  return build
+  return cmake_cache.build(ROOT, "cuda_emulation", key, [
+      f"-DXLA_FFI_INCLUDE_DIR={include}",  # the running jaxlib's FFI API
+      "-DJAX_ROI_CUDA=OFF", "-DJAX_ROI_BUILD_CUDA_EMULATION=ON",
+      f"-DJAX_ROI_EMULATION_ARCHS={';'.join(map(str, archs))}",
+      f"-DJAX_ROI_SANITIZE={'ON' if sanitize else 'OFF'}",
+      # CI builds with JAX_ROI_WERROR=ON: the emulation build stays warning-free too.
+      f"-DJAX_ROI_WERROR={os.environ.get('JAX_ROI_WERROR', 'OFF')}",
+  ], targets=[f"_jax_roi_cuda_emulation_sm{a}" for a in archs])
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ hash of the sources) into the module _toy_emulation, with one submodule per
 emulated architecture (sm750, sm900), and run on the CPU.
 
 Environment:
-  JAX_ROI_EMULATION_BUILD_DIR  where to build (default: <repo>/build/cuda_emulation_tests)
+  JAX_ROI_EMULATION_BUILD_DIR  where to build (default <repo>/build; then cuda_emulation_tests/<hash>)
   JAX_ROI_EMULATION_SANITIZE=1 build with -fsanitize=address,undefined; the
       interpreter must run with the ASan runtime preloaded, e.g.
       LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)"
@@ -14,7 +14,6 @@ Environment:
   JAX_ROI_EMULATION_UCONTEXT=1 use the portable swapcontext fiber back end
 """
 import contextlib
-import fcntl
 import hashlib
 import importlib
 import os
@@ -22,23 +21,17 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
+import cmake_cache
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SRC = ROOT / "tests" / "cuda_emulation"
-HEADER = ROOT / "csrc" / "core" / "cuda_emulation.h"
+HEADERS = [ROOT / "csrc" / "core" / f for f in ("cuda_emulation.h", "cuda_compat.h")] + [
+    ROOT / "csrc" / "cuda_emulation_bindings.h"]
 SEEDS = range(8)
-
-
-def _tool(name):
-  here = pathlib.Path(sys.executable).parent / name
-  found = str(here) if here.exists() else shutil.which(name)
-  if found is None:
-    pytest.fail(f"{name} not found (pip install {name})")
-  return found
 
 
 def _flag(name):
@@ -53,36 +46,14 @@ def emu():
   if sanitize and "libasan" not in os.environ.get("LD_PRELOAD", ""):
     pytest.skip("JAX_ROI_EMULATION_SANITIZE=1 needs the ASan runtime in LD_PRELOAD")
   h = hashlib.sha256()
-  for path in sorted(SRC.iterdir()) + [HEADER]:
+  for path in sorted(SRC.iterdir()) + HEADERS:
     if path.is_file():
       h.update(path.name.encode() + b"\0" + path.read_bytes())
   h.update(f"{sys.version}|{pybind11.__version__}|{sanitize}|{ucontext}".encode())
-  base = pathlib.Path(os.environ.get("JAX_ROI_EMULATION_BUILD_DIR",
-                                     ROOT / "build" / "cuda_emulation_tests"))
-  build = base / h.hexdigest()[:16]
-  base.mkdir(parents=True, exist_ok=True)
-  with open(base / ".lock", "w") as lock:  # one build at a time (xdist workers)
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not (build / "built").exists():
-      shutil.rmtree(build, ignore_errors=True)
-      configure = [
-          _tool("cmake"), "-S", str(SRC), "-B", str(build), "-G", "Ninja",
-          f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}",
-          f"-DPython_EXECUTABLE={sys.executable}",
-          f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-          f"-DJAX_ROI_EMULATION_SANITIZE={'ON' if sanitize else 'OFF'}",
-          f"-DJAX_ROI_EMULATION_UCONTEXT={'ON' if ucontext else 'OFF'}",
-      ]
-      for cmd in (configure, [_tool("cmake"), "--build", str(build)]):
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-          pytest.fail(f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}")
-      (build / "built").touch()
-    os.utime(build / "built")  # last use; builds unused for a week are pruned
-    for old in base.iterdir():
-      stamp = old / "built"
-      if old != build and stamp.exists() and time.time() - stamp.stat().st_mtime > 7 * 86400:
-        shutil.rmtree(old, ignore_errors=True)
+  build = cmake_cache.build(SRC, "cuda_emulation_tests", h.hexdigest()[:16], [
+      f"-DJAX_ROI_EMULATION_SANITIZE={'ON' if sanitize else 'OFF'}",
+      f"-DJAX_ROI_EMULATION_UCONTEXT={'ON' if ucontext else 'OFF'}",
+  ])
   sys.path.insert(0, str(build))
   try:
     mod = importlib.import_module("_toy_emulation")

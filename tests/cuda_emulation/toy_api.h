@@ -7,7 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "toy_compat.h"
+#include "core/cuda_compat.h"
 
 namespace TOY_NAMESPACE {
 

@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "toy_compat.h"
+#include "core/cuda_compat.h"
 
 #ifndef TOY_NAMESPACE
 #define TOY_NAMESPACE toy

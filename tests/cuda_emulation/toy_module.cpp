@@ -10,10 +10,10 @@
 #include <stdexcept>
 #include <string>
 
-#include "toy_compat.h"
+#include "core/cuda_compat.h"
+#include "cuda_emulation_bindings.h"
 
 namespace py = pybind11;
-namespace emu = jax_roi::cuda::emulation;
 
 namespace toy_module {
 
@@ -52,29 +52,7 @@ PYBIND11_MODULE(_toy_emulation, m) {
   m.attr("FIBER_BACKEND") = "ucontext";
 #endif
 
-  m.def("set_seed", [](uint64_t s) { emu::set_seed(s); });
-  m.def("set_shuffle", [](bool on) { emu::set_shuffle(on); });
-  m.def("set_verbose", [](bool on) { emu::set_verbose(on); });
-  m.def("set_max_dynamic_shared_bytes", [](size_t n) { emu::set_max_dynamic_shared_bytes(n); });
-  m.def("max_dynamic_shared_bytes", [] { return emu::max_dynamic_shared_bytes(); });
-  m.def("reset_stats", [] { emu::reset_stats(); });
-  m.def("stats", [] {
-    const emu::Stats s = emu::stats();
-    py::dict d;
-    d["launches"] = s.launches;
-    d["failed_launches"] = s.failed_launches;
-    d["blocks"] = s.blocks;
-    d["threads"] = s.threads;
-    d["barriers"] = s.barriers;
-    d["warp_syncs"] = s.warp_syncs;
-    d["suspensions"] = s.suspensions;
-    d["fibers_created"] = s.fibers_created;
-    d["undefined_shuffle_reads"] = s.undefined_shuffle_reads;
-    d["memsets"] = s.memsets;
-    d["func_attribute_queries"] = s.func_attribute_queries;
-    return d;
-  });
-  m.def("last_error_message", [] { return emu::last_error_message(); });
+  jax_roi::bindings::def_emulation_controls(m);
   m.def("get_last_error", [] { return static_cast<int>(cudaGetLastError()); });
   m.def("peek_last_error", [] { return static_cast<int>(cudaPeekAtLastError()); });
   m.def("error_string",
