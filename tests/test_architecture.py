@@ -118,7 +118,7 @@ def test_pure_jax_modules_never_reach_the_extension(name):
 
 def _run(code: str) -> subprocess.CompletedProcess:
   # -P: import the jax_roi under test, not a source tree on the cwd.
-  return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+  return subprocess.run([sys.executable, "-P", "-c", textwrap.dedent(code)], capture_output=True,
                         text=True, timeout=300, cwd=PACKAGE.parent.parent)
 
 

@@ -547,7 +547,7 @@ with kernel.redirect_targets(lambda t: t + m.target_suffix):
 assert m.preload_kernels() == 0 and m.kernel_loads() == n  # cudaSuccess; nothing reloaded
 print("ok", n)
 """
-  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+  r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300,
                      env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                          # the jax_roi under test first (not a source tree on sys.path)
                          [str(pathlib.Path(jax_roi.__file__).parent.parent)] + sys.path)))
