@@ -14,9 +14,11 @@ build, for several emulation seeds, and compares:
 * forward outputs and the FFI layer's argmax residuals bit for bit (NaN
   equals NaN whatever its sign bit; -0.0 differs from 0.0): one thread per
   output element computes it in the same operation order as the CPU kernels;
-* box gradients (roi_align, multi-scale) bit for bit: one CUDA thread per
-  RoI sums channels, bins and samples in a fixed order, in double, as the CPU
-  kernel does (no atomics);
+* box gradients (roi_align, multi-scale) bit for bit: one CUDA block per
+  RoI sums its outputs in double in 256 lanes combined by a fixed tree, the
+  order the CPU kernel follows too (roi_align_math.h: kBoxGradLanes; no
+  atomics), so the bits depend neither on the schedule (the seed) nor on the
+  block size (the launch limits);
 * feature gradients to a few ulps of the accumulation dtype relative to the
   array's magnitude (see _assert_feature_grad_close): the CUDA kernels
   scatter-add them with atomicAdd, so the summation order, hence the

@@ -53,17 +53,22 @@ inline int threads_per_block() {
   return kThreads;
 }
 
-// Blocks for n elements: one thread each, at most kMaxBlocks blocks (the
-// grid-stride loops cover the rest), at least one.
-inline int64_t num_blocks(int64_t n) {
-  int64_t max_blocks = kMaxBlocks;
+// The most blocks of a grid-stride launch.
+inline int64_t max_blocks() {
 #ifdef JAX_ROI_CUDA_EMULATION
   const int64_t b = launch_limits().blocks.load(std::memory_order_relaxed);
-  if (b > 0 && b < max_blocks) max_blocks = b;
+  if (b > 0 && b < kMaxBlocks) return b;
 #endif
+  return kMaxBlocks;
+}
+
+// Blocks for n elements: one thread each, at most max_blocks() blocks (the
+// grid-stride loops cover the rest), at least one.
+inline int64_t num_blocks(int64_t n) {
   const int64_t threads = threads_per_block();
   const int64_t blocks = (n + threads - 1) / threads;
-  return blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks);
+  const int64_t most = max_blocks();
+  return blocks < 1 ? 1 : (blocks > most ? most : blocks);
 }
 
 // Start and step of a grid-stride loop:
@@ -220,6 +225,19 @@ cudaError_t launch_over(int64_t n, cudaStream_t stream, A&&... args) {
   return launch<Kernel>(dim3(static_cast<unsigned int>(num_blocks(n))),
                         dim3(static_cast<unsigned int>(threads_per_block())), 0, stream,
                         std::forward<A>(args)...);
+}
+
+// Launches a kernel with one block per item (blockIdx.x strides over the
+// items when there are more than max_blocks()), threads_per_block() threads
+// and `shared_bytes` of dynamic shared memory; nothing when items is 0.
+template <auto Kernel, typename... A>
+cudaError_t launch_per_block(int64_t items, size_t shared_bytes, cudaStream_t stream,
+                             A&&... args) {
+  if (items <= 0) return cudaSuccess;
+  const int64_t most = max_blocks();
+  return launch<Kernel>(dim3(static_cast<unsigned int>(items < most ? items : most)),
+                        dim3(static_cast<unsigned int>(threads_per_block())), shared_bytes,
+                        stream, std::forward<A>(args)...);
 }
 
 // Launches Kernel(args, total) with one thread per output element of

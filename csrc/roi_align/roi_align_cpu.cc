@@ -456,6 +456,7 @@ void roi_align_box_grad(const AlignBoxGradArgs<T, C>& a, TaskRunner& runner) {
   parallel_ranges(runner, a.dims.num_rois, 4 * runner.concurrency(),
                   [&](int64_t k_begin, int64_t k_end) {
     RoiSamples<C, A> cache;
+    std::vector<BoxGradSums> lanes(static_cast<size_t>(kBoxGradLanes));
     for (int64_t k = k_begin; k < k_end; ++k) {
       C* out = a.grad_rois + k * row;
       std::fill_n(out, row, C(0));
@@ -468,33 +469,35 @@ void roi_align_box_grad(const AlignBoxGradArgs<T, C>& a, TaskRunner& runner) {
           align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
       if (r.empty || d.height == 0 || d.width == 0) continue;
       // Cotangents scaled like the forward (1 / count in avg mode), summed in
-      // double in a fixed order: channels, bins, samples.
+      // double in the order of kBoxGradLanes lanes (roi_align_math.h), which
+      // the CUDA kernel follows too.
       const double count = o.max_mode ? 1.0 : static_cast<double>(r.count);
       const int64_t step = d.layout == Layout::kNCHW ? 1 : Cn;
       const bool cached = !o.max_mode && sample_count(r, d) <= kCacheBudget;
       if (cached) cache.build(a.rois, k, o, d, true, true);
-      BoxGradSums sums;
-      for (int64_t c = 0; c < Cn; ++c) {
+      std::fill(lanes.begin(), lanes.end(), BoxGradSums{});
+      const int64_t per_roi = Cn * d.pooled_height * d.pooled_width;
+      for (int64_t j = 0; j < per_roi; ++j) {
+        int64_t c, ph, pw;
+        split_roi_output(d, j, &c, &ph, &pw);
+        BoxGradSums& sums = lanes[static_cast<size_t>(j % kBoxGradLanes)];
         const T* base = level.data + feature_index_hw(d, box.image, c, 0);
-        for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
-          for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
-            const int64_t o_index = output_index(d, k, c, ph, pw);
-            const double g = static_cast<double>(load(a.grad_output + o_index)) / count;
-            if (cached) {  // The samples of this bin, from the cache.
-              const int64_t i = ph * d.pooled_width + pw;
-              for (int64_t j = cache.begin[i]; j < cache.begin[i + 1]; ++j) {
-                sums.add_sample(base, step, d.width, cache.bilinear[j], g,
-                                sample_coord_dbin<C>(ph, cache.iy[j], r.grid_h),
-                                sample_coord_dbin<C>(pw, cache.ix[j], r.grid_w));
-              }
-              continue;
-            }
-            const int64_t wy = o.max_mode ? a.argmax_y[o_index] : -1;
-            const int64_t wx = o.max_mode ? a.argmax_x[o_index] : -1;
-            align_box_grad_output(base, step, r, ph, pw, d, o.max_mode, wy, wx, g, &sums);
+        const int64_t o_index = k * per_roi + j;
+        const double g = static_cast<double>(load(a.grad_output + o_index)) / count;
+        if (cached) {  // The samples of this bin, from the cache.
+          const int64_t i = ph * d.pooled_width + pw;
+          for (int64_t s = cache.begin[i]; s < cache.begin[i + 1]; ++s) {
+            sums.add_sample(base, step, d.width, cache.bilinear[s], g,
+                            sample_coord_dbin<C>(ph, cache.iy[s], r.grid_h),
+                            sample_coord_dbin<C>(pw, cache.ix[s], r.grid_w));
           }
+          continue;
         }
+        const int64_t wy = o.max_mode ? a.argmax_y[o_index] : -1;
+        const int64_t wx = o.max_mode ? a.argmax_x[o_index] : -1;
+        align_box_grad_output(base, step, r, ph, pw, d, o.max_mode, wy, wx, g, &sums);
       }
+      const BoxGradSums& sums = reduce_box_grad_lanes(lanes.data());
       sums.write(r, o.spatial_scale, d, out + (row - 4));
     }
   });

@@ -64,38 +64,54 @@ __global__ void roi_align_backward_kernel(AlignBackwardArgs<T, C> a, int64_t tot
   });
 }
 
-// One thread per RoI: sums over channels, bins and samples in a fixed order
-// (deterministic, no atomics).
+// One block per RoI (a grid-stride loop over RoIs): the block's threads sum
+// the RoI's outputs in kBoxGradLanes lanes, then combine the lanes by the
+// fixed tree of roi_align_math.h: deterministic (no atomics) and bit-identical
+// to the CPU kernel, whatever the block size.
 template <typename T, typename C>
 __global__ void roi_align_box_grad_kernel(AlignBoxGradArgs<T, C> a) {
+  JAX_ROI_DYNAMIC_SHARED(BoxGradSums, lanes);  // kBoxGradLanes of them
   const AlignOptions& o = a.options;
-  const int64_t step = a.dims.layout == Layout::kNCHW ? 1 : a.dims.channels;
   const int64_t row = roi_row_size(a.dims);
-  for (int64_t k = grid_thread_index(); k < a.dims.num_rois; k += grid_thread_count()) {
+  for (int64_t k = blockIdx.x; k < a.dims.num_rois; k += gridDim.x) {
     C* out = a.grad_rois + k * row;
-    for (int64_t j = 0; j < row; ++j) out[j] = C(0);
     const Box<C> box = read_box(a.rois, k, a.dims);
-    if (box.image < 0) continue;
-    const FeatureLevel<const T> level = a.levels[roi_level(box, a.map)];
+    const FeatureLevel<const T> level = a.levels[box.image < 0 ? 0 : roi_level(box, a.map)];
     const RoiDims d = level_dims(a.dims, level);
     const AlignRoi<C> r =
         align_roi(box, static_cast<C>(level.spatial_scale), o.aligned, o.sampling_ratio, d);
-    if (r.empty) continue;
-    BoxGradSums sums;
-    const double count = o.max_mode ? 1.0 : static_cast<double>(r.count);
-    for (int64_t c = 0; c < d.channels; ++c) {
-      const T* base = level.data + feature_index_hw(d, box.image, c, 0);
-      for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
-        for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
-          const int64_t o_index = output_index(d, k, c, ph, pw);
-          const double g = static_cast<double>(load(a.grad_output + o_index)) / count;
-          const int64_t wy = o.max_mode ? a.argmax_y[o_index] : -1;
-          const int64_t wx = o.max_mode ? a.argmax_x[o_index] : -1;
-          align_box_grad_output(base, step, r, ph, pw, d, o.max_mode, wy, wx, g, &sums);
-        }
-      }
+    // The same for every thread of the block: no thread skips a barrier.
+    if (box.image < 0 || r.empty || d.channels == 0 || d.height == 0 || d.width == 0) {
+      for (int64_t j = threadIdx.x; j < row; j += blockDim.x) out[j] = C(0);
+      continue;
     }
-    sums.write(r, level.spatial_scale, d, out + (row - 4));
+    const double count = o.max_mode ? 1.0 : static_cast<double>(r.count);
+    const int64_t step = d.layout == Layout::kNCHW ? 1 : d.channels;
+    const int64_t per_roi = d.channels * d.pooled_height * d.pooled_width;
+    for (int64_t l = threadIdx.x; l < kBoxGradLanes; l += blockDim.x) {
+      BoxGradSums sums;
+      for (int64_t j = l; j < per_roi; j += kBoxGradLanes) {
+        int64_t c, ph, pw;
+        split_roi_output(d, j, &c, &ph, &pw);
+        const int64_t o_index = k * per_roi + j;
+        const double g = static_cast<double>(load(a.grad_output + o_index)) / count;
+        const int64_t wy = o.max_mode ? a.argmax_y[o_index] : -1;
+        const int64_t wx = o.max_mode ? a.argmax_x[o_index] : -1;
+        align_box_grad_output(level.data + feature_index_hw(d, box.image, c, 0), step, r, ph,
+                              pw, d, o.max_mode, wy, wx, g, &sums);
+      }
+      lanes[l] = sums;
+    }
+    __syncthreads();
+    for (int64_t s = kBoxGradLanes / 2; s > 0; s /= 2) {
+      for (int64_t l = threadIdx.x; l < s; l += blockDim.x) reduce_box_grad_lanes_step(lanes, s, l);
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+      for (int64_t j = 0; j < row - 4; ++j) out[j] = C(0);
+      lanes[0].write(r, level.spatial_scale, d, out + (row - 4));
+    }
+    __syncthreads();  // lanes[0] is read before the next RoI's lanes are written
   }
 }
 
@@ -117,7 +133,8 @@ cudaError_t roi_align_backward(cudaStream_t stream, const AlignBackwardArgs<T, C
 
 template <typename T, typename C>
 cudaError_t roi_align_box_grad(cudaStream_t stream, const AlignBoxGradArgs<T, C>& args) {
-  return launch_over<roi_align_box_grad_kernel<T, C>>(args.dims.num_rois, stream, args);
+  return launch_per_block<roi_align_box_grad_kernel<T, C>>(
+      args.dims.num_rois, sizeof(BoxGradSums) * kBoxGradLanes, stream, args);
 }
 
 }  // namespace jax_roi::cuda

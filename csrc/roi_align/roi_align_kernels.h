@@ -101,8 +101,9 @@ JAX_ROI_DECLARE_KERNEL(roi_align_forward, AlignForwardArgs)
 // in the same order (RoI, then bin, ascending) whatever the number of threads.
 JAX_ROI_DECLARE_KERNEL(roi_align_backward, AlignBackwardArgs)
 
-// Deterministic: the sums of a RoI run in a fixed order (one CPU task per
-// block of RoIs, one CUDA thread per RoI; no atomics).
+// Deterministic, and the same bits on every back end: the sums of a RoI run in
+// the order of kBoxGradLanes lanes and a fixed tree (roi_align_math.h; a CPU
+// task per range of RoIs, a CUDA block per RoI; no atomics).
 JAX_ROI_DECLARE_KERNEL(roi_align_box_grad, AlignBoxGradArgs)
 
 // The dimensions and options of one level.

@@ -214,6 +214,13 @@ struct BoxGradSums {
         load(base + t.o4 * step), g, dy_dbin, dx_dbin);
   }
 
+  JAX_ROI_HD void merge(const BoxGradSums& o) {
+    sy0 += o.sy0;
+    sy1 += o.sy1;
+    sx0 += o.sx0;
+    sx1 += o.sx1;
+  }
+
   // Writes d/dx1, d/dy1, d/dx2, d/dy2.
   template <typename C>
   JAX_ROI_HD void write(const AlignRoi<C>& r, double spatial_scale, const RoiDims& d,
@@ -311,6 +318,47 @@ JAX_ROI_HD void align_box_grad_output(const T* base, int64_t step, const AlignRo
     return;
   }
   for_each_sample(r, align_bin(r, ph, pw, d), ph, pw, d, add);
+}
+
+// The summation order of a RoI's box gradient, the same on every back end
+// and for any number of threads (so the CPU and CUDA kernels give the same
+// bits, run after run): the RoI's outputs, at offsets j = 0 .. P-1 within its
+// block of the output (P = C * PH * PW, in the output's layout), are dealt to
+// kBoxGradLanes lanes, output j to lane j % kBoxGradLanes; each lane sums its
+// outputs' contributions in increasing j, in double (BoxGradSums); then the
+// lanes are combined by a fixed pairwise tree: lane l += lane l + s for
+// s = kBoxGradLanes / 2, ..., 2, 1 (reduce_box_grad_lanes). A CUDA block
+// gives each thread one lane (or several, with fewer threads), a CPU task
+// keeps the lanes in an array.
+constexpr int64_t kBoxGradLanes = 256;
+
+// Output offset j within a RoI's block of the output -> (c, ph, pw).
+JAX_ROI_HD void split_roi_output(const RoiDims& d, int64_t j, int64_t* c, int64_t* ph,
+                                 int64_t* pw) {
+  if (d.layout == Layout::kNCHW) {
+    *pw = j % d.pooled_width;
+    j /= d.pooled_width;
+    *ph = j % d.pooled_height;
+    *c = j / d.pooled_height;
+  } else {
+    *c = j % d.channels;
+    j /= d.channels;
+    *pw = j % d.pooled_width;
+    *ph = j / d.pooled_width;
+  }
+}
+
+// One step of the lanes' tree: lanes[l] += lanes[l + s] for l < s.
+JAX_ROI_HD void reduce_box_grad_lanes_step(BoxGradSums* lanes, int64_t s, int64_t l) {
+  lanes[l].merge(lanes[l + s]);
+}
+
+// The whole tree, serially (the CPU kernel): the total is lanes[0].
+JAX_ROI_HD const BoxGradSums& reduce_box_grad_lanes(BoxGradSums* lanes) {
+  for (int64_t s = kBoxGradLanes / 2; s > 0; s /= 2) {
+    for (int64_t l = 0; l < s; ++l) reduce_box_grad_lanes_step(lanes, s, l);
+  }
+  return lanes[0];
 }
 
 // (g * w) / count, exactly. When count is a power of two (sampling_ratio 2
