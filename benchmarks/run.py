@@ -149,7 +149,9 @@ def main(argv=None):
   parser.add_argument("--dtypes", nargs="+", default=["float32"],
                       choices=["float32", "float16", "bfloat16", "float64"])
   parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"],
-                      choices=["fwd", "fwd+bwd"])
+                      choices=["fwd", "fwd+bwd", "fwd+bwd+boxes"],
+                      help="fwd+bwd+boxes: the gradient w.r.t. the boxes too (no torchvision "
+                      "baseline: torchvision does not differentiate its boxes)")
   parser.add_argument("--impls", nargs="+", default=["jax_roi", "xla", "torchvision"],
                       choices=["jax_roi", "xla", "torchvision"])
   parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
@@ -160,8 +162,9 @@ def main(argv=None):
                       help="tiny shapes, one run each: checks that every path works")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = parser.parse_args(argv)
-  if args.smoke:
+  if args.smoke:  # every pass
     args.workloads, args.repeat, args.budget = ["smoke"], 1, 0.0
+    args.passes = ["fwd", "fwd+bwd", "fwd+bwd+boxes"]
 
   import jax
   import jax.numpy as jnp
@@ -211,7 +214,7 @@ def main(argv=None):
           for pass_ in args.passes:
             row = Row(workload, case.label, case.op, layout, dtype, pass_)
             row.min_bytes = x.size * itemsize + out_bytes
-            if pass_ == "fwd+bwd":
+            if pass_ != "fwd":
               row.min_bytes += out_bytes + x.size * itemsize
             for impl in args.impls:
               if impl == "torchvision":
@@ -238,13 +241,18 @@ def _jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_, implementation):
   op = lambda x: call(jax_roi, x, r, case, layout=layout, implementation=implementation)
   if pass_ == "fwd":
     f = jax.jit(op)
-  else:
+  elif pass_ == "fwd+bwd":
     f = jax.jit(jax.value_and_grad(lambda x: jnp.sum((op(x) * g).astype(jnp.float32))))
+  else:  # fwd+bwd+boxes
+    loss = lambda x, r: jnp.sum((call(jax_roi, x, r, case, layout=layout,
+                                      implementation=implementation) * g).astype(jnp.float32))
+    f_xr = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return lambda: jax.block_until_ready(f_xr(x, r))
   return lambda: jax.block_until_ready(f(x))
 
 
 def _torch_fn(torch, tv_ops, case, feats, rois, cot, dtype, pass_, device, sync):
-  if torch is None:
+  if torch is None or pass_ == "fwd+bwd+boxes":
     return None
   tdtype = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
             "bfloat16": torch.bfloat16}[dtype]

@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
 
 #include "bindings.h"
 #include "core/cuda_compat.h"
@@ -42,6 +43,19 @@ PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
     jax_roi::cuda::launch_limits().blocks.store(blocks);
     jax_roi::cuda::launch_limits().threads.store(threads);
   });
+  // The forward kernels ("per_output" or "per_roi") and the 32-bit indexing
+  // threshold of the per-RoI kernels (core/cuda_launch.h).
+  m.def("set_forward_kernels", [](const std::string& name) {
+    if (name != "per_output" && name != "per_roi") {
+      throw py::value_error("forward kernels: 'per_output' or 'per_roi', got '" + name + "'");
+    }
+    jax_roi::cuda::forward_kernels_ref().store(name == "per_roi" ? 1 : 0);
+  });
+  m.def("forward_kernels", [] {
+    return jax_roi::cuda::forward_kernels() == jax_roi::cuda::ForwardKernels::kPerRoi
+               ? "per_roi" : "per_output";
+  });
+  m.def("set_index32_limit", [](int64_t n) { jax_roi::cuda::index32_limit_ref().store(n); });
   // Kernel preloading (the CUDA handlers' instantiate stage).
   m.def("registered_kernel_count",
         [] { return jax_roi::cuda::registered_kernel_count(); });

@@ -126,10 +126,19 @@ def emus():
 # ---------------------------------------------------------------------------
 
 
-# Launch shapes of the emulated runs, one per seed (blocks, threads per
-# block; 0, 0: the real shape, which gives every element its own thread):
-# the small ones make every grid-stride loop run several strides.
-LAUNCH_LIMITS = [(0, 0), (2, 32), (3, 96)]
+# The emulated runs of a case, one per seed, for each architecture in turn:
+# (blocks, threads per block, forward kernels, 32-bit indexing threshold).
+# Blocks and threads 0, 0: the real launch shape; the small shapes make every
+# grid-stride loop run several strides. The forward kernels: one thread per
+# output ("per_output", the default) or a block per RoI and chunk of outputs
+# ("per_roi", core/cuda_launch.h); each architecture runs both, the per-RoI
+# ones with their 32-bit offsets (threshold None: the default) and their
+# 64-bit ones (threshold 0).
+RUN_CONFIGS = [
+    [(0, 0, "per_output", None), (2, 32, "per_roi", 0), (3, 96, "per_roi", None)],
+    [(0, 0, "per_roi", None), (2, 32, "per_output", None), (3, 96, "per_roi", 0)],
+]
+INDEX32_DEFAULT = 2**31 - 1
 
 
 def _seeds(emu, case_seed):
@@ -142,17 +151,23 @@ def run_both(emus, fn, *args, case_seed=0):
   (cpu_result, [(label, result, stats)])."""
   expected = jax.tree.map(np.asarray, fn(*args))
   runs = []
-  for emu in emus:
+  for e, emu in enumerate(emus):
     with kernel.redirect_targets(lambda t, s=emu.target_suffix: t + s):
-      for seed, limits in zip(_seeds(emu, case_seed), LAUNCH_LIMITS):
+      configs = RUN_CONFIGS[e % len(RUN_CONFIGS)]
+      for seed, (blocks, threads, forward, index32) in zip(_seeds(emu, case_seed), configs):
         emu.set_seed(seed)
-        emu.set_launch_limits(*limits)
+        emu.set_launch_limits(blocks, threads)
+        emu.set_forward_kernels(forward)
+        emu.set_index32_limit(INDEX32_DEFAULT if index32 is None else index32)
         emu.reset_stats()
         try:
           out = jax.tree.map(np.asarray, jax.block_until_ready(fn(*args)))
         finally:
           emu.set_launch_limits(0, 0)
-        runs.append((f"sm{emu.cuda_arch} seed {seed} launch limits {limits}", out, emu.stats()))
+          emu.set_forward_kernels("per_output")
+          emu.set_index32_limit(INDEX32_DEFAULT)
+        runs.append((f"sm{emu.cuda_arch} seed {seed} launch limits {(blocks, threads)} "
+                     f"{forward} forward, 32-bit limit {index32}", out, emu.stats()))
   return expected, runs
 
 
@@ -570,3 +585,38 @@ def test_redirect_targets_clears_compiled_executables(emus):
   m.reset_stats()
   f()
   assert m.stats()["launches"] == 0
+
+
+@pytest.mark.parametrize("op_name", ["roi_pool", "roi_align"])
+def test_forward_kernel_variants_launch_what_they_say(emus, op_name):
+  """set_forward_kernels picks the kernels (the bit-for-bit comparisons above
+  would pass if it did nothing): one thread per output (one launch of
+  ceil(outputs / 256) blocks) or a block per RoI and chunk of 4 * 256
+  outputs (roi_align: two launches, the RoIs whose samples fit the tables
+  and the others)."""
+  m = emus[0]
+  k, c, ph, pw = 5, 300, 3, 2  # 1800 outputs per RoI: 2 chunks
+  x = np.random.default_rng(0).standard_normal((1, c, 8, 8)).astype(np.float32)
+  rois = np.array([[0, 1, 1, 6, 5]] * k, np.float32)
+  op = {"roi_pool": lambda x, r: jax_roi.roi_pool(x, r, (ph, pw), implementation="ffi"),
+        "roi_align": lambda x, r: jax_roi.roi_align(x, r, (ph, pw), sampling_ratio=2,
+                                                    implementation="ffi")}[op_name]
+  fn = jax.jit(op)
+  expected = np.asarray(fn(x, rois))
+  launches = {"per_output": (1, -(-k * c * ph * pw // 256)),
+              "per_roi": (2 if op_name == "roi_align" else 1,
+                          (2 if op_name == "roi_align" else 1) * k * 2)}
+  with kernel.redirect_targets(lambda t: t + m.target_suffix):
+    for variant, (n_launches, n_blocks) in launches.items():
+      m.set_forward_kernels(variant)
+      try:
+        m.reset_stats()
+        got = np.asarray(jax.block_until_ready(fn(x, rois)))
+        stats = m.stats()
+      finally:
+        m.set_forward_kernels("per_output")
+      assert m.forward_kernels() == "per_output"
+      assert (stats["launches"], stats["blocks"]) == (n_launches, n_blocks), (variant, stats)
+      assert_bits_equal(got, expected, f"{op_name} {variant}")
+  with pytest.raises(ValueError, match="per_roi"):
+    m.set_forward_kernels("fast")

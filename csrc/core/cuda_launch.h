@@ -15,6 +15,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -43,6 +45,38 @@ inline LaunchLimits& launch_limits() {
   return limits;
 }
 #endif
+
+// Which forward kernels the ops launch: one thread per output element
+// (kPerOutput: the default until a GPU run shows the other faster) or one
+// block per (RoI, chunk of its outputs), the RoI's geometry computed once per
+// block and its samples tabulated in shared memory (kPerRoi). Both give the
+// same bits. Set by the environment variable JAX_ROI_CUDA_FORWARD
+// ("per_roi" or "per_output"), read when the module is loaded; the emulation
+// module's set_forward_kernels() changes it (tests).
+enum class ForwardKernels : int { kPerOutput = 0, kPerRoi = 1 };
+
+inline std::atomic<int>& forward_kernels_ref() {
+  static std::atomic<int> v{[] {
+    const char* e = std::getenv("JAX_ROI_CUDA_FORWARD");
+    return e != nullptr && std::strcmp(e, "per_roi") == 0 ? 1 : 0;
+  }()};
+  return v;
+}
+
+inline ForwardKernels forward_kernels() {
+  return static_cast<ForwardKernels>(forward_kernels_ref().load(std::memory_order_relaxed));
+}
+
+// The per-RoI kernels decode a RoI's output offsets with 32-bit arithmetic
+// when the RoI has at most this many outputs (C * PH * PW), 64-bit otherwise.
+// The emulation lowers it (set_index32_limit) to run both paths on small
+// tensors.
+inline std::atomic<int64_t>& index32_limit_ref() {
+  static std::atomic<int64_t> v{INT32_MAX};
+  return v;
+}
+
+inline int64_t index32_limit() { return index32_limit_ref().load(std::memory_order_relaxed); }
 
 // Threads per block of a grid-stride launch.
 inline int threads_per_block() {
@@ -246,6 +280,68 @@ template <auto Kernel, typename Args>
 cudaError_t launch_per_output(cudaStream_t stream, const Args& args) {
   const int64_t total = output_count(args.dims);
   return launch_over<Kernel>(total, stream, args, total);
+}
+
+// ---------------------------------------------------------------------------
+// Per-RoI kernels: a block per (RoI, chunk of kChunkPerThread * blockDim.x of
+// its C * PH * PW outputs), blockIdx.x striding over the items:
+//   for (item = blockIdx.x; item < num_rois * chunks; item += gridDim.x)
+// with k = item / chunks and the chunk's outputs [begin, end) visited by
+// for_each_roi_output.
+// ---------------------------------------------------------------------------
+constexpr int64_t kChunkPerThread = 4;
+
+
+// Output offset j of a RoI -> (c, ph, pw), in the index type I.
+template <typename I>
+__device__ __forceinline__ void split_roi_output_as(const RoiDims& d, I j, int64_t* c,
+                                                    int64_t* ph, int64_t* pw) {
+  const I pooled_w = static_cast<I>(d.pooled_width), pooled_h = static_cast<I>(d.pooled_height);
+  if (d.layout == Layout::kNCHW) {
+    const I q = j / pooled_w;
+    *pw = static_cast<int64_t>(j - q * pooled_w);
+    const I c_index = q / pooled_h;
+    *ph = static_cast<int64_t>(q - c_index * pooled_h);
+    *c = static_cast<int64_t>(c_index);
+  } else {
+    const I channels = static_cast<I>(d.channels);
+    const I q = j / channels;
+    *c = static_cast<int64_t>(j - q * channels);
+    const I ph_index = q / pooled_w;
+    *pw = static_cast<int64_t>(q - ph_index * pooled_w);
+    *ph = static_cast<int64_t>(ph_index);
+  }
+}
+
+// Calls f(j, c, ph, pw) for this thread's outputs j in [begin, end) of a RoI.
+template <typename F>
+__device__ __forceinline__ void for_each_roi_output(const RoiDims& d, int64_t begin,
+                                                    int64_t end, bool narrow, F&& f) {
+  int64_t c, ph, pw;
+  if (narrow) {
+    for (uint32_t j = static_cast<uint32_t>(begin) + threadIdx.x; j < static_cast<uint32_t>(end);
+         j += blockDim.x) {
+      split_roi_output_as<uint32_t>(d, j, &c, &ph, &pw);
+      f(static_cast<int64_t>(j), c, ph, pw);
+    }
+  } else {
+    for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+      split_roi_output_as<int64_t>(d, j, &c, &ph, &pw);
+      f(j, c, ph, pw);
+    }
+  }
+}
+
+// Launches Kernel(args, chunks, chunk, index32_limit) per RoI and chunk.
+template <auto Kernel, typename Args>
+cudaError_t launch_per_roi(cudaStream_t stream, const Args& args) {
+  const RoiDims& d = args.dims;
+  const int64_t per_roi = d.channels * d.pooled_height * d.pooled_width;
+  if (d.num_rois <= 0 || per_roi <= 0) return cudaSuccess;
+  const int64_t chunk = kChunkPerThread * threads_per_block();
+  const int64_t chunks = (per_roi + chunk - 1) / chunk;
+  return launch_per_block<Kernel>(d.num_rois * chunks, 0, stream, args, chunks, chunk,
+                                  index32_limit());
 }
 
 // Zeroes n elements at p on `stream` (nothing when n is 0).

@@ -35,6 +35,105 @@ __global__ void roi_align_forward_kernel(AlignForwardArgs<T, C> a, int64_t total
   });
 }
 
+// ---------------------------------------------------------------------------
+// Per-RoI forward (ForwardKernels::kPerRoi; core/cuda_launch.h's
+// launch_per_roi): a block per (RoI, chunk of its outputs). The RoI's geometry is
+// computed once per block, its sample coordinates along each axis and each
+// bin's sample ranges are tabulated in shared memory (when they fit in
+// kAxisTable entries; otherwise each output takes the per-output path), and
+// the outputs' offsets are decoded in 32-bit arithmetic when they fit. The
+// same bits as the per-output kernel.
+// ---------------------------------------------------------------------------
+constexpr int64_t kAxisTable = 128;
+
+// kTabulated: the RoIs whose samples fit the tables (the others are skipped),
+// else the others, output by output: two launches, so that the registers of
+// the rare untabulated path do not weigh on the tabulated one.
+template <typename T, typename C, bool kTabulated>
+__global__ void roi_align_forward_per_roi_kernel(AlignForwardArgs<T, C> a, int64_t chunks,
+                                                 int64_t chunk, int64_t index32_limit) {
+  using A = acc_t<T>;
+  __shared__ AxisSample<C> y_samples[kAxisTable];
+  __shared__ AxisSample<C> x_samples[kAxisTable];
+  __shared__ SampleRange y_ranges[kAxisTable];
+  __shared__ SampleRange x_ranges[kAxisTable];
+  const AlignOptions& o = a.options;
+  const int64_t step = a.dims.layout == Layout::kNCHW ? 1 : a.dims.channels;
+  const int64_t per_roi = a.dims.channels * a.dims.pooled_height * a.dims.pooled_width;
+  const bool narrow = per_roi <= index32_limit;
+  for (int64_t item = blockIdx.x; item < a.dims.num_rois * chunks; item += gridDim.x) {
+    const int64_t k = item / chunks;
+    const int64_t begin = (item - k * chunks) * chunk;
+    const int64_t end = begin + chunk < per_roi ? begin + chunk : per_roi;
+    const Box<C> box = read_box(a.rois, k, a.dims);
+    const FeatureLevel<const T> level = a.levels[roi_level(box, a.map)];
+    const RoiDims d = level_dims(a.dims, level);
+    const AlignRoi<C> r =
+        align_roi(box, static_cast<C>(level.spatial_scale), o.aligned, o.sampling_ratio, d);
+    const int64_t image = r.empty ? 0 : box.image;
+    // The same for every thread of the block: no thread skips a barrier.
+    const bool tabulated = !r.empty && d.height > 0 && d.width > 0 &&
+                           d.pooled_height * r.grid_h <= kAxisTable &&
+                           d.pooled_width * r.grid_w <= kAxisTable;
+    if (tabulated != kTabulated) continue;
+    if (kTabulated) {
+      for (int64_t e = threadIdx.x; e < d.pooled_height * r.grid_h; e += blockDim.x) {
+        const int64_t ph = e / r.grid_h;
+        y_samples[e] =
+            axis_sample(sample_coord(r.start_h, ph, r.bin_h, e - ph * r.grid_h, r.grid_h), d.height);
+      }
+      for (int64_t e = threadIdx.x; e < d.pooled_width * r.grid_w; e += blockDim.x) {
+        const int64_t pw = e / r.grid_w;
+        x_samples[e] =
+            axis_sample(sample_coord(r.start_w, pw, r.bin_w, e - pw * r.grid_w, r.grid_w), d.width);
+      }
+      for (int64_t p = threadIdx.x; p < d.pooled_height; p += blockDim.x) {
+        y_ranges[p] = sample_range(r.start_h, p, r.bin_h, r.grid_h, d.height);
+      }
+      for (int64_t p = threadIdx.x; p < d.pooled_width; p += blockDim.x) {
+        x_ranges[p] = sample_range(r.start_w, p, r.bin_w, r.grid_w, d.width);
+      }
+    }
+    if (kTabulated) __syncthreads();
+    for_each_roi_output(d, begin, end, narrow, [&](int64_t j, int64_t c, int64_t ph, int64_t pw) {
+      const int64_t out = k * per_roi + j;
+      const T* base = level.data + feature_index_hw(d, image, c, 0);
+      if (!kTabulated) {
+        store_align_output(a, out, base, step, r, ph, pw, d);
+        return;
+      }
+      const AlignBin b = tabulated_bin(r, y_ranges[ph], x_ranges[pw]);
+      const AxisSample<C>* ys = y_samples + ph * r.grid_h;
+      const AxisSample<C>* xs = x_samples + pw * r.grid_w;
+      if (!o.max_mode) {
+        A sum = A(0);
+        for (int64_t iy = b.ys.first; iy < b.ys.last; ++iy) {
+          for (int64_t ix = b.xs.first; ix < b.xs.last; ++ix) {
+            if (ys[iy].valid && xs[ix].valid) {
+              sum += tabulated_sample_value(base, step, d.width, ys[iy], xs[ix]);
+            }
+          }
+        }
+        store(a.output + out, sum / static_cast<A>(r.count));
+      } else {
+        MaxSample<A> m;
+        m.init();
+        for (int64_t iy = b.ys.first; iy < b.ys.last; ++iy) {
+          for (int64_t ix = b.xs.first; ix < b.xs.last; ++ix) {
+            if (ys[iy].valid && xs[ix].valid) {
+              m.offer(tabulated_sample_value(base, step, d.width, ys[iy], xs[ix]),
+                      iy * b.grid_w + ix, iy, ix);
+            }
+          }
+        }
+        m.finish(b, first_outside(b));
+        store_max_output(a, out, m);
+      }
+    });
+    if (kTabulated) __syncthreads();  // the tables are read before the next item rebuilds them
+  }
+}
+
 template <typename T, typename C>
 __global__ void roi_align_backward_kernel(AlignBackwardArgs<T, C> a, int64_t total) {
   using A = acc_t<T>;
@@ -117,6 +216,11 @@ __global__ void roi_align_box_grad_kernel(AlignBoxGradArgs<T, C> a) {
 
 template <typename T, typename C>
 cudaError_t roi_align_forward(cudaStream_t stream, const AlignForwardArgs<T, C>& args) {
+  if (forward_kernels() == ForwardKernels::kPerRoi) {
+    const cudaError_t err = launch_per_roi<roi_align_forward_per_roi_kernel<T, C, true>>(stream, args);
+    if (err != cudaSuccess) return err;
+    return launch_per_roi<roi_align_forward_per_roi_kernel<T, C, false>>(stream, args);
+  }
   return launch_per_output<roi_align_forward_kernel<T, C>>(stream, args);
 }
 

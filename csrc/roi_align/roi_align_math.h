@@ -274,6 +274,63 @@ JAX_ROI_HD MaxSample<acc_t<T>> align_output_max(const T* base, int64_t step,
   return m;
 }
 
+// ---------------------------------------------------------------------------
+// RoIAlign per output from tabulated samples (the CUDA per-RoI kernels): a
+// RoI's sample coordinates along each axis, computed once per RoI, give the
+// same bits as the per-sample path above (bilinear() is separable: its
+// validity and weights are products of per-axis terms).
+// ---------------------------------------------------------------------------
+
+// One sample coordinate along one axis: the axis half of bilinear().
+template <typename C>
+struct AxisSample {
+  int64_t low, high;
+  C l, h;
+  bool valid;  // In [-1, size] (and size > 0).
+};
+
+template <typename C>
+JAX_ROI_HD AxisSample<C> axis_sample(C v, int64_t size) {
+  AxisSample<C> s;
+  s.valid = size > 0 && coord_in_range(v, size);
+  if (!s.valid) {
+    s.low = s.high = 0;
+    s.l = s.h = C(0);
+    return s;
+  }
+  const BilinearAxis<C> a = bilinear_axis(v, size);
+  s.low = a.low;
+  s.high = a.high;
+  s.l = a.l;
+  s.h = a.h;
+  return s;
+}
+
+// The value of the sample at (y, x): bilinear(y, x) then sample_value().
+template <typename T, typename C>
+JAX_ROI_HD acc_t<T> tabulated_sample_value(const T* base, int64_t step, int64_t width,
+                                           const AxisSample<C>& y, const AxisSample<C>& x) {
+  using A = acc_t<T>;
+  const C w1 = y.h * x.h, w2 = y.h * x.l, w3 = y.l * x.h, w4 = y.l * x.l;
+  return bilinear_value(static_cast<A>(w1), static_cast<A>(w2), static_cast<A>(w3),
+                        static_cast<A>(w4), load(base + (y.low * width + x.low) * step),
+                        load(base + (y.low * width + x.high) * step),
+                        load(base + (y.high * width + x.low) * step),
+                        load(base + (y.high * width + x.high) * step));
+}
+
+// The bin of align_bin() with its sample ranges from tables.
+template <typename C>
+JAX_ROI_HD AlignBin tabulated_bin(const AlignRoi<C>& r, SampleRange ys, SampleRange xs) {
+  AlignBin b;
+  b.grid_h = r.empty ? 0 : r.grid_h;
+  b.grid_w = r.empty ? 0 : r.grid_w;
+  if (b.grid_h <= 0 || b.grid_w <= 0) ys = xs = SampleRange{0, 0};
+  b.ys = ys;
+  b.xs = xs;
+  return b;
+}
+
 // Stores forward output element `out` of a max-mode bin: its value and, when
 // the argmax outputs are wanted, the winner's grid indices.
 template <typename T, typename C, typename A>

@@ -43,6 +43,44 @@ __global__ void roi_pool_forward_kernel(PoolForwardArgs<T, C> a, int64_t total) 
   });
 }
 
+// Per-RoI forward (ForwardKernels::kPerRoi; core/cuda_launch.h's
+// launch_per_roi): a block per (RoI, chunk of its outputs), the RoI's
+// geometry computed once per block and the outputs' offsets decoded in 32-bit
+// arithmetic when they fit. The same bits as the per-output kernel.
+template <typename T, typename C>
+__global__ void roi_pool_forward_per_roi_kernel(PoolForwardArgs<T, C> a, int64_t chunks,
+                                                int64_t chunk, int64_t index32_limit) {
+  using A = acc_t<T>;
+  const RoiDims& d = a.dims;
+  const C scale = static_cast<C>(a.spatial_scale);
+  const int64_t stride_h = d.layout == Layout::kNCHW ? d.width : d.width * d.channels;
+  const int64_t stride_w = d.layout == Layout::kNCHW ? 1 : d.channels;
+  const int64_t per_roi = d.channels * d.pooled_height * d.pooled_width;
+  const bool narrow = per_roi <= index32_limit;
+  for (int64_t item = blockIdx.x; item < d.num_rois * chunks; item += gridDim.x) {
+    const int64_t k = item / chunks;
+    const int64_t begin = (item - k * chunks) * chunk;
+    const int64_t end = begin + chunk < per_roi ? begin + chunk : per_roi;
+    const Box<C> box = read_box(a.rois, k, d);
+    const PoolRoi<C> r = pool_roi(box, scale, d);
+    for_each_roi_output(d, begin, end, narrow, [&](int64_t j, int64_t c, int64_t ph, int64_t pw) {
+      const int64_t i = k * per_roi + j;
+      A value = A(0);
+      int32_t index = -1;
+      if (!r.empty) {
+        const Window rows = pool_bin(ph, r.bin_h, r.start_h, d.height);
+        const Window cols = pool_bin(pw, r.bin_w, r.start_w, d.width);
+        if (!rows.empty() && !cols.empty()) {
+          const T* base = a.features + feature_index(d, box.image, c, 0, 0);
+          value = window_max(base, stride_h, stride_w, d.width, rows, cols, &index);
+        }
+      }
+      store(a.output + i, value);
+      if (a.argmax != nullptr) a.argmax[i] = index;
+    });
+  }
+}
+
 template <typename T, typename C>
 __global__ void roi_pool_backward_kernel(PoolBackwardArgs<T, C> a, int64_t total) {
   const RoiDims& d = a.dims;
@@ -60,6 +98,9 @@ __global__ void roi_pool_backward_kernel(PoolBackwardArgs<T, C> a, int64_t total
 
 template <typename T, typename C>
 cudaError_t roi_pool_forward(cudaStream_t stream, const PoolForwardArgs<T, C>& args) {
+  if (forward_kernels() == ForwardKernels::kPerRoi) {
+    return launch_per_roi<roi_pool_forward_per_roi_kernel<T, C>>(stream, args);
+  }
   return launch_per_output<roi_pool_forward_kernel<T, C>>(stream, args);
 }
 
