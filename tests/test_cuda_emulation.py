@@ -129,9 +129,9 @@ def emus():
 # The emulated runs of a case, one per seed, for each architecture in turn:
 # (blocks, threads per block, forward kernels, 32-bit indexing threshold).
 # Blocks and threads 0, 0: the real launch shape; the small shapes make every
-# grid-stride loop run several strides. The forward kernels: one thread per
-# output ("per_output", the default) or a block per RoI and chunk of outputs
-# ("per_roi", core/cuda_launch.h); each architecture runs both, the per-RoI
+# grid-stride loop run several strides. The forward kernels: a block per RoI
+# and chunk of outputs ("per_roi", the default) or one thread per output
+# ("per_output"; core/cuda_launch.h); each architecture runs both, the per-RoI
 # ones with their 32-bit offsets (threshold None: the default) and their
 # 64-bit ones (threshold 0).
 RUN_CONFIGS = [
@@ -139,6 +139,7 @@ RUN_CONFIGS = [
     [(0, 0, "per_roi", None), (2, 32, "per_output", None), (3, 96, "per_roi", 0)],
 ]
 INDEX32_DEFAULT = 2**31 - 1
+FORWARD_DEFAULT = "per_roi"
 
 
 def _seeds(emu, case_seed):
@@ -164,7 +165,7 @@ def run_both(emus, fn, *args, case_seed=0):
           out = jax.tree.map(np.asarray, jax.block_until_ready(fn(*args)))
         finally:
           emu.set_launch_limits(0, 0)
-          emu.set_forward_kernels("per_output")
+          emu.set_forward_kernels(FORWARD_DEFAULT)
           emu.set_index32_limit(INDEX32_DEFAULT)
         runs.append((f"sm{emu.cuda_arch} seed {seed} launch limits {(blocks, threads)} "
                      f"{forward} forward, 32-bit limit {index32}", out, emu.stats()))
@@ -587,25 +588,26 @@ def test_redirect_targets_clears_compiled_executables(emus):
   assert m.stats()["launches"] == 0
 
 
-@pytest.mark.parametrize("op_name", ["roi_pool", "roi_align"])
+@pytest.mark.parametrize("op_name", ["roi_pool", "roi_align", "roi_align_adaptive"])
 def test_forward_kernel_variants_launch_what_they_say(emus, op_name):
   """set_forward_kernels picks the kernels (the bit-for-bit comparisons above
   would pass if it did nothing): one thread per output (one launch of
   ceil(outputs / 256) blocks) or a block per RoI and chunk of 4 * 256
-  outputs (roi_align: two launches, the RoIs whose samples fit the tables
-  and the others)."""
+  outputs; roi_align with adaptive sampling adds a launch of the same shape
+  for the RoIs whose samples do not fit the tables."""
   m = emus[0]
   k, c, ph, pw = 5, 300, 3, 2  # 1800 outputs per RoI: 2 chunks
   x = np.random.default_rng(0).standard_normal((1, c, 8, 8)).astype(np.float32)
   rois = np.array([[0, 1, 1, 6, 5]] * k, np.float32)
   op = {"roi_pool": lambda x, r: jax_roi.roi_pool(x, r, (ph, pw), implementation="ffi"),
         "roi_align": lambda x, r: jax_roi.roi_align(x, r, (ph, pw), sampling_ratio=2,
-                                                    implementation="ffi")}[op_name]
+                                                    implementation="ffi"),
+        "roi_align_adaptive": lambda x, r: jax_roi.roi_align(x, r, (ph, pw), sampling_ratio=0,
+                                                             implementation="ffi")}[op_name]
   fn = jax.jit(op)
   expected = np.asarray(fn(x, rois))
   launches = {"per_output": (1, -(-k * c * ph * pw // 256)),
-              "per_roi": (2 if op_name == "roi_align" else 1,
-                          (2 if op_name == "roi_align" else 1) * k * 2)}
+              "per_roi": (2, 2 * k * 2) if op_name == "roi_align_adaptive" else (1, k * 2)}
   with kernel.redirect_targets(lambda t: t + m.target_suffix):
     for variant, (n_launches, n_blocks) in launches.items():
       m.set_forward_kernels(variant)
@@ -614,9 +616,26 @@ def test_forward_kernel_variants_launch_what_they_say(emus, op_name):
         got = np.asarray(jax.block_until_ready(fn(x, rois)))
         stats = m.stats()
       finally:
-        m.set_forward_kernels("per_output")
-      assert m.forward_kernels() == "per_output"
+        m.set_forward_kernels(FORWARD_DEFAULT)
+      assert m.forward_kernels() == FORWARD_DEFAULT
       assert (stats["launches"], stats["blocks"]) == (n_launches, n_blocks), (variant, stats)
       assert_bits_equal(got, expected, f"{op_name} {variant}")
   with pytest.raises(ValueError, match="per_roi"):
     m.set_forward_kernels("fast")
+
+
+def test_forward_kernels_from_the_environment(emus):
+  """JAX_ROI_CUDA_FORWARD picks the forward kernels when the module loads:
+  per_roi by default and for any other value, per_output when asked."""
+  build = pathlib.Path(emus[0].__file__).parent
+  code = (f"import sys; sys.path.insert(0, {str(build)!r}); "
+          f"m = __import__('_jax_roi_cuda_emulation_sm{emus[0].cuda_arch}'); "
+          "print(m.forward_kernels())")
+  for value, expected in ((None, "per_roi"), ("per_output", "per_output"), ("per_roi", "per_roi"),
+                          ("fast", "per_roi")):
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ROI_CUDA_FORWARD"}
+    if value is not None:
+      env["JAX_ROI_CUDA_FORWARD"] = value
+    r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == expected, (value, r.stdout + r.stderr)

@@ -46,19 +46,20 @@ inline LaunchLimits& launch_limits() {
 }
 #endif
 
-// Which forward kernels the ops launch: one thread per output element
-// (kPerOutput: the default until a GPU run shows the other faster) or one
-// block per (RoI, chunk of its outputs), the RoI's geometry computed once per
-// block and its samples tabulated in shared memory (kPerRoi). Both give the
-// same bits. Set by the environment variable JAX_ROI_CUDA_FORWARD
-// ("per_roi" or "per_output"), read when the module is loaded; the emulation
-// module's set_forward_kernels() changes it (tests).
+// Which forward kernels the ops launch: one block per (RoI, chunk of its
+// outputs), the RoI's geometry computed once per block and its samples
+// tabulated in shared memory (kPerRoi, the default: 1.1-1.4x faster than the
+// other on an H200, benchmarks/results/gpu-2026-11-29), or one thread per
+// output element (kPerOutput, the first kernels). Both give the same bits.
+// Set by the environment variable JAX_ROI_CUDA_FORWARD ("per_roi" or
+// "per_output"), read when the module is loaded; the emulation module's
+// set_forward_kernels() changes it (tests).
 enum class ForwardKernels : int { kPerOutput = 0, kPerRoi = 1 };
 
 inline std::atomic<int>& forward_kernels_ref() {
   static std::atomic<int> v{[] {
     const char* e = std::getenv("JAX_ROI_CUDA_FORWARD");
-    return e != nullptr && std::strcmp(e, "per_roi") == 0 ? 1 : 0;
+    return e != nullptr && std::strcmp(e, "per_output") == 0 ? 0 : 1;
   }()};
   return v;
 }

@@ -44,11 +44,12 @@ __global__ void roi_align_forward_kernel(AlignForwardArgs<T, C> a, int64_t total
 // the outputs' offsets are decoded in 32-bit arithmetic when they fit. The
 // same bits as the per-output kernel.
 // ---------------------------------------------------------------------------
-constexpr int64_t kAxisTable = 128;
+constexpr int64_t kAxisTable = 256;
 
-// kTabulated: the RoIs whose samples fit the tables (the others are skipped),
-// else the others, output by output: two launches, so that the registers of
-// the rare untabulated path do not weigh on the tabulated one.
+// kTabulated: the RoIs whose samples fit the tables, and those without
+// samples (the others are skipped); else the others, output by output: two
+// launches, so that the registers of the untabulated path (large RoIs under
+// adaptive sampling) do not weigh on the tabulated one.
 template <typename T, typename C, bool kTabulated>
 __global__ void roi_align_forward_per_roi_kernel(AlignForwardArgs<T, C> a, int64_t chunks,
                                                  int64_t chunk, int64_t index32_limit) {
@@ -71,26 +72,31 @@ __global__ void roi_align_forward_per_roi_kernel(AlignForwardArgs<T, C> a, int64
     const AlignRoi<C> r =
         align_roi(box, static_cast<C>(level.spatial_scale), o.aligned, o.sampling_ratio, d);
     const int64_t image = r.empty ? 0 : box.image;
-    // The same for every thread of the block: no thread skips a barrier.
-    const bool tabulated = !r.empty && d.height > 0 && d.width > 0 &&
-                           d.pooled_height * r.grid_h <= kAxisTable &&
-                           d.pooled_width * r.grid_w <= kAxisTable;
-    if (tabulated != kTabulated) continue;
+    // Whether the RoI has samples at all, and whether they fit the tables;
+    // the same for every thread of the block: no thread skips a barrier. RoIs
+    // without samples (padding rows, empty maps) output zeros here.
+    const bool sampled = !r.empty && d.height > 0 && d.width > 0;
+    const bool fits = d.pooled_height <= kAxisTable && d.pooled_width <= kAxisTable &&
+                      d.pooled_height * r.grid_h <= kAxisTable &&
+                      d.pooled_width * r.grid_w <= kAxisTable;
+    if ((!sampled || fits) != kTabulated) continue;
     if (kTabulated) {
-      for (int64_t e = threadIdx.x; e < d.pooled_height * r.grid_h; e += blockDim.x) {
-        const int64_t ph = e / r.grid_h;
-        y_samples[e] =
-            axis_sample(sample_coord(r.start_h, ph, r.bin_h, e - ph * r.grid_h, r.grid_h), d.height);
+      if (sampled) {
+        for (int64_t e = threadIdx.x; e < d.pooled_height * r.grid_h; e += blockDim.x) {
+          const int64_t ph = e / r.grid_h;
+          y_samples[e] = axis_sample(
+              sample_coord(r.start_h, ph, r.bin_h, e - ph * r.grid_h, r.grid_h), d.height);
+        }
+        for (int64_t e = threadIdx.x; e < d.pooled_width * r.grid_w; e += blockDim.x) {
+          const int64_t pw = e / r.grid_w;
+          x_samples[e] = axis_sample(
+              sample_coord(r.start_w, pw, r.bin_w, e - pw * r.grid_w, r.grid_w), d.width);
+        }
       }
-      for (int64_t e = threadIdx.x; e < d.pooled_width * r.grid_w; e += blockDim.x) {
-        const int64_t pw = e / r.grid_w;
-        x_samples[e] =
-            axis_sample(sample_coord(r.start_w, pw, r.bin_w, e - pw * r.grid_w, r.grid_w), d.width);
-      }
-      for (int64_t p = threadIdx.x; p < d.pooled_height; p += blockDim.x) {
+      for (int64_t p = threadIdx.x; p < d.pooled_height && sampled; p += blockDim.x) {
         y_ranges[p] = sample_range(r.start_h, p, r.bin_h, r.grid_h, d.height);
       }
-      for (int64_t p = threadIdx.x; p < d.pooled_width; p += blockDim.x) {
+      for (int64_t p = threadIdx.x; p < d.pooled_width && sampled; p += blockDim.x) {
         x_ranges[p] = sample_range(r.start_w, p, r.bin_w, r.grid_w, d.width);
       }
     }
@@ -102,16 +108,19 @@ __global__ void roi_align_forward_per_roi_kernel(AlignForwardArgs<T, C> a, int64
         store_align_output(a, out, base, step, r, ph, pw, d);
         return;
       }
-      const AlignBin b = tabulated_bin(r, y_ranges[ph], x_ranges[pw]);
-      const AxisSample<C>* ys = y_samples + ph * r.grid_h;
-      const AxisSample<C>* xs = x_samples + pw * r.grid_w;
+      const AlignBin b = sampled ? tabulated_bin(r, y_ranges[ph], x_ranges[pw])
+                                 : tabulated_bin(r, SampleRange{0, 0}, SampleRange{0, 0});
+      // (indexed only inside the ranges, which are empty for a RoI without samples)
+      const AxisSample<C>* ys = y_samples;
+      const AxisSample<C>* xs = x_samples;
+      const int64_t y0 = ph * r.grid_h, x0 = pw * r.grid_w;
       if (!o.max_mode) {
         A sum = A(0);
         for (int64_t iy = b.ys.first; iy < b.ys.last; ++iy) {
           for (int64_t ix = b.xs.first; ix < b.xs.last; ++ix) {
-            if (ys[iy].valid && xs[ix].valid) {
-              sum += tabulated_sample_value(base, step, d.width, ys[iy], xs[ix]);
-            }
+            const AxisSample<C>& y = ys[y0 + iy];
+            const AxisSample<C>& x = xs[x0 + ix];
+            if (y.valid && x.valid) sum += tabulated_sample_value(base, step, d.width, y, x);
           }
         }
         store(a.output + out, sum / static_cast<A>(r.count));
@@ -120,9 +129,11 @@ __global__ void roi_align_forward_per_roi_kernel(AlignForwardArgs<T, C> a, int64
         m.init();
         for (int64_t iy = b.ys.first; iy < b.ys.last; ++iy) {
           for (int64_t ix = b.xs.first; ix < b.xs.last; ++ix) {
-            if (ys[iy].valid && xs[ix].valid) {
-              m.offer(tabulated_sample_value(base, step, d.width, ys[iy], xs[ix]),
-                      iy * b.grid_w + ix, iy, ix);
+            const AxisSample<C>& y = ys[y0 + iy];
+            const AxisSample<C>& x = xs[x0 + ix];
+            if (y.valid && x.valid) {
+              m.offer(tabulated_sample_value(base, step, d.width, y, x), iy * b.grid_w + ix, iy,
+                      ix);
             }
           }
         }
@@ -217,8 +228,18 @@ __global__ void roi_align_box_grad_kernel(AlignBoxGradArgs<T, C> a) {
 template <typename T, typename C>
 cudaError_t roi_align_forward(cudaStream_t stream, const AlignForwardArgs<T, C>& args) {
   if (forward_kernels() == ForwardKernels::kPerRoi) {
-    const cudaError_t err = launch_per_roi<roi_align_forward_per_roi_kernel<T, C, true>>(stream, args);
+    const cudaError_t err =
+        launch_per_roi<roi_align_forward_per_roi_kernel<T, C, true>>(stream, args);
     if (err != cudaSuccess) return err;
+    // The RoIs whose samples do not fit the tables: none with a fixed
+    // sampling ratio that fits (no launch); with adaptive sampling, the large
+    // RoIs (their blocks share the work as the per-output kernel's do).
+    const RoiDims& d = args.dims;
+    const int64_t sr = args.options.sampling_ratio;
+    if (sr > 0 && d.pooled_height <= kAxisTable && d.pooled_width <= kAxisTable &&
+        d.pooled_height * sr <= kAxisTable && d.pooled_width * sr <= kAxisTable) {
+      return cudaSuccess;
+    }
     return launch_per_roi<roi_align_forward_per_roi_kernel<T, C, false>>(stream, args);
   }
   return launch_per_output<roi_align_forward_kernel<T, C>>(stream, args);
