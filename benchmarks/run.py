@@ -215,7 +215,9 @@ def main(argv=None):
       n, c, h, w = case.features
       feats_nchw = rng.standard_normal(case.features).astype(np.float32)
       rois = proposals(rng, case.rois, n, case.image)
-      cot_nchw = rng.standard_normal((case.rois, c, case.output, case.output)).astype(np.float32)
+      c_out = c // case.output**2 if case.op.startswith("ps_") else c  # position-sensitive
+      cot_nchw = rng.standard_normal((case.rois, c_out, case.output, case.output)).astype(
+          np.float32)
       for dtype in args.dtypes:
         for layout in args.layouts:
           feats = feats_nchw if layout == "NCHW" else np.ascontiguousarray(
