@@ -44,6 +44,16 @@ OPS = {
             aligned=case.aligned, **kw),
         lambda tv_ops, x, r, case: tv_ops.roi_align(
             x, r, case.output, case.scale, case.sampling_ratio, case.aligned)),
+    # Position-sensitive ops (R-FCN): features have C_out * output**2 channels.
+    "ps_roi_pool": (
+        lambda jax_roi, x, r, case, **kw: jax_roi.ps_roi_pool(
+            x, r, case.output, case.scale, **kw),
+        lambda tv_ops, x, r, case: tv_ops.ps_roi_pool(x, r, case.output, case.scale)),
+    "ps_roi_align": (
+        lambda jax_roi, x, r, case, **kw: jax_roi.ps_roi_align(
+            x, r, case.output, case.scale, case.sampling_ratio, **kw),
+        lambda tv_ops, x, r, case: tv_ops.ps_roi_align(
+            x, r, case.output, case.scale, case.sampling_ratio)),
 }
 
 
@@ -81,10 +91,19 @@ WORKLOADS = {
         Case("roi_align", (8, 256, 200, 304), (800, 1216), 1 / 4, 7, 8 * 512, 2, True,
              label="batch 8, K=8x512"),
     ],
+    # R-FCN head: ResNet conv5 of a ~600x800 image, 7x7 bins x 21 classes
+    # (1029 position-sensitive score maps), 300 proposals.
+    "r-fcn": [
+        Case("ps_roi_pool", (1, 1029, 38, 50), (608, 800), 1 / 16, 7, 300, label="K=300"),
+        Case("ps_roi_align", (1, 1029, 38, 50), (608, 800), 1 / 16, 7, 300, 2,
+             label="K=300 sampling_ratio=2"),
+    ],
     "smoke": [
         Case("roi_pool", (1, 8, 12, 16), (192, 256), 1 / 16, 3, 5, label="smoke"),
         Case("roi_align", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 2, True, label="smoke"),
         Case("roi_align", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 0, True, label="smoke adaptive"),
+        Case("ps_roi_pool", (1, 18, 12, 16), (192, 256), 1 / 16, 3, 5, label="smoke"),
+        Case("ps_roi_align", (2, 18, 12, 16), (48, 64), 1 / 4, 3, 6, 0, label="smoke adaptive"),
     ],
 }
 
@@ -199,7 +218,9 @@ def main(argv=None):
       n, c, h, w = case.features
       feats_nchw = rng.standard_normal(case.features).astype(np.float32)
       rois = proposals(rng, case.rois, n, case.image)
-      cot_nchw = rng.standard_normal((case.rois, c, case.output, case.output)).astype(np.float32)
+      c_out = c // case.output**2 if case.op.startswith("ps_") else c  # position-sensitive
+      cot_nchw = rng.standard_normal((case.rois, c_out, case.output, case.output)).astype(
+          np.float32)
       for dtype in args.dtypes:
         for layout in args.layouts:
           feats = feats_nchw if layout == "NCHW" else np.ascontiguousarray(

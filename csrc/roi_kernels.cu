@@ -5,6 +5,7 @@
 // <op>/<op>_kernels.h.
 #include "core/cuda_launch.h"
 #include "core/kernel.h"
+#include "ps_roi/ps_roi_cuda.cuh"
 #include "roi_align/roi_align_cuda.cuh"
 #include "roi_pool/roi_pool_cuda.cuh"
 
@@ -14,6 +15,12 @@ JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_pool_backward, PoolBackwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_forward, AlignForwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_backward, AlignBackwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_box_grad, AlignBoxGradArgs)
+
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(ps_roi_pool_forward, PsPoolForwardArgs)
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(ps_roi_pool_backward, PsPoolBackwardArgs)
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(ps_roi_align_forward, PsAlignForwardArgs)
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(ps_roi_align_backward, PsAlignBackwardArgs)
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(ps_roi_align_box_grad, PsAlignBoxGradArgs)
 
 // Every kernel the launchers above can launch registered itself when this
 // module was loaded (core/cuda_launch.h).

@@ -5,7 +5,7 @@ exact semantics, differentiable, and batched by ``jax.vmap`` in one launch.
 """
 
 from jax_roi._version import __version__
-from jax_roi.ops import multi_scale_roi_align, roi_align, roi_pool
+from jax_roi.ops import multi_scale_roi_align, ps_roi_align, ps_roi_pool, roi_align, roi_pool
 from jax_roi.validate import check_rois, validate_rois
 
 
@@ -31,4 +31,4 @@ def export_safety_checks():
 
 
 __all__ = ["__version__", "check_rois", "export_safety_checks", "multi_scale_roi_align",
-           "roi_align", "roi_pool", "validate_rois"]
+           "ps_roi_align", "ps_roi_pool", "roi_align", "roi_pool", "validate_rois"]

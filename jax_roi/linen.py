@@ -78,3 +78,29 @@ MultiScaleRoIAlign = _layer(
     >>> layer.apply(variables, levels, rois).shape
     (2, 7, 7, 8)
     """)
+
+PSRoIPool = _layer(
+    ops.ps_roi_pool, "PSRoIPool",
+    "Position-sensitive RoI average pooling (R-FCN): :func:`jax_roi.ps_roi_pool`.", """
+    >>> import jax, jax.numpy as jnp
+    >>> from jax_roi import linen as roi_nn
+    >>> layer = roi_nn.PSRoIPool(output_size=7, spatial_scale=1 / 16)
+    >>> features = jnp.ones((1, 38, 50, 7 * 7 * 21))  # NHWC: 7x7 bins x 21 classes
+    >>> rois = jnp.array([[0, 0.0, 0.0, 320.0, 240.0], [0, 80.0, 16.0, 400.0, 600.0]])
+    >>> variables = layer.init(jax.random.key(0), features, rois)
+    >>> layer.apply(variables, features, rois).shape
+    (2, 7, 7, 21)
+    """)
+
+PSRoIAlign = _layer(
+    ops.ps_roi_align, "PSRoIAlign",
+    "Position-sensitive RoIAlign: :func:`jax_roi.ps_roi_align`.", """
+    >>> import jax, jax.numpy as jnp
+    >>> from jax_roi import linen as roi_nn
+    >>> layer = roi_nn.PSRoIAlign(output_size=3, spatial_scale=1 / 4, sampling_ratio=2)
+    >>> features = jnp.ones((2, 50, 68, 3 * 3 * 4))  # NHWC: 3x3 bins x 4 channels
+    >>> boxes = jnp.array([[[8.0, 8.0, 120.0, 96.0]], [[30.0, 4.0, 60.0, 180.0]]])  # (N, R, 4)
+    >>> variables = layer.init(jax.random.key(0), features, boxes)
+    >>> layer.apply(variables, features, boxes).shape
+    (2, 1, 3, 3, 4)
+    """)

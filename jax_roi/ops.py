@@ -35,6 +35,10 @@ import jax
 from jax_roi._core import args, dispatch
 from jax_roi._multi_scale import config as multi_scale_config
 from jax_roi._multi_scale import ffi as multi_scale_ffi
+from jax_roi._ps_roi_align import ffi as ps_roi_align_ffi
+from jax_roi._ps_roi_align.config import PsRoiAlignConfig
+from jax_roi._ps_roi_pool import ffi as ps_roi_pool_ffi
+from jax_roi._ps_roi_pool.config import PsRoiPoolConfig
 from jax_roi._roi_align import ffi as roi_align_ffi
 from jax_roi._roi_align.config import MODES, RoiAlignConfig
 from jax_roi._roi_pool import ffi as roi_pool_ffi
@@ -261,3 +265,135 @@ def multi_scale_roi_align(features: Sequence[jax.Array],
       canonical_level=canonical_level, layout=layout, box_order=box_order,
       implementation=implementation)
   return dispatch.run(multi_scale_ffi.OP, implementation, levels, rois, config)
+
+
+def _check_ps_channels(features, base) -> None:
+  """Position-sensitive ops: C must be divisible by PH * PW."""
+  ph, pw = base.output_size
+  c = features.shape[1] if base.layout == "NCHW" else features.shape[3]
+  if c % (ph * pw) != 0:
+    raise ValueError(
+        f"features must have a number of channels divisible by PH * PW = {ph * pw}"
+        f" (output_size {base.output_size}), got {c}")
+
+
+def ps_roi_pool(features: jax.Array,
+                rois: jax.Array,
+                output_size: int | Sequence[int],
+                spatial_scale: float = 1.0,
+                *,
+                layout: Layout = "NCHW",
+                box_order: BoxOrder = "xyxy",
+                implementation: Implementation = None) -> jax.Array:
+  """Position-sensitive RoI average pooling (R-FCN), torchvision.ops.ps_roi_pool.
+
+  The features have ``C = C_out * PH * PW`` channels; bin ``(ph, pw)`` of
+  output channel ``c`` averages input channel ``(c * PH + ph) * PW + pw``
+  (the same channel index in NHWC) over the bin, so the output has
+  ``C_out`` channels:
+
+  * start ``xs = round(x1 * s)``, end ``xe = round(x2 * s)`` (``s`` is
+    spatial_scale, rounding half away from zero), likewise y; width
+    ``max(xe - xs, 1)`` (no ``+1``, unlike :func:`roi_pool`); bin width
+    ``bw = width / PW``;
+  * bin ``pw`` covers columns ``[floor(pw * bw), ceil((pw + 1) * bw))`` plus
+    ``xs``, each end clipped to ``[0, W - 1]`` (torchvision's forward: the
+    last row and column of the map are never pooled);
+  * the output is the mean over the bin, 0 for an empty bin.
+
+  With float32 (float64) features and RoIs the CPU forward is bit-identical
+  to torchvision's. A NaN coordinate makes the RoI empty (zeros).
+
+  **Departure from torchvision:** the gradient w.r.t. ``features`` is the
+  true derivative of this forward (each bin's cotangent spread evenly over
+  the pixels it averages). torchvision's backward clips bins to ``[0, H]``
+  instead of ``[0, H - 1]``, so it is not the derivative of its own forward
+  (it differs for boxes that reach the last row or column). The gradient
+  w.r.t. ``rois`` is zero (piecewise constant in the boxes). Gradients of
+  gradients w.r.t. ``features`` are supported (the op is linear in them).
+
+  Args:
+    features: ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC), C divisible
+      by ``PH * PW``; float32, float64, float16 or bfloat16.
+    rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` or ``(N, R, 4)``
+      boxes per image, in input-image pixels; see the module docstring.
+    output_size: ``PH`` = ``PW`` as an int, or ``(PH, PW)``.
+    spatial_scale: feature-map pixels per input pixel. Static, finite,
+      >= 0. Default: 1.0.
+    layout, box_order, implementation: as for :func:`roi_pool`.
+
+  Returns:
+    ``(K, C_out, PH, PW)``, ``(K, PH, PW, C_out)``, ``(N, R, C_out, PH, PW)``
+    or ``(N, R, PH, PW, C_out)`` in the features' dtype, ``C_out = C / (PH * PW)``.
+
+  Raises:
+    TypeError, ValueError: as for :func:`roi_pool`; also a channel count
+      not divisible by ``PH * PW``.
+  """
+  features, rois, base = args.canonicalize(
+      features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
+      box_order=box_order, implementation=implementation)
+  _check_ps_channels(features, base)
+  return dispatch.run(ps_roi_pool_ffi.OP, implementation, (features,), rois,
+                      PsRoiPoolConfig(base))
+
+
+def ps_roi_align(features: jax.Array,
+                 rois: jax.Array,
+                 output_size: int | Sequence[int],
+                 spatial_scale: float = 1.0,
+                 sampling_ratio: int = -1,
+                 *,
+                 layout: Layout = "NCHW",
+                 box_order: BoxOrder = "xyxy",
+                 implementation: Implementation = None) -> jax.Array:
+  """Position-sensitive RoIAlign, torchvision.ops.ps_roi_align.
+
+  The features have ``C = C_out * PH * PW`` channels; bin ``(ph, pw)`` of
+  output channel ``c`` is :func:`roi_align`'s average (``aligned=True``) of
+  input channel ``(c * PH + ph) * PW + pw`` (the same index in NHWC):
+
+  * start ``xs = x1 * s - 0.5``, size ``x2 * s - x1 * s`` with no minimum
+    (always aligned, as torchvision's); bin size ``size / PW``;
+  * samples per bin axis: ``sampling_ratio`` if > 0, else ``ceil(bin size)``;
+    sample positions and bilinear interpolation as :func:`roi_align`'s.
+
+  With float32 (float64) features and RoIs the CPU forward is bit-identical
+  to torchvision's wherever torchvision's is defined.
+
+  **Departure from torchvision:** where a bin's sample count
+  ``grid_h * grid_w`` is <= 0 (adaptive sampling on a box of zero width or
+  height, or an inverted box), torchvision divides 0 by 0 and outputs NaN;
+  jax_roi outputs 0 there (as its roi_align does for a bin without samples),
+  with zero gradients.
+
+  Gradients: w.r.t. ``features`` (deterministic on the CPU) and w.r.t. the
+  box coordinates (the analytic derivative of the sample positions and
+  bilinear weights, as for :func:`roi_align`; the batch-index column gets
+  zero). Gradients of gradients w.r.t. ``features`` are supported; second
+  derivatives through the box gradient raise ``NotImplementedError``.
+
+  Args:
+    features: ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC), C divisible
+      by ``PH * PW``; float32, float64, float16 or bfloat16.
+    rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` or ``(N, R, 4)``
+      boxes per image, in input-image pixels.
+    output_size: ``PH`` = ``PW`` as an int, or ``(PH, PW)``.
+    spatial_scale: feature-map pixels per input pixel. Default: 1.0.
+    sampling_ratio: samples per bin axis; <= 0 means adaptive. Default: -1.
+    layout, box_order, implementation: as for :func:`roi_pool`.
+
+  Returns:
+    As :func:`ps_roi_pool`.
+
+  Raises:
+    TypeError, ValueError: as for :func:`ps_roi_pool`; also a non-int or too
+      large sampling_ratio.
+  """
+  sampling_ratio = args.sampling_ratio_value(sampling_ratio)
+  features, rois, base = args.canonicalize(
+      features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
+      box_order=box_order, implementation=implementation)
+  _check_ps_channels(features, base)
+  return dispatch.run(ps_roi_align_ffi.OP, implementation, (features,), rois,
+                      PsRoiAlignConfig(base, sampling_ratio))

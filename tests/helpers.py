@@ -94,6 +94,10 @@ OPS = {
         x, r, (3, 2), spatial_scale=0.5, sampling_ratio=2, **kw),
     "roi_align_max": lambda x, r, **kw: jax_roi.roi_align(
         x, r, (3, 2), spatial_scale=0.5, sampling_ratio=0, aligned=True, mode="max", **kw),
+    # Position-sensitive: PH * PW = 3 bins, so the tests' 3-channel features
+    # give one output channel.
+    "ps_roi_pool": lambda x, r, **kw: jax_roi.ps_roi_pool(x, r, (3, 1), 0.5, **kw),
+    "ps_roi_align": lambda x, r, **kw: jax_roi.ps_roi_align(x, r, (1, 3), 0.5, 0, **kw),
 }
 
 

@@ -452,3 +452,146 @@ def roi_align_grad(features, rois, cotangent, output_size, spatial_scale=1.0,
           grad_r[k, col + 3] += gy * (ty * dbin_h)  # y2
   grad_f = grad_f if layout == "NCHW" else grad_f.transpose(0, 2, 3, 1)
   return grad_f, grad_r.reshape(rois.shape)
+
+
+# ---------------------------------------------------------------------------
+# Position-sensitive ops (torchvision ps_roi_pool / ps_roi_align)
+# ---------------------------------------------------------------------------
+
+
+def ps_input_channel(c, ph, pw, output_size):
+  """The input channel bin (ph, pw) of output channel c reads."""
+  return (c * output_size[0] + ph) * output_size[1] + pw
+
+
+def _ps_pool_bins(box, output_size, spatial_scale, h_size, w_size, ct):
+  """ps_roi_pool's windows of one RoI: rows[ph], cols[pw] as (start, end),
+  None for a NaN box. start = round(x1*s), size max(end - start, 1) (no +1),
+  bin edges floor/ceil, clipped to [0, size - 1]."""
+  s = ct(spatial_scale)
+  scaled = [ct(v) * s for v in box]
+  if any(math.isnan(float(v)) for v in scaled):
+    return None
+  x1, y1, x2, y2 = (int(max(-COORD_LIMIT, min(COORD_LIMIT, c_round(float(v))))) for v in scaled)
+  roi_w, roi_h = max(x2 - x1, 1), max(y2 - y1, 1)
+  bin_h = ct(roi_h) / ct(output_size[0])
+  bin_w = ct(roi_w) / ct(output_size[1])
+
+  def window(p, bin_size, start, size):
+    lo = int(math.floor(float(ct(p) * bin_size))) + start
+    hi = int(math.ceil(float(ct(p + 1) * bin_size))) + start
+    top = size - 1
+    return min(max(lo, 0), top), min(max(hi, 0), top)
+
+  rows = [window(ph, bin_h, y1, h_size) for ph in range(output_size[0])]
+  cols = [window(pw, bin_w, x1, w_size) for pw in range(output_size[1])]
+  return rows, cols
+
+
+@np.errstate(all="ignore")
+def ps_roi_pool(features, rois, output_size, spatial_scale=1.0, layout="NCHW",
+                box_order="xyxy", coord_dtype=None):
+  """ps_roi_pool forward (float64), in the layout's order."""
+  f = to_nchw(features, layout).astype(np.float64)
+  n, c_in, h_size, w_size = f.shape
+  ph_count, pw_count = output_size
+  c_out = c_in // (ph_count * pw_count)
+  rois = np.asarray(rois)
+  ct = _coord_type(rois, coord_dtype)
+  lead = rois.shape[:-1]
+  out = np.zeros((int(np.prod(lead)), c_out, ph_count, pw_count))
+  for k, image, box in iter_rois(rois, n, box_order):
+    if image < 0 or h_size == 0 or w_size == 0:
+      continue
+    bins = _ps_pool_bins(box, output_size, spatial_scale, h_size, w_size, ct)
+    if bins is None:
+      continue
+    rows, cols = bins
+    for c in range(c_out):
+      for ph in range(ph_count):
+        for pw in range(pw_count):
+          (h0, h1), (w0, w1) = rows[ph], cols[pw]
+          if h1 <= h0 or w1 <= w0:
+            continue
+          plane = f[image, ps_input_channel(c, ph, pw, output_size)]
+          total = 0.0
+          for hh in range(h0, h1):
+            for ww in range(w0, w1):
+              total += plane[hh, ww]
+          out[k, c, ph, pw] = total / ((h1 - h0) * (w1 - w0))
+  return from_nchw_pooled(out.reshape(lead + out.shape[1:]), layout)
+
+
+@np.errstate(all="ignore")
+def ps_roi_pool_grad(features_shape, rois, cotangent, output_size, spatial_scale=1.0,
+                     layout="NCHW", coord_dtype=None):
+  """The true derivative of ps_roi_pool's forward (features' layout): each
+  bin's cotangent divided by its area, added to every pixel it averages."""
+  shape = tuple(features_shape)
+  nchw = shape if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
+  n, c_in, h_size, w_size = nchw
+  ph_count, pw_count = output_size
+  c_out = c_in // (ph_count * pw_count)
+  grad = np.zeros(nchw)
+  rois = np.asarray(rois)
+  ct = _coord_type(rois, coord_dtype)
+  cot = np.asarray(cotangent, np.float64)
+  cot = (cot if layout == "NCHW" else np.moveaxis(cot, -1, -3)).reshape(-1, c_out, ph_count,
+                                                                        pw_count)
+  for k, image, box in iter_rois(rois, n):
+    if image < 0 or h_size == 0 or w_size == 0:
+      continue
+    bins = _ps_pool_bins(box, output_size, spatial_scale, h_size, w_size, ct)
+    if bins is None:
+      continue
+    rows, cols = bins
+    for c in range(c_out):
+      for ph in range(ph_count):
+        for pw in range(pw_count):
+          (h0, h1), (w0, w1) = rows[ph], cols[pw]
+          if h1 <= h0 or w1 <= w0:
+            continue
+          grad[image, ps_input_channel(c, ph, pw, output_size), h0:h1, w0:w1] += (
+              cot[k, c, ph, pw] / ((h1 - h0) * (w1 - w0)))
+  return grad if layout == "NCHW" else grad.transpose(0, 2, 3, 1)
+
+
+def _ps_select(full_nchw, output_size):
+  """(..., C_in, PH, PW) of every input channel -> (..., C_out, PH, PW): bin
+  (ph, pw) of output channel c from input channel ps_input_channel(c, ph, pw)."""
+  ph_count, pw_count = output_size
+  c_out = full_nchw.shape[-3] // (ph_count * pw_count)
+  out = np.zeros(full_nchw.shape[:-3] + (c_out, ph_count, pw_count))
+  for c in range(c_out):
+    for ph in range(ph_count):
+      for pw in range(pw_count):
+        out[..., c, ph, pw] = full_nchw[..., ps_input_channel(c, ph, pw, output_size), ph, pw]
+  return out
+
+
+def ps_roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                 layout="NCHW", box_order="xyxy", coord_dtype=None):
+  """ps_roi_align forward (float64): roi_align (aligned, avg; a bin without
+  samples is 0) of every input channel, then each output bin's channel."""
+  full, _ = roi_align(features, rois, output_size, spatial_scale, sampling_ratio, True, "avg",
+                      "NCHW" if layout == "NCHW" else layout, box_order, coord_dtype)
+  full = full if layout == "NCHW" else np.moveaxis(full, -1, -3)
+  return from_nchw_pooled(_ps_select(full, output_size), layout)
+
+
+def ps_roi_align_grad(features, rois, cotangent, output_size, spatial_scale=1.0,
+                      sampling_ratio=-1, layout="NCHW", coord_dtype=None):
+  """Gradients of sum(ps_roi_align(...) * cotangent) w.r.t. the features and
+  the rois: roi_align_grad with the cotangent placed on each output bin's
+  input channel (zero on every other channel)."""
+  ph_count, pw_count = output_size
+  cot = np.asarray(cotangent, np.float64)
+  cot = cot if layout == "NCHW" else np.moveaxis(cot, -1, -3)
+  c_out = cot.shape[-3]
+  full = np.zeros(cot.shape[:-3] + (c_out * ph_count * pw_count, ph_count, pw_count))
+  for c in range(c_out):
+    for ph in range(ph_count):
+      for pw in range(pw_count):
+        full[..., ps_input_channel(c, ph, pw, output_size), ph, pw] = cot[..., c, ph, pw]
+  return roi_align_grad(features, rois, from_nchw_pooled(full, layout), output_size,
+                        spatial_scale, sampling_ratio, True, "avg", layout, coord_dtype)

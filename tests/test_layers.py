@@ -44,6 +44,11 @@ CASES = [
     ("MultiScaleRoIAlign", dict(output_size=4, spatial_scales=(0.25, 0.125), sampling_ratio=2),
      lambda x, lv, r: jax_roi.multi_scale_roi_align(lv, r, 4, spatial_scales=(0.25, 0.125),
                                                     sampling_ratio=2, layout="NHWC")),
+    # Position-sensitive: 8 channels = 2 output channels x (2, 2) bins.
+    ("PSRoIPool", dict(output_size=2, spatial_scale=0.25),
+     lambda x, lv, r: jax_roi.ps_roi_pool(x, r, 2, 0.25, layout="NHWC")),
+    ("PSRoIAlign", dict(output_size=(4, 2), spatial_scale=0.25, sampling_ratio=2),
+     lambda x, lv, r: jax_roi.ps_roi_align(x, r, (4, 2), 0.25, 2, layout="NHWC")),
 ]
 
 

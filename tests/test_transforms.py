@@ -10,7 +10,7 @@ import pytest
 import jax_roi
 from helpers import OPS, indexed_rois, random_boxes, random_features
 
-BOX_GRAD_OPS = ("roi_align", "roi_align_max")
+BOX_GRAD_OPS = ("roi_align", "roi_align_max", "ps_roi_align")
 LAYOUTS = ("NCHW", "NHWC")
 
 

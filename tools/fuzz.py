@@ -157,6 +157,37 @@ def expect_roi_align(cfg, x, rois, cot):
   return fn, expected, exp_gx, to_xyxy(cfg, exp_gr), exact
 
 
+def draw_ps(rng, cfg):
+  """Position-sensitive ops: C = C_out * PH * PW input channels."""
+  c_out = int(rng.integers(1, 4))
+  ph, pw = cfg["output_size"]
+  cfg.update(c_out=c_out, c=c_out * ph * pw, sampling_ratio=int(rng.choice([-1, 0, 1, 2, 3])))
+
+
+def expect_ps_roi_pool(cfg, x, rois, cot):
+  rois_xyxy = to_xyxy(cfg, rois)
+  fn = lambda x, r, **kw: jax_roi.ps_roi_pool(x, r, cfg["output_size"], cfg["spatial_scale"],
+                                              box_order=cfg["box_order"], layout=cfg["layout"],
+                                              **kw)
+  expected = ref.ps_roi_pool(x, rois_xyxy, cfg["output_size"], cfg["spatial_scale"],
+                             cfg["layout"])
+  exp_gx = ref.ps_roi_pool_grad(x.shape, rois_xyxy, cot, cfg["output_size"],
+                                cfg["spatial_scale"], cfg["layout"])
+  # Exact in float64 (the reference sums in float64; float32 sums round).
+  return fn, expected, exp_gx, np.zeros(rois.shape), cfg["dtype"] != "float32"
+
+
+def expect_ps_roi_align(cfg, x, rois, cot):
+  rois_xyxy = to_xyxy(cfg, rois)
+  fn = lambda x, r, **kw: jax_roi.ps_roi_align(x, r, cfg["output_size"], cfg["spatial_scale"],
+                                               cfg["sampling_ratio"], box_order=cfg["box_order"],
+                                               layout=cfg["layout"], **kw)
+  args = (cfg["output_size"], cfg["spatial_scale"], cfg["sampling_ratio"], cfg["layout"])
+  expected = ref.ps_roi_align(x, rois_xyxy, *args)
+  exp_gx, exp_gr = ref.ps_roi_align_grad(x, rois_xyxy, cot, *args)
+  return fn, expected, exp_gx, to_xyxy(cfg, exp_gr), cfg["dtype"] != "float32"
+
+
 def check_single(expect):
   """The check of a single-map op from its expectations (expect_*)."""
   return lambda cfg, x, rois, cot, tol: check_against(cfg, x, rois, cot, tol,
@@ -258,13 +289,16 @@ OPS = {
     "roi_pool": FuzzOp(lambda rng, cfg: None, check_single(expect_roi_pool)),
     "roi_align": FuzzOp(draw_roi_align, check_single(expect_roi_align)),
     "multi_scale": FuzzOp(draw_multi_scale, check_multi_scale),
+    "ps_roi_pool": FuzzOp(draw_ps, check_single(expect_ps_roi_pool)),
+    "ps_roi_align": FuzzOp(draw_ps, check_single(expect_ps_roi_align)),
 }
 
 
 def ref_shape(cfg: dict) -> tuple[int, ...]:
   lead = (cfg["k"],) if cfg["fmt"] == "indexed" else (cfg["n"], cfg["k"])
   ph, pw = cfg["output_size"]
-  tail = (cfg["c"], ph, pw) if cfg["layout"] == "NCHW" else (ph, pw, cfg["c"])
+  c = cfg.get("c_out", cfg["c"])  # position-sensitive ops: C / (PH * PW) output channels
+  tail = (c, ph, pw) if cfg["layout"] == "NCHW" else (ph, pw, c)
   return lead + tail
 
 

@@ -45,6 +45,12 @@ def _align(**kw):
   return lambda x, r, **k: jax_roi.roi_align(x, r, (7, 5), spatial_scale=0.25, **kw, **k)
 
 
+def _ps_size(x, kw):
+  """(7, 5) when the channels divide by 35, else (1, 1)."""
+  c = x.shape[1] if kw.get("layout", "NCHW") == "NCHW" else x.shape[3]
+  return (7, 5) if c % 35 == 0 else (1, 1)
+
+
 OPS = {
     "roi_pool": lambda x, r, **kw: jax_roi.roi_pool(x, r, (7, 5), spatial_scale=0.25, **kw),
     "roi_align": _align(sampling_ratio=2, aligned=True),
@@ -54,6 +60,11 @@ OPS = {
     "multi_scale": lambda xs, r, **kw: jax_roi.multi_scale_roi_align(
         list(xs), r, (7, 5), spatial_scales=SCALES, sampling_ratio=2, canonical_scale=56,
         canonical_level=4, **kw),
+    # Position-sensitive: (7, 5) bins read C / 35 channels each (features
+    # whose C is not a multiple of 35 use the 1x1 form below).
+    "ps_roi_pool": lambda x, r, **kw: jax_roi.ps_roi_pool(x, r, _ps_size(x, kw), 0.25, **kw),
+    "ps_roi_align": lambda x, r, **kw: jax_roi.ps_roi_align(x, r, _ps_size(x, kw), 0.25, 0,
+                                                            **kw),
 }
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 LAYOUTS = ("NCHW", "NHWC")

@@ -34,6 +34,10 @@ class Kernel(NamedTuple):
   # or strings (they must match the C++ binding's Attr<T> types); a tuple of
   # floats becomes a float64 array attribute. Must include "layout".
   attrs: tuple[tuple[str, object], ...]
+  # Input channels per output channel: 1, or PH * PW for the
+  # position-sensitive ops (their output channel c reads the input channels
+  # [c * PH * PW, (c + 1) * PH * PW)); the sharding rule splits them alike.
+  channel_bins: int = 1
 
   @property
   def layout(self) -> str:
