@@ -4,6 +4,7 @@ without a GPU), a short differential-fuzzing run, and the GPU check's plan."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -11,8 +12,9 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _run(*args, timeout=300):
-  return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def _run(*args, timeout=300, env=None):
+  return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                        env=None if env is None else {**os.environ, **env})
 
 
 def test_gpu_compare_runs_on_the_cpu():
@@ -31,8 +33,10 @@ def test_fuzzer_finds_nothing_in_a_short_run(tmp_path):
   assert all(op["cases"] > 0 for op in summary["ops"].values())
 
 
-def test_gpu_check_plans_every_quick_step():
-  result = _run("bash", "tools/gpu_check.sh", "--dry-run")
+def test_gpu_check_plans_every_quick_step(tmp_path):
+  # RESULTS_DIR: never the dated folder under benchmarks/results (committed results)
+  result = _run("bash", "tools/gpu_check.sh", "--dry-run", env={"RESULTS_DIR": str(tmp_path)})
   assert result.returncode == 0, result.stdout + result.stderr
+  assert (tmp_path / "summary.txt").is_file()
   for step in ("install", "compare", "sanitizer", "no-cmdbuf", "benchmark"):
     assert step in result.stdout

@@ -372,6 +372,7 @@ void ps_roi_align_box_grad(const PsAlignBoxGradArgs<T, C>& a, TaskRunner& runner
   const int64_t row = roi_row_size(d);
   const int64_t step = d.layout == Layout::kNCHW ? 1 : in.channels;
   parallel_ranges(runner, d.num_rois, 4 * runner.concurrency(), [&](int64_t b, int64_t e) {
+    std::vector<BoxGradSums> lanes(static_cast<size_t>(kBoxGradLanes));
     for (int64_t k = b; k < e; ++k) {
       C* out = a.grad_rois + k * row;
       std::fill_n(out, row, C(0));
@@ -379,19 +380,21 @@ void ps_roi_align_box_grad(const PsAlignBoxGradArgs<T, C>& a, TaskRunner& runner
       const AlignRoi<C> r = ps_align_roi(box, static_cast<C>(a.spatial_scale),
                                          a.sampling_ratio, d);
       if (r.empty || d.channels == 0 || d.height == 0 || d.width == 0) continue;
+      // Summed in the order of kBoxGradLanes lanes (roi_align_math.h), which
+      // the CUDA kernel follows too.
       const double count = static_cast<double>(r.count);
-      BoxGradSums sums;
-      for (int64_t c = 0; c < d.channels; ++c) {
-        for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
-          for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
-            const T* base =
-                a.features + feature_index_hw(in, box.image, ps_input_channel(d, c, ph, pw), 0);
-            const double g =
-                static_cast<double>(load(a.grad_output + output_index(d, k, c, ph, pw))) / count;
-            align_box_grad_output(base, step, r, ph, pw, d, false, -1, -1, g, &sums);
-          }
-        }
+      std::fill(lanes.begin(), lanes.end(), BoxGradSums{});
+      const int64_t per_roi = d.channels * d.pooled_height * d.pooled_width;
+      for (int64_t j = 0; j < per_roi; ++j) {
+        int64_t c, ph, pw;
+        split_roi_output(d, j, &c, &ph, &pw);
+        const T* base =
+            a.features + feature_index_hw(in, box.image, ps_input_channel(d, c, ph, pw), 0);
+        const double g = static_cast<double>(load(a.grad_output + k * per_roi + j)) / count;
+        align_box_grad_output(base, step, r, ph, pw, d, false, -1, -1, g,
+                              &lanes[static_cast<size_t>(j % kBoxGradLanes)]);
       }
+      const BoxGradSums& sums = reduce_box_grad_lanes(lanes.data());
       sums.write(r, a.spatial_scale, d, out + (row - 4));
     }
   });

@@ -102,35 +102,50 @@ __global__ void ps_roi_align_backward_kernel(PsAlignBackwardArgs<T, C> a, int64_
   });
 }
 
-// One thread per RoI: sums over channels, bins and samples in a fixed order
-// (deterministic, no atomics).
+// One block per RoI: the RoI's outputs summed in kBoxGradLanes lanes and a
+// fixed tree (roi_align_math.h), as the CPU kernel sums them: deterministic,
+// the same bits on both back ends whatever the block size.
 template <typename T, typename C>
 __global__ void ps_roi_align_box_grad_kernel(PsAlignBoxGradArgs<T, C> a) {
+  JAX_ROI_DYNAMIC_SHARED(BoxGradSums, lanes);  // kBoxGradLanes of them
   const RoiDims& d = a.dims;
   const RoiDims in = ps_input_dims(d);
   const int64_t step = d.layout == Layout::kNCHW ? 1 : in.channels;
   const int64_t row = roi_row_size(d);
   const C scale = static_cast<C>(a.spatial_scale);
-  for (int64_t k = grid_thread_index(); k < d.num_rois; k += grid_thread_count()) {
+  const int64_t per_roi = d.channels * d.pooled_height * d.pooled_width;
+  for (int64_t k = blockIdx.x; k < d.num_rois; k += gridDim.x) {
     C* out = a.grad_rois + k * row;
-    for (int64_t j = 0; j < row; ++j) out[j] = C(0);
     const Box<C> box = read_box(a.rois, k, d);
     const AlignRoi<C> r = ps_align_roi(box, scale, a.sampling_ratio, d);
-    if (r.empty) continue;
-    const double count = static_cast<double>(r.count);
-    BoxGradSums sums;
-    for (int64_t c = 0; c < d.channels; ++c) {
-      for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
-        for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
-          const T* base =
-              a.features + feature_index_hw(in, box.image, ps_input_channel(d, c, ph, pw), 0);
-          const double g =
-              static_cast<double>(load(a.grad_output + output_index(d, k, c, ph, pw))) / count;
-          align_box_grad_output(base, step, r, ph, pw, d, false, -1, -1, g, &sums);
-        }
-      }
+    // The same for every thread of the block: no thread skips a barrier.
+    if (r.empty || d.channels == 0 || d.height == 0 || d.width == 0) {
+      for (int64_t j = threadIdx.x; j < row; j += blockDim.x) out[j] = C(0);
+      continue;
     }
-    sums.write(r, a.spatial_scale, d, out + (row - 4));
+    const double count = static_cast<double>(r.count);
+    for (int64_t l = threadIdx.x; l < kBoxGradLanes; l += blockDim.x) {
+      BoxGradSums sums;
+      for (int64_t j = l; j < per_roi; j += kBoxGradLanes) {
+        int64_t c, ph, pw;
+        split_roi_output(d, j, &c, &ph, &pw);
+        const T* base =
+            a.features + feature_index_hw(in, box.image, ps_input_channel(d, c, ph, pw), 0);
+        const double g = static_cast<double>(load(a.grad_output + k * per_roi + j)) / count;
+        align_box_grad_output(base, step, r, ph, pw, d, false, -1, -1, g, &sums);
+      }
+      lanes[l] = sums;
+    }
+    __syncthreads();
+    for (int64_t s = kBoxGradLanes / 2; s > 0; s /= 2) {
+      for (int64_t l = threadIdx.x; l < s; l += blockDim.x) reduce_box_grad_lanes_step(lanes, s, l);
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+      for (int64_t j = 0; j < row - 4; ++j) out[j] = C(0);
+      lanes[0].write(r, a.spatial_scale, d, out + (row - 4));
+    }
+    __syncthreads();  // lanes[0] is read before the next RoI's lanes are written
   }
 }
 
@@ -164,7 +179,8 @@ cudaError_t ps_roi_align_backward(cudaStream_t stream, const PsAlignBackwardArgs
 
 template <typename T, typename C>
 cudaError_t ps_roi_align_box_grad(cudaStream_t stream, const PsAlignBoxGradArgs<T, C>& args) {
-  return launch_over<ps_roi_align_box_grad_kernel<T, C>>(args.dims.num_rois, stream, args);
+  return launch_per_block<ps_roi_align_box_grad_kernel<T, C>>(
+      args.dims.num_rois, sizeof(BoxGradSums) * kBoxGradLanes, stream, args);
 }
 
 }  // namespace jax_roi::cuda
