@@ -343,6 +343,25 @@ def test_roi_align(emus, variant, mode, sr, aligned):
             what=f"roi_align {mode} sr={sr} aligned={aligned} {variant}", adaptive=sr <= 0)
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("op_name,sr", [("ps_roi_pool", None), ("ps_roi_align", 0),
+                                        ("ps_roi_align", 2)])
+def test_ps_roi(emus, variant, op_name, sr):
+  """Position-sensitive ops: 12 input channels, 3 x 2 bins, 2 output channels."""
+  dtype, box_dtype, layout, fmt = variant
+  seed = stable_seed(op_name, sr, *variant)
+  with _x64(dtype, box_dtype):
+    x, rois = make_case(seed, dtype, box_dtype, layout, fmt, c=12)
+    if op_name == "ps_roi_pool":
+      op = lambda x, r: jax_roi.ps_roi_pool(x, r, (3, 2), 0.5, layout=layout,
+                                            implementation="ffi")
+    else:
+      op = lambda x, r: jax_roi.ps_roi_align(x, r, (3, 2), 0.5, sr, layout=layout,
+                                             implementation="ffi")
+    compare(emus, op, x, rois, seed, box_grad=op_name == "ps_roi_align",
+            what=f"{op_name} sr={sr} {variant}", adaptive=sr == 0)
+
+
 SCALES3 = (1 / 4, 1 / 8, 1 / 16)
 
 
