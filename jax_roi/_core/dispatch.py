@@ -45,12 +45,13 @@ def _dispatch(op: Op, implementation, config: Config, features: tuple, rois):
   plan = explicit_plan(features, rois, config.layout)
   if plan is None:
     return _select(op, implementation, features, rois, config)
-  mesh, f_specs, r_spec, out_spec, local = plan
+  mesh, f_shardings, r_sharding, out_spec, local = plan
   local_config = config.with_image_shapes(local)
+  f_specs = tuple(s.spec for s in f_shardings)
   return jax.shard_map(lambda f, r: _select(op, implementation, f, r, local_config),
-                       mesh=mesh, in_specs=(f_specs, r_spec), out_specs=out_spec)(
-                           tuple(jax.reshard(f, s) for f, s in zip(features, f_specs)),
-                           jax.reshard(rois, r_spec))
+                       mesh=mesh, in_specs=(f_specs, r_sharding.spec), out_specs=out_spec)(
+                           tuple(jax.reshard(f, s) for f, s in zip(features, f_shardings)),
+                           jax.reshard(rois, r_sharding))
 
 
 def _select(op: Op, implementation, features, rois, config):
