@@ -54,14 +54,30 @@ def _dispatch(op: Op, implementation, config: Config, features: tuple, rois):
                            jax.reshard(rois, r_sharding))
 
 
+def _symbolic(features, rois) -> bool:
+  """Whether any shape has a jax.export symbolic dimension."""
+  return any(not isinstance(d, int) for a in (*features, rois) for d in a.shape)
+
+
 def _select(op: Op, implementation, features, rois, config):
   """The kernel where one is compiled (per platform), else pure JAX."""
   kernel = lambda f, r: op.kernel(f, r, config)
   xla = lambda f, r: op.xla(f, r, config)
   if implementation == "ffi":
     return kernel(features, rois)
+  symbolic = _symbolic(features, rois)
+  if symbolic and (implementation == "xla" or not extension.AVAILABLE):
+    raise ValueError(
+        f"{op.name}: symbolic shapes (jax.export shape polymorphism) need the kernels:"
+        " the pure-JAX version (implementation='xla', or no compiled extension) picks its"
+        " algorithm from concrete shapes")
   if implementation == "xla" or not extension.AVAILABLE:
     return xla(features, rois)
+  if symbolic:
+    # jax.export with symbolic dimensions: the kernels take any shape; the
+    # pure-JAX version picks its algorithm from concrete shapes, so it is
+    # not traced (the artifact runs where the kernels are registered).
+    return kernel(features, rois)
   kernels = {"cpu": kernel}
   if extension.WITH_CUDA:
     kernels["cuda"] = kernel
