@@ -14,7 +14,8 @@ The forward holds no collective at all otherwise; gradients of operands
 replicated over the sharded axis are summed (all-reduce).
 
 The default run samples the matrix (all pairs of axis values, per op: every
-value of every axis is covered); the full product is marked slow. The cases
+value of every axis is covered); the full product of the other axes (each
+combination in one layout, the layouts alternating) is marked slow. The cases
 run in one worker process per pytest process (tests/scripts/
 sharding_matrix_worker.py; the device count is fixed when jax starts).
 """
@@ -46,8 +47,15 @@ GATHERING = {"all-gather", "all-to-all", "collective-permute"}
 CASE_TIMEOUT_S = 300
 
 
-def _full():
-  return [dict(zip(AXES, values)) for values in itertools.product(*AXES.values())]
+def _full(with_layout=True):
+  """Every combination of AXES; without_layout, every combination of the
+  other axes, each with one layout (alternating)."""
+  axes = AXES if with_layout else {a: v for a, v in AXES.items() if a != "layout"}
+  combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+  if not with_layout:
+    for i, c in enumerate(combos):
+      c["layout"] = AXES["layout"][(i + i // 6) % 2]
+  return combos
 
 
 def _pairwise(offset):
@@ -67,22 +75,30 @@ def _pairwise(offset):
   return chosen
 
 
-def _case_id(op, c):
-  return "-".join([op] + [c[a] for a in AXES])
+def _case_id(op, c, axes=AXES):
+  return "-".join([op] + [c[a] for a in axes])
 
 
 def _cases():
+  """Per op: the all-pairs sample, then (slow) every other combination of
+  the axes but the layout (each layout is half of them)."""
   sampled, rest = [], []
+  no_layout = [a for a in AXES if a != "layout"]
   for i, op in enumerate(MATRIX_OPS):
     picked = _pairwise(37 * i)
-    ids = {_case_id(op, c) for c in picked}
+    seen = {_case_id(op, c, no_layout) for c in picked}
     sampled += [pytest.param(dict(c, op=op), id=_case_id(op, c)) for c in picked]
     rest += [pytest.param(dict(c, op=op), id=_case_id(op, c), marks=pytest.mark.slow)
-             for c in _full() if _case_id(op, c) not in ids]
+             for c in _full(with_layout=False) if _case_id(op, c, no_layout) not in seen]
   return sampled + rest
 
 
 def test_the_sample_covers_every_pair_of_axis_values():
+  full = _full(with_layout=False)
+  assert len(full) == 72 and {c["layout"] for c in full} == set(AXES["layout"])
+  for sharding, fmt in itertools.product(AXES["sharding"], AXES["fmt"]):
+    assert {c["layout"] for c in full if (c["sharding"], c["fmt"]) == (sharding, fmt)} == {
+        "NCHW", "NHWC"}
   for i, _ in enumerate(MATRIX_OPS):
     picked = _pairwise(37 * i)
     assert len(picked) < 20
