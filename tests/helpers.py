@@ -101,6 +101,18 @@ OPS = {
 }
 
 
+def _half(x, layout="NCHW"):
+  return x[:, :, ::2, ::2] if layout == "NCHW" else x[:, ::2, ::2, :]
+
+
+# OPS and the ops over several feature maps (called the same way on one map,
+# from which the coarser levels are derived): the sharding matrix and the
+# export tests cover every op listed here.
+MATRIX_OPS = dict(OPS, multi_scale=lambda x, r, layout="NCHW", **kw: jax_roi.multi_scale_roi_align(
+    [x, _half(x, layout)], r, (3, 2), spatial_scales=(0.5, 0.25), canonical_scale=8,
+    sampling_ratio=2, layout=layout, **kw))
+
+
 def draw_dims(draw, st, max_hw, max_k, max_out, scales):
   """Hypothesis draws shared by the property tests, in a fixed order:
   (n, c, h, w, k, output_size, spatial_scale)."""

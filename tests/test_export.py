@@ -5,6 +5,7 @@ jax_roi deserializes and runs them with the same results."""
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import jax_roi
+from helpers import MATRIX_OPS, random_case
 
 pytest.importorskip("flatbuffers")  # jax.export serialization needs it
 
@@ -102,3 +104,60 @@ def test_safety_checks_cover_every_target():
              "roi_align_box_grad", "multi_scale_roi_align_fwd",
              "multi_scale_roi_align_bwd", "multi_scale_roi_align_box_grad"):
     assert any(f"jax_roi_{op}_v1" in n for n in names), op
+
+
+def _export_compat():
+  """tests/scripts/export_compat.py, as a module."""
+  import importlib.util
+  path = pathlib.Path(__file__).parent / "scripts" / "export_compat.py"
+  spec = importlib.util.spec_from_file_location("export_compat", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+FIXTURES = pathlib.Path(__file__).parent / "data" / "export_v1"
+
+
+def test_checked_in_artifacts_keep_loading_and_give_the_same_results():
+  """Artifacts serialized once (jax 0.10.2, jax_roi 0.1.0: tests/data/
+  README.md) with the _v1 targets: every later jax and jax_roi must load
+  and run them with the same results (README "Export")."""
+  checked = _export_compat().check(FIXTURES)
+  ops = ("roi_pool", "roi_align", "roi_align_max", "multi_scale")
+  assert sorted(checked) == sorted(f"{op}_{kind}" for op in ops
+                                   for kind in ("fwd", "grad", "poly"))
+
+
+@pytest.mark.parametrize("op", list(MATRIX_OPS))
+@pytest.mark.parametrize("fmt", ["indexed", "batched"])
+def test_shape_polymorphic_export(op, fmt, assert_same_gradient):
+  """One artifact, symbolic batch, RoI count and feature-map size, serves
+  every shape (jax.export dimension variables are >= 1): forward and
+  gradients equal the op at each shape."""
+  fn = lambda x, r: MATRIX_OPS[op](x, r, layout="NHWC")
+  grad = jax.grad(lambda x, r: jnp.sum(jnp.sin(fn(x, r))), argnums=(0, 1))
+  dims = jax.export.symbolic_shape("n, h, w, 3, k" if fmt == "indexed" else "n, h, w, 3, r")
+  rois_shape = (dims[4], 5) if fmt == "indexed" else (dims[0], dims[4], 4)
+  specs = (jax.ShapeDtypeStruct(dims[:4], np.float32),
+           jax.ShapeDtypeStruct(rois_shape, np.float32))
+  for f in (fn, grad):
+    exported = jax.export.export(jax.jit(f), platforms=("cpu", "cuda"),
+                                 disabled_checks=jax_roi.export_safety_checks())(*specs)
+    exported = jax.export.deserialize(exported.serialize())
+    assert "n" in str(exported.in_avals[0]) and "h" in str(exported.in_avals[0])
+    for seed, (n, h, w, k) in enumerate([(1, 7, 12, 1), (3, 16, 9, 6)]):
+      x, rois = random_case(seed, "NHWC", fmt, np.float32, np.float32, n=n, c=3, h=h, w=w, k=k)
+      got, want = exported.call(x, rois), jax.jit(f)(x, rois)
+      for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert g.shape == e.shape
+        assert_same_gradient(g, e, err_msg=f"{f.__name__} n={n} h={h} w={w} k={k}")
+
+
+def test_symbolic_shapes_with_the_pure_jax_version_are_refused():
+  """implementation="xla" picks its algorithm from concrete shapes."""
+  dims = jax.export.symbolic_shape("n, 3, 8, 8, n, r, 4")
+  specs = (jax.ShapeDtypeStruct(dims[:4], np.float32), jax.ShapeDtypeStruct(dims[4:], np.float32))
+  with pytest.raises(ValueError, match="symbolic"):
+    jax.export.export(jax.jit(lambda x, r: jax_roi.roi_align(x, r, 2, implementation="xla")))(
+        *specs)

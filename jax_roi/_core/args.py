@@ -32,6 +32,12 @@ class RoiArgs(NamedTuple):
   dtype: np.dtype  # the features' dtype
 
 
+def _concrete(*dims) -> bool:
+  """Whether dims are numbers (not jax.export symbolic dimensions, whose
+  bounds the kernels check when they run)."""
+  return all(isinstance(d, (int, np.integer)) for d in dims)
+
+
 def _as_array(x: Any, name: str) -> jax.Array:
   if isinstance(x, (jax.Array, np.ndarray)) or hasattr(x, "__jax_array__"):
     return jnp.asarray(x)
@@ -118,7 +124,7 @@ def canonicalize(features: Any, rois: Any, output_size: Any, *,
         f"{name} must have rank 4, {expected} for layout {layout!r}; got"
         f" shape {features.shape}")
   h, w = (features.shape[2:4] if layout == "NCHW" else features.shape[1:3])
-  if h * w >= 2**31:
+  if _concrete(h, w) and h * w >= 2**31:
     raise ValueError(
         f"{name} height * width must be below 2**31, got {h} * {w}")
 

@@ -58,6 +58,22 @@ def _nones(tree):
   return jax.tree.map(lambda _: None, tree)
 
 
+def _varying(x):
+  """The manual mesh axes x varies over (inside shard_map), as a pytree with
+  no leaves whose (static) structure names them: residuals can carry it."""
+  mat = getattr(jax.typeof(x), "manual_axis_type", None)
+  return dict.fromkeys(sorted(getattr(mat, "varying", ())))
+
+
+def _sum_to(grad, varying):
+  """Sums a cotangent over the manual axes it varies over but its primal did
+  not (``varying``, from :func:`_varying`): inside shard_map, an operand
+  replicated over an axis (e.g. features with RoI-sharded boxes) gets the
+  sum of every shard's partial gradient, as jax's own transpose would."""
+  extra = tuple(a for a in _varying(grad) if a not in varying)
+  return jax.lax.psum(grad, extra) if extra else grad
+
+
 def differentiable(rules: VjpRules) -> Callable[[Features, jax.Array, Any], jax.Array]:
   """The op as a custom_vjp function of (features, rois, config)."""
 
@@ -104,18 +120,19 @@ def differentiable(rules: VjpRules) -> Callable[[Features, jax.Array, Any], jax.
     f, r = _values(features), rois.value
     need_features = () if any(x.perturbed for x in features) else None
     box_inputs = f if rois.perturbed else None
-    return r, saved, need_features, box_inputs
+    varying = (tuple(_varying(x) for x in f), _varying(r))
+    return r, saved, need_features, box_inputs, varying
 
   def backward(config, res, g):
-    rois, saved, need_features, box_inputs = res
+    rois, saved, need_features, box_inputs, (f_varying, r_varying) = res
     g = _zeros_if_symbolic(g)
     grad_features = grad_rois = None
     if need_features is not None:
-      grad_features = tuple(x.astype(config.dtype)
-                            for x in feature_grad(g, rois, saved, config))
+      grad_features = tuple(_sum_to(x.astype(config.dtype), v) for x, v in zip(
+          feature_grad(g, rois, saved, config), f_varying))
     if box_inputs is not None:
-      grad_rois = (box_grad(box_inputs, rois, g, saved, config) if rules.box_grad is not None
-                   else jnp.zeros_like(rois))
+      grad_rois = _sum_to(box_grad(box_inputs, rois, g, saved, config)
+                          if rules.box_grad is not None else jnp.zeros_like(rois), r_varying)
     return grad_features, grad_rois
 
   # -- the forward that also returns its residuals: differentiable, so that

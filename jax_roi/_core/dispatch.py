@@ -45,12 +45,18 @@ def _dispatch(op: Op, implementation, config: Config, features: tuple, rois):
   plan = explicit_plan(features, rois, config.layout)
   if plan is None:
     return _select(op, implementation, features, rois, config)
-  mesh, f_specs, r_spec, out_spec, local = plan
+  mesh, f_shardings, r_sharding, out_spec, local = plan
   local_config = config.with_image_shapes(local)
+  f_specs = tuple(s.spec for s in f_shardings)
   return jax.shard_map(lambda f, r: _select(op, implementation, f, r, local_config),
-                       mesh=mesh, in_specs=(f_specs, r_spec), out_specs=out_spec)(
-                           tuple(jax.reshard(f, s) for f, s in zip(features, f_specs)),
-                           jax.reshard(rois, r_spec))
+                       mesh=mesh, in_specs=(f_specs, r_sharding.spec), out_specs=out_spec)(
+                           tuple(jax.reshard(f, s) for f, s in zip(features, f_shardings)),
+                           jax.reshard(rois, r_sharding))
+
+
+def _symbolic(features, rois) -> bool:
+  """Whether any shape has a jax.export symbolic dimension."""
+  return any(not isinstance(d, int) for a in (*features, rois) for d in a.shape)
 
 
 def _select(op: Op, implementation, features, rois, config):
@@ -59,8 +65,19 @@ def _select(op: Op, implementation, features, rois, config):
   xla = lambda f, r: op.xla(f, r, config)
   if implementation == "ffi":
     return kernel(features, rois)
+  symbolic = _symbolic(features, rois)
+  if symbolic and (implementation == "xla" or not extension.AVAILABLE):
+    raise ValueError(
+        f"{op.name}: symbolic shapes (jax.export shape polymorphism) need the kernels:"
+        " the pure-JAX version (implementation='xla', or no compiled extension) picks its"
+        " algorithm from concrete shapes")
   if implementation == "xla" or not extension.AVAILABLE:
     return xla(features, rois)
+  if symbolic:
+    # jax.export with symbolic dimensions: the kernels take any shape; the
+    # pure-JAX version picks its algorithm from concrete shapes, so it is
+    # not traced (the artifact runs where the kernels are registered).
+    return kernel(features, rois)
   kernels = {"cpu": kernel}
   if extension.WITH_CUDA:
     kernels["cuda"] = kernel

@@ -145,7 +145,10 @@ def explicit_plan(features, rois, layout):
   features are kept split; spatial axes, box coordinates and the image axis
   of (K, 5) RoIs (which name images by value) are replicated first. Returns
   None when no operand is sharded over explicit axes, else
-  (mesh, feature specs, rois spec, output spec, per-shard feature shapes)."""
+  (mesh, feature shardings, rois sharding, output spec, per-shard feature
+  shapes). The shardings are NamedShardings on the operands' own mesh, never
+  bare PartitionSpecs: the arrays may come from ``device_put`` outside any
+  ``jax.set_mesh`` context, where jax rejects a bare PartitionSpec."""
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
   shardings = [getattr(jax.typeof(x), "sharding", None) for x in (*features, rois)]
@@ -175,4 +178,5 @@ def explicit_plan(features, rois, layout):
   r_out = P(k, None) if indexed else P(n, k, None)
   out = P(*([k] + pooled)) if indexed else P(*([n, k] + pooled))
   local = tuple(local_shape(f.shape, feat, mesh) for f in features)
-  return mesh, tuple(P(*feat) for _ in features), r_out, out, local
+  return (mesh, tuple(NamedSharding(mesh, P(*feat)) for _ in features),
+          NamedSharding(mesh, r_out), out, local)
