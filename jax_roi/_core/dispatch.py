@@ -42,7 +42,7 @@ def run(op: Op, implementation, features: Sequence[jax.Array], rois: jax.Array,
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _dispatch(op: Op, implementation, config: Config, features: tuple, rois):
-  plan = explicit_plan(features, rois, config.layout)
+  plan = explicit_plan(features, rois, config.layout, getattr(config, "channel_bins", 1))
   if plan is None:
     return _select(op, implementation, features, rois, config)
   mesh, f_shardings, r_sharding, out_spec, local = plan

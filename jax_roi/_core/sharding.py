@@ -17,9 +17,11 @@ import numpy as np
 from jax_roi._core.spec import IMAGE, ROI, ROIS, Kernel
 
 
-def factors(k: Kernel, arg_ranks: Sequence[int]):
+def factors(k: Kernel, arg_ranks: Sequence[int], whole_blocks: bool = True):
   """Einsum-like factors of every operand and result, and the factors that
-  must stay replicated or are reductions (summed across shards)."""
+  must stay replicated or are reductions (summed across shards).
+  whole_blocks=False (position-sensitive ops whose channel blocks some mesh
+  split would cut): the image channels get a factor of their own, replicated."""
   layout = k.layout
   indexed = arg_ranks[k.arg_roles.index(ROIS)] == 2
   lead = ["k"] if indexed else ["n", "r"]
@@ -29,11 +31,22 @@ def factors(k: Kernel, arg_ranks: Sequence[int]):
     replicated.add("n")  # RoIs name their image by value: every shard needs all images
   placeholders = iter(range(1 << 16))
 
+  # Position-sensitive ops: the image's channel axis is the output's channel
+  # factor c times the bins cb (c major: each output channel reads a block of
+  # cb input channels), so channel sharding splits both alike; cb itself is
+  # never split.
+  image_c = ("c", "cb") if k.channel_bins > 1 else "c"
+  if k.channel_bins > 1:
+    replicated.add("cb")
+    if not whole_blocks:
+      image_c = "ci"
+      replicated.add("ci")
+
   def spec(role, level, rank):
     if role == IMAGE:
       replicated.update({f"h{level}", f"w{level}"})
-      return (["n", "c", f"h{level}", f"w{level}"] if layout == "NCHW"
-              else ["n", f"h{level}", f"w{level}", "c"])
+      return (["n", image_c, f"h{level}", f"w{level}"] if layout == "NCHW"
+              else ["n", f"h{level}", f"w{level}", image_c])
     if role == ROIS:
       return lead + ["f"]
     if role == ROI:
@@ -52,10 +65,20 @@ def factors(k: Kernel, arg_ranks: Sequence[int]):
 
   ins = specs(k.arg_roles, arg_ranks)
   outs = specs(k.result_roles, [1] * len(k.result_roles))
-  in_factors = {f for s in ins for f in s}
-  out_factors = {f for s in outs for f in s}
+  in_factors = {g for s in ins for f in s for g in _flat(f)}
+  out_factors = {g for s in outs for f in s for g in _flat(f)}
   reductions = (in_factors - out_factors) - replicated
   return ins, outs, replicated & (in_factors | out_factors), reductions
+
+
+def _flat(f):
+  """The factors of one dimension: a factor, or a compound (major first)."""
+  return f if isinstance(f, tuple) else (f,)
+
+
+def _major(f):
+  """The factor a dimension's sharding goes to: a compound's major one."""
+  return _flat(f)[0]
 
 
 def spec_of(sharding_or_spec, rank):
@@ -95,14 +118,19 @@ def partitionable(k: Kernel, image_shapes: tuple, call: Callable):
     ins, outs, replicated, reductions = factors(k, ranks)
     # Mesh axes of every splittable factor, from the operands' shardings.
     factor_axes, used = {}, set()
+    sizes = dict(mesh.shape)
     for fs, a in zip(ins, arg_shapes):
-      for f, entry in zip(fs, spec_of(a.sharding, len(a.shape))):
+      for f, dim, entry in zip(fs, a.shape, spec_of(a.sharding, len(a.shape))):
         axes = axes_of(entry)
+        shards = int(np.prod([sizes[x] for x in axes], dtype=np.int64))
+        if isinstance(f, tuple) and dim % (shards * k.channel_bins):
+          continue  # a shard would cut a block of bins: the channels are gathered
+        f = _major(f)
         if axes and f not in replicated and f not in factor_axes and not used & set(axes):
           factor_axes[f] = entry
           used.update(axes)
     P = jax.sharding.PartitionSpec
-    spec = lambda fs: P(*[factor_axes.get(f) for f in fs])
+    spec = lambda fs: P(*[factor_axes.get(_major(f)) for f in fs])
     arg_specs = [spec(f) for f in ins]
     result_specs = [spec(f) for f in outs]
     arg_shardings = tuple(jax.sharding.NamedSharding(mesh, s) for s in arg_specs)
@@ -123,22 +151,34 @@ def partitionable(k: Kernel, image_shapes: tuple, call: Callable):
     return mesh, lower, result_shardings, arg_shardings
 
   def sharding_rule(mesh, value_types, result_types):
-    from jax.experimental.custom_partitioning import SdyShardingRule
+    from jax.experimental.custom_partitioning import CompoundFactor, SdyShardingRule
     from jax._src.lib.mlir import ir
-    ranks = [len(ir.RankedTensorType(t).shape) for t in value_types]
-    ins, outs, replicated, reductions = factors(k, ranks)
+    shapes = [tuple(ir.RankedTensorType(t).shape) for t in value_types]
+    ranks = [len(shape) for shape in shapes]
+    whole_blocks = True
+    if k.channel_bins > 1:  # whole blocks of bins per shard, whatever axes split them
+      result_shapes = [tuple(ir.RankedTensorType(t).shape) for t in result_types]
+      image = next(shape for shape, role in zip(shapes + result_shapes,
+                                                 k.arg_roles + k.result_roles) if role == IMAGE)
+      channels = image[1] if k.layout == "NCHW" else image[3]
+      devices = int(np.prod(list(dict(mesh.shape).values()), dtype=np.int64))
+      whole_blocks = (channels // k.channel_bins) % devices == 0
+    ins, outs, replicated, reductions = factors(k, ranks, whole_blocks)
     # Special factors are listed in order of first appearance (Shardy's).
-    order = list(dict.fromkeys(f for spec in ins + outs for f in spec))
+    order = list(dict.fromkeys(g for spec in ins + outs for f in spec for g in _flat(f)))
     by_order = lambda fs: tuple(f for f in order if f in fs)
-    return SdyShardingRule(tuple(tuple(s) for s in ins), tuple(tuple(s) for s in outs),
+    dim = lambda f: CompoundFactor(*f) if isinstance(f, tuple) else f
+    sizes = {"cb": k.channel_bins} if "cb" in order else {}
+    return SdyShardingRule(tuple(tuple(map(dim, s)) for s in ins),
+                           tuple(tuple(map(dim, s)) for s in outs),
                            reduction_factors=by_order(reductions),
-                           need_replication_factors=by_order(replicated))
+                           need_replication_factors=by_order(replicated), **sizes)
 
   run.def_partition(partition=partition, sharding_rule=sharding_rule)
   return run
 
 
-def explicit_plan(features, rois, layout):
+def explicit_plan(features, rois, layout, channel_bins=1):
   """Under a mesh with Explicit axes (jax.make_mesh / jax.set_mesh), the
   shard_map that runs an op shard by shard: the batch axis of features and
   (N, R, 4) boxes, the RoI axis of the boxes and the channel axis of the
@@ -148,7 +188,10 @@ def explicit_plan(features, rois, layout):
   (mesh, feature shardings, rois sharding, output spec, per-shard feature
   shapes). The shardings are NamedShardings on the operands' own mesh, never
   bare PartitionSpecs: the arrays may come from ``device_put`` outside any
-  ``jax.set_mesh`` context, where jax rejects a bare PartitionSpec."""
+  ``jax.set_mesh`` context, where jax rejects a bare PartitionSpec.
+  Position-sensitive ops (``channel_bins`` input channels per output
+  channel) keep the channels split only when every shard gets whole blocks
+  of them."""
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
   shardings = [getattr(jax.typeof(x), "sharding", None) for x in (*features, rois)]
@@ -172,7 +215,12 @@ def explicit_plan(features, rois, layout):
   indexed = rois.ndim == 2
   n = None if indexed else take(f_spec[0])
   k = take(r_spec[0]) if indexed else take(r_spec[1])
-  c = take(f_spec[c_dim])
+  c_entry = f_spec[c_dim]
+  if channel_bins > 1 and axes_of(c_entry):
+    shards = int(np.prod([dict(mesh.shape)[a] for a in axes_of(c_entry)], dtype=np.int64))
+    if features[0].shape[c_dim] % (shards * channel_bins):
+      c_entry = None  # a shard would split a block: replicate the channels
+  c = take(c_entry)
   feat = [n, c, None, None] if layout == "NCHW" else [n, None, None, c]
   pooled = [c, None, None] if layout == "NCHW" else [None, None, c]
   r_out = P(k, None) if indexed else P(n, k, None)

@@ -42,6 +42,14 @@ MESHES = {name: jax.make_mesh((DEVICES,), ("x",), axis_types=(t,))
 
 rng = np.random.default_rng(16)
 X = rng.standard_normal((N, C, H, W)).astype(np.float32)
+# Position-sensitive ops read blocks of PH * PW = 3 input channels (the
+# helpers' (3, 1) / (1, 3) bins): 3 * C input channels, C output channels,
+# so that channel sharding gives each device whole blocks.
+X_PS = rng.standard_normal((N, 3 * C, H, W)).astype(np.float32)
+
+
+def features(op):
+  return X_PS if op.startswith("ps_") else X
 xy = rng.uniform(-2, 20, (N, R, 2))
 BOXES = np.concatenate([xy, xy + rng.uniform(1, 14, (N, R, 2))], -1).astype(np.float32)
 # (K, 5) rows grouped by image (R rows per image, in image order, one image
@@ -65,7 +73,7 @@ def oracle(case):
   key = (case["op"], case["fmt"], case["layout"])
   if key not in _oracles:
     op, layout = MATRIX_OPS[case["op"]], case["layout"]
-    x = nchw_to(X, layout)
+    x = nchw_to(features(case["op"]), layout)
     r = ROWS if case["fmt"] == "indexed" else BOXES
     fwd = jax.jit(lambda f, r: op(f, r, layout=layout))(x, r)
     grads = jax.jit(jax.grad(loss(op, layout), argnums=(0, 1)))(x, r)
@@ -101,7 +109,7 @@ def run(case):
   op, layout = MATRIX_OPS[case["op"]], case["layout"]
   f_spec, r_spec, o_spec = specs(case)
   fs, rs, os_ = (NamedSharding(mesh, s) for s in (f_spec, r_spec, o_spec))
-  x = nchw_to(X, layout)
+  x = nchw_to(features(case["op"]), layout)
   indexed = case["fmt"] == "indexed"
   r = ROWS if indexed else BOXES
   fwd = lambda f, r: op(f, r, layout=layout)
