@@ -6,6 +6,7 @@
 #include "core/cuda_launch.h"
 #include "core/kernel.h"
 #include "roi_align/roi_align_cuda.cuh"
+#include "roi_align_rotated/roi_align_rotated_cuda.cuh"
 #include "roi_pool/roi_pool_cuda.cuh"
 
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_pool_forward, PoolForwardArgs)
@@ -14,6 +15,10 @@ JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_pool_backward, PoolBackwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_forward, AlignForwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_backward, AlignBackwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_box_grad, AlignBoxGradArgs)
+
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_rotated_forward, RotatedForwardArgs)
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_rotated_backward, RotatedBackwardArgs)
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_rotated_box_grad, RotatedBoxGradArgs)
 
 // Every kernel the launchers above can launch registered itself when this
 // module was loaded (core/cuda_launch.h).
