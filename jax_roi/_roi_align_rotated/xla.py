@@ -326,13 +326,15 @@ def _loop_op_bwd(config, res, g):
   grad = _loop_feature_grad(g, rois, config, hwc.shape).astype(hwc.dtype)
   acc = acc_dtype(hwc.dtype)
   lead = rois.shape[:-1]
-  cols = []
-  for j in range(5):  # one forward-mode derivative per box parameter
-    t = jnp.zeros_like(rois).at[..., rois.shape[-1] - 5 + j].set(1)
-    _, dot = jax.jvp(lambda r: _loop_forward(hwc, r, config), (rois,), (t,))
-    d = (dot.astype(acc) * g.astype(acc)).reshape(dot.shape[0], -1).sum(axis=1)
-    cols.append(d.reshape(lead).astype(rois.dtype))
-  grad_rois = jnp.zeros_like(rois).at[..., -5:].set(jnp.stack(cols, axis=-1))
+  # One forward-mode derivative per box parameter, batched (one loop).
+  width = rois.shape[-1]
+  tangents = jnp.zeros((5,) + rois.shape, rois.dtype)
+  tangents = tangents.at[(jnp.arange(5), Ellipsis, jnp.arange(width - 5, width))].set(1)
+  jvp = lambda t: jax.jvp(lambda r: _loop_forward(hwc, r, config), (rois,), (t,))[1]
+  dots = jax.vmap(jvp)(tangents)  # (5, K, PH, PW, C)
+  d = (dots.astype(acc) * g.astype(acc)[None]).reshape(5, dots.shape[1], -1).sum(axis=2)
+  cols = d.T.reshape(lead + (5,)).astype(rois.dtype)
+  grad_rois = jnp.zeros_like(rois).at[..., -5:].set(cols)
   return grad, grad_rois
 
 
