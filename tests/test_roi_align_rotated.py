@@ -15,7 +15,7 @@ from jax.test_util import check_grads
 
 import jax_roi
 import loop_reference as ref
-from helpers import DTYPES, nchw_to, pooled_to_nchw, random_features, stable_seed
+from helpers import DTYPES, random_features, rotated_boxes, rotated_rois, stable_seed
 
 LAYOUTS = ("NCHW", "NHWC")
 IMPLEMENTATIONS = ("ffi", "xla")
@@ -24,32 +24,6 @@ IMPLEMENTATIONS = ("ffi", "xla")
 CONVENTIONS = [(-1, True, "degrees", False), (2, True, "degrees", False),
                (3, False, "radians", True), (0, False, "radians", False),
                (1, True, "radians", True)]
-
-
-def rotated_boxes(rng, k, h, w, scale=1.0, degrees=True):
-  """(k, 5) [cx, cy, w, h, angle] boxes in input pixels around a (h, w) map
-  seen at `scale`; some tiny, some partly outside."""
-  img_h, img_w = h / scale, w / scale
-  cx = rng.uniform(-0.2 * img_w, 1.2 * img_w, k)
-  cy = rng.uniform(-0.2 * img_h, 1.2 * img_h, k)
-  bw = rng.uniform(0.0, 0.9 * img_w, k)
-  bh = rng.uniform(0.0, 0.9 * img_h, k)
-  tiny = rng.random(k) < 0.15
-  bw[tiny] *= 0.05
-  angle = rng.uniform(-180, 180, k)
-  if not degrees:
-    angle = np.deg2rad(angle)
-  return np.stack([cx, cy, bw, bh, angle], axis=1)
-
-
-def rotated_rois(rng, fmt, n, k, h, w, scale=1.0, degrees=True, padding=0.2):
-  boxes = rotated_boxes(rng, n * k if fmt == "batched" else k, h, w, scale, degrees)
-  if fmt == "batched":
-    return boxes.reshape(n, k, 5)
-  index = rng.integers(0, n, k).astype(np.float64)
-  pad = rng.random(k) < padding
-  index[pad] = rng.choice([-1.0, float(n), np.nan], pad.sum())
-  return np.concatenate([index[:, None], boxes], axis=1)
 
 
 def _op(x, rois, size=(3, 4), scale=0.5, conv=CONVENTIONS[0], **kw):
