@@ -77,7 +77,9 @@ def geometry(rois: jax.Array, config: RotatedConfig) -> Geometry:
     angle = boxes[:, 4]
     if config.angle_unit == "degrees":
       wide = jnp.float64 if jax.config.read("jax_enable_x64") else dtype
-      theta = (angle.astype(wide) * (sign * math.pi) / 180.0).astype(dtype)
+      # As the kernels: (angle * pi) / 180 in double, correctly rounded
+      # (exact_div: XLA would multiply by 1/180).
+      theta = exact_div(angle.astype(wide) * (sign * math.pi), 180.0).astype(dtype)
     else:
       theta = angle * jnp.asarray(sign, dtype)
     cos, sin = jnp.cos(theta), jnp.sin(theta)
