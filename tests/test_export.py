@@ -97,7 +97,7 @@ def test_export_without_safety_checks_is_refused():
 
 def test_safety_checks_cover_every_target():
   names = {str(c) for c in jax_roi.export_safety_checks()}
-  assert len(names) == 8
+  assert len(names) == 8 + 3  # + roi_align_rotated
   for op in ("roi_pool_fwd", "roi_pool_bwd", "roi_align_fwd", "roi_align_bwd",
              "roi_align_box_grad", "multi_scale_roi_align_fwd",
              "multi_scale_roi_align_bwd", "multi_scale_roi_align_box_grad"):
