@@ -55,6 +55,10 @@ OPS = {
         lambda tv_ops, x, r, case: tv_ops.ps_roi_align(
             x, r, case.output, case.scale, case.sampling_ratio)),
 }
+OPS["roi_align_rotated"] = (  # detectron2's ROIAlignRotated; no torchvision baseline
+    lambda jax_roi, x, r, case, **kw: jax_roi.roi_align_rotated(
+        x, r, case.output, case.scale, case.sampling_ratio, aligned=case.aligned, **kw),
+    None)
 
 
 @dataclass(frozen=True)
@@ -98,12 +102,22 @@ WORKLOADS = {
         Case("ps_roi_align", (1, 1029, 38, 50), (608, 800), 1 / 16, 7, 300, 2,
              label="K=300 sampling_ratio=2"),
     ],
+    # DOTA-like aerial images: a 1024x1024 image at stride 8, 2000 oriented
+    # proposals, detectron2's defaults (aligned, adaptive sampling) and sr=2.
+    "dota": [
+        Case("roi_align_rotated", (1, 256, 128, 128), (1024, 1024), 1 / 8, 7, 2000, 2, True,
+             label="rotated 7x7 K=2000 sr=2"),
+        Case("roi_align_rotated", (1, 256, 128, 128), (1024, 1024), 1 / 8, 7, 2000, 0, True,
+             label="rotated 7x7 K=2000 adaptive"),
+    ],
     "smoke": [
         Case("roi_pool", (1, 8, 12, 16), (192, 256), 1 / 16, 3, 5, label="smoke"),
         Case("roi_align", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 2, True, label="smoke"),
         Case("roi_align", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 0, True, label="smoke adaptive"),
         Case("ps_roi_pool", (1, 18, 12, 16), (192, 256), 1 / 16, 3, 5, label="smoke"),
         Case("ps_roi_align", (2, 18, 12, 16), (48, 64), 1 / 4, 3, 6, 0, label="smoke adaptive"),
+        Case("roi_align_rotated", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 0, True,
+             label="smoke rotated"),
     ],
 }
 
@@ -121,6 +135,19 @@ def proposals(rng, k, n, image):
   y1 = rng.uniform(0, img_h - h)
   index = np.repeat(np.arange(n), -(-k // n))[:k]
   return np.stack([index, x1, y1, x1 + w, y1 + h], 1).astype(np.float32)
+
+
+def rotated_proposals(rng, rows):
+  """(k, 6) oriented rows [index, cx, cy, w, h, angle in degrees] from (k, 5)
+  proposals: their centres and sizes, angles uniform in [-90, 90)."""
+  x1, y1, x2, y2 = rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4]
+  angle = rng.uniform(-90, 90, len(rows))
+  return np.stack([rows[:, 0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, angle],
+                  1).astype(np.float32)
+
+
+# Ops whose RoIs are not (k, 5) proposals: op -> fn(rng, proposals) -> rois.
+ROIS = {"roi_align_rotated": rotated_proposals}
 
 
 def median_seconds(fn, repeat, budget):
@@ -161,7 +188,8 @@ class Row:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workloads", nargs="+", default=["faster-rcnn", "mask-rcnn", "adaptive"],
+  parser.add_argument("--workloads", nargs="+",
+                      default=["faster-rcnn", "mask-rcnn", "adaptive", "dota"],
                       choices=list(WORKLOADS))
   parser.add_argument("--layouts", nargs="+", default=["NCHW", "NHWC"],
                       choices=["NCHW", "NHWC"])
@@ -218,6 +246,8 @@ def main(argv=None):
       n, c, h, w = case.features
       feats_nchw = rng.standard_normal(case.features).astype(np.float32)
       rois = proposals(rng, case.rois, n, case.image)
+      if case.op in ROIS:
+        rois = ROIS[case.op](rng, rois)
       c_out = c // case.output**2 if case.op.startswith("ps_") else c  # position-sensitive
       cot_nchw = rng.standard_normal((case.rois, c_out, case.output, case.output)).astype(
           np.float32)
@@ -273,7 +303,7 @@ def _jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_, implementation):
 
 
 def _torch_fn(torch, tv_ops, case, feats, rois, cot, dtype, pass_, device, sync):
-  if torch is None or pass_ == "fwd+bwd+boxes":
+  if torch is None or pass_ == "fwd+bwd+boxes" or OPS[case.op][1] is None:
     return None
   tdtype = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
             "bfloat16": torch.bfloat16}[dtype]

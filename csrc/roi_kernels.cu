@@ -7,6 +7,7 @@
 #include "core/kernel.h"
 #include "ps_roi/ps_roi_cuda.cuh"
 #include "roi_align/roi_align_cuda.cuh"
+#include "roi_align_rotated/roi_align_rotated_cuda.cuh"
 #include "roi_pool/roi_pool_cuda.cuh"
 
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_pool_forward, PoolForwardArgs)
@@ -21,6 +22,9 @@ JAX_ROI_INSTANTIATE_CUDA_KERNEL(ps_roi_pool_backward, PsPoolBackwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(ps_roi_align_forward, PsAlignForwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(ps_roi_align_backward, PsAlignBackwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(ps_roi_align_box_grad, PsAlignBoxGradArgs)
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_rotated_forward, RotatedForwardArgs)
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_rotated_backward, RotatedBackwardArgs)
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_rotated_box_grad, RotatedBoxGradArgs)
 
 // Every kernel the launchers above can launch registered itself when this
 // module was loaded (core/cuda_launch.h).

@@ -30,6 +30,10 @@ ATTRIBUTE_DOCS = {
     "box_order": '"xyxy" (default) or "yxyx".',
     "implementation": 'None (the kernel where compiled), "ffi" or "xla".',
 }
+ATTRIBUTE_DOCS.update({  # roi_align_rotated
+    "angle_unit": '"degrees" (default, detectron2\'s) or "radians" (mmcv\'s).',
+    "clockwise": "the angle turns clockwise (mmcv's option): it is negated.",
+})
 
 DEFAULT_LAYOUT = "NHWC"
 

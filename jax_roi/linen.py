@@ -104,3 +104,20 @@ PSRoIAlign = _layer(
     >>> layer.apply(variables, features, boxes).shape
     (2, 1, 3, 3, 4)
     """)
+
+RoIAlignRotated = _layer(
+    ops.roi_align_rotated, "RoIAlignRotated",
+    "RoIAlign over oriented boxes (detectron2's ROIAlignRotated):"
+    " :func:`jax_roi.roi_align_rotated`.", """
+    >>> import jax, jax.numpy as jnp
+    >>> from jax_roi import linen as roi_nn
+    >>> layer = roi_nn.RoIAlignRotated(output_size=7, spatial_scale=1 / 8, sampling_ratio=2)
+    >>> features = jnp.ones((1, 64, 64, 16))  # NHWC
+    >>> rois = jnp.array([[0, 256.0, 256.0, 120.0, 40.0, 30.0]])  # [b, cx, cy, w, h, degrees]
+    >>> variables = layer.init(jax.random.key(0), features, rois)
+    >>> out = layer.apply(variables, features, rois)
+    >>> out.shape
+    (1, 7, 7, 16)
+    >>> float(out.mean())
+    1.0
+    """)

@@ -103,3 +103,16 @@ PSRoIAlign = _layer(
     >>> layer(features, boxes).shape
     (2, 1, 3, 3, 4)
     """)
+
+RoIAlignRotated = _layer(
+    ops.roi_align_rotated, "RoIAlignRotated",
+    "RoIAlign over oriented boxes (detectron2's ROIAlignRotated):"
+    " :func:`jax_roi.roi_align_rotated`.", """
+    >>> import jax.numpy as jnp
+    >>> from jax_roi import nnx as roi_nnx
+    >>> layer = roi_nnx.RoIAlignRotated(7, spatial_scale=1 / 8, angle_unit="radians")
+    >>> features = jnp.ones((1, 64, 64, 16))  # NHWC
+    >>> boxes = jnp.array([[[256.0, 256.0, 120.0, 40.0, 0.5]]])  # (N, R, 5)
+    >>> layer(features, boxes).shape
+    (1, 1, 7, 7, 16)
+    """)

@@ -91,3 +91,41 @@ def check_rois(rois: jax.Array, num_images: int, *, box_order: str = "xyxy",
       bad = bad & ~flags["padding"].reshape(-1) if name != "bad_index" else bad
     first = jnp.argmax(bad)
     checkify.check(~bad.any(), message, first)
+
+
+def validate_rotated_rois(rois: jax.Array, num_images: int) -> dict[str, jax.Array]:
+  """Flags suspicious oriented RoIs (:func:`jax_roi.roi_align_rotated`'s);
+  every flag has shape ``rois.shape[:-1]``.
+
+  Args:
+    rois: ``(K, 6)`` rows ``[batch_index, cx, cy, w, h, angle]`` or
+      ``(N, R, 5)`` boxes.
+    num_images: N, the features' batch size.
+
+  Returns:
+    A dict of boolean arrays:
+
+    * ``"non_finite"``: the centre, size or angle is NaN or infinite (the
+      RoI pools nothing);
+    * ``"negative_size"``: ``w < 0`` or ``h < 0`` (detectron2 rejects these;
+      see roi_align_rotated for what they give);
+    * ``"empty"``: zero width or height;
+    * ``"bad_index"`` and ``"padding"`` ((K, 6) only): as for
+      :func:`validate_rois`.
+  """
+  rois = jnp.asarray(rois)
+  if not ((rois.ndim == 2 and rois.shape[1] == 6) or (rois.ndim == 3 and rois.shape[2] == 5)):
+    raise ValueError(f"rois must have shape (K, 6) or (N, R, 5), got {rois.shape}")
+  box = rois[..., -5:]
+  w, h = box[..., 2], box[..., 3]
+  flags = {
+      "non_finite": ~jnp.isfinite(box).all(axis=-1),
+      "negative_size": (w < 0) | (h < 0),
+      "empty": (w == 0) | (h == 0),
+  }
+  if rois.shape[-1] == 6:
+    index = rois[..., 0]
+    flags["padding"] = index < 0
+    flags["bad_index"] = (jnp.isnan(index) | ((index >= 0) & (index != jnp.floor(index)))
+                          | (index >= num_images))
+  return flags

@@ -134,6 +134,43 @@ def random_rois(rng, fmt, n, k, h, w, scale, hostile, padding=0.2):
   return random_boxes(rng, n * k, h, w, img_scale, hostile).reshape(n, k, 4)
 
 
+# --- roi_align_rotated: oriented boxes [cx, cy, w, h, angle] ---------------
+
+
+def rotated_boxes(rng, k, h, w, scale=1.0, degrees=True):
+  """(k, 5) [cx, cy, w, h, angle] boxes in input pixels around a (h, w) map
+  seen at `scale`; some tiny, some partly outside."""
+  img_h, img_w = h / scale, w / scale
+  cx = rng.uniform(-0.2 * img_w, 1.2 * img_w, k)
+  cy = rng.uniform(-0.2 * img_h, 1.2 * img_h, k)
+  bw = rng.uniform(0.0, 0.9 * img_w, k)
+  bh = rng.uniform(0.0, 0.9 * img_h, k)
+  tiny = rng.random(k) < 0.15
+  bw[tiny] *= 0.05
+  angle = rng.uniform(-180, 180, k)
+  if not degrees:
+    angle = np.deg2rad(angle)
+  return np.stack([cx, cy, bw, bh, angle], axis=1)
+
+
+def rotated_rois(rng, fmt, n, k, h, w, scale=1.0, degrees=True, padding=0.2, hostile=False):
+  """(k, 6) rows with a fraction `padding` of padding rows ("indexed") or
+  (n, k, 5) boxes ("batched"); with `hostile`, also huge, infinite and NaN
+  centres, sizes and angles, and negative sizes."""
+  boxes = rotated_boxes(rng, n * k if fmt == "batched" else k, h, w, scale, degrees)
+  if hostile:
+    for value in (1e30, -1e30, np.inf, -np.inf, np.nan, 3e9, -2.5):
+      rows = rng.random(len(boxes)) < 0.05
+      cols = rng.integers(0, 5, len(boxes))
+      boxes[rows, cols[rows]] = value
+  if fmt == "batched":
+    return boxes.reshape(n, k, 5)
+  index = rng.integers(0, n, k).astype(np.float64)
+  pad = rng.random(k) < padding
+  index[pad] = rng.choice([-1.0, float(n), np.nan], pad.sum())
+  return np.concatenate([index[:, None], boxes], axis=1)
+
+
 def random_case(seed, layout, fmt, dtype, box_dtype, n=2, c=3, h=9, w=11, k=6, scale=0.5,
                 hostile=False, padding=0.2):
   """Features and RoIs of one op call from a seed."""

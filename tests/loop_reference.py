@@ -522,6 +522,93 @@ def ps_roi_pool(features, rois, output_size, spatial_scale=1.0, layout="NCHW",
   return from_nchw_pooled(out.reshape(lead + out.shape[1:]), layout)
 
 
+def _rotated_samples(rois, n, output_size, spatial_scale, sampling_ratio, aligned, angle_unit,
+                     clockwise, angle_dtype=np.float64):
+  """Yields (k, image, ph, pw, y, x, count) for every sample of every bin of
+  every non-empty rotated RoI, written from detectron2's formulas. The angle
+  in radians is computed as detectron2 does (angle * pi / 180 in double) and
+  rounded to the boxes' dtype, `angle_dtype` (its cosine is then that of a
+  float32 number for float32 boxes: the same to float64 rounding)."""
+  ph_count, pw_count = output_size
+  rows = rois.reshape(-1, rois.shape[-1])
+  for k, row in enumerate(rows):
+    if rois.ndim == 3:
+      image, box = k // rois.shape[1], row
+    else:
+      v = row[0]
+      image = int(v) if (-1 < v < n) else -1
+      box = row[1:]
+    if image < 0:
+      continue
+    offset = 0.5 if aligned else 0.0
+    cx = box[0] * spatial_scale - offset
+    cy = box[1] * spatial_scale - offset
+    roi_w, roi_h = box[2] * spatial_scale, box[3] * spatial_scale
+    sign = -1.0 if clockwise else 1.0
+    theta = sign * box[4] * math.pi / 180.0 if angle_unit == "degrees" else box[4] * sign
+    theta = float(angle_dtype(theta))
+    if not aligned:
+      roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+    if not all(math.isfinite(v) for v in (cx, cy, roi_w, roi_h, theta)):
+      continue
+    cos_t, sin_t = math.cos(theta), math.sin(theta)
+    bin_h, bin_w = roi_h / ph_count, roi_w / pw_count
+    grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(bin_h)
+    grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(bin_w)
+    count = max(grid_h * grid_w, 1)
+    for ph in range(ph_count):
+      for pw in range(pw_count):
+        for iy in range(max(grid_h, 0)):
+          yy = -roi_h / 2 + ph * bin_h + (iy + 0.5) * bin_h / grid_h
+          for ix in range(max(grid_w, 0)):
+            xx = -roi_w / 2 + pw * bin_w + (ix + 0.5) * bin_w / grid_w
+            yield (k, image, ph, pw, yy * cos_t - xx * sin_t + cy,
+                   yy * sin_t + xx * cos_t + cx, count)
+
+
+def _bilinear_weights(h, w, y, x):
+  """[(row, col, weight)] of torchvision's bilinear rule (empty outside)."""
+  if not (-1.0 <= y <= h and -1.0 <= x <= w) or h == 0 or w == 0:
+    return []
+  y, x = max(y, 0.0), max(x, 0.0)
+  y_low, x_low = int(y), int(x)
+  if y_low >= h - 1:
+    y_low = y_high = h - 1
+    y = float(y_low)
+  else:
+    y_high = y_low + 1
+  if x_low >= w - 1:
+    x_low = x_high = w - 1
+    x = float(x_low)
+  else:
+    x_high = x_low + 1
+  ly, lx = y - y_low, x - x_low
+  hy, hx = 1.0 - ly, 1.0 - lx
+  return [(y_low, x_low, hy * hx), (y_low, x_high, hy * lx), (y_high, x_low, ly * hx),
+          (y_high, x_high, ly * lx)]
+
+
+@np.errstate(all="ignore")
+def roi_align_rotated(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                      aligned=True, angle_unit="degrees", clockwise=False, layout="NCHW"):
+  """Rotated RoIAlign (detectron2's ROIAlignRotated; mmcv's with radians /
+  clockwise / aligned=False), every sample of every bin visited, in float64.
+  rois: (K, 6) rows [batch_index, cx, cy, w, h, angle] or (N, R, 5) boxes.
+  Returns the layout's per-RoI output order with leading dims rois.shape[:-1]."""
+  f = to_nchw(features, layout).astype(np.float64)
+  n, c_count, h_size, w_size = f.shape
+  angle_dtype = np.float32 if np.asarray(rois).dtype == np.float32 else np.float64
+  rois = np.asarray(rois, np.float64)
+  lead = rois.shape[:-1]
+  out = np.zeros((int(np.prod(lead)), c_count) + tuple(output_size))
+  for k, image, ph, pw, y, x, count in _rotated_samples(
+      rois, n, output_size, spatial_scale, sampling_ratio, aligned, angle_unit, clockwise,
+      angle_dtype):
+    for row, col, wt in _bilinear_weights(h_size, w_size, y, x):
+      out[k, :, ph, pw] += wt * f[image, :, row, col] / count
+  return from_nchw_pooled(out.reshape(lead + out.shape[1:]), layout)
+
+
 @np.errstate(all="ignore")
 def ps_roi_pool_grad(features_shape, rois, cotangent, output_size, spatial_scale=1.0,
                      layout="NCHW", coord_dtype=None):
@@ -595,3 +682,26 @@ def ps_roi_align_grad(features, rois, cotangent, output_size, spatial_scale=1.0,
         full[..., ps_input_channel(c, ph, pw, output_size), ph, pw] = cot[..., c, ph, pw]
   return roi_align_grad(features, rois, from_nchw_pooled(full, layout), output_size,
                         spatial_scale, sampling_ratio, True, "avg", layout, coord_dtype)
+
+
+@np.errstate(all="ignore")
+def roi_align_rotated_grad(features_shape, rois, cot, output_size, spatial_scale=1.0,
+                           sampling_ratio=-1, aligned=True, angle_unit="degrees",
+                           clockwise=False, layout="NCHW"):
+  """The feature gradient of sum(roi_align_rotated(...) * cot), float64, in
+  the layout of the features."""
+  shape = tuple(features_shape)
+  n, c_count, h_size, w_size = shape if layout == "NCHW" else (shape[0], shape[3], shape[1],
+                                                               shape[2])
+  angle_dtype = np.float32 if np.asarray(rois).dtype == np.float32 else np.float64
+  rois = np.asarray(rois, np.float64)
+  g = np.asarray(cot, np.float64)
+  g = g if layout == "NCHW" else np.moveaxis(g, -1, -3)
+  g = g.reshape((-1, c_count) + tuple(output_size))
+  grad = np.zeros((n, c_count, h_size, w_size))
+  for k, image, ph, pw, y, x, count in _rotated_samples(
+      rois, n, output_size, spatial_scale, sampling_ratio, aligned, angle_unit, clockwise,
+      angle_dtype):
+    for row, col, wt in _bilinear_weights(h_size, w_size, y, x):
+      grad[image, :, row, col] += wt * g[k, :, ph, pw] / count
+  return grad if layout == "NCHW" else grad.transpose(0, 2, 3, 1)

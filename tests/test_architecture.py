@@ -184,9 +184,11 @@ def test_every_target_the_ops_call_is_registered():
   from jax_roi._ps_roi_pool import ffi as ps_roi_pool_ffi
   from jax_roi._roi_align import ffi as roi_align_ffi
   from jax_roi._roi_pool import ffi as roi_pool_ffi
+  from jax_roi._roi_align_rotated import ffi as roi_align_rotated_ffi
 
-  called = {getattr(m, t) for m in (roi_pool_ffi, roi_align_ffi, multi_scale_ffi,
-                                    ps_roi_pool_ffi, ps_roi_align_ffi)
+  modules = (roi_pool_ffi, roi_align_ffi, multi_scale_ffi, ps_roi_pool_ffi, ps_roi_align_ffi)
+  modules += (roi_align_rotated_ffi,)
+  called = {getattr(m, t) for m in modules
             for t in ("FORWARD", "BACKWARD", "BOX_GRAD") if hasattr(m, t)}
-  assert len(called) == 8 + 5
+  assert len(called) == 8 + 5 + 3
   assert called == set(extension.target_names())

@@ -5,7 +5,6 @@ different numbers of tasks)."""
 from __future__ import annotations
 
 import os
-import pathlib
 import subprocess
 import sys
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import doctest
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -140,3 +139,17 @@ def test_nnx_model_trains_under_jit():
 
   losses = [float(step(model, optimizer)) for _ in range(30)]
   assert losses[-1] < 0.5 * losses[0]
+
+
+def test_rotated_layers_agree_with_the_op():
+  x, _, _ = _inputs()
+  rois = np.array([[0, 30.0, 40.0, 60.0, 20.0, 0.4], [1, 90.0, 60.0, 30.0, 70.0, -1.2]],
+                  np.float32)
+  kwargs = dict(spatial_scale=0.25, sampling_ratio=2, angle_unit="radians", clockwise=True)
+  expected = jax_roi.roi_align_rotated(x, rois, (4, 3), layout="NHWC", **kwargs)
+  layer = roi_linen.RoIAlignRotated(output_size=(4, 3), **kwargs)
+  variables = layer.init(jax.random.key(0), x, rois)
+  assert jax.tree_util.tree_leaves(variables) == []
+  np.testing.assert_array_equal(layer.apply(variables, x, rois), expected)
+  np.testing.assert_array_equal(roi_nnx.RoIAlignRotated((4, 3), **kwargs)(x, rois), expected)
+  assert roi_linen.RoIAlignRotated(7).aligned and roi_linen.RoIAlignRotated(7).layout == "NHWC"

@@ -99,11 +99,17 @@ def choice(value: Any, name: str, allowed: tuple) -> Any:
 
 def canonicalize(features: Any, rois: Any, output_size: Any, *,
                  spatial_scale: Any, layout: Any, box_order: Any,
-                 implementation: Any, name: str = "features"):
+                 implementation: Any, name: str = "features", box_size: int = 4,
+                 box_doc: str = "[x1, y1, x2, y2]"):
   """Validates the arguments shared by every op.
 
   Returns ``(features, rois, args)`` with rois in xyxy order and in float32
   or float64, and a hashable :class:`RoiArgs`.
+
+  ``box_size``: values per box (4: ``[x1, y1, x2, y2]``; an op with other
+  boxes, e.g. rotated ``[cx, cy, w, h, angle]``, passes its own size and
+  ``box_doc``, and "xyxy" as box_order): rois are ``(K, box_size + 1)`` or
+  ``(N, R, box_size)``.
   """
   if not isinstance(layout, str):
     raise TypeError(f"layout must be a string, got {layout!r}")
@@ -133,17 +139,17 @@ def canonicalize(features: Any, rois: Any, output_size: Any, *,
     raise TypeError(f"rois must have a floating dtype, got {rois.dtype}")
   if rois.dtype not in (np.float32, np.float64):
     rois = rois.astype(jnp.float32)  # float16/bfloat16 widen exactly.
-  if rois.ndim == 2 and rois.shape[1] == 5:
+  if rois.ndim == 2 and rois.shape[1] == box_size + 1:
     pass
-  elif rois.ndim == 3 and rois.shape[2] == 4:
+  elif rois.ndim == 3 and rois.shape[2] == box_size:
     if rois.shape[0] != features.shape[0]:
       raise ValueError(
           f"batched rois of shape {rois.shape} need one row of boxes per image:"
           f" rois.shape[0] must equal the {features.shape[0]} images of {name}")
   else:
     raise ValueError(
-        "rois must have shape (K, 5) with rows [batch_index, x1, y1, x2, y2],"
-        f" or (N, R, 4) with boxes per image; got shape {rois.shape}")
+        f"rois must have shape (K, {box_size + 1}) with rows [batch_index,"
+        f" {box_doc[1:]}, or (N, R, {box_size}) with boxes per image; got shape {rois.shape}")
   if box_order == "yxyx":
     perm = [0, 2, 1, 4, 3] if rois.shape[-1] == 5 else [1, 0, 3, 2]
     rois = rois[..., np.array(perm)]

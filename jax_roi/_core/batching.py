@@ -24,7 +24,9 @@ def fold(k: Kernel, image_shapes: tuple, size: int, batched: list[bool],
   """
   roles = k.arg_roles
   rois_at = roles.index(ROIS)
-  indexed = args[rois_at].shape[-1] == 5
+  # (K, F) rows with a batch index have rank 2 (3 when vmapped), per-image
+  # boxes (N, R, F - 1) rank 3 (4).
+  indexed = args[rois_at].ndim - int(batched[rois_at]) == 2
   n = image_shapes[0][0]
   fold_images = (any(b for b, r in zip(batched, roles) if r == IMAGE)
                  or IMAGE in k.result_roles)
@@ -44,7 +46,7 @@ def fold(k: Kernel, image_shapes: tuple, size: int, batched: list[bool],
         out_args.append(x)
       elif role == ROIS and indexed:
         x = expand(x, batched[rois_at])
-        images = roi_images(x, n)
+        images = roi_images(x, n, indexed=True)
         offset = (jnp.arange(size, dtype=jnp.int32) * n)[:, None]
         first = jnp.where(images >= 0, images + offset, -1).astype(x.dtype)
         out_args.append(_merge_leading(x.at[..., 0].set(first)))
@@ -67,10 +69,10 @@ def fold(k: Kernel, image_shapes: tuple, size: int, batched: list[bool],
     roi_lead = 2  # (size, K)
     new_rois = _merge_leading(rois)
   else:
-    roi_lead = 3  # (size, N, R): switch to (size * N * R, 5) rows
-    images = jnp.broadcast_to(roi_images(rois[0], n), rois.shape[:-1])
+    roi_lead = 3  # (size, N, R): switch to (size * N * R, F + 1) indexed rows
+    images = jnp.broadcast_to(roi_images(rois[0], n, indexed=False), rois.shape[:-1])
     new_rois = jnp.concatenate(
-        [images[..., None].astype(rois.dtype), rois], axis=-1).reshape(-1, 5)
+        [images[..., None].astype(rois.dtype), rois], axis=-1).reshape(-1, rois.shape[-1] + 1)
   out_args = []
   for x, b, role in zip(args, batched, roles):
     if role == ROIS:
@@ -90,7 +92,7 @@ def fold(k: Kernel, image_shapes: tuple, size: int, batched: list[bool],
         continue
       y = y.reshape(lead_shape + y.shape[1:])
       if role == ROIS and not indexed:
-        y = y[..., 1:]  # (size, N, R, 5) rows back to the (size, N, R, 4) boxes
+        y = y[..., 1:]  # (size, N, R, F + 1) rows back to the (size, N, R, F) boxes
       res.append(y)
     return tuple(res), tuple(role != NONE for role in k.result_roles)
 

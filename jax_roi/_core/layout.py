@@ -50,14 +50,17 @@ def to_kchw(out: jax.Array, lead: tuple, layout: str) -> jax.Array:
   return out if layout == "NCHW" else jnp.moveaxis(out, 3, 1)
 
 
-def roi_images(rois: jax.Array, batch: int) -> jax.Array:
+def roi_images(rois: jax.Array, batch: int, indexed: bool | None = None) -> jax.Array:
   """Image index of every RoI, -1 for padding rows; shape rois.shape[:-1].
 
   For (K, 5) rows: the first column truncated toward zero (torchvision's int
   cast); a truncation outside [0, batch), or NaN, marks padding. For batched
-  (N, R, 4) boxes: the row's image.
+  (N, R, 4) boxes: the row's image. ``indexed``: whether the rows carry a
+  batch index (default: rows of 5 values do; ops with other boxes say).
   """
-  if rois.shape[-1] == 5:
+  if indexed is None:
+    indexed = rois.shape[-1] == 5
+  if indexed:
     v = rois[..., 0]
     valid = (v > -1) & (v < batch) & (batch > 0)
     return jnp.where(valid, jnp.trunc(jnp.where(valid, v, 0)), -1).astype(jnp.int32)

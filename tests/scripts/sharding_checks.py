@@ -29,6 +29,13 @@ rows = np.concatenate([np.repeat(np.arange(N.__float__()), R)[:, None],
 rows[::5, 0] = -1  # padding rows
 
 
+def rotated(r):
+  """xyxy boxes (or rows) -> oriented [cx, cy, w, h, angle] (or rows), elementwise."""
+  x1, y1, x2, y2 = (r[..., i] for i in range(-4, 0))
+  box = jnp.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, 40.0 - x1], axis=-1)
+  return jnp.concatenate([r[..., :-4], box], axis=-1)
+
+
 def put(a, spec, m=mesh):
   return jax.device_put(a, NamedSharding(m, spec))
 
@@ -68,6 +75,8 @@ for layout in ("NCHW", "NHWC"):
           [f, f[:, :, ::2, ::2] if layout == "NCHW" else f[:, ::2, ::2]], r, 3,
           spatial_scales=(0.25, 0.125), canonical_scale=32, sampling_ratio=2, layout=layout),
   }
+  ops["roi_align_rotated"] = lambda f, r: jax_roi.roi_align_rotated(f, rotated(r), 3, 0.25, 2,
+                                                                    layout=layout)
   for name, op in ops.items():
     box_grad = name != "roi_pool"
     argnums = (0, 1) if box_grad else (0,)
