@@ -142,6 +142,7 @@ def test_cuda_on_without_a_working_nvcc_is_refused(tmp_path):
   assert "no CUDA compiler found, building the CPU kernels only" in out
 
 
+@pytest.mark.slow  # (CMake configure runs only, ~40 s)
 @pytest.mark.skipif(sys.platform != "linux", reason="nvcc on Linux")
 def test_default_architectures_and_overrides(tmp_path):
   """With nvcc present: the default list follows the rule of docs/gpu.md;

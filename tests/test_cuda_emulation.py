@@ -68,7 +68,10 @@ SEEDS_PER_ARCH = 3
 ARCHS = tuple(int(a) for a in
               os.environ.get("JAX_ROI_EMULATION_ARCHS", "750 1210").replace(";", " ").split())
 
-pytestmark = pytest.mark.skipif(not extension.AVAILABLE, reason="jax_roi's kernels are not built")
+# slow: the module builds two emulation modules (~2 min of compilation on two
+# cores) before its first case; .ci/run runs it (and again under ASan/UBSan).
+pytestmark = [pytest.mark.skipif(not extension.AVAILABLE, reason="jax_roi's kernels are not built"),
+              pytest.mark.slow]
 
 
 # ---------------------------------------------------------------------------

@@ -24,7 +24,8 @@ def demo():
     del sys.modules[spec.name]
 
 
-@pytest.mark.parametrize("op", [pytest.param("roi_pool", marks=pytest.mark.slow), "roi_align",
+@pytest.mark.parametrize("op", [pytest.param("roi_pool", marks=pytest.mark.slow),
+                                pytest.param("roi_align", marks=pytest.mark.slow),
                                 pytest.param("multi_scale", marks=pytest.mark.slow)])
 def test_demo_trains_and_draws(demo, op, tmp_path, capsys):
   out = tmp_path / f"{op}.png"

@@ -46,7 +46,8 @@ def _call(name, x, rois, size, scale, sr, **kw):
 
 
 @pytest.mark.parametrize("layout,implementation",
-                         [("NCHW", "ffi"), ("NHWC", "ffi"), ("NCHW", "xla")])
+                         [("NCHW", "ffi"), ("NHWC", "ffi"),
+                          pytest.param("NCHW", "xla", marks=pytest.mark.slow)])
 def test_golden_vectors(ps_golden, layout, implementation):
   """Every case of the golden file: the kernels' forward is torchvision's
   bit for bit (0 where torchvision gives NaN: the documented departure),

@@ -34,7 +34,7 @@ def _parse(name):
           int(sr[2:]), dtype, scale[1:])
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("implementation", ["ffi", pytest.param("xla", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_golden_torchvision(golden, layout, implementation):
   """Every roi_align case of the golden file: the kernels' forward is bit

@@ -10,9 +10,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "sharding_checks.py"
 
 
+@pytest.mark.slow  # (the sharding matrix covers the same cases in the default run)
 def test_sharded_execution_on_8_devices():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-P", str(SCRIPT)], env=env, capture_output=True,
