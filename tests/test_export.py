@@ -66,6 +66,7 @@ def _cases():
            (feats, boxes))
 
 
+@pytest.mark.slow  # (~17 s; tools/gpu_check.sh runs it on GPUs by name)
 def test_export_round_trip_in_a_fresh_process(tmp_path):
   io = {}
   for name, fn, args in _cases():

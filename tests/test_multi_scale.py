@@ -126,6 +126,7 @@ def test_dtypes(dtype):
     assert [g.dtype for g in grads] == [f.dtype for f in levels]
 
 
+@pytest.mark.slow  # (~20 s each: the pure-JAX gradient's compilation)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_gradients_match_pure_jax(layout):
   rng = np.random.default_rng(5)

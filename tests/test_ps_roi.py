@@ -278,6 +278,7 @@ def test_box_order_yxyx(op):
                                 _call(op, x, rois, (2, 3), 0.5, sr))
 
 
+@pytest.mark.slow  # (~25 s)
 @settings(max_examples=12, deadline=None)
 @given(st.data())
 def test_property_kernel_matches_reference(data):

@@ -297,6 +297,7 @@ def test_vmap_is_one_launch_with_box_gradients(fmt, in_axes):
   assert "while" not in text
 
 
+@pytest.mark.slow  # (~20 s)
 def test_grad_of_grad_and_checkpoint():
   rng = np.random.default_rng(31)
   x = random_features(rng, 2, 3, 8, 9)

@@ -9,6 +9,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -23,6 +25,7 @@ def test_gpu_compare_runs_on_the_cpu():
   assert "2/2 cases agree" in result.stdout, result.stdout
 
 
+@pytest.mark.slow  # (~17 s)
 def test_fuzzer_finds_nothing_in_a_short_run(tmp_path):
   result = _run(sys.executable, "tools/fuzz.py", "--op", "all", "--minutes", "0.02",
                 "--out", str(tmp_path))

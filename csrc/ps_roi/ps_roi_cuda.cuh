@@ -16,6 +16,7 @@
 #include "core/types.h"
 #include "ps_roi/ps_roi_kernels.h"
 #include "ps_roi/ps_roi_math.h"
+#include "roi_align/roi_align_cuda.cuh"
 #include "roi_align/roi_align_math.h"
 
 namespace jax_roi::cuda {
@@ -136,16 +137,7 @@ __global__ void ps_roi_align_box_grad_kernel(PsAlignBoxGradArgs<T, C> a) {
       }
       lanes[l] = sums;
     }
-    __syncthreads();
-    for (int64_t s = kBoxGradLanes / 2; s > 0; s /= 2) {
-      for (int64_t l = threadIdx.x; l < s; l += blockDim.x) reduce_box_grad_lanes_step(lanes, s, l);
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) {
-      for (int64_t j = 0; j < row - 4; ++j) out[j] = C(0);
-      lanes[0].write(r, a.spatial_scale, d, out + (row - 4));
-    }
-    __syncthreads();  // lanes[0] is read before the next RoI's lanes are written
+    write_box_grad(lanes, r, a.spatial_scale, d, out, row);
   }
 }
 

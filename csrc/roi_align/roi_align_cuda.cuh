@@ -174,6 +174,26 @@ __global__ void roi_align_backward_kernel(AlignBackwardArgs<T, C> a, int64_t tot
   });
 }
 
+// The end of a box-gradient block: after every thread stored its lanes,
+// combines them by the fixed tree of roi_align_math.h and writes the RoI's
+// gradient row (the batch-index column, if any, gets 0). Every thread of the
+// block calls it.
+template <typename C>
+__device__ __forceinline__ void write_box_grad(BoxGradSums* lanes, const AlignRoi<C>& r,
+                                               double spatial_scale, const RoiDims& d, C* out,
+                                               int64_t row) {
+  __syncthreads();
+  for (int64_t s = kBoxGradLanes / 2; s > 0; s /= 2) {
+    for (int64_t l = threadIdx.x; l < s; l += blockDim.x) reduce_box_grad_lanes_step(lanes, s, l);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    for (int64_t j = 0; j < row - 4; ++j) out[j] = C(0);
+    lanes[0].write(r, spatial_scale, d, out + (row - 4));
+  }
+  __syncthreads();  // lanes[0] is read before the next RoI's lanes are written
+}
+
 // One block per RoI (a grid-stride loop over RoIs): the block's threads sum
 // the RoI's outputs in kBoxGradLanes lanes, then combine the lanes by the
 // fixed tree of roi_align_math.h: deterministic (no atomics) and bit-identical
@@ -212,16 +232,7 @@ __global__ void roi_align_box_grad_kernel(AlignBoxGradArgs<T, C> a) {
       }
       lanes[l] = sums;
     }
-    __syncthreads();
-    for (int64_t s = kBoxGradLanes / 2; s > 0; s /= 2) {
-      for (int64_t l = threadIdx.x; l < s; l += blockDim.x) reduce_box_grad_lanes_step(lanes, s, l);
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) {
-      for (int64_t j = 0; j < row - 4; ++j) out[j] = C(0);
-      lanes[0].write(r, level.spatial_scale, d, out + (row - 4));
-    }
-    __syncthreads();  // lanes[0] is read before the next RoI's lanes are written
+    write_box_grad(lanes, r, level.spatial_scale, d, out, row);
   }
 }
 

@@ -18,28 +18,36 @@
 
 namespace jax_roi::cuda {
 
+// Output element i, bin (ph, pw) of channel c of a RoI: its maximum and argmax.
+template <typename T, typename C>
+__device__ __forceinline__ void store_pool_output(const PoolForwardArgs<T, C>& a, int64_t i,
+                                                  const Box<C>& box, const PoolRoi<C>& r,
+                                                  int64_t c, int64_t ph, int64_t pw) {
+  const RoiDims& d = a.dims;
+  acc_t<T> value = acc_t<T>(0);
+  int32_t index = -1;
+  if (!r.empty) {
+    const Window rows = pool_bin(ph, r.bin_h, r.start_h, d.height);
+    const Window cols = pool_bin(pw, r.bin_w, r.start_w, d.width);
+    if (!rows.empty() && !cols.empty()) {
+      const int64_t stride_h = d.layout == Layout::kNCHW ? d.width : d.width * d.channels;
+      const int64_t stride_w = d.layout == Layout::kNCHW ? 1 : d.channels;
+      const T* base = a.features + feature_index(d, box.image, c, 0, 0);
+      value = window_max(base, stride_h, stride_w, d.width, rows, cols, &index);
+    }
+  }
+  store(a.output + i, value);
+  if (a.argmax != nullptr) a.argmax[i] = index;
+}
+
 template <typename T, typename C>
 __global__ void roi_pool_forward_kernel(PoolForwardArgs<T, C> a, int64_t total) {
-  using A = acc_t<T>;
   const RoiDims& d = a.dims;
   const C scale = static_cast<C>(a.spatial_scale);
-  const int64_t stride_h = d.layout == Layout::kNCHW ? d.width : d.width * d.channels;
-  const int64_t stride_w = d.layout == Layout::kNCHW ? 1 : d.channels;
   for_each_output(d, total, [&](int64_t i, int64_t k, int64_t c, int64_t ph, int64_t pw) {
     const Box<C> box = read_box(a.rois, k, d);
     const PoolRoi<C> r = pool_roi(box, scale, d);
-    A value = A(0);
-    int32_t index = -1;
-    if (!r.empty) {
-      const Window rows = pool_bin(ph, r.bin_h, r.start_h, d.height);
-      const Window cols = pool_bin(pw, r.bin_w, r.start_w, d.width);
-      if (!rows.empty() && !cols.empty()) {
-        const T* base = a.features + feature_index(d, box.image, c, 0, 0);
-        value = window_max(base, stride_h, stride_w, d.width, rows, cols, &index);
-      }
-    }
-    store(a.output + i, value);
-    if (a.argmax != nullptr) a.argmax[i] = index;
+    store_pool_output(a, i, box, r, c, ph, pw);
   });
 }
 
@@ -50,11 +58,8 @@ __global__ void roi_pool_forward_kernel(PoolForwardArgs<T, C> a, int64_t total) 
 template <typename T, typename C>
 __global__ void roi_pool_forward_per_roi_kernel(PoolForwardArgs<T, C> a, int64_t chunks,
                                                 int64_t chunk, int64_t index32_limit) {
-  using A = acc_t<T>;
   const RoiDims& d = a.dims;
   const C scale = static_cast<C>(a.spatial_scale);
-  const int64_t stride_h = d.layout == Layout::kNCHW ? d.width : d.width * d.channels;
-  const int64_t stride_w = d.layout == Layout::kNCHW ? 1 : d.channels;
   const int64_t per_roi = d.channels * d.pooled_height * d.pooled_width;
   const bool narrow = per_roi <= index32_limit;
   for (int64_t item = blockIdx.x; item < d.num_rois * chunks; item += gridDim.x) {
@@ -64,19 +69,7 @@ __global__ void roi_pool_forward_per_roi_kernel(PoolForwardArgs<T, C> a, int64_t
     const Box<C> box = read_box(a.rois, k, d);
     const PoolRoi<C> r = pool_roi(box, scale, d);
     for_each_roi_output(d, begin, end, narrow, [&](int64_t j, int64_t c, int64_t ph, int64_t pw) {
-      const int64_t i = k * per_roi + j;
-      A value = A(0);
-      int32_t index = -1;
-      if (!r.empty) {
-        const Window rows = pool_bin(ph, r.bin_h, r.start_h, d.height);
-        const Window cols = pool_bin(pw, r.bin_w, r.start_w, d.width);
-        if (!rows.empty() && !cols.empty()) {
-          const T* base = a.features + feature_index(d, box.image, c, 0, 0);
-          value = window_max(base, stride_h, stride_w, d.width, rows, cols, &index);
-        }
-      }
-      store(a.output + i, value);
-      if (a.argmax != nullptr) a.argmax[i] = index;
+      store_pool_output(a, k * per_roi + j, box, r, c, ph, pw);
     });
   }
 }
