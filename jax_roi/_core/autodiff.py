@@ -13,8 +13,8 @@ An op's kernels give it:
 
 :func:`differentiable` turns these into one ``fn(features, rois, config)``
 with ``features`` a tuple of feature maps (one per level). The box gradient
-is only computed, and the features only kept, when the boxes are
-differentiated; the feature gradient only when some features are.
+and the feature gradient are both in the backward's program; the one that
+is not needed is dead code that XLA removes before it runs.
 """
 
 from __future__ import annotations
@@ -115,24 +115,22 @@ def differentiable(rules: VjpRules) -> Callable[[Features, jax.Array, Any], jax.
 
   # -- the op's backward, shared by both forwards ------------------------
   def residuals(features, rois, saved):
-    """What the backward needs, recording in its (static) tree structure
-    which cotangents it must produce."""
+    """What the backward needs. Its tree structure must not depend on which
+    inputs are perturbed: jax may pair a cached forward trace (inside
+    lax.platform_dependent's cond) with the backward of another pattern. So
+    the backward always produces both cotangents; the one nobody asked for
+    is dead code that XLA removes (the kernels have no side effects)."""
     f, r = _values(features), rois.value
-    need_features = () if any(x.perturbed for x in features) else None
-    box_inputs = f if rois.perturbed else None
     varying = (tuple(_varying(x) for x in f), _varying(r))
-    return r, saved, need_features, box_inputs, varying
+    return r, saved, f, varying
 
   def backward(config, res, g):
-    rois, saved, need_features, box_inputs, (f_varying, r_varying) = res
+    rois, saved, features, (f_varying, r_varying) = res
     g = _zeros_if_symbolic(g)
-    grad_features = grad_rois = None
-    if need_features is not None:
-      grad_features = tuple(_sum_to(x.astype(config.dtype), v) for x, v in zip(
-          feature_grad(g, rois, saved, config), f_varying))
-    if box_inputs is not None:
-      grad_rois = _sum_to(box_grad(box_inputs, rois, g, saved, config)
-                          if rules.box_grad is not None else jnp.zeros_like(rois), r_varying)
+    grad_features = tuple(_sum_to(x.astype(config.dtype), v) for x, v in zip(
+        feature_grad(g, rois, saved, config), f_varying))
+    grad_rois = _sum_to(box_grad(features, rois, g, saved, config)
+                        if rules.box_grad is not None else jnp.zeros_like(rois), r_varying)
     return grad_features, grad_rois
 
   # -- the forward that also returns its residuals: differentiable, so that
