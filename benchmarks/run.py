@@ -200,7 +200,9 @@ def main(argv=None):
                       help="fwd+bwd+boxes: the gradient w.r.t. the boxes too (no torchvision "
                       "baseline: torchvision does not differentiate its boxes)")
   parser.add_argument("--impls", nargs="+", default=["jax_roi", "xla", "torchvision"],
-                      choices=["jax_roi", "xla", "torchvision"])
+                      choices=["jax_roi", "jax_roi_det", "xla", "torchvision"],
+                      help="jax_roi_det: the kernels with deterministic=True (passes with a "
+                      "backward, ops that have the option; reported as a ratio to jax_roi)")
   parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
   parser.add_argument("--repeat", type=int, default=10)
   parser.add_argument("--budget", type=float, default=20.0,
@@ -271,6 +273,10 @@ def main(argv=None):
               if impl == "torchvision":
                 fn = _torch_fn(torch, tv_ops, case, feats_nchw, rois, cot_nchw, dtype,
                                pass_, torch_device, sync_torch)
+              elif impl == "jax_roi_det":
+                fn = (_jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_, "ffi",
+                              deterministic=True)
+                      if pass_ != "fwd" and case.op in DETERMINISTIC_OPS else None)
               else:
                 fn = _jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_,
                              "ffi" if impl == "jax_roi" else "xla")
@@ -287,8 +293,12 @@ def main(argv=None):
   _write(rows, meta, args.out, bandwidth)
 
 
-def _jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_, implementation):
-  call = OPS[case.op][0]
+# The ops with a deterministic=True backward.
+DETERMINISTIC_OPS = ("roi_pool", "roi_align")
+
+
+def _jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_, implementation, **options):
+  call = lambda jax_roi, x, r, case, **kw: OPS[case.op][0](jax_roi, x, r, case, **kw, **options)
   op = lambda x: call(jax_roi, x, r, case, layout=layout, implementation=implementation)
   if pass_ == "fwd":
     f = jax.jit(op)
@@ -339,6 +349,9 @@ def _format_row(row, bandwidth):
       if impl in t:
         parts.append(f"{t[impl] / t['jax_roi']:7.1f}x vs {impl}")
     parts.append(f"roofline {row.min_bytes / t['jax_roi'] / bandwidth:6.1%}")
+    if "jax_roi_det" in t:
+      parts.append(f"deterministic {t['jax_roi_det'] * 1e3:9.2f} ms = "
+                   f"{t['jax_roi_det'] / t['jax_roi']:.2f}x jax_roi")
   return "  ".join(parts)
 
 

@@ -56,6 +56,16 @@ PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
                ? "per_roi" : "per_output";
   });
   m.def("set_index32_limit", [](int64_t n) { jax_roi::cuda::index32_limit_ref().store(n); });
+  // Rows and columns per band and channels per thread of the deterministic
+  // backward's owner tiles (0: the planner's choice); the bits do not depend
+  // on them.
+  m.def("set_owner_tiles", [](int64_t rows, int64_t cols, int64_t vec) {
+    if (vec < 0 || vec > jax_roi::cuda::kMaxOwnerVec) throw py::value_error("vec: 0 to 4");
+    auto& k = jax_roi::cuda::owner_knobs();
+    k.rows.store(rows);
+    k.cols.store(cols);
+    k.vec.store(vec);
+  });
   // Kernel preloading (the CUDA handlers' instantiate stage).
   m.def("registered_kernel_count",
         [] { return jax_roi::cuda::registered_kernel_count(); });

@@ -29,6 +29,8 @@ ATTRIBUTE_DOCS = {
     "layout": '"NHWC" (default, Flax\'s) or "NCHW".',
     "box_order": '"xyxy" (default) or "yxyx".',
     "implementation": 'None (the kernel where compiled), "ffi" or "xla".',
+    "deterministic": ("the same feature-gradient bits on every run (the CUDA backward without"
+                      " atomics); None: on when XLA_FLAGS sets --xla_gpu_deterministic_ops."),
 }
 ATTRIBUTE_DOCS.update({  # roi_align_rotated
     "angle_unit": '"degrees" (default, detectron2\'s) or "radians" (mmcv\'s).',

@@ -58,7 +58,8 @@ def roi_pool(features: jax.Array,
              spatial_scale: float = 1.0,
              layout: Layout = "NCHW",
              box_order: BoxOrder = "xyxy",
-             implementation: Implementation = None) -> jax.Array:
+             implementation: Implementation = None,
+             deterministic: bool | None = None) -> jax.Array:
   """RoI max pooling (Fast/Faster R-CNN), exactly torchvision.ops.roi_pool.
 
   Each RoI is quantised to whole feature-map pixels and split into a
@@ -84,7 +85,8 @@ def roi_pool(features: jax.Array,
   clamped there, so infinities are defined too.
 
   The gradient w.r.t. ``features`` sends each output's cotangent to its
-  maximum pixel (deterministic on the CPU, atomics on CUDA); the gradient
+  maximum pixel (deterministic on the CPU; atomics on CUDA unless
+  ``deterministic``); the gradient
   w.r.t. ``rois`` is zero (the op is piecewise constant in the boxes).
   Gradients of gradients are supported (the backward is linear in its
   cotangent).
@@ -103,6 +105,13 @@ def roi_pool(features: jax.Array,
     implementation: ``None`` (default) runs the C++/CUDA kernel on platforms
       that have one and the pure-JAX version elsewhere; ``"ffi"`` forces the
       kernel, ``"xla"`` the pure-JAX version.
+    deterministic: the feature gradient's kernel gives the same bits on
+      every run (CUDA: each gradient element is written by one thread, in
+      the CPU kernel's summation order, instead of by atomic adds; the bits
+      then equal the CPU backward's). ``None`` (default): on when the
+      environment's ``XLA_FLAGS`` holds ``--xla_gpu_deterministic_ops=true``,
+      read when the op is traced. The CPU backward is deterministic either
+      way. The pure-JAX version follows XLA's own flag.
 
   Returns:
     ``(K, C, PH, PW)``, ``(K, PH, PW, C)``, ``(N, R, C, PH, PW)`` or
@@ -118,7 +127,8 @@ def roi_pool(features: jax.Array,
   features, rois, base = args.canonicalize(
       features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
       box_order=box_order, implementation=implementation)
-  return dispatch.run(roi_pool_ffi.OP, implementation, (features,), rois, RoiPoolConfig(base))
+  config = RoiPoolConfig(base, args.deterministic_value(deterministic))
+  return dispatch.run(roi_pool_ffi.OP, implementation, (features,), rois, config)
 
 
 def roi_align(features: jax.Array,
@@ -131,7 +141,8 @@ def roi_align(features: jax.Array,
               mode: Literal["avg", "max"] = "avg",
               layout: Layout = "NCHW",
               box_order: BoxOrder = "xyxy",
-              implementation: Implementation = None) -> jax.Array:
+              implementation: Implementation = None,
+              deterministic: bool | None = None) -> jax.Array:
   """RoIAlign (Mask R-CNN); ``mode="avg"`` is exactly torchvision.ops.roi_align.
 
   Each RoI is split into a ``PH x PW`` grid of bins without any rounding;
@@ -161,7 +172,8 @@ def roi_align(features: jax.Array,
   With float32 (float64) features and RoIs the CPU forward of the avg mode is
   bit-identical to torchvision's.
 
-  Gradients: w.r.t. ``features`` (deterministic on the CPU); w.r.t. the box
+  Gradients: w.r.t. ``features`` (deterministic on the CPU; on CUDA with
+  ``deterministic``); w.r.t. the box
   coordinates, the analytic derivative of the sample positions and bilinear
   weights (zero where the output is locally constant: the 1-pixel minimum
   size when not aligned, samples clamped to the edge or outside the map;
@@ -190,6 +202,8 @@ def roi_align(features: jax.Array,
     box_order: ``"xyxy"`` (default) or ``"yxyx"``.
     implementation: ``None`` (default), ``"ffi"`` or ``"xla"``, as for
       :func:`roi_pool`.
+    deterministic: as for :func:`roi_pool` (its cost on a GPU:
+      docs/gpu.md).
 
   Returns:
     ``(K, C, PH, PW)``, ``(K, PH, PW, C)``, ``(N, R, C, PH, PW)`` or
@@ -205,7 +219,8 @@ def roi_align(features: jax.Array,
   features, rois, base = args.canonicalize(
       features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
       box_order=box_order, implementation=implementation)
-  config = RoiAlignConfig(base, sampling_ratio, aligned, mode)
+  config = RoiAlignConfig(base, sampling_ratio, aligned, mode,
+                          args.deterministic_value(deterministic))
   return dispatch.run(roi_align_ffi.OP, implementation, (features,), rois, config)
 
 
@@ -221,7 +236,8 @@ def multi_scale_roi_align(features: Sequence[jax.Array],
                           canonical_level: float = 4,
                           layout: Layout = "NCHW",
                           box_order: BoxOrder = "xyxy",
-                          implementation: Implementation = None) -> jax.Array:
+                          implementation: Implementation = None,
+                          deterministic: bool | None = None) -> jax.Array:
   """RoIAlign over FPN levels, each RoI pooled from its level, in one kernel.
 
   The level of a box follows torchvision's ``MultiScaleRoIAlign`` (the
@@ -252,7 +268,7 @@ def multi_scale_roi_align(features: Sequence[jax.Array],
       takes), needed when ``spatial_scales`` is None.
     sampling_ratio, aligned: as for :func:`roi_align`.
     canonical_scale, canonical_level: the level mapping's 224 and 4.
-    layout, box_order, implementation: as for :func:`roi_align`.
+    layout, box_order, implementation, deterministic: as for :func:`roi_align`.
 
   Returns:
     ``(K, C, PH, PW)``, ``(K, PH, PW, C)``, ``(N, R, C, PH, PW)`` or
@@ -265,7 +281,7 @@ def multi_scale_roi_align(features: Sequence[jax.Array],
       features, rois, output_size, spatial_scales=spatial_scales, image_size=image_size,
       sampling_ratio=sampling_ratio, aligned=aligned, canonical_scale=canonical_scale,
       canonical_level=canonical_level, layout=layout, box_order=box_order,
-      implementation=implementation)
+      implementation=implementation, deterministic=deterministic)
   return dispatch.run(multi_scale_ffi.OP, implementation, levels, rois, config)
 
 

@@ -189,6 +189,7 @@ def test_every_target_the_ops_call_is_registered():
   modules = (roi_pool_ffi, roi_align_ffi, multi_scale_ffi, ps_roi_pool_ffi, ps_roi_align_ffi)
   modules += (roi_align_rotated_ffi,)
   called = {getattr(m, t) for m in modules
-            for t in ("FORWARD", "BACKWARD", "BOX_GRAD") if hasattr(m, t)}
-  assert len(called) == 8 + 5 + 3
+            for t in ("FORWARD", "BACKWARD", "BACKWARD_DETERMINISTIC", "BOX_GRAD")
+            if hasattr(m, t)}
+  assert len(called) == 8 + 5 + 3 + 3
   assert called == set(extension.target_names())

@@ -137,10 +137,14 @@ def emus():
 # and chunk of outputs ("per_roi", the default) or one thread per output
 # ("per_output"; core/cuda_launch.h); each architecture runs both, the per-RoI
 # ones with their 32-bit offsets (threshold None: the default) and their
-# 64-bit ones (threshold 0).
+# 64-bit ones (threshold 0). The deterministic backward's owner tiles: the
+# planner's (None), or (rows per band, columns per band, channels per
+# thread), 0 meaning the planner's choice for that one.
 RUN_CONFIGS = [
-    [(0, 0, "per_output", None), (2, 32, "per_roi", 0), (3, 96, "per_roi", None)],
-    [(0, 0, "per_roi", None), (2, 32, "per_output", None), (3, 96, "per_roi", 0)],
+    [(0, 0, "per_output", None, None), (2, 32, "per_roi", 0, (2, 3, 1)),
+     (3, 96, "per_roi", None, (3, 5, 4))],
+    [(0, 0, "per_roi", None, (1, 4, 3)), (2, 32, "per_output", None, (3, 0, 2)),
+     (3, 96, "per_roi", 0, None)],
 ]
 INDEX32_DEFAULT = 2**31 - 1
 FORWARD_DEFAULT = "per_roi"
@@ -159,11 +163,13 @@ def run_both(emus, fn, *args, case_seed=0):
   for e, emu in enumerate(emus):
     with kernel.redirect_targets(lambda t, s=emu.target_suffix: t + s):
       configs = RUN_CONFIGS[e % len(RUN_CONFIGS)]
-      for seed, (blocks, threads, forward, index32) in zip(_seeds(emu, case_seed), configs):
+      for seed, (blocks, threads, forward, index32, owner) in zip(
+          _seeds(emu, case_seed), configs):
         emu.set_seed(seed)
         emu.set_launch_limits(blocks, threads)
         emu.set_forward_kernels(forward)
         emu.set_index32_limit(INDEX32_DEFAULT if index32 is None else index32)
+        emu.set_owner_tiles(*(owner or (0, 0, 0)))
         emu.reset_stats()
         try:
           out = jax.tree.map(np.asarray, jax.block_until_ready(fn(*args)))
@@ -171,8 +177,10 @@ def run_both(emus, fn, *args, case_seed=0):
           emu.set_launch_limits(0, 0)
           emu.set_forward_kernels(FORWARD_DEFAULT)
           emu.set_index32_limit(INDEX32_DEFAULT)
+          emu.set_owner_tiles(0, 0, 0)
         runs.append((f"sm{emu.cuda_arch} seed {seed} launch limits {(blocks, threads)} "
-                     f"{forward} forward, 32-bit limit {index32}", out, emu.stats()))
+                     f"{forward} forward, 32-bit limit {index32}, owner tiles {owner}", out,
+                     emu.stats()))
   return expected, runs
 
 
@@ -301,8 +309,11 @@ def _check_feature_grads(got, expected, magnitude, what, ulps=GRAD_ULPS):
                               ulps)
 
 
-def compare(emus, op, x, rois, case_seed, box_grad, what, adaptive=False):
-  """op(x, rois) and its gradients, CPU kernels vs emulated CUDA kernels."""
+def compare(emus, op, x, rois, case_seed, box_grad, what, adaptive=False, deterministic=False):
+  """op(x, rois) and its gradients, CPU kernels vs emulated CUDA kernels.
+  deterministic: the op runs the deterministic backward, whose feature
+  gradient must equal the CPU's bit for bit on every run (the same
+  summation order, no atomics), whatever the seed, block size and bands."""
   out_shape = jax.eval_shape(op, x, rois)
   cot = np.random.default_rng(case_seed + 1).standard_normal(out_shape.shape).astype(
       out_shape.dtype)
@@ -311,8 +322,13 @@ def compare(emus, op, x, rois, case_seed, box_grad, what, adaptive=False):
   for label, got, stats in runs:
     check_launched(stats, got[:1], f"{what} [{label}]")
     assert_bits_equal(got[0], expected[0], f"{what} [{label}] output")
-    _check_feature_grads(got[1], expected[1], expected[2], f"{what} [{label}] feature gradient",
-                         GRAD_ULPS_ADAPTIVE if adaptive else GRAD_ULPS)
+    if deterministic:
+      for i, (a, e) in enumerate(zip(jax.tree.leaves(got[1:3]), jax.tree.leaves(expected[1:3]))):
+        assert_bits_equal(a, e, f"{what} [{label}] deterministic feature gradient {i}")
+    else:
+      _check_feature_grads(got[1], expected[1], expected[2],
+                           f"{what} [{label}] feature gradient",
+                           GRAD_ULPS_ADAPTIVE if adaptive else GRAD_ULPS)
     if box_grad:
       assert_bits_equal(got[3], expected[3], f"{what} [{label}] box gradient")
   return expected
@@ -323,14 +339,22 @@ def _x64(*dtypes):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_roi_pool(emus, variant):
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_roi_pool(emus, variant, deterministic):
   dtype, box_dtype, layout, fmt = variant
   seed = stable_seed("roi_pool", *variant)
   with _x64(dtype, box_dtype):
     x, rois = make_case(seed, dtype, box_dtype, layout, fmt)
     op = lambda x, r: jax_roi.roi_pool(x, r, (3, 2), spatial_scale=0.5, layout=layout,
-                                       implementation="ffi")
-    compare(emus, op, x, rois, seed, box_grad=False, what=f"roi_pool {variant}")
+                                       implementation="ffi", deterministic=deterministic)
+    compare(emus, op, x, rois, seed, box_grad=False, what=f"roi_pool {variant}",
+            deterministic=deterministic)
+
+
+def _alternate(*keys):
+  """Half of a case matrix runs the deterministic backward, by a stable
+  hash of the case (both layouts and every mode get both backwards)."""
+  return stable_seed(*keys) % 2 == 0
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -338,13 +362,15 @@ def test_roi_pool(emus, variant):
 def test_roi_align(emus, variant, mode, sr, aligned):
   dtype, box_dtype, layout, fmt = variant
   seed = stable_seed("roi_align", mode, sr, aligned, *variant)
+  det = _alternate("roi_align", mode, sr, aligned, *variant)
   with _x64(dtype, box_dtype):
     x, rois = make_case(seed, dtype, box_dtype, layout, fmt)
     op = lambda x, r: jax_roi.roi_align(x, r, (3, 2), spatial_scale=0.5, sampling_ratio=sr,
                                         aligned=aligned, mode=mode, layout=layout,
-                                        implementation="ffi")
+                                        implementation="ffi", deterministic=det)
     compare(emus, op, x, rois, seed, box_grad=True,
-            what=f"roi_align {mode} sr={sr} aligned={aligned} {variant}", adaptive=sr <= 0)
+            what=f"roi_align {mode} sr={sr} aligned={aligned} det={det} {variant}",
+            adaptive=sr <= 0, deterministic=det)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -399,14 +425,15 @@ def _fpn_case(seed, dtype, box_dtype, layout, fmt, levels, n=2, c=2, k=12):
 def test_multi_scale(emus, variant, levels, sr, aligned):
   dtype, box_dtype, layout, fmt = variant
   seed = stable_seed("multi_scale", levels, sr, aligned, *variant)
+  det = _alternate("multi_scale", levels, sr, aligned, *variant)
   with _x64(dtype, box_dtype):
     feats, rois, scales = _fpn_case(seed, dtype, box_dtype, layout, fmt, levels)
     op = lambda fs, r: jax_roi.multi_scale_roi_align(
         list(fs), r, (3, 2), spatial_scales=scales, sampling_ratio=sr, aligned=aligned,
-        layout=layout, implementation="ffi")
+        layout=layout, implementation="ffi", deterministic=det)
     expected = compare(emus, op, tuple(feats), rois, seed, box_grad=True,
-                       what=f"multi_scale levels={levels} sr={sr} aligned={aligned} {variant}",
-                       adaptive=sr <= 0)
+                       what=f"multi_scale levels={levels} sr={sr} aligned={aligned} det={det}"
+                            f" {variant}", adaptive=sr <= 0, deterministic=det)
     if levels == 3:  # the middle level got no RoI: its gradient is all zeros
       assert not np.any(np.asarray(expected[1][1], np.float64))
       assert any(np.any(np.asarray(expected[1][i], np.float64)) for i in (0, 2))
@@ -506,6 +533,34 @@ def test_extended_sweep(emus, variant, op_name):
                                           mode=mode, layout=layout, implementation="ffi")
     compare(emus, op, x, rois, seed, box_grad=op_name != "roi_pool",
             what=f"{op_name} {variant}", adaptive=op_name.endswith("-0-True") or op_name.endswith("-0-False"))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op_name", ["roi_pool", "roi_align-avg", "roi_align-max", "multi_scale"])
+def test_deterministic_backward_many_rois(emus, layout, op_name):
+  """The deterministic backward with more RoIs than one shared-memory tile
+  of geometry (kRoiTile = 64), on three images and maps of many bands,
+  overlapping boxes: bit-identical to the CPU backward on every emulated
+  schedule, block size and band height."""
+  seed = stable_seed("deterministic", layout, op_name)
+  x, rois = make_case(seed, "float32", "float32", layout, "indexed", n=3, c=5, h=17, w=12,
+                      k=150, scale=1.0)
+  ops = {
+      "roi_pool": lambda x, r: jax_roi.roi_pool(x, r, (3, 4), layout=layout,
+                                                implementation="ffi", deterministic=True),
+      "roi_align-avg": lambda x, r: jax_roi.roi_align(
+          x, r, (3, 4), sampling_ratio=2, aligned=True, layout=layout, implementation="ffi",
+          deterministic=True),
+      "roi_align-max": lambda x, r: jax_roi.roi_align(
+          x, r, (3, 4), sampling_ratio=0, mode="max", layout=layout, implementation="ffi",
+          deterministic=True),
+      "multi_scale": lambda x, r: jax_roi.multi_scale_roi_align(
+          [x, x[..., ::2, ::2] if layout == "NCHW" else x[:, ::2, ::2]], r, (3, 4),
+          spatial_scales=(1.0, 0.5), canonical_scale=4, canonical_level=1, sampling_ratio=2,
+          layout=layout, implementation="ffi", deterministic=True),
+  }
+  compare(emus, ops[op_name], x, rois, seed, box_grad=op_name != "roi_pool",
+          what=f"deterministic {op_name} {layout}", adaptive=True, deterministic=True)
 
 
 def _base(x, rois, output_size, spatial_scale, layout):

@@ -345,6 +345,151 @@ cudaError_t launch_per_roi(cudaStream_t stream, const Args& args) {
                                   index32_limit());
 }
 
+// ---------------------------------------------------------------------------
+// Owner tiles (the deterministic backward kernels): the feature gradient is
+// cut into tiles of (map, image, band of rows, band of columns, chunk of
+// channels), a block per tile (blockIdx.x striding over the tiles). A block
+// alone writes its tile; each thread owns `vec` consecutive channels of it
+// and adds with plain adds, so each element receives its terms in the order
+// its thread visits them, whatever the schedule. The maps (FPN levels) are
+// those of the op; their sizes only matter here.
+// ---------------------------------------------------------------------------
+constexpr int kMaxOwnerMaps = 8;
+constexpr int kMaxOwnerVec = 4;  // channels per thread, at most
+
+struct OwnerTile {
+  int32_t map;
+  int64_t image, row_begin, row_end, col_begin, col_end, c_begin;
+};
+
+struct OwnerGrid {
+  int32_t num_maps = 0;
+  int64_t batch = 0, channels = 0;
+  int64_t vec = 1;    // channels per thread
+  int64_t chunk = 1;  // channels per tile: blockDim.x * vec
+  int64_t chunks = 0, band_rows = 1, band_cols = 1;
+  int64_t height[kMaxOwnerMaps] = {}, width[kMaxOwnerMaps] = {};
+  int64_t first[kMaxOwnerMaps + 1] = {};  // tiles before map m
+
+  JAX_ROI_HD int64_t tiles() const { return first[num_maps]; }
+};
+
+// Test and tuning knobs, each 0 for the planner's choice: rows and columns
+// per band (the emulation's set_owner_bands; the bits must not change) and
+// channels per thread (JAX_ROI_CUDA_OWNER_VEC, read when the module loads).
+struct OwnerKnobs {
+  std::atomic<int64_t> rows{0}, cols{0};
+  std::atomic<int64_t> vec{[] {
+    const char* e = std::getenv("JAX_ROI_CUDA_OWNER_VEC");
+    const int64_t v = e != nullptr ? std::atoll(e) : 0;
+    return v >= 1 && v <= kMaxOwnerVec ? v : 0;
+  }()};
+};
+inline OwnerKnobs& owner_knobs() {
+  static OwnerKnobs knobs;
+  return knobs;
+}
+
+// Enough tiles to fill a large GPU several times over: bands of one row,
+// split into column bands while the tiles are fewer than kOwnerTargetTiles,
+// or of several rows when they are many more.
+constexpr int64_t kOwnerTargetTiles = 4096;
+
+// The tiles of maps of the given sizes and their block size (threads);
+// default_vec: channels per thread unless JAX_ROI_CUDA_OWNER_VEC says
+// otherwise (the ops pick theirs from measurements on an H200:
+// benchmarks/results/gpu-2026-11-30).
+inline OwnerGrid owner_grid(int32_t num_maps, const int64_t* heights, const int64_t* widths,
+                            int64_t batch, int64_t channels, int64_t default_vec, int* threads) {
+  OwnerKnobs& knobs = owner_knobs();
+  OwnerGrid g;
+  g.num_maps = num_maps;
+  g.batch = batch;
+  g.channels = channels;
+  const int64_t vec_knob = knobs.vec.load(std::memory_order_relaxed);
+  g.vec = vec_knob > 0 ? vec_knob : default_vec;
+  // Threads: enough for the channels (whole warps), at most threads_per_block().
+  const int64_t lanes = (channels + g.vec - 1) / g.vec;
+  int64_t t = (lanes + 31) / 32 * 32;
+  if (t > threads_per_block()) t = threads_per_block();
+  if (t < 1) t = 1;
+  *threads = static_cast<int>(t);
+  g.chunk = t * g.vec;
+  g.chunks = (channels + g.chunk - 1) / g.chunk;
+  int64_t rows = 0, max_width = 1;
+  for (int32_t m = 0; m < num_maps; ++m) {
+    rows += heights[m];
+    if (widths[m] > max_width) max_width = widths[m];
+  }
+  const int64_t row_tiles = batch * rows * g.chunks;  // with one-row, full-width bands
+  g.band_rows = 1;
+  g.band_cols = max_width;
+  if (row_tiles > 0 && row_tiles < kOwnerTargetTiles) {
+    const int64_t splits = (kOwnerTargetTiles + row_tiles - 1) / row_tiles;
+    g.band_cols = (max_width + splits - 1) / splits;
+    if (g.band_cols < 8) g.band_cols = 8;
+  }
+  while (g.band_rows < 64 && row_tiles / (2 * g.band_rows) >= 4 * kOwnerTargetTiles) {
+    g.band_rows *= 2;
+  }
+  const int64_t fixed_rows = knobs.rows.load(std::memory_order_relaxed);
+  const int64_t fixed_cols = knobs.cols.load(std::memory_order_relaxed);
+  if (fixed_rows > 0) g.band_rows = fixed_rows;
+  if (fixed_cols > 0) g.band_cols = fixed_cols;
+  for (int32_t m = 0; m < num_maps; ++m) {
+    g.height[m] = heights[m];
+    g.width[m] = widths[m];
+    const int64_t bands = ((heights[m] + g.band_rows - 1) / g.band_rows) *
+                          ((widths[m] + g.band_cols - 1) / g.band_cols);
+    g.first[m + 1] = g.first[m] + batch * bands * g.chunks;
+  }
+  return g;
+}
+
+__device__ __forceinline__ OwnerTile owner_tile(const OwnerGrid& g, int64_t item) {
+  OwnerTile t;
+  int32_t m = 0;
+  while (m + 1 < g.num_maps && item >= g.first[m + 1]) ++m;
+  int64_t i = item - g.first[m];
+  t.map = m;
+  const int64_t chunk = i % g.chunks;
+  i /= g.chunks;
+  const int64_t col_bands = (g.width[m] + g.band_cols - 1) / g.band_cols;
+  const int64_t col_band = i % col_bands;
+  i /= col_bands;
+  const int64_t row_bands = (g.height[m] + g.band_rows - 1) / g.band_rows;
+  const int64_t row_band = i % row_bands;
+  t.image = i / row_bands;
+  t.row_begin = row_band * g.band_rows;
+  t.row_end = t.row_begin + g.band_rows < g.height[m] ? t.row_begin + g.band_rows : g.height[m];
+  t.col_begin = col_band * g.band_cols;
+  t.col_end = t.col_begin + g.band_cols < g.width[m] ? t.col_begin + g.band_cols : g.width[m];
+  t.c_begin = chunk * g.chunk;
+  return t;
+}
+
+// Bits of the bins (rows ph, or columns pw) that may put terms in a tile:
+// bit p for bin p < 63; bit 63 for any bin from 63 on, which are always
+// "may" (checked term by term).
+JAX_ROI_HD bool owner_may(uint64_t mask, int64_t p) {
+  return p >= 63 ? mask != 0 : ((mask >> p) & 1u) != 0;
+}
+
+JAX_ROI_HD void owner_mark(uint64_t* mask, int64_t p) {
+  *mask |= uint64_t{1} << (p < 63 ? p : 63);
+}
+
+// Launches Kernel(args, grid) with a block per owner tile.
+template <auto Kernel, typename Args>
+cudaError_t launch_owner_tiles(cudaStream_t stream, const Args& args, const OwnerGrid& grid,
+                               int threads) {
+  const int64_t items = grid.tiles();
+  if (items <= 0) return cudaSuccess;
+  const int64_t most = max_blocks();
+  return launch<Kernel>(dim3(static_cast<unsigned int>(items < most ? items : most)),
+                        dim3(static_cast<unsigned int>(threads)), 0, stream, args, grid);
+}
+
 // Zeroes n elements at p on `stream` (nothing when n is 0).
 template <typename P>
 cudaError_t zero_async(P* p, int64_t n, cudaStream_t stream) {

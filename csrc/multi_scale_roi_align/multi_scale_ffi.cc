@@ -115,17 +115,29 @@ auto MultiScaleForwardBinding() {
 JAX_ROI_FFI_TARGET("jax_roi_multi_scale_roi_align_fwd_v1", MultiScaleForward,
                    MultiScaleForwardBinding);
 
+// The backward; kDeterministic: the same bits on every run (the
+// *_deterministic target).
+template <bool kDeterministic>
+struct MultiScaleBackwardAs {
+  template <typename Backend>
+  static ffi::Error Run(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
+                        ffi::AnyBuffer rois, ffi::RemainingRets grad_features,
+                        MultiScaleAttrs a) {
+    constexpr std::string_view op = "multi_scale_roi_align backward";
+    std::vector<ffi::AnyBuffer> grads;
+    LevelMap map;
+    JAX_ROI_RETURN_IF_ERROR(decode_fpn(op, grad_features, a, &grads, &map));
+    AlignAttrs attrs = a.align();
+    attrs.deterministic = kDeterministic;
+    return AlignBackwardCore<Backend>(ctx, op, grads, a.spatial_scales, map, grad_output, rois,
+                                      nullptr, nullptr, attrs);
+  }
+};
+
 template <typename Backend>
-ffi::Error MultiScaleBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
-                              ffi::AnyBuffer rois, ffi::RemainingRets grad_features,
-                              MultiScaleAttrs a) {
-  constexpr std::string_view op = "multi_scale_roi_align backward";
-  std::vector<ffi::AnyBuffer> grads;
-  LevelMap map;
-  JAX_ROI_RETURN_IF_ERROR(decode_fpn(op, grad_features, a, &grads, &map));
-  return AlignBackwardCore<Backend>(ctx, op, grads, a.spatial_scales, map, grad_output, rois,
-                                    nullptr, nullptr, a.align());
-}
+constexpr auto MultiScaleBackward = MultiScaleBackwardAs<false>::Run<Backend>;
+template <typename Backend>
+constexpr auto MultiScaleBackwardDeterministic = MultiScaleBackwardAs<true>::Run<Backend>;
 
 template <typename Ctx>
 auto MultiScaleBackwardBinding() {
@@ -139,6 +151,8 @@ auto MultiScaleBackwardBinding() {
 
 JAX_ROI_FFI_TARGET("jax_roi_multi_scale_roi_align_bwd_v1", MultiScaleBackward,
                    MultiScaleBackwardBinding);
+JAX_ROI_FFI_TARGET("jax_roi_multi_scale_roi_align_bwd_deterministic_v1",
+                   MultiScaleBackwardDeterministic, MultiScaleBackwardBinding);
 
 template <typename Backend>
 ffi::Error MultiScaleBoxGrad(typename Backend::Context ctx, ffi::AnyBuffer rois,

@@ -54,18 +54,28 @@ auto RoiAlignForwardBinding() {
 // serialized (jax.export) artifacts never call a handler they do not match.
 JAX_ROI_FFI_TARGET("jax_roi_roi_align_fwd_v1", RoiAlignForward, RoiAlignForwardBinding);
 
+// The backward; kDeterministic: the same bits on every run (the
+// *_deterministic target).
+template <bool kDeterministic>
+struct RoiAlignBackwardAs {
+  template <typename Backend>
+  static ffi::Error Run(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
+                        ffi::AnyBuffer rois, ffi::AnyBuffer argmax_y, ffi::AnyBuffer argmax_x,
+                        ffi::Result<ffi::AnyBuffer> grad_features, double spatial_scale,
+                        int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                        bool aligned, std::string_view mode, std::string_view layout) {
+    return AlignBackwardCore<Backend>(
+        ctx, "roi_align backward", {*grad_features}, ffi::Span<const double>(&spatial_scale, 1),
+        LevelMap{}, grad_output, rois, &argmax_y, &argmax_x,
+        AlignAttrs{pooled_height, pooled_width, sampling_ratio, aligned, mode, layout,
+                   kDeterministic});
+  }
+};
+
 template <typename Backend>
-ffi::Error RoiAlignBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
-                            ffi::AnyBuffer rois, ffi::AnyBuffer argmax_y, ffi::AnyBuffer argmax_x,
-                            ffi::Result<ffi::AnyBuffer> grad_features, double spatial_scale,
-                            int64_t pooled_height, int64_t pooled_width,
-                            int64_t sampling_ratio, bool aligned, std::string_view mode,
-                            std::string_view layout) {
-  return AlignBackwardCore<Backend>(
-      ctx, "roi_align backward", {*grad_features}, ffi::Span<const double>(&spatial_scale, 1),
-      LevelMap{}, grad_output, rois, &argmax_y, &argmax_x,
-      AlignAttrs{pooled_height, pooled_width, sampling_ratio, aligned, mode, layout});
-}
+constexpr auto RoiAlignBackward = RoiAlignBackwardAs<false>::Run<Backend>;
+template <typename Backend>
+constexpr auto RoiAlignBackwardDeterministic = RoiAlignBackwardAs<true>::Run<Backend>;
 
 template <typename Ctx>
 auto RoiAlignBackwardBinding() {
@@ -79,6 +89,8 @@ auto RoiAlignBackwardBinding() {
 }
 
 JAX_ROI_FFI_TARGET("jax_roi_roi_align_bwd_v1", RoiAlignBackward, RoiAlignBackwardBinding);
+JAX_ROI_FFI_TARGET("jax_roi_roi_align_bwd_deterministic_v1", RoiAlignBackwardDeterministic,
+                   RoiAlignBackwardBinding);
 
 template <typename Backend>
 ffi::Error RoiAlignBoxGrad(typename Backend::Context ctx, ffi::AnyBuffer features,

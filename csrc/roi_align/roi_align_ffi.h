@@ -26,6 +26,7 @@ struct AlignAttrs {
   int64_t pooled_height, pooled_width, sampling_ratio;
   bool aligned;
   std::string_view mode, layout;
+  bool deterministic = false;  // backward targets *_bwd_deterministic_v1
 };
 
 inline ffi::Error decode_align_options(std::string_view op, double spatial_scale,
@@ -123,6 +124,7 @@ inline ffi::Error decode_align_call(std::string_view op, std::string_view levels
                                         &call->heights, &call->widths));
   JAX_ROI_RETURN_IF_ERROR(decode_align_options(op, scales[0], a.sampling_ratio, a.aligned,
                                                a.mode, &call->options));
+  call->options.deterministic = a.deterministic;
   call->map = map;
   call->scales = scales;
   call->pooled = pooled_shape(call->dims, rois);

@@ -26,6 +26,9 @@ struct AlignOptions {
   int64_t sampling_ratio;  // > 0: samples per bin axis; <= 0: adaptive.
   bool aligned;            // Half-pixel offset, no 1-pixel minimum size.
   bool max_mode;           // Maximum of the samples instead of their mean.
+  // Backward only: the same bits on every run (CUDA: owner tiles instead of
+  // atomics; the CPU backward is deterministic anyway).
+  bool deterministic = false;
 };
 
 // Feature pyramid levels (multi-scale RoIAlign): at most this many.
@@ -99,6 +102,9 @@ JAX_ROI_DECLARE_KERNEL(roi_align_forward, AlignForwardArgs)
 
 // Deterministic on the CPU: each gradient element receives its contributions
 // in the same order (RoI, then bin, ascending) whatever the number of threads.
+// On CUDA, atomics (the order follows the schedule); with
+// options.deterministic, owner tiles that follow the CPU's order: the same
+// bits as the CPU.
 JAX_ROI_DECLARE_KERNEL(roi_align_backward, AlignBackwardArgs)
 
 // Deterministic, and the same bits on every back end: the sums of a RoI run in

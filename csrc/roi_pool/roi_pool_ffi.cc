@@ -73,10 +73,12 @@ JAX_ROI_FFI_TARGET("jax_roi_roi_pool_fwd_v1", RoiPoolForward, RoiPoolForwardBind
 // Backward. grad_output has the pooled shape and the features' dtype; the
 // result grad_features has the features' shape in the accumulation dtype
 // (float32 for float16/bfloat16/float32, float64 for float64).
+// deterministic: the *_deterministic target (spatial_scale: its attribute).
 template <typename Backend>
-ffi::Error RoiPoolBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
-                           ffi::AnyBuffer argmax, ffi::AnyBuffer rois,
-                           ffi::Result<ffi::AnyBuffer> grad_features, std::string_view layout) {
+ffi::Error RoiPoolBackwardCore(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
+                               ffi::AnyBuffer argmax, ffi::AnyBuffer rois,
+                               ffi::Result<ffi::AnyBuffer> grad_features, std::string_view layout,
+                               bool deterministic, double spatial_scale) {
   constexpr std::string_view op = "roi_pool backward";
   // The pooled size is read from grad_output, whose layout is the features'.
   const auto g = grad_output.dimensions();
@@ -86,6 +88,9 @@ ffi::Error RoiPoolBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_ou
   const bool nchw = layout == "NCHW";
   const int64_t pooled_height = nchw ? g[g.size() - 2] : g[g.size() - 3];
   const int64_t pooled_width = nchw ? g[g.size() - 1] : g[g.size() - 2];
+  if (deterministic) {
+    JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
+  }
   RoiDims d;
   JAX_ROI_RETURN_IF_ERROR(decode_dims(op, "grad_features", grad_features->dimensions(),
                                       rois.dimensions(), layout, pooled_height, pooled_width,
@@ -102,7 +107,8 @@ ffi::Error RoiPoolBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_ou
       using C = decltype(c);
       if (grad_features->element_count() == 0) return ffi::Error::Success();
       PoolBackwardArgs<T, C> args{d, data_as<T>(grad_output), data_as<int32_t>(argmax),
-                                  data_as<C>(rois), mutable_data_as<acc_t<T>>(*grad_features)};
+                                  data_as<C>(rois), mutable_data_as<acc_t<T>>(*grad_features),
+                                  deterministic, spatial_scale};
       return Backend::run(ctx, "roi_pool backward", JAX_ROI_KERNEL(roi_pool_backward), args);
     });
   });
@@ -119,7 +125,32 @@ auto RoiPoolBackwardBinding() {
       .template Attr<std::string_view>("layout");
 }
 
+template <typename Backend>
+ffi::Error RoiPoolBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
+                           ffi::AnyBuffer argmax, ffi::AnyBuffer rois,
+                           ffi::Result<ffi::AnyBuffer> grad_features, std::string_view layout) {
+  return RoiPoolBackwardCore<Backend>(ctx, grad_output, argmax, rois, grad_features, layout,
+                                      false, 0.0);
+}
+
+template <typename Backend>
+ffi::Error RoiPoolBackwardDeterministic(typename Backend::Context ctx,
+                                        ffi::AnyBuffer grad_output, ffi::AnyBuffer argmax,
+                                        ffi::AnyBuffer rois,
+                                        ffi::Result<ffi::AnyBuffer> grad_features,
+                                        std::string_view layout, double spatial_scale) {
+  return RoiPoolBackwardCore<Backend>(ctx, grad_output, argmax, rois, grad_features, layout, true,
+                                      spatial_scale);
+}
+
+template <typename Ctx>
+auto RoiPoolBackwardDeterministicBinding() {
+  return RoiPoolBackwardBinding<Ctx>().template Attr<double>("spatial_scale");
+}
+
 JAX_ROI_FFI_TARGET("jax_roi_roi_pool_bwd_v1", RoiPoolBackward, RoiPoolBackwardBinding);
+JAX_ROI_FFI_TARGET("jax_roi_roi_pool_bwd_deterministic_v1", RoiPoolBackwardDeterministic,
+                   RoiPoolBackwardDeterministicBinding);
 
 }  // namespace
 }  // namespace jax_roi

@@ -33,6 +33,11 @@ struct PoolBackwardArgs {
   const int32_t* argmax;
   const C* rois;
   acc_t<T>* grad_features;
+  // deterministic: the same bits on every run (CUDA: owner tiles, which need
+  // the RoIs' bins, hence spatial_scale; the CPU backward is deterministic
+  // anyway, in the order RoI, then bin).
+  bool deterministic = false;
+  double spatial_scale = 0;
 };
 
 JAX_ROI_DECLARE_KERNEL(roi_pool_forward, PoolForwardArgs)

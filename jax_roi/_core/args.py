@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -173,6 +174,23 @@ def bool_value(value: Any, name: str) -> bool:
 
 
 MAX_SAMPLING_RATIO = 1024  # csrc kMaxSamplingRatio
+
+
+DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
+
+
+def deterministic_value(value: Any) -> bool:
+  """``deterministic``: a bool, or None for XLA's own switch: True when the
+  environment's ``XLA_FLAGS`` sets ``--xla_gpu_deterministic_ops`` (``=true``,
+  ``=1`` or bare), as jax reads it."""
+  if value is None:
+    on = False
+    for token in os.environ.get("XLA_FLAGS", "").split():
+      flag, _, setting = token.partition("=")
+      if flag == DETERMINISTIC_FLAG:
+        on = setting.lower() in ("", "true", "1")
+    return on
+  return bool_value(value, "deterministic")
 
 
 def sampling_ratio_value(value: Any) -> int:

@@ -27,6 +27,7 @@ class MultiScaleConfig(OpConfig):
   k_min: int
   k_max: int
   image_shapes: tuple[tuple[int, ...], ...]
+  deterministic: bool = False  # the backward's kernel
 
   def with_image_shapes(self, shapes: tuple) -> "MultiScaleConfig":
     shapes = tuple(tuple(s) for s in shapes)
@@ -37,7 +38,7 @@ class MultiScaleConfig(OpConfig):
     """roi_align's configuration (avg mode) for level l."""
     base = self.base._replace(spatial_scale=self.spatial_scales[l],
                               image_shape=self.image_shapes[l])
-    return RoiAlignConfig(base, self.sampling_ratio, self.aligned, "avg")
+    return RoiAlignConfig(base, self.sampling_ratio, self.aligned, "avg", self.deterministic)
 
   def attrs(self) -> tuple[tuple[str, object], ...]:
     """The FFI attributes of every multi_scale_roi_align target."""
@@ -104,7 +105,7 @@ def level_range(scales) -> tuple[int, int]:
 
 def canonicalize(features, rois, output_size, *, spatial_scales, image_size, sampling_ratio,
                  aligned, canonical_scale, canonical_level, layout, box_order,
-                 implementation):
+                 implementation, deterministic=False):
   """Validates multi_scale_roi_align's arguments; returns (levels, rois,
   config) with rois in xyxy order and float32/float64."""
   if not isinstance(features, (list, tuple)):
@@ -136,5 +137,6 @@ def canonicalize(features, rois, output_size, *, spatial_scales, image_size, sam
   scales = pyramid_scales(levels, spatial_scales, image_size, layout)
   k_min, k_max = level_range(scales)
   config = MultiScaleConfig(base, scales, sampling_ratio, aligned, canonical_scale,
-                            canonical_level, k_min, k_max, tuple(tuple(f.shape) for f in levels))
+                            canonical_level, k_min, k_max, tuple(tuple(f.shape) for f in levels),
+                            args.deterministic_value(deterministic))
   return tuple(levels), rois_c, config

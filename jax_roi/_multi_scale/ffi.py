@@ -14,6 +14,8 @@ from jax_roi._multi_scale.config import MultiScaleConfig
 
 FORWARD = "jax_roi_multi_scale_roi_align_fwd_v1"  # rois, *features -> output
 BACKWARD = "jax_roi_multi_scale_roi_align_bwd_v1"  # grad_output, rois -> *grad_features
+# The same, the same bits on every run (CUDA: no atomics).
+BACKWARD_DETERMINISTIC = "jax_roi_multi_scale_roi_align_bwd_deterministic_v1"
 BOX_GRAD = "jax_roi_multi_scale_roi_align_box_grad_v1"  # rois, grad_output, *features -> grad_rois
 
 
@@ -31,8 +33,8 @@ def forward(features: tuple, rois, config: MultiScaleConfig):
 
 def backward(g, rois, saved, config: MultiScaleConfig):
   """Feature gradients (accumulation dtype), one per level."""
-  k = Kernel(BACKWARD, (ROI, ROIS), (IMAGE,) * len(config.image_shapes), feature_grad_results,
-             config.attrs())
+  k = Kernel(BACKWARD_DETERMINISTIC if config.deterministic else BACKWARD, (ROI, ROIS),
+             (IMAGE,) * len(config.image_shapes), feature_grad_results, config.attrs())
   return kernel.call(k, config.image_shapes, g, rois)
 
 

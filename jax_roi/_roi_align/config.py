@@ -18,6 +18,7 @@ class RoiAlignConfig(OpConfig):
   sampling_ratio: int
   aligned: bool
   mode: str
+  deterministic: bool = False  # the backward's kernel
 
   def attrs(self) -> tuple[tuple[str, object], ...]:
     """The FFI attributes of every roi_align target."""

@@ -13,6 +13,8 @@ from jax_roi._roi_align.config import RoiAlignConfig
 
 FORWARD = "jax_roi_roi_align_fwd_v1"  # features, rois -> output, argmax_y, argmax_x
 BACKWARD = "jax_roi_roi_align_bwd_v1"  # grad_output, rois, argmax_y, argmax_x -> grad_features
+# The same, the same bits on every run (CUDA: no atomics).
+BACKWARD_DETERMINISTIC = "jax_roi_roi_align_bwd_deterministic_v1"
 BOX_GRAD = "jax_roi_roi_align_box_grad_v1"  # features, rois, grad_output, argmax_y, argmax_x -> grad_rois
 
 
@@ -37,7 +39,8 @@ def _argmax_pair(saved):
 
 def backward(g, rois, saved, config: RoiAlignConfig):
   """(feature gradient,), in the accumulation dtype."""
-  k = Kernel(BACKWARD, (ROI, ROIS) + _argmax_roles(config), (IMAGE,), feature_grad_results,
+  k = Kernel(BACKWARD_DETERMINISTIC if config.deterministic else BACKWARD,
+             (ROI, ROIS) + _argmax_roles(config), (IMAGE,), feature_grad_results,
              config.attrs())
   return kernel.call(k, [config.base.image_shape], g, rois, *_argmax_pair(saved))
 

@@ -13,6 +13,8 @@ from jax_roi._core.args import OpConfig
 class RoiPoolConfig(OpConfig):
   """Everything static of a roi_pool call (see jax_roi.roi_pool)."""
 
+  deterministic: bool = False  # the backward's kernel
+
   def attrs(self) -> tuple[tuple[str, object], ...]:
     """The FFI attributes of the forward target."""
     b = self.base

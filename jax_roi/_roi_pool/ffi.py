@@ -3,6 +3,8 @@ the VJP wiring."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from jax_roi._core import kernel
 from jax_roi._core.autodiff import VjpRules, differentiable
 from jax_roi._core.dispatch import Op
@@ -13,6 +15,8 @@ from jax_roi._roi_pool.config import RoiPoolConfig
 
 FORWARD = "jax_roi_roi_pool_fwd_v1"  # features, rois -> output, argmax (or empty)
 BACKWARD = "jax_roi_roi_pool_bwd_v1"  # grad_output, argmax, rois -> grad_features
+# The same, the same bits on every run (CUDA: no atomics); needs spatial_scale.
+BACKWARD_DETERMINISTIC = "jax_roi_roi_pool_bwd_deterministic_v1"
 
 
 def forward(features, rois, config: RoiPoolConfig, with_argmax: bool):
@@ -24,8 +28,13 @@ def forward(features, rois, config: RoiPoolConfig, with_argmax: bool):
 
 def backward(g, argmax, rois, config: RoiPoolConfig):
   """(feature gradient,), in the accumulation dtype."""
-  k = Kernel(BACKWARD, (ROI, ROI, ROIS), (IMAGE,), feature_grad_results,
-             (("layout", config.layout),))
+  if config.deterministic:
+    k = Kernel(BACKWARD_DETERMINISTIC, (ROI, ROI, ROIS), (IMAGE,), feature_grad_results,
+               (("layout", config.layout),
+                ("spatial_scale", np.float64(config.base.spatial_scale))))
+  else:
+    k = Kernel(BACKWARD, (ROI, ROI, ROIS), (IMAGE,), feature_grad_results,
+               (("layout", config.layout),))
   return kernel.call(k, [config.base.image_shape], g, argmax, rois)
 
 
