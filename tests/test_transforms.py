@@ -23,7 +23,7 @@ def _fresh_jax_caches():
   jax.clear_caches()
   yield
 
-BOX_GRAD_OPS = ("roi_align", "roi_align_max", "ps_roi_align")
+BOX_GRAD_OPS = ("roi_align", "roi_align_max", "ps_roi_align", "prroi_pool")
 LAYOUTS = ("NCHW", "NHWC")
 
 

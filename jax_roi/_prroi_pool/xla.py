@@ -29,17 +29,26 @@ _CHUNK = 8  # RoIs per lax.map step (each gathers its image)
 def _weights(a: jax.Array, b: jax.Array, size: int) -> jax.Array:
   """wy(i) for every grid point i < size: (..., size) for bin edges a <= b
   (...,): the cells [i - 1, i] and [i, i + 1] of the closed form
-  (csrc prroi_weight)."""
+  (csrc prroi_weight).
+
+  The clamps keep the bin edge on ties (``where``, not ``maximum``, which
+  would split the derivative), and an empty piece has no derivative: so
+  that JAX's derivative is the exact one also where an edge falls on a grid
+  point (there each edge's derivative comes from one cell).
+  """
   dtype = a.dtype
   i = jnp.arange(size, dtype=dtype)
   a, b = a[..., None], b[..., None]
-  left = i - 1
-  lo, hi = jnp.maximum(a, left), jnp.minimum(b, i)
-  u0, u1 = lo - left, hi - left
-  rise = jnp.where(hi > lo, (u1 - u0) * ((u0 + u1) * 0.5), 0)
-  lo, hi = jnp.maximum(a, i), jnp.minimum(b, i + 1)
-  u0, u1 = lo - i, hi - i
-  fall = jnp.where(hi > lo, (u1 - u0) * (1 - (u0 + u1) * 0.5), 0)
+
+  def piece(c0, c1):  # [a, b] within the cell [c0, c1], as offsets from c0
+    lo = jnp.where(a >= c0, a, c0)
+    hi = jnp.where(b <= c1, b, c1)
+    return hi > lo, lo - c0, hi - c0
+
+  live, u0, u1 = piece(i - 1, i)
+  rise = jnp.where(live, (u1 - u0) * ((u0 + u1) * 0.5), 0)
+  live, u0, u1 = piece(i, i + 1)
+  fall = jnp.where(live, (u1 - u0) * (1 - (u0 + u1) * 0.5), 0)
   return (rise + fall).astype(dtype)
 
 
