@@ -73,6 +73,7 @@ OPS = {
 OPS["roi_align_rotated"] = lambda x, r, box_order=None, **kw: jax_roi.roi_align_rotated(
     x, r, (7, 5), 0.25, 0, **kw)
 INEXACT_FORWARD = {"roi_align_rotated"}
+OPS["prroi_pool"] = lambda x, r, **kw: jax_roi.prroi_pool(x, r, (7, 5), 0.25, **kw)
 
 
 def rotated_boxes(rng, n, k, h, w):
