@@ -163,5 +163,5 @@ def test_prroi_layers_agree_with_the_op():
   variables = layer.init(jax.random.key(0), x, rois)
   assert jax.tree_util.tree_leaves(variables) == []
   np.testing.assert_array_equal(layer.apply(variables, x, rois), expected)
-  np.testing.assert_array_equal(roi_nnx.PrRoIPool((4, 3), 0.25)(x, rois), expected)
+  np.testing.assert_array_equal(roi_nnx.PrRoIPool((4, 3), spatial_scale=0.25)(x, rois), expected)
   assert roi_linen.PrRoIPool(7).layout == "NHWC" and roi_linen.PrRoIPool(7).spatial_scale == 1.0
