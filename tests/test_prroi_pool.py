@@ -280,3 +280,30 @@ def test_backward_is_deterministic():
   for _ in range(2):
     for a, b in zip(g(x, rois), first):
       np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_ffi_targets_return_errors_naming_the_argument():
+  """The targets, called directly with inconsistent operands or attributes,
+  fail with an error naming the argument (never an abort)."""
+  x = jnp.ones((1, 2, 5, 5), jnp.float32)
+  r = jnp.zeros((1, 5), jnp.float32)
+  attrs = dict(spatial_scale=np.float64(1), pooled_height=np.int64(2),
+               pooled_width=np.int64(2), layout="NCHW")
+
+  def call(target, operands, shape, dtype=jnp.float32, **kw):
+    out = jax.ShapeDtypeStruct(shape, dtype)
+    return jax.ffi.ffi_call(target, out)(*operands, **dict(attrs, **kw))
+
+  with pytest.raises(Exception, match="output must have shape"):
+    call("jax_roi_prroi_pool_fwd_v1", (x, r), (1, 2, 3, 3))
+  with pytest.raises(Exception, match="layout"):
+    call("jax_roi_prroi_pool_fwd_v1", (x, r), (1, 2, 2, 2), layout="CHW")
+  with pytest.raises(Exception, match="spatial_scale"):
+    call("jax_roi_prroi_pool_fwd_v1", (x, r), (1, 2, 2, 2), spatial_scale=np.float64(-1))
+  with pytest.raises(Exception, match="rois must have shape"):
+    call("jax_roi_prroi_pool_fwd_v1", (x, jnp.zeros((1, 6))), (1, 2, 2, 2))
+  with pytest.raises(Exception, match="grad_features must have dtype"):
+    call("jax_roi_prroi_pool_bwd_v1", (jnp.ones((1, 2, 2, 2), jnp.float16), r), (1, 2, 5, 5),
+         jnp.float16)
+  with pytest.raises(Exception, match="grad_rois must have shape"):
+    call("jax_roi_prroi_pool_box_grad_v1", (x, r, jnp.ones((1, 2, 2, 2))), (1, 4))
