@@ -25,6 +25,15 @@ def _fresh_jax_caches():
 
 BOX_GRAD_OPS = ("roi_align", "roi_align_max", "ps_roi_align", "prroi_pool")
 LAYOUTS = ("NCHW", "NHWC")
+# The README's quick run keeps prroi_pool's transform cases short: the ones
+# that compile its pure-JAX version or many gradients (> 10 s each) run
+# under the slow marker (tests/test_prroi_pool.py covers one of each).
+_SLOW_OPS = ("prroi_pool",)
+
+
+def _ops(names=None):
+  return [pytest.param(o, marks=pytest.mark.slow) if o in _SLOW_OPS else o
+          for o in (names or OPS)]
 
 
 def _inputs(seed, layout, fmt, n=2, k=5, c=3, h=9, w=10):
@@ -50,7 +59,7 @@ def test_jit_matches_eager(op, layout, fmt):
   np.testing.assert_array_equal(jax.jit(f)(x, rois), f(x, rois))
 
 
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("op", _ops())
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("fmt", ["indexed", "batched"])
 @pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
@@ -71,7 +80,7 @@ def test_vmap_is_one_launch_and_matches_loop(op, layout, fmt, in_axes):
   assert "while" not in text
 
 
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("op", _ops())
 @pytest.mark.parametrize("fmt", ["indexed", "batched"])
 def test_vmap_of_grad_and_nested_vmap(op, fmt):
   v = 2
@@ -102,7 +111,7 @@ def test_checkpoint(op, assert_same_gradient):
   assert_same_gradient(jax.grad(jax.checkpoint(loss))(x), jax.grad(loss)(x))
 
 
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("op", _ops())
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_grad_of_grad_matches_xla(op, layout):
   """Hessian-vector products through the kernel's backward equal those of
@@ -145,7 +154,7 @@ def test_backward_is_deterministic():
     np.testing.assert_array_equal(np.asarray(g(x)), first)
 
 
-@pytest.mark.parametrize("op", BOX_GRAD_OPS)
+@pytest.mark.parametrize("op", _ops(BOX_GRAD_OPS))
 @pytest.mark.parametrize("fmt", ["indexed", "batched"])
 @pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
 def test_vmap_of_box_gradients(op, fmt, in_axes):
