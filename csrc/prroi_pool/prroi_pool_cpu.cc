@@ -174,6 +174,28 @@ void backward_channels(const PrRoiBackwardArgs<T, C>& a, int64_t c_begin, int64_
   }
 }
 
+// PrDirectFactors' values read from a cache: y(i) at ys[3 * (i - y_first)],
+// likewise x(j).
+struct PrCachedFactors {
+  const double* ys;
+  int64_t y_first;
+  const double* xs;
+  int64_t x_first;
+
+  void y(int64_t i, double* w, double* t0, double* t1) const {
+    const double* p = ys + 3 * (i - y_first);
+    *w = p[0];
+    *t0 = p[1];
+    *t1 = p[2];
+  }
+  void x(int64_t j, double* w, double* t0, double* t1) const {
+    const double* p = xs + 3 * (j - x_first);
+    *w = p[0];
+    *t0 = p[1];
+    *t1 = p[2];
+  }
+};
+
 }  // namespace
 
 template <typename T, typename C>
@@ -205,18 +227,57 @@ template <typename T, typename C>
 void prroi_pool_box_grad(const PrRoiBoxGradArgs<T, C>& a, TaskRunner& runner) {
   const RoiDims& d = a.dims;
   const int64_t row = roi_row_size(d);
+  const int64_t step = d.layout == Layout::kNCHW ? 1 : d.channels;
+  const int64_t nbins = d.pooled_height * d.pooled_width;
+  const int64_t per_roi = d.channels * nbins;
   parallel_ranges(runner, d.num_rois, 4 * runner.concurrency(), [&](int64_t b, int64_t e) {
     std::vector<PrRoiGradSums> lanes(static_cast<size_t>(kPrRoiGradLanes));
+    std::vector<PrBin<C>> bins(static_cast<size_t>(nbins));
+    std::vector<double> factors;
+    std::vector<int64_t> fy(static_cast<size_t>(nbins)), fx(static_cast<size_t>(nbins));
     for (int64_t k = b; k < e; ++k) {
       C* out = a.grad_rois + k * row;
       std::fill_n(out, row, C(0));
       const PrRoi<C> r = prroi_roi(read_box(a.rois, k, d), static_cast<C>(a.spatial_scale), d);
       if (r.empty || d.channels == 0) continue;
-      for (int64_t l = 0; l < kPrRoiGradLanes; ++l) {
-        lanes[static_cast<size_t>(l)] = prroi_lane_sum(a, r, k, l);
+      // Every bin's factors, once per RoI (PrDirectFactors' values).
+      factors.clear();
+      for (int64_t bin = 0; bin < nbins; ++bin) {
+        const PrDirectFactors<C> direct{
+            prroi_bin(r, bin / d.pooled_width, bin % d.pooled_width, d)};
+        bins[bin] = direct.b;
+        fy[bin] = static_cast<int64_t>(factors.size());
+        for (int64_t i = direct.b.ys.first; i < direct.b.ys.last; ++i) {
+          double v[3];
+          direct.y(i, &v[0], &v[1], &v[2]);
+          factors.insert(factors.end(), v, v + 3);
+        }
+        fx[bin] = static_cast<int64_t>(factors.size());
+        for (int64_t j = direct.b.xs.first; j < direct.b.xs.last; ++j) {
+          double v[3];
+          direct.x(j, &v[0], &v[1], &v[2]);
+          factors.insert(factors.end(), v, v + 3);
+        }
+      }
+      // Output j of the RoI to lane j % kPrRoiGradLanes, in increasing j: each
+      // lane's sum is the CUDA kernel's (prroi_lane_sum).
+      std::fill(lanes.begin(), lanes.end(), PrRoiGradSums{});
+      for (int64_t j = 0; j < per_roi; ++j) {
+        int64_t c, ph, pw;
+        prroi_split_output(d, j, &c, &ph, &pw);
+        const int64_t bin = ph * d.pooled_width + pw;
+        const PrBin<C>& pb = bins[bin];
+        const PrCachedFactors f{factors.data() + fy[bin], pb.ys.first, factors.data() + fx[bin],
+                                pb.xs.first};
+        const T* base = a.features + feature_index_hw(d, r.image, c, 0);
+        const double g = static_cast<double>(load(a.grad_output + k * per_roi + j));
+        prroi_box_grad_bin(base, step, r, pb, f, ph, pw, d, g,
+                           &lanes[static_cast<size_t>(j % kPrRoiGradLanes)]);
       }
       for (int64_t s = kPrRoiGradLanes / 2; s > 0; s /= 2) {
-        for (int64_t l = 0; l < s; ++l) lanes[static_cast<size_t>(l)].merge(lanes[static_cast<size_t>(l + s)]);
+        for (int64_t l = 0; l < s; ++l) {
+          lanes[static_cast<size_t>(l)].merge(lanes[static_cast<size_t>(l + s)]);
+        }
       }
       lanes[0].write(a.spatial_scale, out + (row - 4));
     }

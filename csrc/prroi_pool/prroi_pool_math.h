@@ -197,29 +197,60 @@ struct PrRoiGradSums {
 //   dy1/dY1 = 1 - (ph + 1) / PH, dy1/dY2 = (ph + 1) / PH,
 //   dO/dY = (dI/dY) / A - O * (dbin_h/dY) / bin_h, dbin_h/dY2 = -dbin_h/dY1 = 1 / PH;
 // likewise along x. The sums run in double, in for_each_prroi_pixel's order.
-template <typename T, typename C>
-JAX_ROI_HD void prroi_box_grad_output(const T* base, int64_t step, const PrRoi<C>& r,
-                                      int64_t ph, int64_t pw, const RoiDims& d, double g,
-                                      PrRoiGradSums* s) {
-  if (r.empty) return;
-  const PrBin<C> b = prroi_bin(r, ph, pw, d);
-  const double y0 = static_cast<double>(b.y0), y1 = static_cast<double>(b.y1);
-  const double x0 = static_cast<double>(b.x0), x1 = static_cast<double>(b.x1);
+// The per-grid-point factors of a bin's box gradient, in double: along y
+// the weight wy(i) and the edge values tri(y0 - i), tri(y1 - i) (likewise
+// along x), computed from the bin (the CUDA kernel). The CPU kernel reads the
+// same values from a per-RoI cache (PrCachedFactors, prroi_pool_cpu.cc):
+// the same numbers, so the same sums.
+template <typename C>
+struct PrDirectFactors {
+  PrBin<C> b;
+
+  JAX_ROI_HD void y(int64_t i, double* w, double* t0, double* t1) const {
+    const double di = static_cast<double>(i);
+    *w = static_cast<double>(prroi_weight(b.y0, b.y1, i));
+    *t0 = prroi_tri(static_cast<double>(b.y0) - di);
+    *t1 = prroi_tri(static_cast<double>(b.y1) - di);
+  }
+  JAX_ROI_HD void x(int64_t j, double* w, double* t0, double* t1) const {
+    const double dj = static_cast<double>(j);
+    *w = static_cast<double>(prroi_weight(b.x0, b.x1, j));
+    *t0 = prroi_tri(static_cast<double>(b.x0) - dj);
+    *t1 = prroi_tri(static_cast<double>(b.x1) - dj);
+  }
+};
+
+// Adds g times the derivative of output (ph, pw) of one channel w.r.t. the
+// scaled corners (Y1, X1, Y2, X2) of a non-empty RoI (bin b, factors f). With
+// I the integral, A = bin_h * bin_w, O = I / A, and the bin edges
+// y0 = Y1 + ph * bin_h, y1 = y0 + bin_h, bin_h = (Y2 - Y1) / PH:
+//   dI/dy1 = E(y1), dI/dy0 = -E(y0), E(y) = integral_{x0}^{x1} f(y, x) dx
+//          = sum_ij F[i, j] tri(y - i) wx(j)  (the bin's edge integrals),
+//   dy0/dY1 = 1 - ph / PH, dy0/dY2 = ph / PH,
+//   dy1/dY1 = 1 - (ph + 1) / PH, dy1/dY2 = (ph + 1) / PH,
+//   dO/dY = (dI/dY) / A - O * (dbin_h/dY) / bin_h, dbin_h/dY2 = -dbin_h/dY1 = 1 / PH;
+// likewise along x. The sums run in double, rows ascending, columns
+// ascending.
+template <typename T, typename C, typename Factors>
+JAX_ROI_HD void prroi_box_grad_bin(const T* base, int64_t step, const PrRoi<C>& r,
+                                   const PrBin<C>& b, const Factors& f, int64_t ph, int64_t pw,
+                                   const RoiDims& d, double g, PrRoiGradSums* s) {
   double total = 0, ey0 = 0, ey1 = 0, ex0 = 0, ex1 = 0;
   for (int64_t i = b.ys.first; i < b.ys.last; ++i) {
-    const double wy = static_cast<double>(prroi_weight(b.y0, b.y1, i));
-    const double di = static_cast<double>(i);
+    double wy, ty0, ty1;
+    f.y(i, &wy, &ty0, &ty1);
     double row = 0, row_x0 = 0, row_x1 = 0;
     for (int64_t j = b.xs.first; j < b.xs.last; ++j) {
+      double wx, tx0, tx1;
+      f.x(j, &wx, &tx0, &tx1);
       const double v = static_cast<double>(load(base + (i * d.width + j) * step));
-      const double dj = static_cast<double>(j);
-      row += static_cast<double>(prroi_weight(b.x0, b.x1, j)) * v;
-      row_x0 += prroi_tri(x0 - dj) * v;
-      row_x1 += prroi_tri(x1 - dj) * v;
+      row += wx * v;
+      row_x0 += tx0 * v;
+      row_x1 += tx1 * v;
     }
     total += wy * row;
-    ey0 += prroi_tri(y0 - di) * row;
-    ey1 += prroi_tri(y1 - di) * row;
+    ey0 += ty0 * row;
+    ey1 += ty1 * row;
     ex0 += wy * row_x0;
     ex1 += wy * row_x1;
   }
@@ -258,7 +289,8 @@ JAX_ROI_HD void prroi_split_output(const RoiDims& d, int64_t j, int64_t* c, int6
   }
 }
 
-// One lane's sum: outputs l, l + lanes, ... of RoI k.
+// One lane's sum: outputs l, l + lanes, ... of a non-empty RoI k (the CUDA
+// kernel; the CPU kernel sums the same terms from cached factors).
 template <typename T, typename C>
 JAX_ROI_HD PrRoiGradSums prroi_lane_sum(const PrRoiBoxGradArgs<T, C>& a, const PrRoi<C>& r,
                                         int64_t k, int64_t l) {
@@ -271,7 +303,8 @@ JAX_ROI_HD PrRoiGradSums prroi_lane_sum(const PrRoiBoxGradArgs<T, C>& a, const P
     prroi_split_output(d, j, &c, &ph, &pw);
     const T* base = a.features + feature_index_hw(d, r.image, c, 0);
     const double g = static_cast<double>(load(a.grad_output + k * per_roi + j));
-    prroi_box_grad_output(base, step, r, ph, pw, d, g, &sums);
+    const PrDirectFactors<C> f{prroi_bin(r, ph, pw, d)};
+    prroi_box_grad_bin(base, step, r, f.b, f, ph, pw, d, g, &sums);
   }
   return sums;
 }
