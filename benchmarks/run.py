@@ -59,6 +59,9 @@ OPS["roi_align_rotated"] = (  # detectron2's ROIAlignRotated; no torchvision bas
     lambda jax_roi, x, r, case, **kw: jax_roi.roi_align_rotated(
         x, r, case.output, case.scale, case.sampling_ratio, aligned=case.aligned, **kw),
     None)
+OPS["prroi_pool"] = (  # IoU-Net's / mmcv's PrRoIPool; no torchvision baseline
+    lambda jax_roi, x, r, case, **kw: jax_roi.prroi_pool(x, r, case.output, case.scale, **kw),
+    None)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ WORKLOADS = {
     "faster-rcnn": [
         Case("roi_pool", (1, 512, 38, 50), (608, 800), 1 / 16, 7, 128, label="K=128"),
         Case("roi_pool", (1, 512, 38, 50), (608, 800), 1 / 16, 7, 300, label="K=300"),
+        # The same head with Precise RoI Pooling (IoU-Net), against its pure-JAX version.
+        Case("prroi_pool", (1, 512, 38, 50), (608, 800), 1 / 16, 7, 300, label="prroi K=300"),
     ],
     # FPN P2 of two 800x1216 images: the box head and the mask head.
     "mask-rcnn": [
@@ -118,6 +123,7 @@ WORKLOADS = {
         Case("ps_roi_align", (2, 18, 12, 16), (48, 64), 1 / 4, 3, 6, 0, label="smoke adaptive"),
         Case("roi_align_rotated", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 0, True,
              label="smoke rotated"),
+        Case("prroi_pool", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, label="smoke prroi"),
     ],
 }
 

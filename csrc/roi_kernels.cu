@@ -5,6 +5,7 @@
 // <op>/<op>_kernels.h.
 #include "core/cuda_launch.h"
 #include "core/kernel.h"
+#include "prroi_pool/prroi_pool_cuda.cuh"
 #include "ps_roi/ps_roi_cuda.cuh"
 #include "roi_align/roi_align_cuda.cuh"
 #include "roi_align_rotated/roi_align_rotated_cuda.cuh"
@@ -25,6 +26,10 @@ JAX_ROI_INSTANTIATE_CUDA_KERNEL(ps_roi_align_box_grad, PsAlignBoxGradArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_rotated_forward, RotatedForwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_rotated_backward, RotatedBackwardArgs)
 JAX_ROI_INSTANTIATE_CUDA_KERNEL(roi_align_rotated_box_grad, RotatedBoxGradArgs)
+
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(prroi_pool_forward, PrRoiForwardArgs)
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(prroi_pool_backward, PrRoiBackwardArgs)
+JAX_ROI_INSTANTIATE_CUDA_KERNEL(prroi_pool_box_grad, PrRoiBoxGradArgs)
 
 // Every kernel the launchers above can launch registered itself when this
 // module was loaded (core/cuda_launch.h).

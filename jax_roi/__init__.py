@@ -6,7 +6,7 @@ exact semantics, differentiable, and batched by ``jax.vmap`` in one launch.
 
 from jax_roi._version import __version__
 from jax_roi.ops import multi_scale_roi_align, ps_roi_align, ps_roi_pool, roi_align, roi_pool
-from jax_roi.ops import roi_align_rotated
+from jax_roi.ops import prroi_pool, roi_align_rotated
 from jax_roi.validate import check_rois, validate_rois
 from jax_roi.validate import validate_rotated_rois
 
@@ -35,3 +35,4 @@ def export_safety_checks():
 __all__ = ["__version__", "check_rois", "export_safety_checks", "multi_scale_roi_align",
            "ps_roi_align", "ps_roi_pool", "roi_align", "roi_pool", "validate_rois"]
 __all__ += ["roi_align_rotated", "validate_rotated_rois"]
+__all__ += ["prroi_pool"]

@@ -121,3 +121,19 @@ RoIAlignRotated = _layer(
     >>> float(out.mean())
     1.0
     """)
+
+PrRoIPool = _layer(
+    ops.prroi_pool, "PrRoIPool",
+    "Precise RoI Pooling (IoU-Net's PrRoIPool): :func:`jax_roi.prroi_pool`.", """
+    >>> import jax, jax.numpy as jnp
+    >>> from jax_roi import linen as roi_nn
+    >>> layer = roi_nn.PrRoIPool(output_size=7, spatial_scale=1 / 8)
+    >>> features = jnp.ones((1, 64, 64, 16))  # NHWC
+    >>> rois = jnp.array([[0, 16.0, 24.0, 200.0, 120.0]])  # [b, x1, y1, x2, y2]
+    >>> variables = layer.init(jax.random.key(0), features, rois)
+    >>> out = layer.apply(variables, features, rois)
+    >>> out.shape
+    (1, 7, 7, 16)
+    >>> round(float(out.mean()), 5)  # the integral of a constant map, over the bins' areas
+    1.0
+    """)

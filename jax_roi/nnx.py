@@ -116,3 +116,15 @@ RoIAlignRotated = _layer(
     >>> layer(features, boxes).shape
     (1, 1, 7, 7, 16)
     """)
+
+PrRoIPool = _layer(
+    ops.prroi_pool, "PrRoIPool",
+    "Precise RoI Pooling (IoU-Net's PrRoIPool): :func:`jax_roi.prroi_pool`.", """
+    >>> import jax.numpy as jnp
+    >>> from jax_roi import nnx as roi_nnx
+    >>> layer = roi_nnx.PrRoIPool(7, spatial_scale=1 / 8)
+    >>> features = jnp.ones((2, 64, 64, 16))  # NHWC
+    >>> boxes = jnp.array([[[16.0, 24.0, 200.0, 120.0]], [[8.0, 8.0, 64.0, 480.0]]])  # (N, R, 4)
+    >>> layer(features, boxes).shape
+    (2, 1, 7, 7, 16)
+    """)

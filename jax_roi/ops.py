@@ -35,6 +35,8 @@ import jax
 from jax_roi._core import args, dispatch
 from jax_roi._multi_scale import config as multi_scale_config
 from jax_roi._multi_scale import ffi as multi_scale_ffi
+from jax_roi._prroi_pool import ffi as prroi_pool_ffi
+from jax_roi._prroi_pool.config import PrRoiPoolConfig
 from jax_roi._ps_roi_align import ffi as ps_roi_align_ffi
 from jax_roi._ps_roi_align.config import PsRoiAlignConfig
 from jax_roi._ps_roi_pool import ffi as ps_roi_pool_ffi
@@ -521,3 +523,68 @@ def roi_align_rotated(features: jax.Array,
       box_doc="[cx, cy, w, h, angle]")
   config = RotatedConfig(base, sampling_ratio, aligned, angle_unit, clockwise)
   return dispatch.run(roi_align_rotated_ffi.OP, implementation, (features,), rois, config)
+
+
+def prroi_pool(features: jax.Array,
+               rois: jax.Array,
+               output_size: int | Sequence[int],
+               spatial_scale: float = 1.0,
+               *,
+               layout: Layout = "NCHW",
+               box_order: BoxOrder = "xyxy",
+               implementation: Implementation = None) -> jax.Array:
+  """Precise RoI Pooling (IoU-Net's PrRoIPool, mmcv's ``prroi_pool``).
+
+  Each output is the exact integral of the bilinearly interpolated feature
+  map over its bin, divided by the bin's area: no sampling points and no
+  quantization, so the output is continuous in the box coordinates and its
+  box gradient is exact.
+
+  * start ``xs = x1 * s``, end ``xe = x2 * s`` (``s`` is spatial_scale, no
+    half-pixel offset), likewise y; ``roi_w = max(xe - xs, 0)``, bin width
+    ``bin_w = roi_w / PW``; bin ``pw`` spans
+    ``[xs + pw * bin_w, xs + pw * bin_w + bin_w]``;
+  * the surface is the bilinear interpolation of the pixel grid where every
+    grid point outside the map counts as 0: it fades to 0 within one pixel
+    past the edge (unlike :func:`roi_align`'s edge replication) and is
+    continuous everywhere;
+  * each output is the integral over its bin divided by the full bin area
+    ``bin_h * bin_w``; a bin of zero area (an empty, inverted or degenerate
+    box) outputs 0.
+
+  The integral is computed in closed form, pixel cell by pixel cell, with
+  coordinates and weights in the RoIs' dtype and values summed in float32
+  (float64 for float64 features). A padding row, or a box with a NaN or
+  infinite coordinate, outputs 0 and receives no gradient; the work of a bin
+  is bounded by the pixels of the map it covers, however large the box.
+
+  Gradients: w.r.t. ``features`` (deterministic on the CPU), and w.r.t. all
+  four box coordinates: the exact derivative of the integral (the bin
+  edges' line integrals and the area's derivative), zero where a box has
+  zero width or height; the batch-index column gets zero. Gradients of
+  gradients w.r.t. ``features`` are supported (the op is linear in them);
+  second derivatives through the box gradient raise ``NotImplementedError``.
+
+  Args:
+    features: ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC) feature maps
+      of dtype float32, float64, float16 or bfloat16 (half types are computed
+      in float32 and returned in their own dtype).
+    rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` or ``(N, R, 4)``
+      boxes per image, in input-image pixels; see the module docstring.
+    output_size: ``PH`` = ``PW`` as an int, or ``(PH, PW)``.
+    spatial_scale: feature-map pixels per input pixel. Static, finite,
+      >= 0. Default: 1.0.
+    layout, box_order, implementation: as for :func:`roi_pool`.
+
+  Returns:
+    ``(K, C, PH, PW)``, ``(K, PH, PW, C)``, ``(N, R, C, PH, PW)`` or
+    ``(N, R, PH, PW, C)`` in the features' dtype.
+
+  Raises:
+    TypeError, ValueError: as for :func:`roi_pool`.
+  """
+  features, rois, base = args.canonicalize(
+      features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
+      box_order=box_order, implementation=implementation)
+  return dispatch.run(prroi_pool_ffi.OP, implementation, (features,), rois,
+                      PrRoiPoolConfig(base))

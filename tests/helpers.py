@@ -98,6 +98,7 @@ OPS = {
     # give one output channel.
     "ps_roi_pool": lambda x, r, **kw: jax_roi.ps_roi_pool(x, r, (3, 1), 0.5, **kw),
     "ps_roi_align": lambda x, r, **kw: jax_roi.ps_roi_align(x, r, (1, 3), 0.5, 0, **kw),
+    "prroi_pool": lambda x, r, **kw: jax_roi.prroi_pool(x, r, (3, 2), 0.5, **kw),
 }
 
 

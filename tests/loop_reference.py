@@ -705,3 +705,73 @@ def roi_align_rotated_grad(features_shape, rois, cot, output_size, spatial_scale
     for row, col, wt in _bilinear_weights(h_size, w_size, y, x):
       grad[image, :, row, col] += wt * g[k, :, ph, pw] / count
   return grad if layout == "NCHW" else grad.transpose(0, 2, 3, 1)
+
+
+# --- prroi_pool ---------------------------------------------------------------
+# Precise RoI Pooling by quadrature, independent of the kernels' closed form:
+# the surface f(y, x) is evaluated point by point (bilinear interpolation of
+# the pixels with every grid point outside the map counting as 0), and each
+# bin's integral is a sum of Gauss-Legendre rules over the pieces of the bin
+# between consecutive integers (f is bilinear there, so `nodes` >= 2 points
+# per piece and axis integrate it exactly up to rounding).
+
+
+def _prroi_surface(plane: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+  """f at the points y (m,) x x (n,) of a (C, H, W) plane: (C, m, n)."""
+  c, h, w = plane.shape
+  padded = np.zeros((c, h + 2, w + 2))
+  padded[:, 1:-1, 1:-1] = plane  # grid point i at padded index i + 1
+  y0 = np.floor(y).astype(np.int64)
+  x0 = np.floor(x).astype(np.int64)
+  fy, fx = y - y0, x - x0
+  out = np.zeros((c, y.size, x.size))
+  for dy, wy in ((0, 1 - fy), (1, fy)):
+    iy = np.clip(y0 + dy + 1, 0, h + 1)
+    for dx, wx in ((0, 1 - fx), (1, fx)):
+      ix = np.clip(x0 + dx + 1, 0, w + 1)
+      out += padded[:, iy][:, :, ix] * wy[None, :, None] * wx[None, None, :]
+  return out
+
+
+def _prroi_nodes(a: float, b: float, size: int, nodes: int):
+  """Quadrature points and weights of [a, b] clipped to [-1, size] (f is 0
+  outside), split at every integer."""
+  t, wt = np.polynomial.legendre.leggauss(nodes)
+  lo, hi = max(a, -1.0), min(b, float(size))
+  if not hi > lo:
+    return np.zeros(0), np.zeros(0)
+  cuts = [lo] + [float(i) for i in range(math.floor(lo) + 1, math.ceil(hi))] + [hi]
+  pts, wts = [], []
+  for u, v in zip(cuts[:-1], cuts[1:]):
+    pts.append((u + v) / 2 + (v - u) / 2 * t)
+    wts.append((v - u) / 2 * wt)
+  return np.concatenate(pts), np.concatenate(wts)
+
+
+def prroi_pool(features, rois, output_size, spatial_scale=1.0, layout="NCHW",
+               box_order="xyxy", nodes=3):
+  """Precise RoI Pooling in float64: (K, C, PH, PW) in the layout's order."""
+  x = to_nchw(np.asarray(features, np.float64), layout)
+  n, c, h, w = x.shape
+  ph_count, pw_count = output_size
+  rows = list(iter_rois(rois, n, box_order))
+  out = np.zeros((len(rows), c, ph_count, pw_count))
+  for k, image, box in rows:
+    x1, y1, x2, y2 = (float(v) * spatial_scale for v in box)
+    if image < 0 or not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+      continue
+    bin_h = max(y2 - y1, 0.0) / ph_count
+    bin_w = max(x2 - x1, 0.0) / pw_count
+    area = bin_h * bin_w
+    if not (area > 0 and math.isfinite(area)):
+      continue
+    for ph in range(ph_count):
+      ys, wy = _prroi_nodes(y1 + ph * bin_h, y1 + (ph + 1) * bin_h, h, nodes)
+      for pw in range(pw_count):
+        xs, wx = _prroi_nodes(x1 + pw * bin_w, x1 + (pw + 1) * bin_w, w, nodes)
+        if ys.size == 0 or xs.size == 0:
+          continue
+        f = _prroi_surface(x[image], ys, xs)
+        out[k, :, ph, pw] = np.einsum("cmn,m,n->c", f, wy, wx) / area
+  out = out.reshape(tuple(np.asarray(rois).shape[:-1]) + out.shape[1:])
+  return from_nchw_pooled(out, layout)

@@ -185,11 +185,12 @@ def test_every_target_the_ops_call_is_registered():
   from jax_roi._roi_align import ffi as roi_align_ffi
   from jax_roi._roi_pool import ffi as roi_pool_ffi
   from jax_roi._roi_align_rotated import ffi as roi_align_rotated_ffi
+  from jax_roi._prroi_pool import ffi as prroi_pool_ffi
 
   modules = (roi_pool_ffi, roi_align_ffi, multi_scale_ffi, ps_roi_pool_ffi, ps_roi_align_ffi)
-  modules += (roi_align_rotated_ffi,)
+  modules += (roi_align_rotated_ffi, prroi_pool_ffi)
   called = {getattr(m, t) for m in modules
             for t in ("FORWARD", "BACKWARD", "BACKWARD_DETERMINISTIC", "BOX_GRAD")
             if hasattr(m, t)}
-  assert len(called) == 8 + 5 + 3 + 3
+  assert len(called) == 8 + 5 + 3 + 3 + 3  # ..., roi_align_rotated, prroi_pool, deterministic
   assert called == set(extension.target_names())

@@ -769,3 +769,22 @@ def test_roi_align_rotated_degenerate_shapes_and_vmap(emus):
     check_launched(stats, got, label)
     assert_bits_equal(got[1], expected[1], f"vmapped box gradient [{label}]")
     assert_feature_grad_close(got[0], expected[0], np.abs(expected[0]), f"vmap [{label}]")
+
+
+# ---------------------------------------------------------------------------
+# prroi_pool
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_prroi_pool(emus, variant):
+  """Hostile boxes (make_case's NaN/inf/huge coordinates, inverted and
+  zero-size boxes) and bad batch indices: forward and box gradient (its
+  lanes and tree) bit for bit, feature gradient to rounding."""
+  dtype, box_dtype, layout, fmt = variant
+  seed = stable_seed("prroi_pool", *variant)
+  with _x64(dtype, box_dtype):
+    x, rois = make_case(seed, dtype, box_dtype, layout, fmt)
+    op = lambda x, r: jax_roi.prroi_pool(x, r, (3, 2), 0.5, layout=layout,
+                                         implementation="ffi")
+    compare(emus, op, x, rois, seed, box_grad=True, what=f"prroi_pool {variant}")

@@ -100,8 +100,8 @@ def test_export_without_safety_checks_is_refused():
 
 def test_safety_checks_cover_every_target():
   names = {str(c) for c in jax_roi.export_safety_checks()}
-  # + ps_roi_pool/ps_roi_align, roi_align_rotated, the 3 deterministic backwards
-  assert len(names) == 8 + 5 + 3 + 3
+  # + ps_roi_pool/ps_roi_align, roi_align_rotated, prroi_pool, the 3 deterministic backwards
+  assert len(names) == 8 + 5 + 3 + 3 + 3
   for op in ("roi_pool_fwd", "roi_pool_bwd", "roi_align_fwd", "roi_align_bwd",
              "roi_pool_bwd_deterministic", "roi_align_bwd_deterministic",
              "multi_scale_roi_align_bwd_deterministic",
@@ -109,7 +109,8 @@ def test_safety_checks_cover_every_target():
              "multi_scale_roi_align_bwd", "multi_scale_roi_align_box_grad",
              "ps_roi_pool_fwd", "ps_roi_pool_bwd", "ps_roi_align_fwd", "ps_roi_align_bwd",
              "ps_roi_align_box_grad", "roi_align_rotated_fwd", "roi_align_rotated_bwd",
-             "roi_align_rotated_box_grad"):
+             "roi_align_rotated_box_grad", "prroi_pool_fwd", "prroi_pool_bwd",
+             "prroi_pool_box_grad"):
     assert any(f"jax_roi_{op}_v1" in n for n in names), op
 
 

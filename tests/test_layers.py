@@ -153,3 +153,15 @@ def test_rotated_layers_agree_with_the_op():
   np.testing.assert_array_equal(layer.apply(variables, x, rois), expected)
   np.testing.assert_array_equal(roi_nnx.RoIAlignRotated((4, 3), **kwargs)(x, rois), expected)
   assert roi_linen.RoIAlignRotated(7).aligned and roi_linen.RoIAlignRotated(7).layout == "NHWC"
+
+
+def test_prroi_layers_agree_with_the_op():
+  x, _, _ = _inputs()
+  rois = np.array([[0, 30.0, 40.0, 60.0, 70.0], [1, 9.5, 6.0, 130.0, 70.0]], np.float32)
+  expected = jax_roi.prroi_pool(x, rois, (4, 3), 0.25, layout="NHWC")
+  layer = roi_linen.PrRoIPool(output_size=(4, 3), spatial_scale=0.25)
+  variables = layer.init(jax.random.key(0), x, rois)
+  assert jax.tree_util.tree_leaves(variables) == []
+  np.testing.assert_array_equal(layer.apply(variables, x, rois), expected)
+  np.testing.assert_array_equal(roi_nnx.PrRoIPool((4, 3), spatial_scale=0.25)(x, rois), expected)
+  assert roi_linen.PrRoIPool(7).layout == "NHWC" and roi_linen.PrRoIPool(7).spatial_scale == 1.0

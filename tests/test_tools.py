@@ -33,7 +33,7 @@ def test_fuzzer_finds_nothing_in_a_short_run(tmp_path):
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary["failures"] == 0
   assert set(summary["ops"]) == {"roi_pool", "roi_align", "multi_scale", "ps_roi_pool",
-                                 "ps_roi_align", "roi_align_rotated"}
+                                 "ps_roi_align", "roi_align_rotated", "prroi_pool"}
   assert all(op["cases"] > 0 for op in summary["ops"].values())
 
 

@@ -11,8 +11,17 @@ import jax_roi
 from helpers import OPS, indexed_rois, random_boxes, random_features
 
 
-BOX_GRAD_OPS = ("roi_align", "roi_align_max", "ps_roi_align")
+BOX_GRAD_OPS = ("roi_align", "roi_align_max", "ps_roi_align", "prroi_pool")
 LAYOUTS = ("NCHW", "NHWC")
+# The README's quick run keeps prroi_pool's transform cases short: the ones
+# that compile its pure-JAX version or many gradients (> 10 s each) run
+# under the slow marker (tests/test_prroi_pool.py covers one of each).
+_SLOW_OPS = ("prroi_pool",)
+
+
+def _ops(names=None):
+  return [pytest.param(o, marks=pytest.mark.slow) if o in _SLOW_OPS else o
+          for o in (names or OPS)]
 
 
 def _inputs(seed, layout, fmt, n=2, k=5, c=3, h=9, w=10):
@@ -38,7 +47,7 @@ def test_jit_matches_eager(op, layout, fmt):
   np.testing.assert_array_equal(jax.jit(f)(x, rois), f(x, rois))
 
 
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("op", _ops())
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("fmt", ["indexed", "batched"])
 @pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
@@ -59,7 +68,7 @@ def test_vmap_is_one_launch_and_matches_loop(op, layout, fmt, in_axes):
   assert "while" not in text
 
 
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("op", _ops())
 @pytest.mark.parametrize("fmt", ["indexed", "batched"])
 def test_vmap_of_grad_and_nested_vmap(op, fmt):
   v = 2
@@ -90,7 +99,7 @@ def test_checkpoint(op, assert_same_gradient):
   assert_same_gradient(jax.grad(jax.checkpoint(loss))(x), jax.grad(loss)(x))
 
 
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("op", _ops())
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_grad_of_grad_matches_xla(op, layout):
   """Hessian-vector products through the kernel's backward equal those of
@@ -133,7 +142,7 @@ def test_backward_is_deterministic():
     np.testing.assert_array_equal(np.asarray(g(x)), first)
 
 
-@pytest.mark.parametrize("op", BOX_GRAD_OPS)
+@pytest.mark.parametrize("op", _ops(BOX_GRAD_OPS))
 @pytest.mark.parametrize("fmt", ["indexed", "batched"])
 @pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
 def test_vmap_of_box_gradients(op, fmt, in_axes):
@@ -177,5 +186,5 @@ def test_perturbation_patterns_share_cached_traces():
           " or test_rois_not_differentiated")
   proc = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:xdist", "-p", "no:cacheprovider",
-       "-k", keys, __file__], capture_output=True, text=True, timeout=900)
+       "-m", "not slow", "-k", keys, __file__], capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

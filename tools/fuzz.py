@@ -333,6 +333,23 @@ def check_roi_align_rotated(cfg, x, rois, cot, tol) -> str | None:
                        box_tol=box_tol)
 
 
+# --- prroi_pool ---------------------------------------------------------------
+
+
+def expect_prroi_pool(cfg, x, rois, cot):
+  """Forward against the float64 quadrature reference; both gradients (the
+  kernels' analytic ones) against the pure-JAX version's (JAX autodiff of
+  the closed form)."""
+  fn = lambda x, r, **kw: jax_roi.prroi_pool(x, r, cfg["output_size"], cfg["spatial_scale"],
+                                             box_order=cfg["box_order"], layout=cfg["layout"],
+                                             **kw)
+  expected = ref.prroi_pool(x, to_xyxy(cfg, rois), cfg["output_size"], cfg["spatial_scale"],
+                            cfg["layout"])
+  xla = lambda x, r: jnp.sum(fn(x, r, implementation="xla") * cot)
+  exp_gx, exp_gr = jax.grad(xla, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(rois))
+  return fn, expected, np.asarray(exp_gx, np.float64), np.asarray(exp_gr, np.float64), False
+
+
 class FuzzOp(NamedTuple):
   draw: Callable  # draw(rng, cfg): adds the op's own parameters to cfg
   check: Callable  # check(cfg, x, rois, cot, tol) -> None or what differs
@@ -349,6 +366,7 @@ OPS = {
 }
 OPS["roi_align_rotated"] = FuzzOp(draw_roi_align_rotated, check_roi_align_rotated,
                                   rotated_inputs)
+OPS["prroi_pool"] = FuzzOp(lambda rng, cfg: None, check_single(expect_prroi_pool))
 
 
 def ref_shape(cfg: dict) -> tuple[int, ...]:

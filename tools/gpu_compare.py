@@ -75,6 +75,7 @@ OPS = {
 OPS["roi_align_rotated"] = lambda x, r, box_order=None, **kw: jax_roi.roi_align_rotated(
     x, r, (7, 5), 0.25, 0, **kw)
 INEXACT_FORWARD = {"roi_align_rotated"}
+OPS["prroi_pool"] = lambda x, r, **kw: jax_roi.prroi_pool(x, r, (7, 5), 0.25, **kw)
 # deterministic=True: the GPU backward follows the CPU's summation order
 # without atomics, so its feature gradient must equal the CPU's bit for bit.
 for _name in ("roi_pool", "roi_align", "roi_align_max_adaptive", "multi_scale"):

@@ -77,6 +77,7 @@ for layout in ("NCHW", "NHWC"):
   }
   ops["roi_align_rotated"] = lambda f, r: jax_roi.roi_align_rotated(f, rotated(r), 3, 0.25, 2,
                                                                     layout=layout)
+  ops["prroi_pool"] = lambda f, r: jax_roi.prroi_pool(f, r, 3, 0.25, layout=layout)
   for name, op in ops.items():
     box_grad = name != "roi_pool"
     argnums = (0, 1) if box_grad else (0,)

@@ -1,0 +1,292 @@
+// Precise RoI Pooling CPU kernels (forward, feature and box gradients).
+//
+// The pixels and weights of a bin depend on the RoI and the bin, not on the
+// channel: each RoI's are computed once (prroi_pool_math.h) into a cache that
+// every channel reuses in the same order, so the results are exactly those
+// of the per-element math (and of the CUDA kernels).
+//  * forward: one task per block of RoIs, the channel loop innermost
+//    (contiguous, vectorised); NCHW features are transposed image by image
+//    to channels-last first (one image of scratch memory);
+//  * feature gradient: one task per block of channels, each over every RoI
+//    in order, so every element receives its contributions in the order
+//    (RoI, bin, pixel) whatever the number of threads;
+//  * box gradient: one task per block of RoIs, each RoI's sums in the
+//    lanes and tree of prroi_pool_math.h.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/box.h"
+#include "core/dims.h"
+#include "core/kernel.h"
+#include "core/task_runner.h"
+#include "core/types.h"
+#include "prroi_pool/prroi_pool_kernels.h"
+#include "prroi_pool/prroi_pool_math.h"
+
+namespace jax_roi {
+namespace cpu {
+namespace {
+
+template <typename A>
+struct Tap {
+  int64_t hw;
+  A w;
+};
+
+// The taps of every bin of one RoI, bin after bin (bin i: [begin[i],
+// begin[i + 1])).
+template <typename C, typename A>
+void roi_taps(const PrRoi<C>& r, const RoiDims& d, std::vector<Tap<A>>* taps,
+              std::vector<int64_t>* begin) {
+  taps->clear();
+  begin->assign(d.pooled_height * d.pooled_width + 1, 0);
+  for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
+    for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
+      (*begin)[ph * d.pooled_width + pw] = static_cast<int64_t>(taps->size());
+      if (r.empty) continue;
+      for_each_prroi_pixel(r, ph, pw, d,
+                           [&](int64_t hw, C w) { taps->push_back(Tap<A>{hw, static_cast<A>(w)}); });
+    }
+  }
+  (*begin)[d.pooled_height * d.pooled_width] = static_cast<int64_t>(taps->size());
+}
+
+// Forward of RoI k from its image's pixels (channels contiguous: the
+// features in NHWC, or an image transposed to it), written in the output's
+// layout.
+template <typename T, typename C>
+void forward_roi(const PrRoiForwardArgs<T, C>& a, int64_t k, const T* pixels,
+                 std::vector<Tap<acc_t<T>>>* taps, std::vector<int64_t>* begin,
+                 std::vector<acc_t<T>>* acc) {
+  using A = acc_t<T>;
+  const RoiDims& d = a.dims;
+  const int64_t Cn = d.channels, nbins = d.pooled_height * d.pooled_width;
+  const PrRoi<C> r = prroi_roi(read_box(a.rois, k, d), static_cast<C>(a.spatial_scale), d);
+  const A area = static_cast<A>(r.area);
+  roi_taps(r, d, taps, begin);
+  for (int64_t bin = 0; bin < nbins; ++bin) {
+    A* __restrict s = acc->data();
+    std::fill_n(s, Cn, A(0));
+    for (int64_t j = (*begin)[bin]; j < (*begin)[bin + 1]; ++j) {
+      const Tap<A> t = (*taps)[j];
+      const T* __restrict p = pixels + t.hw * Cn;
+      for (int64_t c = 0; c < Cn; ++c) s[c] += t.w * static_cast<A>(load(p + c));
+    }
+    if (d.layout == Layout::kNHWC) {
+      T* out = a.output + (k * nbins + bin) * Cn;
+      for (int64_t c = 0; c < Cn; ++c) store(out + c, s[c] / area);
+    } else {
+      T* out = a.output + k * Cn * nbins + bin;
+      for (int64_t c = 0; c < Cn; ++c) store(out + c * nbins, s[c] / area);
+    }
+  }
+}
+
+template <typename T, typename C>
+void forward_nhwc(const PrRoiForwardArgs<T, C>& a, TaskRunner& runner) {
+  const RoiDims& d = a.dims;
+  const int64_t HWC = d.height * d.width * d.channels;
+  parallel_ranges(runner, d.num_rois, 4 * runner.concurrency(), [&](int64_t begin, int64_t end) {
+    std::vector<Tap<acc_t<T>>> taps;
+    std::vector<int64_t> bins;
+    std::vector<acc_t<T>> acc(d.channels);
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t image = read_box(a.rois, k, d).image;
+      forward_roi(a, k, a.features + (image < 0 ? 0 : image) * HWC, &taps, &bins, &acc);
+    }
+  });
+}
+
+// NCHW: image by image, the image transposed to channels-last (one image of
+// scratch), then its RoIs run as in NHWC.
+template <typename T, typename C>
+void forward_nchw(const PrRoiForwardArgs<T, C>& a, TaskRunner& runner) {
+  const RoiDims& d = a.dims;
+  const int64_t Cn = d.channels, HW = d.height * d.width;
+  const int64_t parts = 4 * runner.concurrency();
+  std::vector<std::vector<int64_t>> by_image(d.batch + 1);  // last: padding rows
+  for (int64_t k = 0; k < d.num_rois; ++k) {
+    const int64_t image = read_box(a.rois, k, d).image;
+    by_image[image < 0 ? d.batch : image].push_back(k);
+  }
+  std::vector<T> pixels(static_cast<size_t>(HW * Cn));
+  for (int64_t n = 0; n <= d.batch; ++n) {
+    const std::vector<int64_t>& rois = by_image[n];
+    if (rois.empty()) continue;
+    if (n < d.batch) {
+      const T* planes = a.features + n * Cn * HW;
+      parallel_ranges(runner, HW, parts, [&](int64_t begin, int64_t end) {
+        for (int64_t c = 0; c < Cn; ++c) {
+          const T* plane = planes + c * HW;
+          for (int64_t hw = begin; hw < end; ++hw) pixels[hw * Cn + c] = plane[hw];
+        }
+      });
+    }
+    parallel_ranges(runner, static_cast<int64_t>(rois.size()), parts,
+                    [&](int64_t begin, int64_t end) {
+                      std::vector<Tap<acc_t<T>>> taps;
+                      std::vector<int64_t> bins;
+                      std::vector<acc_t<T>> acc(Cn);
+                      for (int64_t i = begin; i < end; ++i) {
+                        forward_roi(a, rois[i], pixels.data(), &taps, &bins, &acc);
+                      }
+                    });
+  }
+}
+
+template <typename T, typename C>
+void backward_channels(const PrRoiBackwardArgs<T, C>& a, int64_t c_begin, int64_t c_end) {
+  using A = acc_t<T>;
+  const RoiDims& d = a.dims;
+  const int64_t Cn = d.channels, HW = d.height * d.width;
+  const int64_t nbins = d.pooled_height * d.pooled_width;
+  std::vector<Tap<A>> taps;
+  std::vector<int64_t> begin;
+  for (int64_t k = 0; k < d.num_rois; ++k) {
+    const PrRoi<C> r = prroi_roi(read_box(a.rois, k, d), static_cast<C>(a.spatial_scale), d);
+    if (r.empty) continue;
+    const A area = static_cast<A>(r.area);
+    roi_taps(r, d, &taps, &begin);
+    if (taps.empty()) continue;
+    if (d.layout == Layout::kNCHW) {
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        const T* g = a.grad_output + (k * Cn + c) * nbins;
+        A* plane = a.grad_features + (r.image * Cn + c) * HW;
+        for (int64_t bin = 0; bin < nbins; ++bin) {
+          const A gb = load(g + bin);
+          for (int64_t j = begin[bin]; j < begin[bin + 1]; ++j) {
+            plane[taps[j].hw] += (gb * taps[j].w) / area;
+          }
+        }
+      }
+      continue;
+    }
+    A* image = a.grad_features + r.image * HW * Cn;
+    for (int64_t bin = 0; bin < nbins; ++bin) {
+      const T* g = a.grad_output + (k * nbins + bin) * Cn;
+      for (int64_t j = begin[bin]; j < begin[bin + 1]; ++j) {
+        A* p = image + taps[j].hw * Cn;
+        const A w = taps[j].w;
+        for (int64_t c = c_begin; c < c_end; ++c) p[c] += (static_cast<A>(load(g + c)) * w) / area;
+      }
+    }
+  }
+}
+
+// PrDirectFactors' values read from a cache: y(i) at ys[3 * (i - y_first)],
+// likewise x(j).
+struct PrCachedFactors {
+  const double* ys;
+  int64_t y_first;
+  const double* xs;
+  int64_t x_first;
+
+  void y(int64_t i, double* w, double* t0, double* t1) const {
+    const double* p = ys + 3 * (i - y_first);
+    *w = p[0];
+    *t0 = p[1];
+    *t1 = p[2];
+  }
+  void x(int64_t j, double* w, double* t0, double* t1) const {
+    const double* p = xs + 3 * (j - x_first);
+    *w = p[0];
+    *t0 = p[1];
+    *t1 = p[2];
+  }
+};
+
+}  // namespace
+
+template <typename T, typename C>
+void prroi_pool_forward(const PrRoiForwardArgs<T, C>& args, TaskRunner& runner) {
+  if (args.dims.channels == 0) return;
+  if (args.dims.layout == Layout::kNCHW) {
+    forward_nchw(args, runner);
+  } else {
+    forward_nhwc(args, runner);
+  }
+}
+
+template <typename T, typename C>
+void prroi_pool_backward(const PrRoiBackwardArgs<T, C>& a, TaskRunner& runner) {
+  using A = acc_t<T>;
+  const RoiDims& d = a.dims;
+  const int64_t parts = 4 * runner.concurrency();
+  const int64_t size = d.batch * d.channels * d.height * d.width;
+  parallel_ranges(runner, size, parts, [&](int64_t begin, int64_t end) {
+    std::memset(a.grad_features + begin, 0, sizeof(A) * (end - begin));
+  });
+  // Blocks of at least 8 channels (NHWC: contiguous runs worth vectorising).
+  const int64_t blocks = std::max<int64_t>(1, std::min(parts, (d.channels + 7) / 8));
+  parallel_ranges(runner, d.channels, blocks,
+                  [&](int64_t begin, int64_t end) { backward_channels(a, begin, end); });
+}
+
+template <typename T, typename C>
+void prroi_pool_box_grad(const PrRoiBoxGradArgs<T, C>& a, TaskRunner& runner) {
+  const RoiDims& d = a.dims;
+  const int64_t row = roi_row_size(d);
+  const int64_t step = d.layout == Layout::kNCHW ? 1 : d.channels;
+  const int64_t nbins = d.pooled_height * d.pooled_width;
+  const int64_t per_roi = d.channels * nbins;
+  parallel_ranges(runner, d.num_rois, 4 * runner.concurrency(), [&](int64_t b, int64_t e) {
+    std::vector<PrRoiGradSums> lanes(static_cast<size_t>(kPrRoiGradLanes));
+    std::vector<PrBin<C>> bins(static_cast<size_t>(nbins));
+    std::vector<double> factors;
+    std::vector<int64_t> fy(static_cast<size_t>(nbins)), fx(static_cast<size_t>(nbins));
+    for (int64_t k = b; k < e; ++k) {
+      C* out = a.grad_rois + k * row;
+      std::fill_n(out, row, C(0));
+      const PrRoi<C> r = prroi_roi(read_box(a.rois, k, d), static_cast<C>(a.spatial_scale), d);
+      if (r.empty || d.channels == 0) continue;
+      // Every bin's factors, once per RoI (PrDirectFactors' values).
+      factors.clear();
+      for (int64_t bin = 0; bin < nbins; ++bin) {
+        const PrDirectFactors<C> direct{
+            prroi_bin(r, bin / d.pooled_width, bin % d.pooled_width, d)};
+        bins[bin] = direct.b;
+        fy[bin] = static_cast<int64_t>(factors.size());
+        for (int64_t i = direct.b.ys.first; i < direct.b.ys.last; ++i) {
+          double v[3];
+          direct.y(i, &v[0], &v[1], &v[2]);
+          factors.insert(factors.end(), v, v + 3);
+        }
+        fx[bin] = static_cast<int64_t>(factors.size());
+        for (int64_t j = direct.b.xs.first; j < direct.b.xs.last; ++j) {
+          double v[3];
+          direct.x(j, &v[0], &v[1], &v[2]);
+          factors.insert(factors.end(), v, v + 3);
+        }
+      }
+      // Output j of the RoI to lane j % kPrRoiGradLanes, in increasing j: each
+      // lane's sum is the CUDA kernel's (prroi_lane_sum).
+      std::fill(lanes.begin(), lanes.end(), PrRoiGradSums{});
+      for (int64_t j = 0; j < per_roi; ++j) {
+        int64_t c, ph, pw;
+        prroi_split_output(d, j, &c, &ph, &pw);
+        const int64_t bin = ph * d.pooled_width + pw;
+        const PrBin<C>& pb = bins[bin];
+        const PrCachedFactors f{factors.data() + fy[bin], pb.ys.first, factors.data() + fx[bin],
+                                pb.xs.first};
+        const T* base = a.features + feature_index_hw(d, r.image, c, 0);
+        const double g = static_cast<double>(load(a.grad_output + k * per_roi + j));
+        prroi_box_grad_bin(base, step, r, pb, f, ph, pw, d, g,
+                           &lanes[static_cast<size_t>(j % kPrRoiGradLanes)]);
+      }
+      for (int64_t s = kPrRoiGradLanes / 2; s > 0; s /= 2) {
+        for (int64_t l = 0; l < s; ++l) {
+          lanes[static_cast<size_t>(l)].merge(lanes[static_cast<size_t>(l + s)]);
+        }
+      }
+      lanes[0].write(a.spatial_scale, out + (row - 4));
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace jax_roi
+
+JAX_ROI_INSTANTIATE_CPU_KERNEL(prroi_pool_forward, PrRoiForwardArgs)
+JAX_ROI_INSTANTIATE_CPU_KERNEL(prroi_pool_backward, PrRoiBackwardArgs)
+JAX_ROI_INSTANTIATE_CPU_KERNEL(prroi_pool_box_grad, PrRoiBoxGradArgs)
