@@ -245,17 +245,17 @@ class Detector(nn.Module):
     """images (N, S, S, 3), boxes (N, R, 4) xyxy in pixels -> (N, R, C), (N, R, 4)."""
     levels = Backbone(fpn=self.op == "multi_scale")(images)
     if self.op == "roi_pool":
-      pooled = roi_nn.RoIPool(POOL_SIZE, spatial_scale=1 / 4)(levels[0], boxes)
+      pooled = roi_nn.RoIPool(POOL_SIZE, spatial_scale=1 / 4, layout="NHWC")(levels[0], boxes)
     elif self.op == "roi_align":
       pooled = roi_nn.RoIAlign(POOL_SIZE, spatial_scale=1 / 4, sampling_ratio=2,
-                               aligned=True)(levels[0], boxes)
+                               aligned=True, layout="NHWC")(levels[0], boxes)
     elif self.op == "multi_scale":
       # The FPN level mapping, scaled to these small images: boxes about 24
       # pixels across go to level 3 (stride 8), smaller ones to level 2
       # (stride 4), those of 48 pixels and more to level 4 (stride 16).
       pooled = roi_nn.MultiScaleRoIAlign(
           POOL_SIZE, spatial_scales=(1 / 4, 1 / 8, 1 / 16), sampling_ratio=2, aligned=True,
-          canonical_scale=24, canonical_level=3)(levels, boxes)
+          canonical_scale=24, canonical_level=3, layout="NHWC")(levels, boxes)
     else:
       raise ValueError(f"unknown op {self.op!r}")
     n, r = boxes.shape[:2]
