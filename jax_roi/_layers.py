@@ -1,8 +1,10 @@
 """Builds the Flax layers (jax_roi.linen, jax_roi.nnx) from the ops.
 
 A layer is the op with its static arguments (every parameter after
-``features`` and ``rois``) held as attributes and channels-last by default,
-as Flax is. The attributes, their defaults and their documentation come from
+``features`` and ``rois``) held as attributes. ``layout`` has no default in
+the layers: NCHW features given to a channels-last layer (or the reverse)
+would pool the wrong axes without any error, so every layer states its
+layout (:func:`check_layout`). The attributes, their defaults and their documentation come from
 the op's signature and :data:`ATTRIBUTE_DOCS`, so a new op gets its layers
 from one registration line in each of linen.py and nnx.py.
 """
@@ -26,7 +28,8 @@ ATTRIBUTE_DOCS = {
     "mode": '"avg" (default) or "max".',
     "canonical_scale": "the level mapping's canonical box size (224).",
     "canonical_level": "the level of a canonical box (4).",
-    "layout": '"NHWC" (default, Flax\'s) or "NCHW".',
+    "layout": ('required: "NHWC" (features (N, H, W, C), Flax\'s convention) or "NCHW"'
+               " ((N, C, H, W), torchvision's)."),
     "box_order": '"xyxy" (default) or "yxyx".',
     "implementation": 'None (the kernel where compiled), "ffi" or "xla".',
     "deterministic": ("the same feature-gradient bits on every run (the CUDA backward without"
@@ -37,7 +40,7 @@ ATTRIBUTE_DOCS.update({  # roi_align_rotated
     "clockwise": "the angle turns clockwise (mmcv's option): it is negated.",
 })
 
-DEFAULT_LAYOUT = "NHWC"
+REQUIRED = None  # the layers' layout "default": none, it must be given
 
 
 class Attribute:
@@ -50,10 +53,23 @@ class Attribute:
 
 
 def attributes(op: Callable) -> list[Attribute]:
-  """The op's static parameters (all but features and rois), channels-last."""
+  """The op's static parameters (all but features and rois); layout without
+  a default (None stands for "not given")."""
   params = list(inspect.signature(op).parameters.values())[2:]
-  return [Attribute(p.name, p.annotation, DEFAULT_LAYOUT if p.name == "layout" else p.default)
+  return [Attribute(p.name, p.annotation, REQUIRED if p.name == "layout" else p.default)
           for p in params]
+
+
+def check_layout(layer) -> None:
+  """Raises unless the layer was given its layout explicitly."""
+  if getattr(layer, "layout", REQUIRED) is REQUIRED:
+    name = type(layer).__name__
+    raise TypeError(
+        f"{name} needs layout=\"NHWC\" (features (N, H, W, C), Flax's convention) or"
+        f" layout=\"NCHW\" ((N, C, H, W), torchvision's): the layers have no default"
+        f" layout, since features in the other layout would be pooled over the wrong"
+        f" axes without any error (jax_roi 0.1 layers assumed NHWC:"
+        f" add layout=\"NHWC\" to keep that behaviour)")
 
 
 def static(value):
@@ -68,6 +84,7 @@ def call_op(op: Callable, attrs: list[Attribute], layer, features, rois):
   """op(features, rois, output_size, **the layer's other attributes).
   Feature maps given as another iterable than a list or tuple (the levels
   of a pyramid) are passed as a list."""
+  check_layout(layer)
   if not (hasattr(features, "shape") or isinstance(features, (list, tuple))):
     features = list(features)
   first, *rest = attrs

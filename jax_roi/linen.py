@@ -1,4 +1,4 @@
-"""Flax linen layers of jax_roi (channels-last by default, as Flax is).
+"""Flax linen layers of jax_roi (``layout`` is required: "NHWC" or "NCHW").
 
 The layers hold no parameters: they are thin dataclasses over the ops in
 :mod:`jax_roi.ops`, whose docstrings give the exact semantics. Each layer's
@@ -38,7 +38,7 @@ RoIPool = _layer(
     "RoI max pooling (Fast/Faster R-CNN): :func:`jax_roi.roi_pool`.", """
     >>> import jax, jax.numpy as jnp
     >>> from jax_roi import linen as roi_nn
-    >>> layer = roi_nn.RoIPool(output_size=7, spatial_scale=1 / 16)
+    >>> layer = roi_nn.RoIPool(output_size=7, spatial_scale=1 / 16, layout="NHWC")
     >>> features = jnp.ones((2, 38, 50, 64))  # (N, H, W, C): NHWC
     >>> rois = jnp.array([[0, 0.0, 0.0, 320.0, 240.0], [1, 80.0, 16.0, 400.0, 600.0]])
     >>> variables = layer.init(jax.random.key(0), features, rois)
@@ -54,7 +54,7 @@ RoIAlign = _layer(
     >>> import jax, jax.numpy as jnp
     >>> from jax_roi import linen as roi_nn
     >>> layer = roi_nn.RoIAlign(output_size=7, spatial_scale=1 / 4, sampling_ratio=2,
-    ...                         aligned=True)
+    ...                         aligned=True, layout="NHWC")
     >>> features = jnp.ones((2, 50, 68, 16))  # NHWC
     >>> boxes = jnp.array([[[8.0, 8.0, 120.0, 96.0]], [[30.0, 4.0, 60.0, 180.0]]])  # (N, R, 4)
     >>> variables = layer.init(jax.random.key(0), features, boxes)
@@ -71,7 +71,7 @@ MultiScaleRoIAlign = _layer(
     >>> import jax, jax.numpy as jnp
     >>> from jax_roi import linen as roi_nn
     >>> layer = roi_nn.MultiScaleRoIAlign(output_size=7, spatial_scales=(1 / 4, 1 / 8),
-    ...                                   sampling_ratio=2)
+    ...                                   sampling_ratio=2, layout="NHWC")
     >>> levels = [jnp.ones((1, 64, 64, 8)), jnp.ones((1, 32, 32, 8))]  # NHWC, finest first
     >>> rois = jnp.array([[0, 10.0, 10.0, 40.0, 40.0], [0, 0.0, 0.0, 250.0, 250.0]])
     >>> variables = layer.init(jax.random.key(0), levels, rois)
@@ -84,7 +84,7 @@ PSRoIPool = _layer(
     "Position-sensitive RoI average pooling (R-FCN): :func:`jax_roi.ps_roi_pool`.", """
     >>> import jax, jax.numpy as jnp
     >>> from jax_roi import linen as roi_nn
-    >>> layer = roi_nn.PSRoIPool(output_size=7, spatial_scale=1 / 16)
+    >>> layer = roi_nn.PSRoIPool(output_size=7, spatial_scale=1 / 16, layout="NHWC")
     >>> features = jnp.ones((1, 38, 50, 7 * 7 * 21))  # NHWC: 7x7 bins x 21 classes
     >>> rois = jnp.array([[0, 0.0, 0.0, 320.0, 240.0], [0, 80.0, 16.0, 400.0, 600.0]])
     >>> variables = layer.init(jax.random.key(0), features, rois)
@@ -97,7 +97,8 @@ PSRoIAlign = _layer(
     "Position-sensitive RoIAlign: :func:`jax_roi.ps_roi_align`.", """
     >>> import jax, jax.numpy as jnp
     >>> from jax_roi import linen as roi_nn
-    >>> layer = roi_nn.PSRoIAlign(output_size=3, spatial_scale=1 / 4, sampling_ratio=2)
+    >>> layer = roi_nn.PSRoIAlign(output_size=3, spatial_scale=1 / 4, sampling_ratio=2,
+    ...                           layout="NHWC")
     >>> features = jnp.ones((2, 50, 68, 3 * 3 * 4))  # NHWC: 3x3 bins x 4 channels
     >>> boxes = jnp.array([[[8.0, 8.0, 120.0, 96.0]], [[30.0, 4.0, 60.0, 180.0]]])  # (N, R, 4)
     >>> variables = layer.init(jax.random.key(0), features, boxes)
@@ -111,7 +112,8 @@ RoIAlignRotated = _layer(
     " :func:`jax_roi.roi_align_rotated`.", """
     >>> import jax, jax.numpy as jnp
     >>> from jax_roi import linen as roi_nn
-    >>> layer = roi_nn.RoIAlignRotated(output_size=7, spatial_scale=1 / 8, sampling_ratio=2)
+    >>> layer = roi_nn.RoIAlignRotated(output_size=7, spatial_scale=1 / 8, sampling_ratio=2,
+    ...                                layout="NHWC")
     >>> features = jnp.ones((1, 64, 64, 16))  # NHWC
     >>> rois = jnp.array([[0, 256.0, 256.0, 120.0, 40.0, 30.0]])  # [b, cx, cy, w, h, degrees]
     >>> variables = layer.init(jax.random.key(0), features, rois)

@@ -1,6 +1,6 @@
 """Flax NNX layers of jax_roi: the twins of :mod:`jax_roi.linen`.
 
-Channels-last by default; no parameters and no state, so they need no
+``layout`` is required (no default); no parameters and no state, so they need no
 ``rngs``. See :mod:`jax_roi.ops` for the exact semantics; each layer's
 arguments are the op's static arguments (see jax_roi._layers).
 """
@@ -23,6 +23,7 @@ def _layer(op: Callable, name: str, summary: str, example: str) -> type:
     bound.apply_defaults()
     for a in attrs:
       setattr(self, a.name, _layers.static(bound.arguments[a.name]))
+    _layers.check_layout(self)
 
   first, *rest = attrs
   P = inspect.Parameter
@@ -49,7 +50,7 @@ RoIPool = _layer(
     "RoI max pooling (Fast/Faster R-CNN): :func:`jax_roi.roi_pool`.", """
     >>> import jax.numpy as jnp
     >>> from jax_roi import nnx as roi_nnx
-    >>> layer = roi_nnx.RoIPool(7, spatial_scale=1 / 16)
+    >>> layer = roi_nnx.RoIPool(7, spatial_scale=1 / 16, layout="NHWC")
     >>> features = jnp.ones((2, 38, 50, 64))  # NHWC
     >>> rois = jnp.array([[0, 0.0, 0.0, 320.0, 240.0], [1, 80.0, 16.0, 400.0, 600.0]])
     >>> layer(features, rois).shape
@@ -61,7 +62,8 @@ RoIAlign = _layer(
     "RoIAlign (Mask R-CNN), avg or max mode: :func:`jax_roi.roi_align`.", """
     >>> import jax.numpy as jnp
     >>> from jax_roi import nnx as roi_nnx
-    >>> layer = roi_nnx.RoIAlign(7, spatial_scale=1 / 4, sampling_ratio=2, aligned=True)
+    >>> layer = roi_nnx.RoIAlign(7, spatial_scale=1 / 4, sampling_ratio=2, aligned=True,
+    ...                          layout="NHWC")
     >>> features = jnp.ones((2, 50, 68, 16))
     >>> boxes = jnp.array([[[8.0, 8.0, 120.0, 96.0]], [[30.0, 4.0, 60.0, 180.0]]])
     >>> layer(features, boxes).shape
@@ -73,7 +75,8 @@ MultiScaleRoIAlign = _layer(
     "RoIAlign over FPN levels in one fused kernel: :func:`jax_roi.multi_scale_roi_align`.", """
     >>> import jax.numpy as jnp
     >>> from jax_roi import nnx as roi_nnx
-    >>> layer = roi_nnx.MultiScaleRoIAlign(7, spatial_scales=(1 / 4, 1 / 8), sampling_ratio=2)
+    >>> layer = roi_nnx.MultiScaleRoIAlign(7, spatial_scales=(1 / 4, 1 / 8), sampling_ratio=2,
+    ...                                    layout="NHWC")
     >>> levels = [jnp.ones((1, 64, 64, 8)), jnp.ones((1, 32, 32, 8))]
     >>> rois = jnp.array([[0, 10.0, 10.0, 40.0, 40.0], [0, 0.0, 0.0, 250.0, 250.0]])
     >>> layer(levels, rois).shape
@@ -85,7 +88,7 @@ PSRoIPool = _layer(
     "Position-sensitive RoI average pooling (R-FCN): :func:`jax_roi.ps_roi_pool`.", """
     >>> import jax.numpy as jnp
     >>> from jax_roi import nnx as roi_nnx
-    >>> layer = roi_nnx.PSRoIPool(7, spatial_scale=1 / 16)
+    >>> layer = roi_nnx.PSRoIPool(7, spatial_scale=1 / 16, layout="NHWC")
     >>> features = jnp.ones((1, 38, 50, 7 * 7 * 21))  # NHWC: 7x7 bins x 21 classes
     >>> rois = jnp.array([[0, 0.0, 0.0, 320.0, 240.0], [0, 80.0, 16.0, 400.0, 600.0]])
     >>> layer(features, rois).shape
@@ -97,7 +100,7 @@ PSRoIAlign = _layer(
     "Position-sensitive RoIAlign: :func:`jax_roi.ps_roi_align`.", """
     >>> import jax.numpy as jnp
     >>> from jax_roi import nnx as roi_nnx
-    >>> layer = roi_nnx.PSRoIAlign(3, spatial_scale=1 / 4, sampling_ratio=2)
+    >>> layer = roi_nnx.PSRoIAlign(3, spatial_scale=1 / 4, sampling_ratio=2, layout="NHWC")
     >>> features = jnp.ones((2, 50, 68, 3 * 3 * 4))  # NHWC: 3x3 bins x 4 channels
     >>> boxes = jnp.array([[[8.0, 8.0, 120.0, 96.0]], [[30.0, 4.0, 60.0, 180.0]]])  # (N, R, 4)
     >>> layer(features, boxes).shape
@@ -110,7 +113,8 @@ RoIAlignRotated = _layer(
     " :func:`jax_roi.roi_align_rotated`.", """
     >>> import jax.numpy as jnp
     >>> from jax_roi import nnx as roi_nnx
-    >>> layer = roi_nnx.RoIAlignRotated(7, spatial_scale=1 / 8, angle_unit="radians")
+    >>> layer = roi_nnx.RoIAlignRotated(7, spatial_scale=1 / 8, angle_unit="radians",
+    ...                                 layout="NHWC")
     >>> features = jnp.ones((1, 64, 64, 16))  # NHWC
     >>> boxes = jnp.array([[[256.0, 256.0, 120.0, 40.0, 0.5]]])  # (N, R, 5)
     >>> layer(features, boxes).shape

@@ -9,7 +9,7 @@ Shape letters used below:
 
 Every op takes the features in ``layout="NCHW"`` (torchvision's, the default)
 or ``"NHWC"`` (Flax's), handled natively by the kernels (no transposes), and
-the RoIs in either of two formats:
+the RoIs in any of three formats:
 
 * ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` (torchvision's), giving
   outputs ``(K, C, PH, PW)`` (NCHW) or ``(K, PH, PW, C)`` (NHWC). The batch
@@ -19,6 +19,17 @@ the RoIs in either of two formats:
 * ``(N, R, 4)`` boxes ``[x1, y1, x2, y2]`` per image, giving outputs
   ``(N, R, C, PH, PW)`` or ``(N, R, PH, PW, C)``: the static-shape format of
   JAX pipelines (pad with any box and ignore those outputs).
+
+* a Python list (or tuple) of ``(L_i, 4)`` arrays, the boxes of image
+  ``i`` (torchvision's list format, ragged or not): read as the ``(K, 5)``
+  rows of image 0's boxes, then image 1's, ..., so outputs are ``(K, ...)``
+  with ``K = sum(L_i)`` in that order. The lengths are static shapes, so the
+  list works under ``jit`` (it is a pytree of arrays).
+
+The positional order is torchvision's (``roi_align(input, boxes,
+output_size, spatial_scale, sampling_ratio, aligned)``); jax_roi's own
+options (``layout``, ``box_order``, ...) are keyword-only. See
+docs/porting.md for torchvision, detectron2 and mmcv calls.
 
 ``box_order="yxyx"`` reads the coordinates as ``[y1, x1, y2, x2]`` instead
 (TensorFlow's and ChainerCV's order). Box coordinates are in input-image
@@ -56,8 +67,8 @@ Implementation = Literal["ffi", "xla"] | None
 def roi_pool(features: jax.Array,
              rois: jax.Array,
              output_size: int | Sequence[int],
-             *,
              spatial_scale: float = 1.0,
+             *,
              layout: Layout = "NCHW",
              box_order: BoxOrder = "xyxy",
              implementation: Implementation = None,
@@ -98,7 +109,8 @@ def roi_pool(features: jax.Array,
       of dtype float32, float64, float16 or bfloat16 (half types are
       computed in float32 and returned in their own dtype).
     rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` or ``(N, R, 4)``
-      boxes per image, in input-image pixels; see the module docstring.
+      boxes per image, or a list of ``(L_i, 4)`` arrays (one per image), in
+      input-image pixels; see the module docstring.
     output_size: ``PH`` = ``PW`` as an int, or ``(PH, PW)``.
     spatial_scale: feature-map pixels per input pixel, e.g. 1/16 for a stride
       16 backbone. Static, finite and non-negative. Default: 1.0.
@@ -136,10 +148,10 @@ def roi_pool(features: jax.Array,
 def roi_align(features: jax.Array,
               rois: jax.Array,
               output_size: int | Sequence[int],
-              *,
               spatial_scale: float = 1.0,
               sampling_ratio: int = -1,
               aligned: bool = False,
+              *,
               mode: Literal["avg", "max"] = "avg",
               layout: Layout = "NCHW",
               box_order: BoxOrder = "xyxy",
@@ -189,7 +201,8 @@ def roi_align(features: jax.Array,
       of dtype float32, float64, float16 or bfloat16 (half types are computed
       in float32 and returned in their own dtype).
     rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` or ``(N, R, 4)``
-      boxes per image, in input-image pixels; see the module docstring.
+      boxes per image, or a list of ``(L_i, 4)`` arrays (one per image), in
+      input-image pixels; see the module docstring.
     output_size: ``PH`` = ``PW`` as an int, or ``(PH, PW)``.
     spatial_scale: feature-map pixels per input pixel. For a 224-pixel image
       and a 14x14 feature map, 14 / 224 = 0.0625: the box [0, 0, 224, 224]
@@ -229,10 +242,10 @@ def roi_align(features: jax.Array,
 def multi_scale_roi_align(features: Sequence[jax.Array],
                           rois: jax.Array,
                           output_size: int | Sequence[int],
+                          sampling_ratio: int = -1,
                           *,
                           spatial_scales: Sequence[float] | None = None,
                           image_size: int | Sequence[int] | None = None,
-                          sampling_ratio: int = -1,
                           aligned: bool = False,
                           canonical_scale: float = 224,
                           canonical_level: float = 4,
@@ -336,7 +349,8 @@ def ps_roi_pool(features: jax.Array,
     features: ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC), C divisible
       by ``PH * PW``; float32, float64, float16 or bfloat16.
     rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` or ``(N, R, 4)``
-      boxes per image, in input-image pixels; see the module docstring.
+      boxes per image, or a list of ``(L_i, 4)`` arrays (one per image), in
+      input-image pixels; see the module docstring.
     output_size: ``PH`` = ``PW`` as an int, or ``(PH, PW)``.
     spatial_scale: feature-map pixels per input pixel. Static, finite,
       >= 0. Default: 1.0.

@@ -21,8 +21,10 @@ def validate_rois(rois: jax.Array, num_images: int, *, box_order: str = "xyxy"
   """Flags suspicious RoIs; every flag has shape ``rois.shape[:-1]``.
 
   Args:
-    rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` or ``(N, R, 4)``
-      boxes, as the ops take them.
+    rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]``, ``(N, R, 4)``
+      boxes, or a list of ``(L_i, 4)`` arrays (one per image), as the ops
+      take them; a list is flagged as its ``(K, 5)`` rows (flags of shape
+      ``(K,)``, image 0's boxes first).
     num_images: N, the features' batch size.
     box_order: "xyxy" or "yxyx".
 
@@ -41,7 +43,7 @@ def validate_rois(rois: jax.Array, num_images: int, *, box_order: str = "xyxy"
       informational, not an error.
   """
   _args.choice(box_order, "box_order", _args.BOX_ORDERS)
-  rois = jnp.asarray(rois)
+  rois = jnp.asarray(_args.rois_from_list(rois, 4, num_images))
   if not ((rois.ndim == 2 and rois.shape[1] == 5) or (rois.ndim == 3 and rois.shape[2] == 4)):
     raise ValueError(f"rois must have shape (K, 5) or (N, R, 4), got {rois.shape}")
   box = rois[..., -4:]
@@ -74,7 +76,7 @@ def check_rois(rois: jax.Array, num_images: int, *, box_order: str = "xyxy",
       return jax_roi.roi_align(features, rois, 7)
 
     err, out = checkify.checkify(jax.jit(pooled))(features, rois)
-    err.throw()  # ValueError naming the first bad RoI
+    err.throw()  # checkify.JaxRuntimeError naming the first bad RoI
   """
   flags = validate_rois(rois, num_images, box_order=box_order)
   messages = {
@@ -98,8 +100,8 @@ def validate_rotated_rois(rois: jax.Array, num_images: int) -> dict[str, jax.Arr
   every flag has shape ``rois.shape[:-1]``.
 
   Args:
-    rois: ``(K, 6)`` rows ``[batch_index, cx, cy, w, h, angle]`` or
-      ``(N, R, 5)`` boxes.
+    rois: ``(K, 6)`` rows ``[batch_index, cx, cy, w, h, angle]``,
+      ``(N, R, 5)`` boxes, or a list of ``(L_i, 5)`` arrays (one per image).
     num_images: N, the features' batch size.
 
   Returns:
@@ -113,7 +115,7 @@ def validate_rotated_rois(rois: jax.Array, num_images: int) -> dict[str, jax.Arr
     * ``"bad_index"`` and ``"padding"`` ((K, 6) only): as for
       :func:`validate_rois`.
   """
-  rois = jnp.asarray(rois)
+  rois = jnp.asarray(_args.rois_from_list(rois, 5, num_images))
   if not ((rois.ndim == 2 and rois.shape[1] == 6) or (rois.ndim == 3 and rois.shape[2] == 5)):
     raise ValueError(f"rois must have shape (K, 6) or (N, R, 5), got {rois.shape}")
   box = rois[..., -5:]

@@ -5,7 +5,9 @@ extension (docs/architecture.md)."""
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -143,8 +145,9 @@ def test_pure_jax_versions_work_without_the_extension():
   absence; that the pure-JAX modules themselves never import it is
   test_pure_jax_modules_never_reach_the_extension.)"""
   result = _run(f"""
-      import importlib.abc, sys, warnings
+      import importlib.abc, os, sys, warnings
       sys.path.insert(0, {str(PACKAGE.parent)!r})
+      os.environ["JAX_ROI_ALLOW_MISSING_EXTENSION"] = "1"  # a source tree without a build
 
       class Block(importlib.abc.MetaPathFinder):  # the extension is not built
         def find_spec(self, name, path=None, target=None):
@@ -194,3 +197,47 @@ def test_every_target_the_ops_call_is_registered():
             if hasattr(m, t)}
   assert len(called) == 8 + 5 + 3 + 3 + 3  # ..., roi_align_rotated, prroi_pool, deterministic
   assert called == set(extension.target_names())
+
+
+def _tree_without_build(root: pathlib.Path) -> pathlib.Path:
+  """A copy of the package as in a fresh clone: no compiled extension."""
+  tree = root / "clone"
+  shutil.copytree(PACKAGE, tree / "jax_roi",
+                  ignore=shutil.ignore_patterns("_jax_roi*", "__pycache__"))
+  (tree / "csrc").mkdir()
+  (tree / "pyproject.toml").write_text("[project]\nname = 'jax_roi'\n")
+  return tree
+
+
+def test_a_clone_without_a_build_says_it_shadows_the_install(tmp_path):
+  """`python -c "import jax_roi"` in a fresh clone's root: the clone comes
+  first on sys.path and hides the installed jax_roi; the error says so and
+  what to do, instead of failing somewhere inside the package."""
+  tree = _tree_without_build(tmp_path)
+  installed = tmp_path / "site"
+  shutil.copytree(PACKAGE, installed / "jax_roi",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  result = subprocess.run([sys.executable, "-c", "import jax_roi"], capture_output=True,
+                          text=True, timeout=300, cwd=tree,
+                          env={**os.environ, "PYTHONPATH": str(installed)})
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("ImportError: jax_roi was imported from the source tree"), last
+  assert f"hides the jax_roi installed in {installed / 'jax_roi'}" in last, last
+  assert "python -P" in last and "circular" not in result.stderr
+  # What `python -P` does: the installed copy is imported.
+  result = subprocess.run([sys.executable, "-P", "-c", "import jax_roi; print(jax_roi.__file__)"],
+                          capture_output=True, text=True, timeout=300, cwd=tree,
+                          env={**os.environ, "PYTHONPATH": str(installed)})
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == str(installed / "jax_roi" / "__init__.py")
+
+
+def test_a_clone_without_a_build_and_nothing_installed_says_how_to_build(tmp_path, monkeypatch):
+  from jax_roi._core import extension
+
+  tree = _tree_without_build(tmp_path)
+  monkeypatch.setattr(sys, "path", [str(tree)])
+  message = extension.missing_extension_error(str(tree))
+  assert message.startswith(f"jax_roi was imported from the source tree {tree}, which has no")
+  assert "pip install ." in message and "JAX_ROI_ALLOW_MISSING_EXTENSION=1" in message

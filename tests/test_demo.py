@@ -59,3 +59,46 @@ def test_demo_data_and_proposals(demo):
   assert fg.any() and (proposals.labels == 0).any()
   refined = demo.decode_deltas(proposals.boxes, proposals.deltas)
   np.testing.assert_allclose(refined[fg], proposals.gt_boxes[fg], atol=1e-3)
+
+
+def test_missed_objects_are_found_and_drawn(demo, tmp_path):
+  """An object without a detection of its class (IoU >= 0.5) is counted as
+  missed and drawn; the right class over it counts as found, a wrong one not."""
+  import numpy as np
+
+  gt = np.array([[10.0, 10.0, 30.0, 30.0], [40.0, 40.0, 60.0, 60.0], [0, 0, 0, 0]], np.float32)
+  labels = np.array([1, 2, 0], np.int32)
+  dets = [(np.array([11.0, 10.0, 30.0, 31.0]), 1, 0.9),   # finds object 0
+          (np.array([40.0, 40.0, 60.0, 60.0]), 3, 0.8)]   # object 1's box, wrong class
+  np.testing.assert_array_equal(demo.found_objects(gt, labels, dets), [True, False, False])
+  np.testing.assert_array_equal(demo.found_objects(gt, labels, []), [False, False, False])
+
+  data = demo.make_dataset(np.random.default_rng(0), 2)
+  r, c = 4, len(demo.CLASSES)
+  scores = np.zeros((2, r, c), np.float32)
+  scores[..., 0] = 1.0  # everything background: every object is missed
+  refined = np.tile(np.float32([0, 0, 8, 8]), (2, r, 1))
+  evaluation = demo.Evaluation(0.0, 1.0, 0.0, 0.0, 0.0, scores, refined)
+  out = tmp_path / "d.png"
+  missed, total = demo.save_detections(str(out), data, evaluation, "t", n_images=2)
+  assert total == int((data.labels > 0).sum()) >= 2 and missed == total
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # Detections of the right class on the ground truth: nothing missed.
+  scores = np.zeros((2, demo.MAX_OBJECTS, c), np.float32)
+  scores[np.arange(2)[:, None], np.arange(demo.MAX_OBJECTS), data.labels] = 1.0
+  evaluation = evaluation._replace(scores=scores, refined=data.boxes)
+  assert demo.save_detections(str(out), data, evaluation, "t", n_images=2) == (0, total)
+
+
+def test_demo_output_is_documented_and_git_ignored(demo):
+  import subprocess
+
+  root = DEMO.parents[1]
+  assert demo.parse_args([]).out == "demo_detections.png"
+  readme = (root / "README.md").read_text()
+  assert "demo_detections.png" in readme and "--out detections.png" not in readme
+  for path in ("demo_detections.png", "examples/demo_detections.png"):
+    ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=root)
+    if ignored.returncode == 128:
+      pytest.skip("not a git checkout")
+    assert ignored.returncode == 0, path

@@ -28,3 +28,23 @@ def test_python_blocks_run(path):
       exec(compile(block, f"{path.name} block {i + 1}", "exec"), namespace)
     except Exception as e:
       raise AssertionError(f"{path.name}, Python block {i + 1} failed:\n{block}") from e
+
+
+@pytest.mark.parametrize("marker", ["roi_nn.RoIAlign(", "jax_roi.check_rois("])
+def test_the_readme_layer_and_check_examples_run_alone(marker):
+  """Pasted on their own (a reader's first try), without the blocks before."""
+  blocks = [b for b in BLOCK.findall((ROOT / "README.md").read_text()) if marker in b]
+  assert len(blocks) == 1
+  exec(compile(blocks[0], "README block", "exec"), {"__name__": "doc_alone"})
+
+
+def test_the_readme_prerequisites_match_the_build():
+  readme = (ROOT / "README.md").read_text()
+  cmake_min = re.search(r"cmake_minimum_required\(VERSION (\d+\.\d+)",
+                        (ROOT / "CMakeLists.txt").read_text()).group(1)
+  python_min = re.search(r'requires-python = ">=(\d+\.\d+)"',
+                         (ROOT / "pyproject.toml").read_text()).group(1)
+  prerequisites = readme[readme.index("**Prerequisites:**"):][:600]
+  assert f"CMake >= {cmake_min}" in prerequisites
+  assert f"Python >= {python_min}" in prerequisites
+  assert "C++17 compiler" in prerequisites and "nvcc" in prerequisites

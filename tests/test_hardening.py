@@ -4,6 +4,7 @@ concurrency and (opt-in) tensors past 2**31 elements."""
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -217,8 +218,19 @@ def test_concurrent_calls_on_several_devices(tmp_path):
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
-@pytest.mark.skipif(os.environ.get("JAX_ROI_LARGE_TESTS") != "1",
-                    reason="set JAX_ROI_LARGE_TESTS=1 (needs about 10 GB of memory)")
+# The 2**31-element tests: one memory figure, the README's too (the larger
+# of the two tests' peaks).
+LARGE_TESTS_MEMORY = "about 18 GB of memory"
+LARGE_TESTS_REASON = f"set JAX_ROI_LARGE_TESTS=1 (needs {LARGE_TESTS_MEMORY})"
+
+
+def test_the_readme_gives_the_large_tests_memory():
+  readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+  assert f"({LARGE_TESTS_MEMORY})" in readme
+  assert readme.count(" GB of memory") == 1
+
+
+@pytest.mark.skipif(os.environ.get("JAX_ROI_LARGE_TESTS") != "1", reason=LARGE_TESTS_REASON)
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_more_than_2_31_elements_bfloat16(layout, assert_same_gradient):
   """64-bit offsets: a bfloat16 map of 2**31 + 2**27 elements; RoIs at its far end
@@ -263,8 +275,7 @@ def test_more_than_2_31_elements_bfloat16(layout, assert_same_gradient):
     del grad
 
 
-@pytest.mark.skipif(os.environ.get("JAX_ROI_LARGE_TESTS") != "1",
-                    reason="set JAX_ROI_LARGE_TESTS=1 (needs about 14 GB of memory)")
+@pytest.mark.skipif(os.environ.get("JAX_ROI_LARGE_TESTS") != "1", reason=LARGE_TESTS_REASON)
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_more_than_2_31_output_elements_bfloat16(layout):
   """64-bit output offsets: 2**31 + 2**16 bfloat16 outputs. The last RoIs'

@@ -32,21 +32,23 @@ def _inputs():
 
 
 CASES = [
-    ("RoIPool", dict(output_size=5, spatial_scale=0.25),
+    ("RoIPool", dict(output_size=5, spatial_scale=0.25, layout="NHWC"),
      lambda x, lv, r: jax_roi.roi_pool(x, r, 5, spatial_scale=0.25, layout="NHWC")),
-    ("RoIAlign", dict(output_size=(4, 3), spatial_scale=0.25, sampling_ratio=2, aligned=True),
+    ("RoIAlign", dict(output_size=(4, 3), spatial_scale=0.25, sampling_ratio=2, aligned=True,
+                      layout="NHWC"),
      lambda x, lv, r: jax_roi.roi_align(x, r, (4, 3), spatial_scale=0.25, sampling_ratio=2,
                                         aligned=True, layout="NHWC")),
-    ("RoIAlign", dict(output_size=3, spatial_scale=0.25, mode="max"),
+    ("RoIAlign", dict(output_size=3, spatial_scale=0.25, mode="max", layout="NHWC"),
      lambda x, lv, r: jax_roi.roi_align(x, r, 3, spatial_scale=0.25, mode="max",
                                         layout="NHWC")),
-    ("MultiScaleRoIAlign", dict(output_size=4, spatial_scales=(0.25, 0.125), sampling_ratio=2),
+    ("MultiScaleRoIAlign", dict(output_size=4, spatial_scales=(0.25, 0.125), sampling_ratio=2,
+                                layout="NHWC"),
      lambda x, lv, r: jax_roi.multi_scale_roi_align(lv, r, 4, spatial_scales=(0.25, 0.125),
                                                     sampling_ratio=2, layout="NHWC")),
     # Position-sensitive: 8 channels = 2 output channels x (2, 2) bins.
-    ("PSRoIPool", dict(output_size=2, spatial_scale=0.25),
+    ("PSRoIPool", dict(output_size=2, spatial_scale=0.25, layout="NHWC"),
      lambda x, lv, r: jax_roi.ps_roi_pool(x, r, 2, 0.25, layout="NHWC")),
-    ("PSRoIAlign", dict(output_size=(4, 2), spatial_scale=0.25, sampling_ratio=2),
+    ("PSRoIAlign", dict(output_size=(4, 2), spatial_scale=0.25, sampling_ratio=2, layout="NHWC"),
      lambda x, lv, r: jax_roi.ps_roi_align(x, r, (4, 2), 0.25, 2, layout="NHWC")),
 ]
 
@@ -68,9 +70,45 @@ def test_linen_and_nnx_agree_with_the_op(name, kwargs, op):
   np.testing.assert_array_equal(out_nnx, expected)
 
 
-def test_default_layout_is_channels_last():
-  assert roi_linen.RoIAlign(7).layout == "NHWC"
-  assert roi_nnx.RoIPool(7).layout == "NHWC"
+LAYER_NAMES = ["RoIPool", "RoIAlign", "MultiScaleRoIAlign", "PSRoIPool", "PSRoIAlign",
+               "RoIAlignRotated"]
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+def test_layers_have_no_default_layout(name):
+  # The silent trap this closes: NCHW features into a channels-last layer
+  # used to pool over (C, H) as if they were (H, W) and return a wrong
+  # (K, 7, 7, W) result without any error.
+  x, levels, rois = _inputs()
+  inp = levels if name == "MultiScaleRoIAlign" else x
+  kwargs = dict(spatial_scales=(0.25, 0.125)) if name == "MultiScaleRoIAlign" else {}
+  with pytest.raises(TypeError, match=r'layout="NHWC".*layout="NCHW"'):
+    getattr(roi_nnx, name)(2, **kwargs)
+  layer = getattr(roi_linen, name)(output_size=2, **kwargs)
+  with pytest.raises(TypeError, match=r"needs layout="):
+    layer.init(jax.random.key(0), inp, rois)
+
+
+def test_each_layout_pools_its_own_axes():
+  x, _, rois = _inputs()  # NHWC
+  nchw = np.moveaxis(x, 3, 1)
+  expected = jax_roi.roi_align(nchw, rois, 3, 0.25, 2, layout="NCHW")  # (K, C, 3, 3)
+  for layer in (roi_nnx.RoIAlign(3, spatial_scale=0.25, sampling_ratio=2, layout="NCHW"),
+                roi_linen.RoIAlign(3, spatial_scale=0.25, sampling_ratio=2, layout="NCHW")):
+    out = layer(nchw, rois) if isinstance(layer, nnx.Module) else layer.apply({}, nchw, rois)
+    np.testing.assert_array_equal(out, expected)
+  out = roi_nnx.RoIAlign(3, spatial_scale=0.25, sampling_ratio=2, layout="NHWC")(x, rois)
+  np.testing.assert_array_equal(np.moveaxis(out, 3, 1), expected)
+
+
+def test_layers_take_torchvision_list_of_boxes():
+  x, levels, rois = _inputs()
+  boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]  # ragged: 1 and 2 boxes
+  layer = roi_linen.RoIAlign(3, spatial_scale=0.25, sampling_ratio=2, layout="NHWC")
+  np.testing.assert_array_equal(layer.apply({}, x, boxes), layer.apply({}, x, rois))
+  ms = roi_nnx.MultiScaleRoIAlign(3, sampling_ratio=2, spatial_scales=(0.25, 0.125),
+                                  layout="NHWC")
+  np.testing.assert_array_equal(ms(levels, boxes), ms(levels, rois))
 
 
 class _Head(nn.Module):
@@ -79,7 +117,8 @@ class _Head(nn.Module):
   @nn.compact
   def __call__(self, images, rois):
     f = nn.relu(nn.Conv(8, (3, 3))(images))
-    pooled = roi_linen.RoIAlign(4, spatial_scale=1.0, sampling_ratio=2, aligned=True)(f, rois)
+    pooled = roi_linen.RoIAlign(4, spatial_scale=1.0, sampling_ratio=2, aligned=True,
+                                layout="NHWC")(f, rois)
     return nn.Dense(3)(pooled.reshape(pooled.shape[0], -1))
 
 
@@ -114,7 +153,7 @@ def test_nnx_model_trains_under_jit():
   class Head(nnx.Module):
     def __init__(self, rngs):
       self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
-      self.pool = roi_nnx.RoIAlign(4, sampling_ratio=2, aligned=True)
+      self.pool = roi_nnx.RoIAlign(4, sampling_ratio=2, aligned=True, layout="NHWC")
       self.dense = nnx.Linear(4 * 4 * 8, 3, rngs=rngs)
 
     def __call__(self, images, rois):
@@ -145,23 +184,24 @@ def test_rotated_layers_agree_with_the_op():
   x, _, _ = _inputs()
   rois = np.array([[0, 30.0, 40.0, 60.0, 20.0, 0.4], [1, 90.0, 60.0, 30.0, 70.0, -1.2]],
                   np.float32)
-  kwargs = dict(spatial_scale=0.25, sampling_ratio=2, angle_unit="radians", clockwise=True)
-  expected = jax_roi.roi_align_rotated(x, rois, (4, 3), layout="NHWC", **kwargs)
+  kwargs = dict(spatial_scale=0.25, sampling_ratio=2, angle_unit="radians", clockwise=True,
+                layout="NHWC")
+  expected = jax_roi.roi_align_rotated(x, rois, (4, 3), **kwargs)
   layer = roi_linen.RoIAlignRotated(output_size=(4, 3), **kwargs)
   variables = layer.init(jax.random.key(0), x, rois)
   assert jax.tree_util.tree_leaves(variables) == []
   np.testing.assert_array_equal(layer.apply(variables, x, rois), expected)
   np.testing.assert_array_equal(roi_nnx.RoIAlignRotated((4, 3), **kwargs)(x, rois), expected)
-  assert roi_linen.RoIAlignRotated(7).aligned and roi_linen.RoIAlignRotated(7).layout == "NHWC"
+  assert roi_linen.RoIAlignRotated(7, layout="NHWC").aligned
 
 
 def test_prroi_layers_agree_with_the_op():
   x, _, _ = _inputs()
   rois = np.array([[0, 30.0, 40.0, 60.0, 70.0], [1, 9.5, 6.0, 130.0, 70.0]], np.float32)
   expected = jax_roi.prroi_pool(x, rois, (4, 3), 0.25, layout="NHWC")
-  layer = roi_linen.PrRoIPool(output_size=(4, 3), spatial_scale=0.25)
+  layer = roi_linen.PrRoIPool(output_size=(4, 3), spatial_scale=0.25, layout="NHWC")
   variables = layer.init(jax.random.key(0), x, rois)
   assert jax.tree_util.tree_leaves(variables) == []
   np.testing.assert_array_equal(layer.apply(variables, x, rois), expected)
-  np.testing.assert_array_equal(roi_nnx.PrRoIPool((4, 3), spatial_scale=0.25)(x, rois), expected)
-  assert roi_linen.PrRoIPool(7).layout == "NHWC" and roi_linen.PrRoIPool(7).spatial_scale == 1.0
+  np.testing.assert_array_equal(roi_nnx.PrRoIPool((4, 3), spatial_scale=0.25, layout="NHWC")(x, rois), expected)
+  assert roi_linen.PrRoIPool(7, layout="NHWC").spatial_scale == 1.0

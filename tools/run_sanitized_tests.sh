@@ -16,6 +16,9 @@ VENV="$(cd "$VENV" && pwd)"  # absolute: the commands below run from other direc
 "$VENV/bin/python" -m pip install -q scikit-build-core pybind11 cmake ninja
 if [ "${INSTALL:-1}" != 0 ]; then
   echo "== building jax_roi with sanitizers into $VENV"
+  # tools/_env.sh's record of the regular build no longer holds: its next
+  # run rebuilds (whether or not the restore at the end happens).
+  rm -f "$VENV/.jax_roi-build-key"
   JAX_ROI_SANITIZE=ON JAX_ROI_CUDA=OFF "$VENV/bin/python" -m pip install -q \
     --no-build-isolation --no-deps --force-reinstall "$ROOT"
 fi

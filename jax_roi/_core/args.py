@@ -48,6 +48,65 @@ def _as_array(x: Any, name: str) -> jax.Array:
     raise TypeError(f"{name} must be an array, got {type(x).__name__}") from e
 
 
+def _per_image_boxes(rois: Any, box_size: int) -> list | None:
+  """The arrays of torchvision's list format, or None for another value.
+
+  A Python list or tuple whose items are all 2-D (arrays, or nested lists)
+  is one ``(L_i, box_size)`` array of boxes per image, ragged or not. A list
+  of number rows (``[[0, x1, y1, x2, y2], ...]``) keeps meaning one
+  ``(K, 5)`` array, as before."""
+  if not isinstance(rois, (list, tuple)):
+    return None
+  items = []
+  for i, item in enumerate(rois):
+    if not (hasattr(item, "shape") or isinstance(item, (list, tuple))):
+      return None  # numbers: a nested-list array
+    try:
+      arr = jnp.asarray(item)
+    except (TypeError, ValueError) as e:
+      raise TypeError(f"rois[{i}] must be an array, got {type(item).__name__}") from e
+    if arr.ndim != 2:
+      if i == 0 and arr.ndim == 1:
+        return None  # a list of rows
+      raise ValueError(
+          f"rois given as a list must hold one (L_i, {box_size}) array of boxes per image"
+          f" (torchvision's format); rois[{i}] has shape {arr.shape}")
+    items.append(arr)
+  return items
+
+
+def rois_from_list(rois: Any, box_size: int = 4, num_images: int | None = None) -> Any:
+  """torchvision's list of per-image boxes as ``(K, box_size + 1)`` rows.
+
+  ``rois`` as a list or tuple of ``(L_i, box_size)`` arrays (one per image,
+  ragged or not) becomes the rows ``[i, box...]`` of image 0's boxes, then
+  image 1's, ..., so an op returns ``(K, ...)`` with ``K = sum(L_i)`` in that
+  order, as torchvision's ``convert_boxes_to_roi_format`` does. The lengths
+  are static shapes, so this works under ``jit`` (the list is a pytree of
+  arrays). Any other value is returned unchanged (an ``(N, R, box_size)``
+  array stays the batched format)."""
+  items = _per_image_boxes(rois, box_size)
+  if items is None:
+    return rois
+  if num_images is not None and len(items) > num_images:
+    raise ValueError(
+        f"rois given as a list holds boxes for {len(items)} images, but the features"
+        f" have {num_images}")
+  for i, arr in enumerate(items):
+    if arr.shape[1] != box_size:
+      raise ValueError(
+          f"rois given as a list must hold one (L_i, {box_size}) array of boxes per image"
+          f" (torchvision's format); rois[{i}] has shape {arr.shape}")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+      raise TypeError(f"rois[{i}] must have a floating dtype, got {arr.dtype}")
+  if not items:
+    return jnp.zeros((0, box_size + 1), jnp.float32)
+  dtype = jnp.result_type(*items)
+  return jnp.concatenate(
+      [jnp.concatenate([jnp.full((arr.shape[0], 1), i, dtype), arr.astype(dtype)], axis=1)
+       for i, arr in enumerate(items)], axis=0)
+
+
 def output_size_pair(output_size: Any) -> tuple[int, int]:
   """An int or a pair of ints, each >= 1."""
   if isinstance(output_size, (tuple, list)):
@@ -107,6 +166,9 @@ def canonicalize(features: Any, rois: Any, output_size: Any, *,
   Returns ``(features, rois, args)`` with rois in xyxy order and in float32
   or float64, and a hashable :class:`RoiArgs`.
 
+  ``rois`` may also be torchvision's list of per-image ``(L_i, box_size)``
+  arrays (:func:`rois_from_list`): it becomes ``(K, box_size + 1)`` rows.
+
   ``box_size``: values per box (4: ``[x1, y1, x2, y2]``; an op with other
   boxes, e.g. rotated ``[cx, cy, w, h, angle]``, passes its own size and
   ``box_doc``, and "xyxy" as box_order): rois are ``(K, box_size + 1)`` or
@@ -135,7 +197,7 @@ def canonicalize(features: Any, rois: Any, output_size: Any, *,
     raise ValueError(
         f"{name} height * width must be below 2**31, got {h} * {w}")
 
-  rois = _as_array(rois, "rois")
+  rois = _as_array(rois_from_list(rois, box_size, features.shape[0]), "rois")
   if not jnp.issubdtype(rois.dtype, jnp.floating):
     raise TypeError(f"rois must have a floating dtype, got {rois.dtype}")
   if rois.dtype not in (np.float32, np.float64):

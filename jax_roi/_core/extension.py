@@ -4,8 +4,11 @@ The only module that imports ``jax_roi._jax_roi``. Importing it registers
 every target the extension exports (each op's C++ registry) for ``"cpu"``
 and, in CUDA builds, ``"CUDA"``.
 
-A checkout without a built extension still imports (with a warning): the
-ops then run their pure-JAX versions, and ``implementation="ffi"`` raises.
+An installation without a built extension still imports (with a warning):
+the ops then run their pure-JAX versions, and ``implementation="ffi"``
+raises. A source checkout without one is an ``ImportError`` saying what to
+do (usually: the checkout shadows an installed jax_roi), unless
+``JAX_ROI_ALLOW_MISSING_EXTENSION=1``.
 An extension built against a newer XLA FFI than the running jaxlib is a
 hard error (registering it would take every jax computation down).
 """
@@ -19,11 +22,57 @@ import warnings
 
 import jax
 
+ALLOW_MISSING_ENV = "JAX_ROI_ALLOW_MISSING_EXTENSION"
+
+
+def _source_tree() -> str | None:
+  """The checkout this package was imported from, if it is one (a
+  pyproject.toml and csrc/ next to the package directory)."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  is_tree = (os.path.isfile(os.path.join(root, "pyproject.toml"))
+             and os.path.isdir(os.path.join(root, "csrc")))
+  return root if is_tree else None
+
+
+def _shadowed_install(tree: str) -> str | None:
+  """Another jax_roi on sys.path, which the source tree hides."""
+  import importlib.machinery
+  import sys
+
+  here = os.path.realpath(tree)
+  others = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != here]
+  spec = importlib.machinery.PathFinder.find_spec("jax_roi", others)
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return list(spec.submodule_search_locations)[0]
+
+
+def missing_extension_error(tree: str) -> str:
+  """What to do when ``tree`` (a checkout) has no compiled extension."""
+  other = _shadowed_install(tree)
+  if other is not None:
+    return (
+        f"jax_roi was imported from the source tree {tree} (the current directory or"
+        f" PYTHONPATH comes first on sys.path), which has no compiled extension"
+        f" (jax_roi/_jax_roi*.so); it hides the jax_roi installed in {other}. Run Python"
+        f" from another directory, or with `python -P` (which leaves the current directory"
+        f" off sys.path), to use the installed one.")
+  return (
+      f"jax_roi was imported from the source tree {tree}, which has no compiled extension"
+      f" (jax_roi/_jax_roi*.so). Build and install it with `pip install .` (or `bash"
+      f" tools/run_tests.sh`, which does so in a virtual environment .venv-<python version>)"
+      f" and import it from outside the source tree (another directory, or `python -P`)."
+      f" {ALLOW_MISSING_ENV}=1 imports the pure-JAX versions of the ops instead.")
+
+
 try:
   ext = importlib.import_module("jax_roi._jax_roi")
-except ModuleNotFoundError as e:  # a source checkout without a build
+except ModuleNotFoundError as e:  # not built
   if e.name != "jax_roi._jax_roi":
     raise
+  _tree = _source_tree()
+  if _tree is not None and os.environ.get(ALLOW_MISSING_ENV) != "1":
+    raise ImportError(missing_extension_error(_tree)) from None
   ext = None
   MISSING_REASON = (
       "jax_roi's compiled kernels (jax_roi._jax_roi) are not built in this installation"

@@ -143,7 +143,8 @@ class Head(nn.Module):
   @nn.compact
   def __call__(self, images, boxes):
     f = nn.relu(nn.Conv(8, (3, 3))(images))
-    pooled = roi_linen.RoIAlign(4, spatial_scale=0.25, sampling_ratio=2, aligned=True)(f, boxes)
+    pooled = roi_linen.RoIAlign(4, spatial_scale=0.25, sampling_ratio=2, aligned=True,
+                                layout="NHWC")(f, boxes)
     return nn.Dense(3)(pooled.reshape(pooled.shape[:2] + (-1,)))
 
 
