@@ -4,14 +4,40 @@ C++ and CUDA kernels registered as XLA FFI custom calls, with torchvision's
 exact semantics, differentiable, and batched by ``jax.vmap`` in one launch.
 """
 
-from jax_roi._version import __version__
+from __future__ import annotations
+
+import importlib.metadata
+import pathlib
+from typing import TYPE_CHECKING
+
 from jax_roi.ops import multi_scale_roi_align, ps_roi_align, ps_roi_pool, roi_align, roi_pool
 from jax_roi.ops import prroi_pool, roi_align_rotated
 from jax_roi.validate import check_rois, validate_rois
 from jax_roi.validate import validate_rotated_rois
 
+if TYPE_CHECKING:
+  import jax
 
-def export_safety_checks():
+
+def _version() -> str:
+  """The installed distribution's version (package metadata); in a source
+  tree (this package is not the installed one), jax_roi/_version.py."""
+  try:
+    dist = importlib.metadata.distribution("jax-roi")
+    if pathlib.Path(str(dist.locate_file("jax_roi/__init__.py"))).resolve() == (
+        pathlib.Path(__file__).resolve()):
+      return dist.version
+  except importlib.metadata.PackageNotFoundError:
+    pass
+  from jax_roi._version import __version__ as source_version
+
+  return source_version
+
+
+__version__ = _version()
+
+
+def export_safety_checks() -> list[jax.export.DisabledSafetyCheck]:
   """The ``disabled_checks`` that ``jax.export.export`` needs for jax_roi.
 
   ``jax.export`` refuses custom calls it cannot vouch for; jax_roi's targets

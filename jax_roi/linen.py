@@ -7,16 +7,17 @@ attributes are the op's static arguments (see jax_roi._layers).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 
 from jax_roi import _layers, ops
 
 
 def _layer(op: Callable, name: str, summary: str, example: str) -> type:
   attrs = _layers.attributes(op)
-  namespace = {
+  namespace: dict[str, Any] = {
       "__module__": __name__,
       "__qualname__": name,
       "__doc__": _layers.docstring(summary, example, attrs, "Attributes"),
@@ -24,7 +25,8 @@ def _layer(op: Callable, name: str, summary: str, example: str) -> type:
   }
   namespace.update({a.name: a.default for a in attrs if not a.required})
 
-  def __call__(self, features, rois):
+  def __call__(self: nn.Module, features: jax.Array | Sequence[jax.Array],
+               rois: jax.Array) -> jax.Array:
     """Pools ``features`` ((N, H, W, C) for NHWC, or the levels of a pyramid)
     over ``rois`` ((K, 5) rows or (N, R, 4) boxes)."""
     return _layers.call_op(op, attrs, self, features, rois)

@@ -8,8 +8,9 @@ arguments are the op's static arguments (see jax_roi._layers).
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Any, Callable, Sequence
 
+import jax
 from flax import nnx
 
 from jax_roi import _layers, ops
@@ -18,8 +19,8 @@ from jax_roi import _layers, ops
 def _layer(op: Callable, name: str, summary: str, example: str) -> type:
   attrs = _layers.attributes(op)
 
-  def __init__(self, *args, **kwargs):
-    bound = __init__.__signature__.bind(self, *args, **kwargs)
+  def __init__(self: nnx.Module, *args: Any, **kwargs: Any) -> None:
+    bound = __init__.__signature__.bind(self, *args, **kwargs)  # type: ignore[attr-defined]
     bound.apply_defaults()
     for a in attrs:
       setattr(self, a.name, _layers.static(bound.arguments[a.name]))
@@ -27,12 +28,13 @@ def _layer(op: Callable, name: str, summary: str, example: str) -> type:
 
   first, *rest = attrs
   P = inspect.Parameter
-  __init__.__signature__ = inspect.Signature(
+  init_signature = __init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
       [P("self", P.POSITIONAL_ONLY), P(first.name, P.POSITIONAL_OR_KEYWORD,
                                        annotation=first.annotation)]
       + [P(a.name, P.KEYWORD_ONLY, default=a.default, annotation=a.annotation) for a in rest])
 
-  def __call__(self, features, rois):
+  def __call__(self: nnx.Module, features: jax.Array | Sequence[jax.Array],
+               rois: jax.Array) -> jax.Array:
     """Pools ``features`` over ``rois``."""
     return _layers.call_op(op, attrs, self, features, rois)
 
@@ -42,6 +44,10 @@ def _layer(op: Callable, name: str, summary: str, example: str) -> type:
       "__doc__": _layers.docstring(summary, example, attrs, "Args"),
       "__init__": __init__,
       "__call__": __call__,
+      # The constructor's signature for inspect.signature(cls) and help()
+      # (nnx.Module's metaclass defines __call__, which would hide it).
+      "__signature__": init_signature.replace(
+          parameters=list(init_signature.parameters.values())[1:]),
   })
 
 

@@ -300,7 +300,7 @@ def multi_scale_roi_align(features: Sequence[jax.Array],
   return dispatch.run(multi_scale_ffi.OP, implementation, levels, rois, config)
 
 
-def _check_ps_channels(features, base) -> None:
+def _check_ps_channels(features: jax.Array, base: args.RoiArgs) -> None:
   """Position-sensitive ops: C must be divisible by PH * PW."""
   ph, pw = base.output_size
   c = features.shape[1] if base.layout == "NCHW" else features.shape[3]

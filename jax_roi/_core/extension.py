@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import types
 import warnings
 
 import jax
@@ -65,6 +66,7 @@ def missing_extension_error(tree: str) -> str:
       f" {ALLOW_MISSING_ENV}=1 imports the pure-JAX versions of the ops instead.")
 
 
+ext: types.ModuleType | None
 try:
   ext = importlib.import_module("jax_roi._jax_roi")
 except ModuleNotFoundError as e:  # not built
@@ -106,10 +108,10 @@ def built_ffi_api_version() -> tuple[int, int] | None:
   return tuple(ext.ffi_api_version) if ext is not None else None
 
 
-def _register() -> None:
+def _register(module: types.ModuleType) -> None:
   built = built_ffi_api_version()
   running = runtime_ffi_api_version()
-  if running is not None and built > running:
+  if built is not None and running is not None and built > running:
     # Registering would fail inside backend initialisation and take every
     # jax computation down with it: refuse early, with the fix.
     raise ImportError(
@@ -117,14 +119,14 @@ def _register() -> None:
         f" than the running jaxlib {jax.__version__} (API"
         f" {running[0]}.{running[1]}). Rebuild it in this environment:"
         " pip install --no-build-isolation --force-reinstall .")
-  for name, capsule in ext.cpu_targets().items():
+  for name, capsule in module.cpu_targets().items():
     jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-  for name, capsule in ext.cuda_targets().items():
+  for name, capsule in module.cuda_targets().items():
     jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
 
 
 if ext is not None:
-  _register()
+  _register(ext)
 
 
 def target_names() -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ class Kernel(NamedTuple):
 
   @property
   def layout(self) -> str:
-    return dict(self.attrs)["layout"]
+    return cast(str, dict(self.attrs)["layout"])
 
 
 # ---------------------------------------------------------------------------

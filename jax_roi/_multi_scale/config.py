@@ -76,7 +76,7 @@ def pyramid_scales(features, spatial_scales: Any, image_size: Any, layout: str):
         "multi_scale_roi_align needs spatial_scales, or image_size (H, W) of the input"
         " images to infer them as torchvision does")
   img_h, img_w = args.output_size_pair(image_size)
-  scales = []
+  inferred: list[float] = []
   for level, f in enumerate(features):
     h, w = (f.shape[2], f.shape[3]) if layout == "NCHW" else (f.shape[1], f.shape[2])
     if h == 0 or w == 0:
@@ -87,8 +87,8 @@ def pyramid_scales(features, spatial_scales: Any, image_size: Any, layout: str):
       raise ValueError(
           f"cannot infer the scale of features[{level}]: {(h, w)} vs image {(img_h, img_w)}"
           f" gives {sh} along H and {sw} along W; pass spatial_scales")
-    scales.append(sh)
-  return tuple(scales)
+    inferred.append(sh)
+  return tuple(inferred)
 
 
 def level_range(scales) -> tuple[int, int]:

@@ -52,7 +52,7 @@ multi_scale_roi_align = differentiable(VjpRules(
     saves=lambda c: False,
     feature_grad=backward,
     # Linear in g: its VJP is the op applied to the incoming cotangents.
-    feature_grad_vjp=lambda gg, r, saved, c: multi_scale_roi_align(gg, r, c),
+    feature_grad_vjp=lambda gg, r, saved, c: multi_scale_roi_align(gg, r, c),  # type: ignore[has-type]
     box_grad=box_grad,
 ))
 

@@ -29,10 +29,11 @@ def multi_scale_roi_align(features: tuple, rois: jax.Array,
   """Per-level roi_align (pure JAX), each RoI keeping its own level's output."""
   levels = roi_levels(lax.stop_gradient(rois), config)
   lead = rois.shape[:-1]
-  out = None
+  out: jax.Array | None = None
   for l, f in enumerate(features):
     o = roi_align((f,), rois, config.level(l))
     mine = (levels == l).reshape(lead + (1,) * (o.ndim - len(lead)))
     o = jnp.where(mine, o, jnp.zeros_like(o))
     out = o if out is None else out + o
+  assert out is not None  # config validation: at least one level
   return out

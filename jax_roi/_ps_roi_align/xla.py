@@ -21,9 +21,9 @@ from jax_roi._roi_align.xla import _axis_weight_matrix, align_geometry
 _CHUNK = 8  # RoIs per lax.map step
 
 
-def ps_roi_align(features: tuple, rois: jax.Array, config: PsRoiAlignConfig) -> jax.Array:
+def ps_roi_align(operands: tuple, rois: jax.Array, config: PsRoiAlignConfig) -> jax.Array:
   """ps_roi_align with jax_roi's semantics (0 for a bin without samples)."""
-  (features,) = features
+  (features,) = operands
   base = config.base
   lead = rois.shape[:-1]
   ph_count, pw_count = base.output_size

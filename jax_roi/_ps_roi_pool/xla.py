@@ -52,9 +52,9 @@ def ps_pool_windows(rois: jax.Array, config: PsRoiPoolConfig):
   return images, bins(ph_count, roi_h, ys, h), bins(pw_count, roi_w, xs, w)
 
 
-def ps_roi_pool(features: tuple, rois: jax.Array, config: PsRoiPoolConfig) -> jax.Array:
+def ps_roi_pool(operands: tuple, rois: jax.Array, config: PsRoiPoolConfig) -> jax.Array:
   """ps_roi_pool with torchvision's forward, written with jnp."""
-  (features,), args = features, config.base
+  (features,), args = operands, config.base
   rois = lax.stop_gradient(rois)
   lead = rois.shape[:-1]
   ph_count, pw_count = args.output_size

@@ -36,7 +36,7 @@ class AlignGeometry(NamedTuple):
   bin_w: jax.Array
   grid_h: jax.Array  # (K,) int32, <= 0: no samples
   grid_w: jax.Array
-  count: jax.Array  # (K,) coordinate dtype
+  count: jax.Array  # type: ignore[assignment]  # (K,) coordinate dtype
 
 
 def align_geometry(rois: jax.Array, args) -> AlignGeometry:
@@ -151,9 +151,9 @@ def _sample_values(chw, geo_k, ys, xs, acc):
   return jnp.where(valid, v, jnp.zeros_like(v)), valid
 
 
-def roi_align(features: tuple, rois: jax.Array, args: RoiAlignConfig) -> jax.Array:
+def roi_align(operands: tuple, rois: jax.Array, args: RoiAlignConfig) -> jax.Array:
   """RoIAlign (avg and max modes) with jax_roi's semantics, written with jnp."""
-  (features,) = features
+  (features,) = operands
   base = args.base
   lead = rois.shape[:-1]
   chw = to_nchw(features, base.layout)

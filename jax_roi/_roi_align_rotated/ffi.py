@@ -42,7 +42,7 @@ roi_align_rotated = differentiable(VjpRules(
     saves=lambda c: False,
     feature_grad=backward,
     # The feature gradient is linear in g; its VJP is the op itself.
-    feature_grad_vjp=lambda gg, rois, saved, config: roi_align_rotated(gg, rois, config),
+    feature_grad_vjp=lambda gg, rois, saved, config: roi_align_rotated(gg, rois, config),  # type: ignore[has-type]
     box_grad=box_grad,
 ))
 

@@ -48,7 +48,7 @@ class Geometry(NamedTuple):
   bin_w: jax.Array
   grid_h: jax.Array  # int32, <= 0: no samples
   grid_w: jax.Array
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
   yy_lo: jax.Array  # box-frame bounds of the sampling region (with a margin)
   yy_hi: jax.Array
   xx_lo: jax.Array
@@ -343,9 +343,9 @@ def _loop_op_bwd(config, res, g):
 _loop_op.defvjp(_loop_op_fwd, _loop_op_bwd)
 
 
-def roi_align_rotated(features: tuple, rois: jax.Array, config: RotatedConfig) -> jax.Array:
+def roi_align_rotated(operands: tuple, rois: jax.Array, config: RotatedConfig) -> jax.Array:
   """Rotated RoIAlign with jax_roi's semantics, written with jnp."""
-  (features,) = features
+  (features,) = operands
   base = config.base
   lead = rois.shape[:-1]
   hwc = _nhwc(features, base.layout)

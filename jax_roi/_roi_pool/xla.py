@@ -57,9 +57,9 @@ def pool_windows(rois: jax.Array, args: RoiArgs):
   return images, rows, cols
 
 
-def roi_pool(features: tuple, rois: jax.Array, config: RoiPoolConfig) -> jax.Array:
+def roi_pool(operands: tuple, rois: jax.Array, config: RoiPoolConfig) -> jax.Array:
   """RoIPool with torchvision's semantics, written with jnp."""
-  (features,), args = features, config.base
+  (features,), args = operands, config.base
   rois = lax.stop_gradient(rois)
   lead = rois.shape[:-1]
   ph_count, pw_count = args.output_size
