@@ -30,38 +30,53 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
 # How each benchmarked op is called on a Case: (jax_roi call, torchvision
 # call). Adding an op to the benchmarks is one entry here plus its workloads.
 OPS = {
-    "roi_pool": (
-        lambda jax_roi, x, r, case, **kw: jax_roi.roi_pool(
-            x, r, case.output, spatial_scale=case.scale, **kw),
-        lambda tv_ops, x, r, case: tv_ops.roi_pool(x, r, case.output, case.scale)),
-    "roi_align": (
-        lambda jax_roi, x, r, case, **kw: jax_roi.roi_align(
-            x, r, case.output, spatial_scale=case.scale, sampling_ratio=case.sampling_ratio,
-            aligned=case.aligned, **kw),
-        lambda tv_ops, x, r, case: tv_ops.roi_align(
-            x, r, case.output, case.scale, case.sampling_ratio, case.aligned)),
-    # Position-sensitive ops (R-FCN): features have C_out * output**2 channels.
-    "ps_roi_pool": (
-        lambda jax_roi, x, r, case, **kw: jax_roi.ps_roi_pool(
-            x, r, case.output, case.scale, **kw),
-        lambda tv_ops, x, r, case: tv_ops.ps_roi_pool(x, r, case.output, case.scale)),
-    "ps_roi_align": (
-        lambda jax_roi, x, r, case, **kw: jax_roi.ps_roi_align(
-            x, r, case.output, case.scale, case.sampling_ratio, **kw),
-        lambda tv_ops, x, r, case: tv_ops.ps_roi_align(
-            x, r, case.output, case.scale, case.sampling_ratio)),
+  "roi_pool": (
+    lambda jax_roi, x, r, case, **kw: jax_roi.roi_pool(
+      x, r, case.output, spatial_scale=case.scale, **kw
+    ),
+    lambda tv_ops, x, r, case: tv_ops.roi_pool(x, r, case.output, case.scale),
+  ),
+  "roi_align": (
+    lambda jax_roi, x, r, case, **kw: jax_roi.roi_align(
+      x,
+      r,
+      case.output,
+      spatial_scale=case.scale,
+      sampling_ratio=case.sampling_ratio,
+      aligned=case.aligned,
+      **kw,
+    ),
+    lambda tv_ops, x, r, case: tv_ops.roi_align(
+      x, r, case.output, case.scale, case.sampling_ratio, case.aligned
+    ),
+  ),
+  # Position-sensitive ops (R-FCN): features have C_out * output**2 channels.
+  "ps_roi_pool": (
+    lambda jax_roi, x, r, case, **kw: jax_roi.ps_roi_pool(x, r, case.output, case.scale, **kw),
+    lambda tv_ops, x, r, case: tv_ops.ps_roi_pool(x, r, case.output, case.scale),
+  ),
+  "ps_roi_align": (
+    lambda jax_roi, x, r, case, **kw: jax_roi.ps_roi_align(
+      x, r, case.output, case.scale, case.sampling_ratio, **kw
+    ),
+    lambda tv_ops, x, r, case: tv_ops.ps_roi_align(
+      x, r, case.output, case.scale, case.sampling_ratio
+    ),
+  ),
 }
 OPS["roi_align_rotated"] = (  # detectron2's ROIAlignRotated; no torchvision baseline
-    lambda jax_roi, x, r, case, **kw: jax_roi.roi_align_rotated(
-        x, r, case.output, case.scale, case.sampling_ratio, aligned=case.aligned, **kw),
-    None)
+  lambda jax_roi, x, r, case, **kw: jax_roi.roi_align_rotated(
+    x, r, case.output, case.scale, case.sampling_ratio, aligned=case.aligned, **kw
+  ),
+  None,
+)
 OPS["prroi_pool"] = (  # IoU-Net's / mmcv's PrRoIPool; no torchvision baseline
-    lambda jax_roi, x, r, case, **kw: jax_roi.prroi_pool(x, r, case.output, case.scale, **kw),
-    None)
+  lambda jax_roi, x, r, case, **kw: jax_roi.prroi_pool(x, r, case.output, case.scale, **kw),
+  None,
+)
 
 
 @dataclass(frozen=True)
@@ -78,53 +93,116 @@ class Case:
 
 
 WORKLOADS = {
-    # VGG16 conv5 of a ~600x800 image, Fast/Faster R-CNN RoI head.
-    "faster-rcnn": [
-        Case("roi_pool", (1, 512, 38, 50), (608, 800), 1 / 16, 7, 128, label="K=128"),
-        Case("roi_pool", (1, 512, 38, 50), (608, 800), 1 / 16, 7, 300, label="K=300"),
-        # The same head with Precise RoI Pooling (IoU-Net), against its pure-JAX version.
-        Case("prroi_pool", (1, 512, 38, 50), (608, 800), 1 / 16, 7, 300, label="prroi K=300"),
-    ],
-    # FPN P2 of two 800x1216 images: the box head and the mask head.
-    "mask-rcnn": [
-        Case("roi_align", (2, 256, 200, 304), (800, 1216), 1 / 4, 7, 1024, 2, True,
-             label="box head 7x7 K=1024"),
-        Case("roi_align", (2, 256, 200, 304), (800, 1216), 1 / 4, 14, 256, 2, True,
-             label="mask head 14x14 K=256"),
-    ],
-    "adaptive": [
-        Case("roi_align", (2, 256, 200, 304), (800, 1216), 1 / 4, 7, 1024, 0, True,
-             label="sampling_ratio=0 K=1024"),
-    ],
-    "mask-rcnn-b8": [
-        Case("roi_align", (8, 256, 200, 304), (800, 1216), 1 / 4, 7, 8 * 512, 2, True,
-             label="batch 8, K=8x512"),
-    ],
-    # R-FCN head: ResNet conv5 of a ~600x800 image, 7x7 bins x 21 classes
-    # (1029 position-sensitive score maps), 300 proposals.
-    "r-fcn": [
-        Case("ps_roi_pool", (1, 1029, 38, 50), (608, 800), 1 / 16, 7, 300, label="K=300"),
-        Case("ps_roi_align", (1, 1029, 38, 50), (608, 800), 1 / 16, 7, 300, 2,
-             label="K=300 sampling_ratio=2"),
-    ],
-    # DOTA-like aerial images: a 1024x1024 image at stride 8, 2000 oriented
-    # proposals, detectron2's defaults (aligned, adaptive sampling) and sr=2.
-    "dota": [
-        Case("roi_align_rotated", (1, 256, 128, 128), (1024, 1024), 1 / 8, 7, 2000, 2, True,
-             label="rotated 7x7 K=2000 sr=2"),
-        Case("roi_align_rotated", (1, 256, 128, 128), (1024, 1024), 1 / 8, 7, 2000, 0, True,
-             label="rotated 7x7 K=2000 adaptive"),
-    ],
-    "smoke": [
-        Case("roi_pool", (1, 8, 12, 16), (192, 256), 1 / 16, 3, 5, label="smoke"),
-        Case("roi_align", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 2, True, label="smoke"),
-        Case("roi_align", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 0, True, label="smoke adaptive"),
-        Case("ps_roi_pool", (1, 18, 12, 16), (192, 256), 1 / 16, 3, 5, label="smoke"),
-        Case("ps_roi_align", (2, 18, 12, 16), (48, 64), 1 / 4, 3, 6, 0, label="smoke adaptive"),
-        Case("roi_align_rotated", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 0, True,
-             label="smoke rotated"),
-        Case("prroi_pool", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, label="smoke prroi"),
-    ],
+  # VGG16 conv5 of a ~600x800 image, Fast/Faster R-CNN RoI head.
+  "faster-rcnn": [
+    Case("roi_pool", (1, 512, 38, 50), (608, 800), 1 / 16, 7, 128, label="K=128"),
+    Case("roi_pool", (1, 512, 38, 50), (608, 800), 1 / 16, 7, 300, label="K=300"),
+    # The same head with Precise RoI Pooling (IoU-Net), against its pure-JAX version.
+    Case("prroi_pool", (1, 512, 38, 50), (608, 800), 1 / 16, 7, 300, label="prroi K=300"),
+  ],
+  # FPN P2 of two 800x1216 images: the box head and the mask head.
+  "mask-rcnn": [
+    Case(
+      "roi_align",
+      (2, 256, 200, 304),
+      (800, 1216),
+      1 / 4,
+      7,
+      1024,
+      2,
+      True,
+      label="box head 7x7 K=1024",
+    ),
+    Case(
+      "roi_align",
+      (2, 256, 200, 304),
+      (800, 1216),
+      1 / 4,
+      14,
+      256,
+      2,
+      True,
+      label="mask head 14x14 K=256",
+    ),
+  ],
+  "adaptive": [
+    Case(
+      "roi_align",
+      (2, 256, 200, 304),
+      (800, 1216),
+      1 / 4,
+      7,
+      1024,
+      0,
+      True,
+      label="sampling_ratio=0 K=1024",
+    ),
+  ],
+  "mask-rcnn-b8": [
+    Case(
+      "roi_align",
+      (8, 256, 200, 304),
+      (800, 1216),
+      1 / 4,
+      7,
+      8 * 512,
+      2,
+      True,
+      label="batch 8, K=8x512",
+    ),
+  ],
+  # R-FCN head: ResNet conv5 of a ~600x800 image, 7x7 bins x 21 classes
+  # (1029 position-sensitive score maps), 300 proposals.
+  "r-fcn": [
+    Case("ps_roi_pool", (1, 1029, 38, 50), (608, 800), 1 / 16, 7, 300, label="K=300"),
+    Case(
+      "ps_roi_align",
+      (1, 1029, 38, 50),
+      (608, 800),
+      1 / 16,
+      7,
+      300,
+      2,
+      label="K=300 sampling_ratio=2",
+    ),
+  ],
+  # DOTA-like aerial images: a 1024x1024 image at stride 8, 2000 oriented
+  # proposals, detectron2's defaults (aligned, adaptive sampling) and sr=2.
+  "dota": [
+    Case(
+      "roi_align_rotated",
+      (1, 256, 128, 128),
+      (1024, 1024),
+      1 / 8,
+      7,
+      2000,
+      2,
+      True,
+      label="rotated 7x7 K=2000 sr=2",
+    ),
+    Case(
+      "roi_align_rotated",
+      (1, 256, 128, 128),
+      (1024, 1024),
+      1 / 8,
+      7,
+      2000,
+      0,
+      True,
+      label="rotated 7x7 K=2000 adaptive",
+    ),
+  ],
+  "smoke": [
+    Case("roi_pool", (1, 8, 12, 16), (192, 256), 1 / 16, 3, 5, label="smoke"),
+    Case("roi_align", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 2, True, label="smoke"),
+    Case("roi_align", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 0, True, label="smoke adaptive"),
+    Case("ps_roi_pool", (1, 18, 12, 16), (192, 256), 1 / 16, 3, 5, label="smoke"),
+    Case("ps_roi_align", (2, 18, 12, 16), (48, 64), 1 / 4, 3, 6, 0, label="smoke adaptive"),
+    Case(
+      "roi_align_rotated", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, 0, True, label="smoke rotated"
+    ),
+    Case("prroi_pool", (2, 8, 12, 16), (48, 64), 1 / 4, 3, 6, label="smoke prroi"),
+  ],
 }
 
 
@@ -148,8 +226,9 @@ def rotated_proposals(rng, rows):
   proposals: their centres and sizes, angles uniform in [-90, 90)."""
   x1, y1, x2, y2 = rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4]
   angle = rng.uniform(-90, 90, len(rows))
-  return np.stack([rows[:, 0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, angle],
-                  1).astype(np.float32)
+  return np.stack([rows[:, 0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, angle], 1).astype(
+    np.float32
+  )
 
 
 # Ops whose RoIs are not (k, 5) proposals: op -> fn(rng, proposals) -> rois.
@@ -194,27 +273,46 @@ class Row:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workloads", nargs="+",
-                      default=["faster-rcnn", "mask-rcnn", "adaptive", "dota"],
-                      choices=list(WORKLOADS))
-  parser.add_argument("--layouts", nargs="+", default=["NCHW", "NHWC"],
-                      choices=["NCHW", "NHWC"])
-  parser.add_argument("--dtypes", nargs="+", default=["float32"],
-                      choices=["float32", "float16", "bfloat16", "float64"])
-  parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"],
-                      choices=["fwd", "fwd+bwd", "fwd+bwd+boxes"],
-                      help="fwd+bwd+boxes: the gradient w.r.t. the boxes too (no torchvision "
-                      "baseline: torchvision does not differentiate its boxes)")
-  parser.add_argument("--impls", nargs="+", default=["jax_roi", "xla", "torchvision"],
-                      choices=["jax_roi", "jax_roi_det", "xla", "torchvision"],
-                      help="jax_roi_det: the kernels with deterministic=True (passes with a "
-                      "backward, ops that have the option; reported as a ratio to jax_roi)")
+  parser.add_argument(
+    "--workloads",
+    nargs="+",
+    default=["faster-rcnn", "mask-rcnn", "adaptive", "dota"],
+    choices=list(WORKLOADS),
+  )
+  parser.add_argument("--layouts", nargs="+", default=["NCHW", "NHWC"], choices=["NCHW", "NHWC"])
+  parser.add_argument(
+    "--dtypes",
+    nargs="+",
+    default=["float32"],
+    choices=["float32", "float16", "bfloat16", "float64"],
+  )
+  parser.add_argument(
+    "--passes",
+    nargs="+",
+    default=["fwd", "fwd+bwd"],
+    choices=["fwd", "fwd+bwd", "fwd+bwd+boxes"],
+    help="fwd+bwd+boxes: the gradient w.r.t. the boxes too (no torchvision "
+    "baseline: torchvision does not differentiate its boxes)",
+  )
+  parser.add_argument(
+    "--impls",
+    nargs="+",
+    default=["jax_roi", "xla", "torchvision"],
+    choices=["jax_roi", "jax_roi_det", "xla", "torchvision"],
+    help="jax_roi_det: the kernels with deterministic=True (passes with a "
+    "backward, ops that have the option; reported as a ratio to jax_roi)",
+  )
   parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
   parser.add_argument("--repeat", type=int, default=10)
-  parser.add_argument("--budget", type=float, default=20.0,
-                      help="seconds per measurement after which fewer runs are made")
-  parser.add_argument("--smoke", action="store_true",
-                      help="tiny shapes, one run each: checks that every path works")
+  parser.add_argument(
+    "--budget",
+    type=float,
+    default=20.0,
+    help="seconds per measurement after which fewer runs are made",
+  )
+  parser.add_argument(
+    "--smoke", action="store_true", help="tiny shapes, one run each: checks that every path works"
+  )
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = parser.parse_args(argv)
   if args.smoke:  # every pass
@@ -244,8 +342,10 @@ def main(argv=None):
       torch.cuda.synchronize()
 
   bandwidth = copy_bandwidth(jax, jnp, device, 16 << 20 if args.smoke else 256 << 20)
-  print(f"jax {jax.__version__} on {device.device_kind} ({device.platform}); "
-        f"copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+  print(
+    f"jax {jax.__version__} on {device.device_kind} ({device.platform}); "
+    f"copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+  )
 
   rows = []
   rng = np.random.default_rng(0)
@@ -258,13 +358,18 @@ def main(argv=None):
         rois = ROIS[case.op](rng, rois)
       c_out = c // case.output**2 if case.op.startswith("ps_") else c  # position-sensitive
       cot_nchw = rng.standard_normal((case.rois, c_out, case.output, case.output)).astype(
-          np.float32)
+        np.float32
+      )
       for dtype in args.dtypes:
         for layout in args.layouts:
-          feats = feats_nchw if layout == "NCHW" else np.ascontiguousarray(
-              feats_nchw.transpose(0, 2, 3, 1))
-          cot = cot_nchw if layout == "NCHW" else np.ascontiguousarray(
-              cot_nchw.transpose(0, 2, 3, 1))
+          feats = (
+            feats_nchw
+            if layout == "NCHW"
+            else np.ascontiguousarray(feats_nchw.transpose(0, 2, 3, 1))
+          )
+          cot = (
+            cot_nchw if layout == "NCHW" else np.ascontiguousarray(cot_nchw.transpose(0, 2, 3, 1))
+          )
           x = jax.device_put(jnp.asarray(feats, dtype), device)
           r = jax.device_put(jnp.asarray(rois), device)
           g = jax.device_put(jnp.asarray(cot, dtype), device)
@@ -277,15 +382,39 @@ def main(argv=None):
               row.min_bytes += out_bytes + x.size * itemsize
             for impl in args.impls:
               if impl == "torchvision":
-                fn = _torch_fn(torch, tv_ops, case, feats_nchw, rois, cot_nchw, dtype,
-                               pass_, torch_device, sync_torch)
+                fn = _torch_fn(
+                  torch,
+                  tv_ops,
+                  case,
+                  feats_nchw,
+                  rois,
+                  cot_nchw,
+                  dtype,
+                  pass_,
+                  torch_device,
+                  sync_torch,
+                )
               elif impl == "jax_roi_det":
-                fn = (_jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_, "ffi",
-                              deterministic=True)
-                      if pass_ != "fwd" and case.op in DETERMINISTIC_OPS else None)
+                fn = (
+                  _jax_fn(
+                    jax, jnp, jax_roi, case, x, r, g, layout, pass_, "ffi", deterministic=True
+                  )
+                  if pass_ != "fwd" and case.op in DETERMINISTIC_OPS
+                  else None
+                )
               else:
-                fn = _jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_,
-                             "ffi" if impl == "jax_roi" else "xla")
+                fn = _jax_fn(
+                  jax,
+                  jnp,
+                  jax_roi,
+                  case,
+                  x,
+                  r,
+                  g,
+                  layout,
+                  pass_,
+                  "ffi" if impl == "jax_roi" else "xla",
+                )
               if fn is None:
                 continue
               seconds, runs = median_seconds(fn, args.repeat, args.budget)
@@ -311,8 +440,11 @@ def _jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_, implementation, **o
   elif pass_ == "fwd+bwd":
     f = jax.jit(jax.value_and_grad(lambda x: jnp.sum((op(x) * g).astype(jnp.float32))))
   else:  # fwd+bwd+boxes
-    loss = lambda x, r: jnp.sum((call(jax_roi, x, r, case, layout=layout,
-                                      implementation=implementation) * g).astype(jnp.float32))
+    loss = lambda x, r: jnp.sum(
+      (call(jax_roi, x, r, case, layout=layout, implementation=implementation) * g).astype(
+        jnp.float32
+      )
+    )
     f_xr = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     return lambda: jax.block_until_ready(f_xr(x, r))
   return lambda: jax.block_until_ready(f(x))
@@ -321,8 +453,12 @@ def _jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_, implementation, **o
 def _torch_fn(torch, tv_ops, case, feats, rois, cot, dtype, pass_, device, sync):
   if torch is None or pass_ == "fwd+bwd+boxes" or OPS[case.op][1] is None:
     return None
-  tdtype = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-            "bfloat16": torch.bfloat16}[dtype]
+  tdtype = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+  }[dtype]
   if device == "cpu" and dtype == "bfloat16":
     return None  # torchvision's CPU kernels do not implement bfloat16
   x = torch.tensor(feats, dtype=tdtype, device=device)
@@ -331,6 +467,7 @@ def _torch_fn(torch, tv_ops, case, feats, rois, cot, dtype, pass_, device, sync)
   call = OPS[case.op][1]
   op = lambda x: call(tv_ops, x, r, case)
   if pass_ == "fwd":
+
     def fn():
       with torch.no_grad():
         op(x)
@@ -342,6 +479,7 @@ def _torch_fn(torch, tv_ops, case, feats, rois, cot, dtype, pass_, device, sync)
       x.grad = None
       (op(x) * ct).sum().backward()
       sync()
+
   return fn
 
 
@@ -356,8 +494,10 @@ def _format_row(row, bandwidth):
         parts.append(f"{t[impl] / t['jax_roi']:7.1f}x vs {impl}")
     parts.append(f"roofline {row.min_bytes / t['jax_roi'] / bandwidth:6.1%}")
     if "jax_roi_det" in t:
-      parts.append(f"deterministic {t['jax_roi_det'] * 1e3:9.2f} ms = "
-                   f"{t['jax_roi_det'] / t['jax_roi']:.2f}x jax_roi")
+      parts.append(
+        f"deterministic {t['jax_roi_det'] * 1e3:9.2f} ms = "
+        f"{t['jax_roi_det'] / t['jax_roi']:.2f}x jax_roi"
+      )
   return "  ".join(parts)
 
 
@@ -372,41 +512,48 @@ def _machine(jax, device, torch, bandwidth):
   except OSError:
     pass
   return {
-      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-      "device": device.device_kind,
-      "platform": device.platform,
-      "cpu": cpu,
-      "cpu_count": os.cpu_count(),
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "torch": getattr(torch, "__version__", None),
-      "copy_bandwidth_gbps": bandwidth / 1e9,
+    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+    "device": device.device_kind,
+    "platform": device.platform,
+    "cpu": cpu,
+    "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "torch": getattr(torch, "__version__", None),
+    "copy_bandwidth_gbps": bandwidth / 1e9,
   }
 
 
 def _write(rows, meta, out, bandwidth):
   records = []
   for row in rows:
-    rec = {"workload": row.workload, "case": row.case, "op": row.op, "layout": row.layout,
-           "dtype": row.dtype, "pass": row.pass_, "min_bytes": row.min_bytes,
-           "median_ms": {k: v * 1e3 for k, v in row.times.items()}, "runs": row.runs}
+    rec = {
+      "workload": row.workload,
+      "case": row.case,
+      "op": row.op,
+      "layout": row.layout,
+      "dtype": row.dtype,
+      "pass": row.pass_,
+      "min_bytes": row.min_bytes,
+      "median_ms": {k: v * 1e3 for k, v in row.times.items()},
+      "runs": row.runs,
+    }
     if "jax_roi" in row.times:
-      rec["speedup"] = {k: v / row.times["jax_roi"] for k, v in row.times.items()
-                        if k != "jax_roi"}
+      rec["speedup"] = {k: v / row.times["jax_roi"] for k, v in row.times.items() if k != "jax_roi"}
       rec["roofline_fraction"] = row.min_bytes / row.times["jax_roi"] / bandwidth
     records.append(rec)
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"machine": meta, "results": records}, f, indent=1)
 
   lines = [
-      f"Machine: {meta['cpu']} ({meta['cpu_count']} cores), device {meta['device']}; "
-      f"jax {meta['jax']}, torch {meta['torch']}; {meta['date']}. "
-      f"Copy bandwidth {meta['copy_bandwidth_gbps']:.1f} GB/s. Median times; ratios are "
-      "baseline time / jax_roi time (higher is better for jax_roi).",
-      "",
-      "| workload | case | layout | dtype | pass | jax_roi ms | pure JAX ms | torchvision ms "
-      "| vs pure JAX | vs torchvision | roofline |",
-      "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    f"Machine: {meta['cpu']} ({meta['cpu_count']} cores), device {meta['device']}; "
+    f"jax {meta['jax']}, torch {meta['torch']}; {meta['date']}. "
+    f"Copy bandwidth {meta['copy_bandwidth_gbps']:.1f} GB/s. Median times; ratios are "
+    "baseline time / jax_roi time (higher is better for jax_roi).",
+    "",
+    "| workload | case | layout | dtype | pass | jax_roi ms | pure JAX ms | torchvision ms "
+    "| vs pure JAX | vs torchvision | roofline |",
+    "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
   ]
   for rec in records:
     ms = rec["median_ms"]
@@ -414,10 +561,11 @@ def _write(rows, meta, out, bandwidth):
     cell = lambda d, k, fmt: fmt.format(d[k]) if k in d else "-"
     roofline = f"{rec['roofline_fraction']:.1%}" if "roofline_fraction" in rec else "-"
     lines.append(
-        f"| {rec['workload']} | {rec['case']} | {rec['layout']} | {rec['dtype']} | "
-        f"{rec['pass']} | {cell(ms, 'jax_roi', '{:.2f}')} | {cell(ms, 'xla', '{:.1f}')} | "
-        f"{cell(ms, 'torchvision', '{:.1f}')} | {cell(sp, 'xla', '{:.1f}x')} | "
-        f"{cell(sp, 'torchvision', '{:.1f}x')} | {roofline} |")
+      f"| {rec['workload']} | {rec['case']} | {rec['layout']} | {rec['dtype']} | "
+      f"{rec['pass']} | {cell(ms, 'jax_roi', '{:.2f}')} | {cell(ms, 'xla', '{:.1f}')} | "
+      f"{cell(ms, 'torchvision', '{:.1f}')} | {cell(sp, 'xla', '{:.1f}x')} | "
+      f"{cell(sp, 'torchvision', '{:.1f}x')} | {roofline} |"
+    )
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   _chart(records, meta, os.path.join(out, "speedup.png"))
@@ -427,6 +575,7 @@ def _write(rows, meta, out, bandwidth):
 def _chart(records, meta, path):
   try:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:
@@ -449,8 +598,9 @@ def _chart(records, meta, path):
   ax.set_xscale("log")
   ax.axvline(1.0, color="black", linewidth=0.8)
   ax.set_xlabel("speed-up of jax_roi (baseline time / jax_roi time)")
-  ax.set_title(f"jax_roi on {meta['device']} ({meta['cpu_count']} CPU cores), {meta['date']}",
-               fontsize=9)
+  ax.set_title(
+    f"jax_roi on {meta['device']} ({meta['cpu_count']} CPU cores), {meta['date']}", fontsize=9
+  )
   ax.legend(fontsize=8)
   ax.invert_yaxis()
   fig.tight_layout()

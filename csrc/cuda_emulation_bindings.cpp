@@ -30,7 +30,8 @@ PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
   m.doc() = "jax_roi's CUDA kernels run on the CPU by the CUDA emulation (tests only).";
   // The emulated CUDA handlers, for platform "cpu" (the real CPU handlers
   // are _jax_roi's).
-  m.def("cpu_targets", [] { return jax_roi::bindings::targets(jax_roi::Platform::kCudaEmulation); });
+  m.def("cpu_targets",
+        [] { return jax_roi::bindings::targets(jax_roi::Platform::kCudaEmulation); });
   m.attr("target_suffix") = JAX_ROI_CUDA_EMULATION_SUFFIX;
   m.attr("cuda_arch") = JAX_ROI_CUDA_ARCH;
   m.attr("ffi_api_version") = py::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
@@ -53,7 +54,8 @@ PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
   });
   m.def("forward_kernels", [] {
     return jax_roi::cuda::forward_kernels() == jax_roi::cuda::ForwardKernels::kPerRoi
-               ? "per_roi" : "per_output";
+               ? "per_roi"
+               : "per_output";
   });
   m.def("set_index32_limit", [](int64_t n) { jax_roi::cuda::index32_limit_ref().store(n); });
   // Rows and columns per band and channels per thread of the deterministic
@@ -67,9 +69,7 @@ PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
     k.vec.store(vec);
   });
   // Kernel preloading (the CUDA handlers' instantiate stage).
-  m.def("registered_kernel_count",
-        [] { return jax_roi::cuda::registered_kernel_count(); });
+  m.def("registered_kernel_count", [] { return jax_roi::cuda::registered_kernel_count(); });
   m.def("kernel_loads", [] { return jax_roi::cuda::kernel_loads(); });
-  m.def("preload_kernels",
-        [] { return static_cast<int>(jax_roi::cuda::preload_kernels()); });
+  m.def("preload_kernels", [] { return static_cast<int>(jax_roi::cuda::preload_kernels()); });
 }

@@ -46,7 +46,8 @@ import math
 import os
 import sys
 import time
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -70,6 +71,7 @@ TARGET_ACCURACY = 0.90  # the held-out RoI classification accuracy the demo must
 # ----------------------------------------------------------------------------
 # Synthetic data (numpy)
 # ----------------------------------------------------------------------------
+
 
 class Dataset(NamedTuple):
   images: np.ndarray  # (N, S, S, 3) float32 in [0, 1]
@@ -204,6 +206,7 @@ def make_proposals(rng: np.random.Generator, data: Dataset) -> Proposals:
 # Model (Flax linen)
 # ----------------------------------------------------------------------------
 
+
 def conv(features: int, stride: int = 1, kernel: int = 3) -> nn.Conv:
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME")
 
@@ -253,15 +256,22 @@ class Detector(nn.Module):
     if self.op == "roi_pool":
       pooled = roi_nn.RoIPool(POOL_SIZE, spatial_scale=1 / 4, layout="NHWC")(levels[0], boxes)
     elif self.op == "roi_align":
-      pooled = roi_nn.RoIAlign(POOL_SIZE, spatial_scale=1 / 4, sampling_ratio=2,
-                               aligned=True, layout="NHWC")(levels[0], boxes)
+      pooled = roi_nn.RoIAlign(
+        POOL_SIZE, spatial_scale=1 / 4, sampling_ratio=2, aligned=True, layout="NHWC"
+      )(levels[0], boxes)
     elif self.op == "multi_scale":
       # The FPN level mapping, scaled to these small images: boxes about 24
       # pixels across go to level 3 (stride 8), smaller ones to level 2
       # (stride 4), those of 48 pixels and more to level 4 (stride 16).
       pooled = roi_nn.MultiScaleRoIAlign(
-          POOL_SIZE, spatial_scales=(1 / 4, 1 / 8, 1 / 16), sampling_ratio=2, aligned=True,
-          canonical_scale=24, canonical_level=3, layout="NHWC")(levels, boxes)
+        POOL_SIZE,
+        spatial_scales=(1 / 4, 1 / 8, 1 / 16),
+        sampling_ratio=2,
+        aligned=True,
+        canonical_scale=24,
+        canonical_level=3,
+        layout="NHWC",
+      )(levels, boxes)
     else:
       raise ValueError(f"unknown op {self.op!r}")
     n, r = boxes.shape[:2]
@@ -277,6 +287,7 @@ class Detector(nn.Module):
 # Training and evaluation
 # ----------------------------------------------------------------------------
 
+
 def smooth_l1(x: jax.Array, beta: float = 1 / 9) -> jax.Array:
   """Fast R-CNN's smooth L1 (torchvision's RoI heads use beta = 1/9)."""
   ax = jnp.abs(x)
@@ -290,8 +301,9 @@ def losses_and_metrics(model: Detector, params, images, boxes, labels, deltas):
   foreground = labels > 0
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
   cls_loss = jnp.sum(ce * labelled) / jnp.maximum(labelled.sum(), 1)
-  box_loss = (jnp.sum(smooth_l1(pred_deltas - deltas).sum(-1) * foreground)
-              / jnp.maximum(foreground.sum(), 1))
+  box_loss = jnp.sum(smooth_l1(pred_deltas - deltas).sum(-1) * foreground) / jnp.maximum(
+    foreground.sum(), 1
+  )
   correct = jnp.sum((logits.argmax(-1) == labels) & labelled)
   return cls_loss + box_loss, (cls_loss, box_loss, correct, labelled.sum())
 
@@ -312,8 +324,15 @@ def progress_bar(prefix: str, done: int, total: int, text: str, width: int = 30)
   sys.stdout.flush()
 
 
-def train(op: str = "roi_align", steps: int = 600, seed: int = 0, train_images: int = 512,
-          batch_size: int = 16, learning_rate: float = 2e-3, quiet: bool = False) -> TrainResult:
+def train(
+  op: str = "roi_align",
+  steps: int = 600,
+  seed: int = 0,
+  train_images: int = 512,
+  batch_size: int = 16,
+  learning_rate: float = 2e-3,
+  quiet: bool = False,
+) -> TrainResult:
   """Trains a Detector on a fresh synthetic training set; returns it and its losses.
 
   Every epoch visits the training images once in a new order, with freshly
@@ -326,15 +345,15 @@ def train(op: str = "roi_align", steps: int = 600, seed: int = 0, train_images: 
   sample = make_proposals(rng, Dataset(*(a[:batch_size] for a in data)))
   params = model.init(jax.random.key(seed), data.images[:batch_size], sample.boxes)
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, warmup_steps=max(1, min(50, steps // 10)), decay_steps=max(steps, 1))
+    0.0, learning_rate, warmup_steps=max(1, min(50, steps // 10)), decay_steps=max(steps, 1)
+  )
   optimizer = optax.adam(schedule)
   opt_state = optimizer.init(params)
 
   @jax.jit
   def train_step(params, opt_state, images, boxes, labels, deltas):
     grad_fn = jax.value_and_grad(losses_and_metrics, argnums=1, has_aux=True)
-    (loss, (_, _, correct, labelled)), grads = grad_fn(model, params, images, boxes,
-                                                       labels, deltas)
+    (loss, (_, _, correct, labelled)), grads = grad_fn(model, params, images, boxes, labels, deltas)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, correct, labelled
 
@@ -348,16 +367,25 @@ def train(op: str = "roi_align", steps: int = 600, seed: int = 0, train_images: 
     n_steps = min(steps_per_epoch, steps - len(losses))
     epoch_loss = correct = labelled = 0
     for i in range(n_steps):
-      idx = order[i * batch_size:(i + 1) * batch_size]
+      idx = order[i * batch_size : (i + 1) * batch_size]
       params, opt_state, loss, c, l = train_step(
-          params, opt_state, data.images[idx], proposals.boxes[idx], proposals.labels[idx],
-          proposals.deltas[idx])
+        params,
+        opt_state,
+        data.images[idx],
+        proposals.boxes[idx],
+        proposals.labels[idx],
+        proposals.deltas[idx],
+      )
       losses.append(float(loss))
       epoch_loss += losses[-1]
       correct, labelled = correct + int(c), labelled + int(l)
       if not quiet:
-        progress_bar(f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs}", i + 1, n_steps,
-                     f"loss {epoch_loss / (i + 1):.3f}  RoI accuracy {correct / labelled:6.1%}")
+        progress_bar(
+          f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs}",
+          i + 1,
+          n_steps,
+          f"loss {epoch_loss / (i + 1):.3f}  RoI accuracy {correct / labelled:6.1%}",
+        )
     epoch_losses.append(epoch_loss / n_steps)
     epoch_accuracies.append(correct / labelled)
     if not quiet:
@@ -386,14 +414,20 @@ def evaluate(result: TrainResult, data: Dataset, proposals: Proposals) -> Evalua
   def iou_with_gt(boxes):
     return np.diagonal(box_iou(boxes, proposals.gt_boxes), axis1=-2, axis2=-1)[fg].mean()
 
-  return Evaluation(float(hits[labelled].mean()), float((labels == 0).sum() / labelled.sum()),
-                    float(hits[fg].mean()),
-                    float(iou_with_gt(proposals.boxes)), float(iou_with_gt(refined)),
-                    scores, refined)
+  return Evaluation(
+    float(hits[labelled].mean()),
+    float((labels == 0).sum() / labelled.sum()),
+    float(hits[fg].mean()),
+    float(iou_with_gt(proposals.boxes)),
+    float(iou_with_gt(refined)),
+    scores,
+    refined,
+  )
 
 
-def detections(scores: np.ndarray, boxes: np.ndarray, min_score: float = 0.5,
-               nms_iou: float = 0.3, top: int = 5) -> list[tuple[np.ndarray, int, float]]:
+def detections(
+  scores: np.ndarray, boxes: np.ndarray, min_score: float = 0.5, nms_iou: float = 0.3, top: int = 5
+) -> list[tuple[np.ndarray, int, float]]:
   """One image's top-scoring non-background boxes after greedy NMS.
 
   scores (R, C) and boxes (R, 4) -> up to ``top`` (box, class, score), best first.
@@ -408,23 +442,30 @@ def detections(scores: np.ndarray, boxes: np.ndarray, min_score: float = 0.5,
   return [(boxes[r], int(cls[r]), float(score[r])) for r in kept]
 
 
-def found_objects(gt_boxes: np.ndarray, gt_labels: np.ndarray,
-                  dets: list[tuple[np.ndarray, int, float]], iou: float = 0.5) -> np.ndarray:
+def found_objects(
+  gt_boxes: np.ndarray,
+  gt_labels: np.ndarray,
+  dets: list[tuple[np.ndarray, int, float]],
+  iou: float = 0.5,
+) -> np.ndarray:
   """Which ground-truth objects of one image a detection of the right class
   overlaps with IoU >= ``iou``: (MAX_OBJECTS,) bool, False for unused slots."""
   found = np.zeros(len(gt_labels), bool)
   for j, (gt, label) in enumerate(zip(gt_boxes, gt_labels)):
     found[j] = label > 0 and any(
-        c == label and box_iou(b[None], gt[None])[0, 0] >= iou for b, c, _ in dets)
+      c == label and box_iou(b[None], gt[None])[0, 0] >= iou for b, c, _ in dets
+    )
   return found
 
 
-def save_detections(path: str, data: Dataset, evaluation: Evaluation, title: str,
-                    n_images: int = 8) -> tuple[int, int]:
+def save_detections(
+  path: str, data: Dataset, evaluation: Evaluation, title: str, n_images: int = 8
+) -> tuple[int, int]:
   """Draws test images with their detections (solid, class and score) and
   ground truth (dashed, class; magenta "MISSED" where no detection of its
   class overlaps it with IoU >= 0.5). Returns (missed, total) objects drawn."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -445,15 +486,31 @@ def save_detections(path: str, data: Dataset, evaluation: Evaluation, title: str
         total += 1
         missed += not hit
         ec = "white" if hit else "magenta"
-        ax.add_patch(plt.Rectangle(box[:2], *(box[2:] - box[:2]), fill=False, ec=ec,
-                                   lw=1 if hit else 2, ls="--"))
-        ax.text(box[0], box[3] + 1, CLASSES[label] + ("" if hit else " MISSED"), color=ec,
-                fontsize=7, va="top")
+        ax.add_patch(
+          plt.Rectangle(
+            box[:2], *(box[2:] - box[:2]), fill=False, ec=ec, lw=1 if hit else 2, ls="--"
+          )
+        )
+        ax.text(
+          box[0],
+          box[3] + 1,
+          CLASSES[label] + ("" if hit else " MISSED"),
+          color=ec,
+          fontsize=7,
+          va="top",
+        )
     for box, label, score in dets:
-      ax.add_patch(plt.Rectangle(box[:2], *(box[2:] - box[:2]), fill=False,
-                                 ec=colours[label], lw=2))
-      ax.text(box[0], box[1] - 1, f"{CLASSES[label]} {score:.2f}", color="black", fontsize=7,
-              bbox=dict(facecolor=colours[label], alpha=0.8, pad=1, lw=0))
+      ax.add_patch(
+        plt.Rectangle(box[:2], *(box[2:] - box[:2]), fill=False, ec=colours[label], lw=2)
+      )
+      ax.text(
+        box[0],
+        box[1] - 1,
+        f"{CLASSES[label]} {score:.2f}",
+        color="black",
+        fontsize=7,
+        bbox=dict(facecolor=colours[label], alpha=0.8, pad=1, lw=0),
+      )
     ax.set_xlim(0, IMAGE_SIZE)
     ax.set_ylim(IMAGE_SIZE, 0)
   fig.suptitle(title, fontsize=10)
@@ -467,20 +524,30 @@ def save_detections(path: str, data: Dataset, evaluation: Evaluation, title: str
 # Command line
 # ----------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--op", choices=("roi_pool", "roi_align", "multi_scale"),
-                      default="roi_align", help="the jax_roi layer (default: %(default)s)")
-  parser.add_argument("--steps", type=int, default=600,
-                      help="training steps of 16 images (default: %(default)s)")
+  parser.add_argument(
+    "--op",
+    choices=("roi_pool", "roi_align", "multi_scale"),
+    default="roi_align",
+    help="the jax_roi layer (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--steps", type=int, default=600, help="training steps of 16 images (default: %(default)s)"
+  )
   parser.add_argument("--seed", type=int, default=0, help="data and init seed (default: 0)")
-  parser.add_argument("--train-images", type=int, default=512,
-                      help="training set size (default: %(default)s)")
-  parser.add_argument("--test-images", type=int, default=64,
-                      help="held-out set size (default: %(default)s)")
-  parser.add_argument("--out", default="demo_detections.png",
-                      help="PNG of test detections (default: %(default)s in the current"
-                           " directory; git-ignored)")
+  parser.add_argument(
+    "--train-images", type=int, default=512, help="training set size (default: %(default)s)"
+  )
+  parser.add_argument(
+    "--test-images", type=int, default=64, help="held-out set size (default: %(default)s)"
+  )
+  parser.add_argument(
+    "--out",
+    default="demo_detections.png",
+    help="PNG of test detections (default: %(default)s in the current directory; git-ignored)",
+  )
   parser.add_argument("--quiet", action="store_true", help="no per-epoch output")
   args = parser.parse_args(argv)
   if args.steps < 1 or args.train_images < 16 or args.test_images < 1:
@@ -492,28 +559,47 @@ def run(argv: Sequence[str] | None = None) -> dict:
   """Trains, evaluates and draws; returns the losses and the held-out accuracy."""
   args = parse_args(argv)
   start = time.perf_counter()
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}: --op {args.op}, "
-        f"{args.train_images} training images ({IMAGE_SIZE}x{IMAGE_SIZE}), "
-        f"{NUM_JITTERED + NUM_RANDOM} proposals each, {args.steps} steps of 16 images")
-  result = train(args.op, steps=args.steps, seed=args.seed, train_images=args.train_images,
-                 quiet=args.quiet)
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].platform}: --op {args.op}, "
+    f"{args.train_images} training images ({IMAGE_SIZE}x{IMAGE_SIZE}), "
+    f"{NUM_JITTERED + NUM_RANDOM} proposals each, {args.steps} steps of 16 images"
+  )
+  result = train(
+    args.op, steps=args.steps, seed=args.seed, train_images=args.train_images, quiet=args.quiet
+  )
   test = make_dataset(np.random.default_rng([args.seed, 2]), args.test_images)
   evaluation = evaluate(result, test, make_proposals(np.random.default_rng([args.seed, 3]), test))
-  print(f"RoI classification accuracy on {args.test_images} held-out images: "
-        f"{evaluation.accuracy:.1%} (target >= {TARGET_ACCURACY:.0%})")
-  print(f"  foreground RoIs only: {evaluation.foreground_accuracy:.1%}; "
-        f"{evaluation.background_share:.0%} of the labelled RoIs are background")
-  print(f"  box regression: mean IoU of the foreground proposals with their ground truth "
-        f"{evaluation.proposal_iou:.3f} -> {evaluation.refined_iou:.3f} after refinement")
+  print(
+    f"RoI classification accuracy on {args.test_images} held-out images: "
+    f"{evaluation.accuracy:.1%} (target >= {TARGET_ACCURACY:.0%})"
+  )
+  print(
+    f"  foreground RoIs only: {evaluation.foreground_accuracy:.1%}; "
+    f"{evaluation.background_share:.0%} of the labelled RoIs are background"
+  )
+  print(
+    f"  box regression: mean IoU of the foreground proposals with their ground truth "
+    f"{evaluation.proposal_iou:.3f} -> {evaluation.refined_iou:.3f} after refinement"
+  )
   missed, total = save_detections(
-      args.out, test, evaluation,
-      f"jax_roi {args.op}: held-out detections (dashed: ground truth, magenta: missed), "
-      f"RoI accuracy {evaluation.accuracy:.1%}")
-  print(f"detections drawn in {os.path.abspath(args.out)} ({missed} of the {total} ground-truth"
-        f" objects drawn missed); total time {time.perf_counter() - start:.1f} s")
-  return dict(losses=result.losses, epoch_losses=result.epoch_losses,
-              accuracy=evaluation.accuracy, passed=evaluation.accuracy >= TARGET_ACCURACY,
-              missed=missed, objects=total)
+    args.out,
+    test,
+    evaluation,
+    f"jax_roi {args.op}: held-out detections (dashed: ground truth, magenta: missed), "
+    f"RoI accuracy {evaluation.accuracy:.1%}",
+  )
+  print(
+    f"detections drawn in {os.path.abspath(args.out)} ({missed} of the {total} ground-truth"
+    f" objects drawn missed); total time {time.perf_counter() - start:.1f} s"
+  )
+  return dict(
+    losses=result.losses,
+    epoch_losses=result.epoch_losses,
+    accuracy=evaluation.accuracy,
+    passed=evaluation.accuracy >= TARGET_ACCURACY,
+    missed=missed,
+    objects=total,
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,10 +10,16 @@ import importlib.metadata
 import pathlib
 from typing import TYPE_CHECKING
 
-from jax_roi.ops import multi_scale_roi_align, ps_roi_align, ps_roi_pool, roi_align, roi_pool
-from jax_roi.ops import prroi_pool, roi_align_rotated
-from jax_roi.validate import check_rois, validate_rois
-from jax_roi.validate import validate_rotated_rois
+from jax_roi.ops import (
+  multi_scale_roi_align,
+  prroi_pool,
+  ps_roi_align,
+  ps_roi_pool,
+  roi_align,
+  roi_align_rotated,
+  roi_pool,
+)
+from jax_roi.validate import check_rois, validate_rois, validate_rotated_rois
 
 if TYPE_CHECKING:
   import jax
@@ -25,7 +31,8 @@ def _version() -> str:
   try:
     dist = importlib.metadata.distribution("jax-roi")
     if pathlib.Path(str(dist.locate_file("jax_roi/__init__.py"))).resolve() == (
-        pathlib.Path(__file__).resolve()):
+      pathlib.Path(__file__).resolve()
+    ):
       return dist.version
   except importlib.metadata.PackageNotFoundError:
     pass
@@ -53,12 +60,22 @@ def export_safety_checks() -> list[jax.export.DisabledSafetyCheck]:
   (which registers the targets) with a jax_roi that still provides them.
   """
   import jax
+
   from jax_roi._core import extension
 
   return [jax.export.DisabledSafetyCheck.custom_call(name) for name in extension.target_names()]
 
 
-__all__ = ["__version__", "check_rois", "export_safety_checks", "multi_scale_roi_align",
-           "ps_roi_align", "ps_roi_pool", "roi_align", "roi_pool", "validate_rois"]
+__all__ = [
+  "__version__",
+  "check_rois",
+  "export_safety_checks",
+  "multi_scale_roi_align",
+  "ps_roi_align",
+  "ps_roi_pool",
+  "roi_align",
+  "roi_pool",
+  "validate_rois",
+]
 __all__ += ["roi_align_rotated", "validate_rotated_rois"]
 __all__ += ["prroi_pool"]

@@ -12,33 +12,42 @@ from one registration line in each of linen.py and nnx.py.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 # One line of documentation per op argument that layers hold.
 ATTRIBUTE_DOCS = {
-    "output_size": "PH = PW, or (PH, PW).",
-    "spatial_scale": "feature-map pixels per input pixel (1/16 for stride 16).",
-    "spatial_scales": ("one scale per level, halving from level to level; None infers them"
-                       " from ``image_size`` as torchvision does."),
-    "image_size": "(H, W) of the input images, needed without spatial_scales.",
-    "sampling_ratio": "samples per bin axis; <= 0 means adaptive.",
-    "aligned": "half-pixel offset (detectron2's ROIAlignV2).",
-    "mode": '"avg" (default) or "max".',
-    "canonical_scale": "the level mapping's canonical box size (224).",
-    "canonical_level": "the level of a canonical box (4).",
-    "layout": ('required: "NHWC" (features (N, H, W, C), Flax\'s convention) or "NCHW"'
-               " ((N, C, H, W), torchvision's)."),
-    "box_order": '"xyxy" (default) or "yxyx".',
-    "implementation": 'None (the kernel where compiled), "ffi" or "xla".',
-    "deterministic": ("the same feature-gradient bits on every run (the CUDA backward without"
-                      " atomics); None: on when XLA_FLAGS sets --xla_gpu_deterministic_ops."),
+  "output_size": "PH = PW, or (PH, PW).",
+  "spatial_scale": "feature-map pixels per input pixel (1/16 for stride 16).",
+  "spatial_scales": (
+    "one scale per level, halving from level to level; None infers them"
+    " from ``image_size`` as torchvision does."
+  ),
+  "image_size": "(H, W) of the input images, needed without spatial_scales.",
+  "sampling_ratio": "samples per bin axis; <= 0 means adaptive.",
+  "aligned": "half-pixel offset (detectron2's ROIAlignV2).",
+  "mode": '"avg" (default) or "max".',
+  "canonical_scale": "the level mapping's canonical box size (224).",
+  "canonical_level": "the level of a canonical box (4).",
+  "layout": (
+    'required: "NHWC" (features (N, H, W, C), Flax\'s convention) or "NCHW"'
+    " ((N, C, H, W), torchvision's)."
+  ),
+  "box_order": '"xyxy" (default) or "yxyx".',
+  "implementation": 'None (the kernel where compiled), "ffi" or "xla".',
+  "deterministic": (
+    "the same feature-gradient bits on every run (the CUDA backward without"
+    " atomics); None: on when XLA_FLAGS sets --xla_gpu_deterministic_ops."
+  ),
 }
-ATTRIBUTE_DOCS.update({  # roi_align_rotated
+ATTRIBUTE_DOCS.update(
+  {  # roi_align_rotated
     "angle_unit": '"degrees" (default, detectron2\'s) or "radians" (mmcv\'s).',
     "clockwise": "the angle turns clockwise (mmcv's option): it is negated.",
-})
+  }
+)
 
 REQUIRED = None  # the layers' layout "default": none, it must be given
 
@@ -56,8 +65,9 @@ def attributes(op: Callable) -> list[Attribute]:
   """The op's static parameters (all but features and rois); layout without
   a default (None stands for "not given")."""
   params = list(inspect.signature(op).parameters.values())[2:]
-  return [Attribute(p.name, p.annotation, REQUIRED if p.name == "layout" else p.default)
-          for p in params]
+  return [
+    Attribute(p.name, p.annotation, REQUIRED if p.name == "layout" else p.default) for p in params
+  ]
 
 
 def check_layout(layer) -> None:
@@ -65,11 +75,12 @@ def check_layout(layer) -> None:
   if getattr(layer, "layout", REQUIRED) is REQUIRED:
     name = type(layer).__name__
     raise TypeError(
-        f"{name} needs layout=\"NHWC\" (features (N, H, W, C), Flax's convention) or"
-        f" layout=\"NCHW\" ((N, C, H, W), torchvision's): the layers have no default"
-        f" layout, since features in the other layout would be pooled over the wrong"
-        f" axes without any error (jax_roi 0.1 layers assumed NHWC:"
-        f" add layout=\"NHWC\" to keep that behaviour)")
+      f'{name} needs layout="NHWC" (features (N, H, W, C), Flax\'s convention) or'
+      f' layout="NCHW" ((N, C, H, W), torchvision\'s): the layers have no default'
+      f" layout, since features in the other layout would be pooled over the wrong"
+      f" axes without any error (jax_roi 0.1 layers assumed NHWC:"
+      f' add layout="NHWC" to keep that behaviour)'
+    )
 
 
 def static(value):
@@ -88,8 +99,12 @@ def call_op(op: Callable, attrs: list[Attribute], layer, features, rois):
   if not (hasattr(features, "shape") or isinstance(features, (list, tuple))):
     features = list(features)
   first, *rest = attrs
-  return op(features, rois, static(getattr(layer, first.name)),
-            **{a.name: static(getattr(layer, a.name)) for a in rest})
+  return op(
+    features,
+    rois,
+    static(getattr(layer, first.name)),
+    **{a.name: static(getattr(layer, a.name)) for a in rest},
+  )
 
 
 def docstring(summary: str, example: str, attrs: list[Attribute], section: str) -> str:

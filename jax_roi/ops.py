@@ -39,7 +39,8 @@ backbone has ``spatial_scale=1/16``).
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import jax
 
@@ -64,15 +65,17 @@ BoxOrder = Literal["xyxy", "yxyx"]
 Implementation = Literal["ffi", "xla"] | None
 
 
-def roi_pool(features: jax.Array,
-             rois: jax.Array,
-             output_size: int | Sequence[int],
-             spatial_scale: float = 1.0,
-             *,
-             layout: Layout = "NCHW",
-             box_order: BoxOrder = "xyxy",
-             implementation: Implementation = None,
-             deterministic: bool | None = None) -> jax.Array:
+def roi_pool(
+  features: jax.Array,
+  rois: jax.Array,
+  output_size: int | Sequence[int],
+  spatial_scale: float = 1.0,
+  *,
+  layout: Layout = "NCHW",
+  box_order: BoxOrder = "xyxy",
+  implementation: Implementation = None,
+  deterministic: bool | None = None,
+) -> jax.Array:
   """RoI max pooling (Fast/Faster R-CNN), exactly torchvision.ops.roi_pool.
 
   Each RoI is quantised to whole feature-map pixels and split into a
@@ -139,24 +142,32 @@ def roi_pool(features: jax.Array,
       non-finite spatial_scale.
   """
   features, rois, base = args.canonicalize(
-      features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
-      box_order=box_order, implementation=implementation)
+    features,
+    rois,
+    output_size,
+    spatial_scale=spatial_scale,
+    layout=layout,
+    box_order=box_order,
+    implementation=implementation,
+  )
   config = RoiPoolConfig(base, args.deterministic_value(deterministic))
   return dispatch.run(roi_pool_ffi.OP, implementation, (features,), rois, config)
 
 
-def roi_align(features: jax.Array,
-              rois: jax.Array,
-              output_size: int | Sequence[int],
-              spatial_scale: float = 1.0,
-              sampling_ratio: int = -1,
-              aligned: bool = False,
-              *,
-              mode: Literal["avg", "max"] = "avg",
-              layout: Layout = "NCHW",
-              box_order: BoxOrder = "xyxy",
-              implementation: Implementation = None,
-              deterministic: bool | None = None) -> jax.Array:
+def roi_align(
+  features: jax.Array,
+  rois: jax.Array,
+  output_size: int | Sequence[int],
+  spatial_scale: float = 1.0,
+  sampling_ratio: int = -1,
+  aligned: bool = False,
+  *,
+  mode: Literal["avg", "max"] = "avg",
+  layout: Layout = "NCHW",
+  box_order: BoxOrder = "xyxy",
+  implementation: Implementation = None,
+  deterministic: bool | None = None,
+) -> jax.Array:
   """RoIAlign (Mask R-CNN); ``mode="avg"`` is exactly torchvision.ops.roi_align.
 
   Each RoI is split into a ``PH x PW`` grid of bins without any rounding;
@@ -232,27 +243,36 @@ def roi_align(features: jax.Array,
   aligned = args.bool_value(aligned, "aligned")
   args.choice(mode, "mode", MODES)
   features, rois, base = args.canonicalize(
-      features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
-      box_order=box_order, implementation=implementation)
-  config = RoiAlignConfig(base, sampling_ratio, aligned, mode,
-                          args.deterministic_value(deterministic))
+    features,
+    rois,
+    output_size,
+    spatial_scale=spatial_scale,
+    layout=layout,
+    box_order=box_order,
+    implementation=implementation,
+  )
+  config = RoiAlignConfig(
+    base, sampling_ratio, aligned, mode, args.deterministic_value(deterministic)
+  )
   return dispatch.run(roi_align_ffi.OP, implementation, (features,), rois, config)
 
 
-def multi_scale_roi_align(features: Sequence[jax.Array],
-                          rois: jax.Array,
-                          output_size: int | Sequence[int],
-                          sampling_ratio: int = -1,
-                          *,
-                          spatial_scales: Sequence[float] | None = None,
-                          image_size: int | Sequence[int] | None = None,
-                          aligned: bool = False,
-                          canonical_scale: float = 224,
-                          canonical_level: float = 4,
-                          layout: Layout = "NCHW",
-                          box_order: BoxOrder = "xyxy",
-                          implementation: Implementation = None,
-                          deterministic: bool | None = None) -> jax.Array:
+def multi_scale_roi_align(
+  features: Sequence[jax.Array],
+  rois: jax.Array,
+  output_size: int | Sequence[int],
+  sampling_ratio: int = -1,
+  *,
+  spatial_scales: Sequence[float] | None = None,
+  image_size: int | Sequence[int] | None = None,
+  aligned: bool = False,
+  canonical_scale: float = 224,
+  canonical_level: float = 4,
+  layout: Layout = "NCHW",
+  box_order: BoxOrder = "xyxy",
+  implementation: Implementation = None,
+  deterministic: bool | None = None,
+) -> jax.Array:
   """RoIAlign over FPN levels, each RoI pooled from its level, in one kernel.
 
   The level of a box follows torchvision's ``MultiScaleRoIAlign`` (the
@@ -293,10 +313,20 @@ def multi_scale_roi_align(features: Sequence[jax.Array],
   for :func:`roi_align`.
   """
   levels, rois, config = multi_scale_config.canonicalize(
-      features, rois, output_size, spatial_scales=spatial_scales, image_size=image_size,
-      sampling_ratio=sampling_ratio, aligned=aligned, canonical_scale=canonical_scale,
-      canonical_level=canonical_level, layout=layout, box_order=box_order,
-      implementation=implementation, deterministic=deterministic)
+    features,
+    rois,
+    output_size,
+    spatial_scales=spatial_scales,
+    image_size=image_size,
+    sampling_ratio=sampling_ratio,
+    aligned=aligned,
+    canonical_scale=canonical_scale,
+    canonical_level=canonical_level,
+    layout=layout,
+    box_order=box_order,
+    implementation=implementation,
+    deterministic=deterministic,
+  )
   return dispatch.run(multi_scale_ffi.OP, implementation, levels, rois, config)
 
 
@@ -306,18 +336,21 @@ def _check_ps_channels(features: jax.Array, base: args.RoiArgs) -> None:
   c = features.shape[1] if base.layout == "NCHW" else features.shape[3]
   if c % (ph * pw) != 0:
     raise ValueError(
-        f"features must have a number of channels divisible by PH * PW = {ph * pw}"
-        f" (output_size {base.output_size}), got {c}")
+      f"features must have a number of channels divisible by PH * PW = {ph * pw}"
+      f" (output_size {base.output_size}), got {c}"
+    )
 
 
-def ps_roi_pool(features: jax.Array,
-                rois: jax.Array,
-                output_size: int | Sequence[int],
-                spatial_scale: float = 1.0,
-                *,
-                layout: Layout = "NCHW",
-                box_order: BoxOrder = "xyxy",
-                implementation: Implementation = None) -> jax.Array:
+def ps_roi_pool(
+  features: jax.Array,
+  rois: jax.Array,
+  output_size: int | Sequence[int],
+  spatial_scale: float = 1.0,
+  *,
+  layout: Layout = "NCHW",
+  box_order: BoxOrder = "xyxy",
+  implementation: Implementation = None,
+) -> jax.Array:
   """Position-sensitive RoI average pooling (R-FCN), torchvision.ops.ps_roi_pool.
 
   The features have ``C = C_out * PH * PW`` channels; bin ``(ph, pw)`` of
@@ -365,22 +398,29 @@ def ps_roi_pool(features: jax.Array,
       not divisible by ``PH * PW``.
   """
   features, rois, base = args.canonicalize(
-      features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
-      box_order=box_order, implementation=implementation)
+    features,
+    rois,
+    output_size,
+    spatial_scale=spatial_scale,
+    layout=layout,
+    box_order=box_order,
+    implementation=implementation,
+  )
   _check_ps_channels(features, base)
-  return dispatch.run(ps_roi_pool_ffi.OP, implementation, (features,), rois,
-                      PsRoiPoolConfig(base))
+  return dispatch.run(ps_roi_pool_ffi.OP, implementation, (features,), rois, PsRoiPoolConfig(base))
 
 
-def ps_roi_align(features: jax.Array,
-                 rois: jax.Array,
-                 output_size: int | Sequence[int],
-                 spatial_scale: float = 1.0,
-                 sampling_ratio: int = -1,
-                 *,
-                 layout: Layout = "NCHW",
-                 box_order: BoxOrder = "xyxy",
-                 implementation: Implementation = None) -> jax.Array:
+def ps_roi_align(
+  features: jax.Array,
+  rois: jax.Array,
+  output_size: int | Sequence[int],
+  spatial_scale: float = 1.0,
+  sampling_ratio: int = -1,
+  *,
+  layout: Layout = "NCHW",
+  box_order: BoxOrder = "xyxy",
+  implementation: Implementation = None,
+) -> jax.Array:
   """Position-sensitive RoIAlign, torchvision.ops.ps_roi_align.
 
   The features have ``C = C_out * PH * PW`` channels; bin ``(ph, pw)`` of
@@ -426,24 +466,33 @@ def ps_roi_align(features: jax.Array,
   """
   sampling_ratio = args.sampling_ratio_value(sampling_ratio)
   features, rois, base = args.canonicalize(
-      features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
-      box_order=box_order, implementation=implementation)
+    features,
+    rois,
+    output_size,
+    spatial_scale=spatial_scale,
+    layout=layout,
+    box_order=box_order,
+    implementation=implementation,
+  )
   _check_ps_channels(features, base)
-  return dispatch.run(ps_roi_align_ffi.OP, implementation, (features,), rois,
-                      PsRoiAlignConfig(base, sampling_ratio))
+  return dispatch.run(
+    ps_roi_align_ffi.OP, implementation, (features,), rois, PsRoiAlignConfig(base, sampling_ratio)
+  )
 
 
-def roi_align_rotated(features: jax.Array,
-                      rois: jax.Array,
-                      output_size: int | Sequence[int],
-                      spatial_scale: float = 1.0,
-                      sampling_ratio: int = -1,
-                      *,
-                      angle_unit: Literal["degrees", "radians"] = "degrees",
-                      clockwise: bool = False,
-                      aligned: bool = True,
-                      layout: Layout = "NCHW",
-                      implementation: Implementation = None) -> jax.Array:
+def roi_align_rotated(
+  features: jax.Array,
+  rois: jax.Array,
+  output_size: int | Sequence[int],
+  spatial_scale: float = 1.0,
+  sampling_ratio: int = -1,
+  *,
+  angle_unit: Literal["degrees", "radians"] = "degrees",
+  clockwise: bool = False,
+  aligned: bool = True,
+  layout: Layout = "NCHW",
+  implementation: Implementation = None,
+) -> jax.Array:
   """RoIAlign over oriented boxes: detectron2's ``ROIAlignRotated`` by default.
 
   Each RoI is a box ``[cx, cy, w, h, angle]`` (centre, size, and the angle
@@ -532,21 +581,30 @@ def roi_align_rotated(features: jax.Array,
     raise TypeError(f"angle_unit must be a string, got {angle_unit!r}")
   args.choice(angle_unit, "angle_unit", ANGLE_UNITS)
   features, rois, base = args.canonicalize(
-      features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
-      box_order="xyxy", implementation=implementation, box_size=5,
-      box_doc="[cx, cy, w, h, angle]")
+    features,
+    rois,
+    output_size,
+    spatial_scale=spatial_scale,
+    layout=layout,
+    box_order="xyxy",
+    implementation=implementation,
+    box_size=5,
+    box_doc="[cx, cy, w, h, angle]",
+  )
   config = RotatedConfig(base, sampling_ratio, aligned, angle_unit, clockwise)
   return dispatch.run(roi_align_rotated_ffi.OP, implementation, (features,), rois, config)
 
 
-def prroi_pool(features: jax.Array,
-               rois: jax.Array,
-               output_size: int | Sequence[int],
-               spatial_scale: float = 1.0,
-               *,
-               layout: Layout = "NCHW",
-               box_order: BoxOrder = "xyxy",
-               implementation: Implementation = None) -> jax.Array:
+def prroi_pool(
+  features: jax.Array,
+  rois: jax.Array,
+  output_size: int | Sequence[int],
+  spatial_scale: float = 1.0,
+  *,
+  layout: Layout = "NCHW",
+  box_order: BoxOrder = "xyxy",
+  implementation: Implementation = None,
+) -> jax.Array:
   """Precise RoI Pooling (IoU-Net's PrRoIPool, mmcv's ``prroi_pool``).
 
   Each output is the exact integral of the bilinearly interpolated feature
@@ -598,7 +656,12 @@ def prroi_pool(features: jax.Array,
     TypeError, ValueError: as for :func:`roi_pool`.
   """
   features, rois, base = args.canonicalize(
-      features, rois, output_size, spatial_scale=spatial_scale, layout=layout,
-      box_order=box_order, implementation=implementation)
-  return dispatch.run(prroi_pool_ffi.OP, implementation, (features,), rois,
-                      PrRoiPoolConfig(base))
+    features,
+    rois,
+    output_size,
+    spatial_scale=spatial_scale,
+    layout=layout,
+    box_order=box_order,
+    implementation=implementation,
+  )
+  return dispatch.run(prroi_pool_ffi.OP, implementation, (features,), rois, PrRoiPoolConfig(base))

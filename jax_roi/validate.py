@@ -16,8 +16,9 @@ from jax.experimental import checkify
 from jax_roi._core import args as _args
 
 
-def validate_rois(rois: jax.Array, num_images: int, *, box_order: str = "xyxy"
-                  ) -> dict[str, jax.Array]:
+def validate_rois(
+  rois: jax.Array, num_images: int, *, box_order: str = "xyxy"
+) -> dict[str, jax.Array]:
   """Flags suspicious RoIs; every flag has shape ``rois.shape[:-1]``.
 
   Args:
@@ -51,20 +52,22 @@ def validate_rois(rois: jax.Array, num_images: int, *, box_order: str = "xyxy"
     box = box[..., jnp.array([1, 0, 3, 2])]
   x1, y1, x2, y2 = (box[..., i] for i in range(4))
   flags = {
-      "non_finite": ~jnp.isfinite(box).all(axis=-1),
-      "inverted": (x2 < x1) | (y2 < y1),
-      "empty": (x2 == x1) | (y2 == y1),
+    "non_finite": ~jnp.isfinite(box).all(axis=-1),
+    "inverted": (x2 < x1) | (y2 < y1),
+    "empty": (x2 == x1) | (y2 == y1),
   }
   if rois.shape[-1] == 5:
     index = rois[..., 0]
     flags["padding"] = index < 0
-    flags["bad_index"] = (jnp.isnan(index) | ((index >= 0) & (index != jnp.floor(index)))
-                          | (index >= num_images))
+    flags["bad_index"] = (
+      jnp.isnan(index) | ((index >= 0) & (index != jnp.floor(index))) | (index >= num_images)
+    )
   return flags
 
 
-def check_rois(rois: jax.Array, num_images: int, *, box_order: str = "xyxy",
-               allow_empty: bool = False) -> None:
+def check_rois(
+  rois: jax.Array, num_images: int, *, box_order: str = "xyxy", allow_empty: bool = False
+) -> None:
   """``checkify`` checks of :func:`validate_rois`'s flags (padding allowed).
 
   Example::
@@ -80,10 +83,10 @@ def check_rois(rois: jax.Array, num_images: int, *, box_order: str = "xyxy",
   """
   flags = validate_rois(rois, num_images, box_order=box_order)
   messages = {
-      "non_finite": "RoI {} has a NaN or infinite coordinate",
-      "inverted": "RoI {} is inverted (x2 < x1 or y2 < y1)",
-      "bad_index": "RoI {} has a batch index that is NaN, fractional or >= the number of images",
-      "empty": "RoI {} has zero width or height",
+    "non_finite": "RoI {} has a NaN or infinite coordinate",
+    "inverted": "RoI {} is inverted (x2 < x1 or y2 < y1)",
+    "bad_index": "RoI {} has a batch index that is NaN, fractional or >= the number of images",
+    "empty": "RoI {} has zero width or height",
   }
   for name, message in messages.items():
     if name not in flags or (name == "empty" and allow_empty):
@@ -121,13 +124,14 @@ def validate_rotated_rois(rois: jax.Array, num_images: int) -> dict[str, jax.Arr
   box = rois[..., -5:]
   w, h = box[..., 2], box[..., 3]
   flags = {
-      "non_finite": ~jnp.isfinite(box).all(axis=-1),
-      "negative_size": (w < 0) | (h < 0),
-      "empty": (w == 0) | (h == 0),
+    "non_finite": ~jnp.isfinite(box).all(axis=-1),
+    "negative_size": (w < 0) | (h < 0),
+    "empty": (w == 0) | (h == 0),
   }
   if rois.shape[-1] == 6:
     index = rois[..., 0]
     flags["padding"] = index < 0
-    flags["bad_index"] = (jnp.isnan(index) | ((index >= 0) & (index != jnp.floor(index)))
-                          | (index >= num_images))
+    flags["bad_index"] = (
+      jnp.isnan(index) | ((index >= 0) & (index != jnp.floor(index))) | (index >= num_images)
+    )
   return flags

@@ -27,8 +27,9 @@ def tool(name: str) -> str:
   return found
 
 
-def build(source: pathlib.Path, base_name: str, key: str, defines: list[str],
-          targets: list[str] = ()) -> pathlib.Path:
+def build(
+  source: pathlib.Path, base_name: str, key: str, defines: list[str], targets: list[str] = ()
+) -> pathlib.Path:
   """Configures and builds `source` into build/<base_name>/<key> (or under
   $JAX_ROI_EMULATION_BUILD_DIR) unless a build for that key exists; one
   build at a time (a file lock, for xdist workers); builds unused for a week
@@ -42,10 +43,19 @@ def build(source: pathlib.Path, base_name: str, key: str, defines: list[str],
     if not (out / "built").exists():
       shutil.rmtree(out, ignore_errors=True)
       configure = [
-          tool("cmake"), "-S", str(source), "-B", str(out), "-G", "Ninja",
-          f"-DCMAKE_MAKE_PROGRAM={tool('ninja')}", "-DCMAKE_BUILD_TYPE=Release",
-          f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-          *defines]
+        tool("cmake"),
+        "-S",
+        str(source),
+        "-B",
+        str(out),
+        "-G",
+        "Ninja",
+        f"-DCMAKE_MAKE_PROGRAM={tool('ninja')}",
+        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DPython_EXECUTABLE={sys.executable}",
+        f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+        *defines,
+      ]
       make = [tool("cmake"), "--build", str(out)] + (["--target", *targets] if targets else [])
       for cmd in (configure, make):
         r = subprocess.run(cmd, capture_output=True, text=True)

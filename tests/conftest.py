@@ -9,11 +9,15 @@ from hypothesis import HealthCheck, settings
 # Hypothesis: every new shape compiles, so keep the default run short; the
 # "fuzz" profile is the long differential-fuzzing run (see README).
 settings.register_profile(
-    "default", max_examples=30, deadline=None, derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+  "default",
+  max_examples=30,
+  deadline=None,
+  derandomize=True,
+  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.register_profile(
-    "fuzz", max_examples=1_000_000, deadline=None,
-    suppress_health_check=list(HealthCheck))
+  "fuzz", max_examples=1_000_000, deadline=None, suppress_health_check=list(HealthCheck)
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -68,7 +72,8 @@ def assert_same_gradient():
     actual, expected = actual.astype(np.float64), expected.astype(np.float64)
     rtol = 2e-2 if half else 1e-5
     scale = float(np.max(np.abs(np.nan_to_num(expected)), initial=0.0))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * 0.1 * scale,
-                               err_msg=err_msg)
+    np.testing.assert_allclose(
+      actual, expected, rtol=rtol, atol=rtol * 0.1 * scale, err_msg=err_msg
+    )
 
   return check

@@ -11,10 +11,10 @@ import numpy as np
 import jax_roi
 
 DTYPES = {
-    "float32": np.float32,
-    "float64": np.float64,
-    "float16": np.float16,
-    "bfloat16": ml_dtypes.bfloat16,
+  "float32": np.float32,
+  "float64": np.float64,
+  "float16": np.float16,
+  "bfloat16": ml_dtypes.bfloat16,
 }
 
 
@@ -89,16 +89,18 @@ def pooled_from_nchw(x, layout):
 
 # One configuration of each op (and mode), called as OPS[name](x, rois, **kw).
 OPS = {
-    "roi_pool": lambda x, r, **kw: jax_roi.roi_pool(x, r, (3, 2), spatial_scale=0.5, **kw),
-    "roi_align": lambda x, r, **kw: jax_roi.roi_align(
-        x, r, (3, 2), spatial_scale=0.5, sampling_ratio=2, **kw),
-    "roi_align_max": lambda x, r, **kw: jax_roi.roi_align(
-        x, r, (3, 2), spatial_scale=0.5, sampling_ratio=0, aligned=True, mode="max", **kw),
-    # Position-sensitive: PH * PW = 3 bins, so the tests' 3-channel features
-    # give one output channel.
-    "ps_roi_pool": lambda x, r, **kw: jax_roi.ps_roi_pool(x, r, (3, 1), 0.5, **kw),
-    "ps_roi_align": lambda x, r, **kw: jax_roi.ps_roi_align(x, r, (1, 3), 0.5, 0, **kw),
-    "prroi_pool": lambda x, r, **kw: jax_roi.prroi_pool(x, r, (3, 2), 0.5, **kw),
+  "roi_pool": lambda x, r, **kw: jax_roi.roi_pool(x, r, (3, 2), spatial_scale=0.5, **kw),
+  "roi_align": lambda x, r, **kw: jax_roi.roi_align(
+    x, r, (3, 2), spatial_scale=0.5, sampling_ratio=2, **kw
+  ),
+  "roi_align_max": lambda x, r, **kw: jax_roi.roi_align(
+    x, r, (3, 2), spatial_scale=0.5, sampling_ratio=0, aligned=True, mode="max", **kw
+  ),
+  # Position-sensitive: PH * PW = 3 bins, so the tests' 3-channel features
+  # give one output channel.
+  "ps_roi_pool": lambda x, r, **kw: jax_roi.ps_roi_pool(x, r, (3, 1), 0.5, **kw),
+  "ps_roi_align": lambda x, r, **kw: jax_roi.ps_roi_align(x, r, (1, 3), 0.5, 0, **kw),
+  "prroi_pool": lambda x, r, **kw: jax_roi.prroi_pool(x, r, (3, 2), 0.5, **kw),
 }
 
 
@@ -109,9 +111,19 @@ def _half(x, layout="NCHW"):
 # OPS and the ops over several feature maps (called the same way on one map,
 # from which the coarser levels are derived): the sharding matrix and the
 # export tests cover every op listed here.
-MATRIX_OPS = dict(OPS, multi_scale=lambda x, r, layout="NCHW", **kw: jax_roi.multi_scale_roi_align(
-    [x, _half(x, layout)], r, (3, 2), spatial_scales=(0.5, 0.25), canonical_scale=8,
-    sampling_ratio=2, layout=layout, **kw))
+MATRIX_OPS = dict(
+  OPS,
+  multi_scale=lambda x, r, layout="NCHW", **kw: jax_roi.multi_scale_roi_align(
+    [x, _half(x, layout)],
+    r,
+    (3, 2),
+    spatial_scales=(0.5, 0.25),
+    canonical_scale=8,
+    sampling_ratio=2,
+    layout=layout,
+    **kw,
+  ),
+)
 
 
 def draw_dims(draw, st, max_hw, max_k, max_out, scales):
@@ -172,8 +184,21 @@ def rotated_rois(rng, fmt, n, k, h, w, scale=1.0, degrees=True, padding=0.2, hos
   return np.concatenate([index[:, None], boxes], axis=1)
 
 
-def random_case(seed, layout, fmt, dtype, box_dtype, n=2, c=3, h=9, w=11, k=6, scale=0.5,
-                hostile=False, padding=0.2):
+def random_case(
+  seed,
+  layout,
+  fmt,
+  dtype,
+  box_dtype,
+  n=2,
+  c=3,
+  h=9,
+  w=11,
+  k=6,
+  scale=0.5,
+  hostile=False,
+  padding=0.2,
+):
   """Features and RoIs of one op call from a seed."""
   rng = np.random.default_rng(seed)
   x = random_features(rng, n, c, h, w, layout, dtype)

@@ -59,8 +59,9 @@ def iter_rois(rois: np.ndarray, batch: int, box_order: str = "xyxy"):
 
 
 @np.errstate(all="ignore")  # inf * 0 and friends: NaN coordinates are defined
-def roi_pool(features, rois, output_size, spatial_scale=1.0, layout="NCHW",
-             box_order="xyxy", coord_dtype=None):
+def roi_pool(
+  features, rois, output_size, spatial_scale=1.0, layout="NCHW", box_order="xyxy", coord_dtype=None
+):
   """RoIPool forward. Returns (out float64, argmax int) in the layout's order,
   with leading dims rois.shape[:-1]."""
   f = to_nchw(features, layout).astype(np.float64)
@@ -77,8 +78,7 @@ def roi_pool(features, rois, output_size, spatial_scale=1.0, layout="NCHW",
     scaled = [ct(v) * s for v in box]
     if image < 0 or any(math.isnan(float(v)) for v in scaled):
       continue  # padding or NaN box: every bin empty
-    x1, y1, x2, y2 = (int(max(-COORD_LIMIT, min(COORD_LIMIT, c_round(float(v)))))
-                      for v in scaled)
+    x1, y1, x2, y2 = (int(max(-COORD_LIMIT, min(COORD_LIMIT, c_round(float(v))))) for v in scaled)
     roi_w = max(x2 - x1 + 1, 1)
     roi_h = max(y2 - y1 + 1, 1)
     bin_h = ct(roi_h) / ct(ph_count)
@@ -241,6 +241,7 @@ def _axis_samples(start, p, bin_size, g, size, ct, sparse):
   first). Of the out-of-range indices only the first is kept: every
   out-of-range sample is 0 with no gradient, so in max mode only the first one
   in grid order can win and in avg mode none contributes."""
+
   def coord(i):
     return _sample_coord(start, p, bin_size, i, g, ct)
 
@@ -292,8 +293,9 @@ def _bilinear_value(plane, ya, xa):
   y_low, y_high = ya[0], ya[1]
   x_low, x_high = xa[0], xa[1]
   w1, w2, w3, w4 = (float(w) for w in _weights(ya, xa))
-  return (((w1 * plane[:, y_low, x_low] + w2 * plane[:, y_low, x_high])
-           + w3 * plane[:, y_high, x_low]) + w4 * plane[:, y_high, x_high])
+  return (
+    (w1 * plane[:, y_low, x_low] + w2 * plane[:, y_low, x_high]) + w3 * plane[:, y_high, x_low]
+  ) + w4 * plane[:, y_high, x_high]
 
 
 def _align_inputs(features, rois, layout, coord_dtype):
@@ -303,9 +305,18 @@ def _align_inputs(features, rois, layout, coord_dtype):
 
 
 @np.errstate(all="ignore")  # inf/NaN coordinates and values are defined
-def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
-              aligned=False, mode="avg", layout="NCHW", box_order="xyxy",
-              coord_dtype=None):
+def roi_align(
+  features,
+  rois,
+  output_size,
+  spatial_scale=1.0,
+  sampling_ratio=-1,
+  aligned=False,
+  mode="avg",
+  layout="NCHW",
+  box_order="xyxy",
+  coord_dtype=None,
+):
   """RoIAlign forward. Returns (out float64, winners int) in the layout's
   order, with leading dims rois.shape[:-1]; winners has out's shape + (2,):
   the grid indices (iy, ix) of the winning sample in max mode, (-1, -1) where
@@ -383,9 +394,18 @@ def _backprop_sample(grad_plane, plane, chan, g, ya, xa):
 
 
 @np.errstate(all="ignore")
-def roi_align_grad(features, rois, cotangent, output_size, spatial_scale=1.0,
-                   sampling_ratio=-1, aligned=False, mode="avg", layout="NCHW",
-                   coord_dtype=None):
+def roi_align_grad(
+  features,
+  rois,
+  cotangent,
+  output_size,
+  spatial_scale=1.0,
+  sampling_ratio=-1,
+  aligned=False,
+  mode="avg",
+  layout="NCHW",
+  coord_dtype=None,
+):
   """Gradients of sum(roi_align(...) * cotangent) w.r.t. the features (in
   their layout) and the rois (same shape; batch-index column 0). xyxy only.
 
@@ -403,8 +423,17 @@ def roi_align_grad(features, rois, cotangent, output_size, spatial_scale=1.0,
     cot = np.moveaxis(cot, -1, -3)
   cot = cot.reshape(-1, c_count, ph_count, pw_count)
   if mode == "max":
-    _, winners = roi_align(features, rois, output_size, spatial_scale, sampling_ratio,
-                           aligned, "max", layout, coord_dtype=ct)
+    _, winners = roi_align(
+      features,
+      rois,
+      output_size,
+      spatial_scale,
+      sampling_ratio,
+      aligned,
+      "max",
+      layout,
+      coord_dtype=ct,
+    )
     if layout == "NHWC":
       winners = np.moveaxis(winners, -2, -4)
     winners = winners.reshape(-1, c_count, ph_count, pw_count, 2)
@@ -428,9 +457,12 @@ def roi_align_grad(features, rois, cotangent, output_size, spatial_scale=1.0,
         if mode == "avg":
           # every in-range sample: g*w_i/count (times its multiplicity)
           y_samples, x_samples = _bin_axes(geom, ph, pw, h_size, w_size, ct)
-          picks = [(iy, my, ya, ix, mx, xa, slice(None), g * (my * mx) / count)
-                   for iy, my, ya in y_samples for ix, mx, xa in x_samples
-                   if ya is not None and xa is not None]
+          picks = [
+            (iy, my, ya, ix, mx, xa, slice(None), g * (my * mx) / count)
+            for iy, my, ya in y_samples
+            for ix, mx, xa in x_samples
+            if ya is not None and xa is not None
+          ]
         else:
           # the winning sample of each channel: g*w_i
           picks = []
@@ -489,8 +521,9 @@ def _ps_pool_bins(box, output_size, spatial_scale, h_size, w_size, ct):
 
 
 @np.errstate(all="ignore")
-def ps_roi_pool(features, rois, output_size, spatial_scale=1.0, layout="NCHW",
-                box_order="xyxy", coord_dtype=None):
+def ps_roi_pool(
+  features, rois, output_size, spatial_scale=1.0, layout="NCHW", box_order="xyxy", coord_dtype=None
+):
   """ps_roi_pool forward (float64), in the layout's order."""
   f = to_nchw(features, layout).astype(np.float64)
   n, c_in, h_size, w_size = f.shape
@@ -522,8 +555,17 @@ def ps_roi_pool(features, rois, output_size, spatial_scale=1.0, layout="NCHW",
   return from_nchw_pooled(out.reshape(lead + out.shape[1:]), layout)
 
 
-def _rotated_samples(rois, n, output_size, spatial_scale, sampling_ratio, aligned, angle_unit,
-                     clockwise, angle_dtype=np.float64):
+def _rotated_samples(
+  rois,
+  n,
+  output_size,
+  spatial_scale,
+  sampling_ratio,
+  aligned,
+  angle_unit,
+  clockwise,
+  angle_dtype=np.float64,
+):
   """Yields (k, image, ph, pw, y, x, count) for every sample of every bin of
   every non-empty rotated RoI, written from detectron2's formulas. The angle
   in radians is computed as detectron2 does (angle * pi / 180 in double) and
@@ -562,8 +604,15 @@ def _rotated_samples(rois, n, output_size, spatial_scale, sampling_ratio, aligne
           yy = -roi_h / 2 + ph * bin_h + (iy + 0.5) * bin_h / grid_h
           for ix in range(max(grid_w, 0)):
             xx = -roi_w / 2 + pw * bin_w + (ix + 0.5) * bin_w / grid_w
-            yield (k, image, ph, pw, yy * cos_t - xx * sin_t + cy,
-                   yy * sin_t + xx * cos_t + cx, count)
+            yield (
+              k,
+              image,
+              ph,
+              pw,
+              yy * cos_t - xx * sin_t + cy,
+              yy * sin_t + xx * cos_t + cx,
+              count,
+            )
 
 
 def _bilinear_weights(h, w, y, x):
@@ -584,13 +633,26 @@ def _bilinear_weights(h, w, y, x):
     x_high = x_low + 1
   ly, lx = y - y_low, x - x_low
   hy, hx = 1.0 - ly, 1.0 - lx
-  return [(y_low, x_low, hy * hx), (y_low, x_high, hy * lx), (y_high, x_low, ly * hx),
-          (y_high, x_high, ly * lx)]
+  return [
+    (y_low, x_low, hy * hx),
+    (y_low, x_high, hy * lx),
+    (y_high, x_low, ly * hx),
+    (y_high, x_high, ly * lx),
+  ]
 
 
 @np.errstate(all="ignore")
-def roi_align_rotated(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
-                      aligned=True, angle_unit="degrees", clockwise=False, layout="NCHW"):
+def roi_align_rotated(
+  features,
+  rois,
+  output_size,
+  spatial_scale=1.0,
+  sampling_ratio=-1,
+  aligned=True,
+  angle_unit="degrees",
+  clockwise=False,
+  layout="NCHW",
+):
   """Rotated RoIAlign (detectron2's ROIAlignRotated; mmcv's with radians /
   clockwise / aligned=False), every sample of every bin visited, in float64.
   rois: (K, 6) rows [batch_index, cx, cy, w, h, angle] or (N, R, 5) boxes.
@@ -602,16 +664,17 @@ def roi_align_rotated(features, rois, output_size, spatial_scale=1.0, sampling_r
   lead = rois.shape[:-1]
   out = np.zeros((int(np.prod(lead)), c_count) + tuple(output_size))
   for k, image, ph, pw, y, x, count in _rotated_samples(
-      rois, n, output_size, spatial_scale, sampling_ratio, aligned, angle_unit, clockwise,
-      angle_dtype):
+    rois, n, output_size, spatial_scale, sampling_ratio, aligned, angle_unit, clockwise, angle_dtype
+  ):
     for row, col, wt in _bilinear_weights(h_size, w_size, y, x):
       out[k, :, ph, pw] += wt * f[image, :, row, col] / count
   return from_nchw_pooled(out.reshape(lead + out.shape[1:]), layout)
 
 
 @np.errstate(all="ignore")
-def ps_roi_pool_grad(features_shape, rois, cotangent, output_size, spatial_scale=1.0,
-                     layout="NCHW", coord_dtype=None):
+def ps_roi_pool_grad(
+  features_shape, rois, cotangent, output_size, spatial_scale=1.0, layout="NCHW", coord_dtype=None
+):
   """The true derivative of ps_roi_pool's forward (features' layout): each
   bin's cotangent divided by its area, added to every pixel it averages."""
   shape = tuple(features_shape)
@@ -623,8 +686,9 @@ def ps_roi_pool_grad(features_shape, rois, cotangent, output_size, spatial_scale
   rois = np.asarray(rois)
   ct = _coord_type(rois, coord_dtype)
   cot = np.asarray(cotangent, np.float64)
-  cot = (cot if layout == "NCHW" else np.moveaxis(cot, -1, -3)).reshape(-1, c_out, ph_count,
-                                                                        pw_count)
+  cot = (cot if layout == "NCHW" else np.moveaxis(cot, -1, -3)).reshape(
+    -1, c_out, ph_count, pw_count
+  )
   for k, image, box in iter_rois(rois, n):
     if image < 0 or h_size == 0 or w_size == 0:
       continue
@@ -638,8 +702,9 @@ def ps_roi_pool_grad(features_shape, rois, cotangent, output_size, spatial_scale
           (h0, h1), (w0, w1) = rows[ph], cols[pw]
           if h1 <= h0 or w1 <= w0:
             continue
-          grad[image, ps_input_channel(c, ph, pw, output_size), h0:h1, w0:w1] += (
-              cot[k, c, ph, pw] / ((h1 - h0) * (w1 - w0)))
+          grad[image, ps_input_channel(c, ph, pw, output_size), h0:h1, w0:w1] += cot[
+            k, c, ph, pw
+          ] / ((h1 - h0) * (w1 - w0))
   return grad if layout == "NCHW" else grad.transpose(0, 2, 3, 1)
 
 
@@ -656,18 +721,44 @@ def _ps_select(full_nchw, output_size):
   return out
 
 
-def ps_roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
-                 layout="NCHW", box_order="xyxy", coord_dtype=None):
+def ps_roi_align(
+  features,
+  rois,
+  output_size,
+  spatial_scale=1.0,
+  sampling_ratio=-1,
+  layout="NCHW",
+  box_order="xyxy",
+  coord_dtype=None,
+):
   """ps_roi_align forward (float64): roi_align (aligned, avg; a bin without
   samples is 0) of every input channel, then each output bin's channel."""
-  full, _ = roi_align(features, rois, output_size, spatial_scale, sampling_ratio, True, "avg",
-                      "NCHW" if layout == "NCHW" else layout, box_order, coord_dtype)
+  full, _ = roi_align(
+    features,
+    rois,
+    output_size,
+    spatial_scale,
+    sampling_ratio,
+    True,
+    "avg",
+    "NCHW" if layout == "NCHW" else layout,
+    box_order,
+    coord_dtype,
+  )
   full = full if layout == "NCHW" else np.moveaxis(full, -1, -3)
   return from_nchw_pooled(_ps_select(full, output_size), layout)
 
 
-def ps_roi_align_grad(features, rois, cotangent, output_size, spatial_scale=1.0,
-                      sampling_ratio=-1, layout="NCHW", coord_dtype=None):
+def ps_roi_align_grad(
+  features,
+  rois,
+  cotangent,
+  output_size,
+  spatial_scale=1.0,
+  sampling_ratio=-1,
+  layout="NCHW",
+  coord_dtype=None,
+):
   """Gradients of sum(ps_roi_align(...) * cotangent) w.r.t. the features and
   the rois: roi_align_grad with the cotangent placed on each output bin's
   input channel (zero on every other channel)."""
@@ -680,19 +771,39 @@ def ps_roi_align_grad(features, rois, cotangent, output_size, spatial_scale=1.0,
     for ph in range(ph_count):
       for pw in range(pw_count):
         full[..., ps_input_channel(c, ph, pw, output_size), ph, pw] = cot[..., c, ph, pw]
-  return roi_align_grad(features, rois, from_nchw_pooled(full, layout), output_size,
-                        spatial_scale, sampling_ratio, True, "avg", layout, coord_dtype)
+  return roi_align_grad(
+    features,
+    rois,
+    from_nchw_pooled(full, layout),
+    output_size,
+    spatial_scale,
+    sampling_ratio,
+    True,
+    "avg",
+    layout,
+    coord_dtype,
+  )
 
 
 @np.errstate(all="ignore")
-def roi_align_rotated_grad(features_shape, rois, cot, output_size, spatial_scale=1.0,
-                           sampling_ratio=-1, aligned=True, angle_unit="degrees",
-                           clockwise=False, layout="NCHW"):
+def roi_align_rotated_grad(
+  features_shape,
+  rois,
+  cot,
+  output_size,
+  spatial_scale=1.0,
+  sampling_ratio=-1,
+  aligned=True,
+  angle_unit="degrees",
+  clockwise=False,
+  layout="NCHW",
+):
   """The feature gradient of sum(roi_align_rotated(...) * cot), float64, in
   the layout of the features."""
   shape = tuple(features_shape)
-  n, c_count, h_size, w_size = shape if layout == "NCHW" else (shape[0], shape[3], shape[1],
-                                                               shape[2])
+  n, c_count, h_size, w_size = (
+    shape if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
+  )
   angle_dtype = np.float32 if np.asarray(rois).dtype == np.float32 else np.float64
   rois = np.asarray(rois, np.float64)
   g = np.asarray(cot, np.float64)
@@ -700,8 +811,8 @@ def roi_align_rotated_grad(features_shape, rois, cot, output_size, spatial_scale
   g = g.reshape((-1, c_count) + tuple(output_size))
   grad = np.zeros((n, c_count, h_size, w_size))
   for k, image, ph, pw, y, x, count in _rotated_samples(
-      rois, n, output_size, spatial_scale, sampling_ratio, aligned, angle_unit, clockwise,
-      angle_dtype):
+    rois, n, output_size, spatial_scale, sampling_ratio, aligned, angle_unit, clockwise, angle_dtype
+  ):
     for row, col, wt in _bilinear_weights(h_size, w_size, y, x):
       grad[image, :, row, col] += wt * g[k, :, ph, pw] / count
   return grad if layout == "NCHW" else grad.transpose(0, 2, 3, 1)
@@ -748,8 +859,9 @@ def _prroi_nodes(a: float, b: float, size: int, nodes: int):
   return np.concatenate(pts), np.concatenate(wts)
 
 
-def prroi_pool(features, rois, output_size, spatial_scale=1.0, layout="NCHW",
-               box_order="xyxy", nodes=3):
+def prroi_pool(
+  features, rois, output_size, spatial_scale=1.0, layout="NCHW", box_order="xyxy", nodes=3
+):
   """Precise RoI Pooling in float64: (K, C, PH, PW) in the layout's order."""
   x = to_nchw(np.asarray(features, np.float64), layout)
   n, c, h, w = x.shape

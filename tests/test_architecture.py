@@ -18,13 +18,18 @@ import jax_roi
 
 PACKAGE = pathlib.Path(jax_roi.__file__).parent
 # Every private subpackage but the core is an op slice.
-OP_SLICES = tuple(sorted(p.parent.name for p in PACKAGE.glob("_*/__init__.py")
-                         if p.parent.name != "_core"))
+OP_SLICES = tuple(
+  sorted(p.parent.name for p in PACKAGE.glob("_*/__init__.py") if p.parent.name != "_core")
+)
 # Modules that must never load the compiled extension, even indirectly.
-EXTENSION_FREE = (
-    ["jax_roi._core.args", "jax_roi._core.layout", "jax_roi._core.jnp_utils",
-     "jax_roi._core.spec", "jax_roi._core.batching", "jax_roi._core.sharding"]
-    + [f"jax_roi.{s}.{m}" for s in OP_SLICES for m in ("config", "xla")])
+EXTENSION_FREE = [
+  "jax_roi._core.args",
+  "jax_roi._core.layout",
+  "jax_roi._core.jnp_utils",
+  "jax_roi._core.spec",
+  "jax_roi._core.batching",
+  "jax_roi._core.sharding",
+] + [f"jax_roi.{s}.{m}" for s in OP_SLICES for m in ("config", "xla")]
 EXTENSION = {"jax_roi._jax_roi", "jax_roi._core.extension"}
 
 
@@ -48,10 +53,15 @@ def _imports(name: str) -> set[str]:
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:
-        base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
-                        + ([base] if base else []))
-      targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES
-                 or f"{base}.{a.name}" == "jax_roi._jax_roi" else base for a in node.names]
+        base = ".".join(
+          package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+        )
+      targets = [
+        f"{base}.{a.name}"
+        if f"{base}.{a.name}" in MODULES or f"{base}.{a.name}" == "jax_roi._jax_roi"
+        else base
+        for a in node.names
+      ]
     else:
       continue
     found.update(t for t in targets if t.startswith("jax_roi"))
@@ -78,8 +88,9 @@ def test_the_graph_covers_every_module():
 
 
 def test_imports_flow_one_way():
-  wrong = [(a, b) for a, deps in GRAPH.items() for b in deps
-           if b != "jax_roi" and _layer(b) > _layer(a)]
+  wrong = [
+    (a, b) for a, deps in GRAPH.items() for b in deps if b != "jax_roi" and _layer(b) > _layer(a)
+  ]
   assert not wrong, f"imports against the layering (public -> per-op -> core): {wrong}"
   # The package itself (jax_roi/__init__.py) is imported by no module.
   assert not [a for a, deps in GRAPH.items() if "jax_roi" in deps]
@@ -120,8 +131,13 @@ def test_pure_jax_modules_never_reach_the_extension(name):
 
 def _run(code: str) -> subprocess.CompletedProcess:
   # -P: import the jax_roi under test, not a source tree on the cwd.
-  return subprocess.run([sys.executable, "-P", "-c", textwrap.dedent(code)], capture_output=True,
-                        text=True, timeout=300, cwd=PACKAGE.parent.parent)
+  return subprocess.run(
+    [sys.executable, "-P", "-c", textwrap.dedent(code)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=PACKAGE.parent.parent,
+  )
 
 
 def test_every_module_imports_in_a_fresh_interpreter():
@@ -183,18 +199,21 @@ def test_pure_jax_versions_work_without_the_extension():
 def test_every_target_the_ops_call_is_registered():
   from jax_roi._core import extension
   from jax_roi._multi_scale import ffi as multi_scale_ffi
+  from jax_roi._prroi_pool import ffi as prroi_pool_ffi
   from jax_roi._ps_roi_align import ffi as ps_roi_align_ffi
   from jax_roi._ps_roi_pool import ffi as ps_roi_pool_ffi
   from jax_roi._roi_align import ffi as roi_align_ffi
-  from jax_roi._roi_pool import ffi as roi_pool_ffi
   from jax_roi._roi_align_rotated import ffi as roi_align_rotated_ffi
-  from jax_roi._prroi_pool import ffi as prroi_pool_ffi
+  from jax_roi._roi_pool import ffi as roi_pool_ffi
 
   modules = (roi_pool_ffi, roi_align_ffi, multi_scale_ffi, ps_roi_pool_ffi, ps_roi_align_ffi)
   modules += (roi_align_rotated_ffi, prroi_pool_ffi)
-  called = {getattr(m, t) for m in modules
-            for t in ("FORWARD", "BACKWARD", "BACKWARD_DETERMINISTIC", "BOX_GRAD")
-            if hasattr(m, t)}
+  called = {
+    getattr(m, t)
+    for m in modules
+    for t in ("FORWARD", "BACKWARD", "BACKWARD_DETERMINISTIC", "BOX_GRAD")
+    if hasattr(m, t)
+  }
   assert len(called) == 8 + 5 + 3 + 3 + 3  # ..., roi_align_rotated, prroi_pool, deterministic
   assert called == set(extension.target_names())
 
@@ -202,8 +221,9 @@ def test_every_target_the_ops_call_is_registered():
 def _tree_without_build(root: pathlib.Path) -> pathlib.Path:
   """A copy of the package as in a fresh clone: no compiled extension."""
   tree = root / "clone"
-  shutil.copytree(PACKAGE, tree / "jax_roi",
-                  ignore=shutil.ignore_patterns("_jax_roi*", "__pycache__"))
+  shutil.copytree(
+    PACKAGE, tree / "jax_roi", ignore=shutil.ignore_patterns("_jax_roi*", "__pycache__")
+  )
   (tree / "csrc").mkdir()
   (tree / "pyproject.toml").write_text("[project]\nname = 'jax_roi'\n")
   return tree
@@ -215,20 +235,29 @@ def test_a_clone_without_a_build_says_it_shadows_the_install(tmp_path):
   what to do, instead of failing somewhere inside the package."""
   tree = _tree_without_build(tmp_path)
   installed = tmp_path / "site"
-  shutil.copytree(PACKAGE, installed / "jax_roi",
-                  ignore=shutil.ignore_patterns("__pycache__"))
-  result = subprocess.run([sys.executable, "-c", "import jax_roi"], capture_output=True,
-                          text=True, timeout=300, cwd=tree,
-                          env={**os.environ, "PYTHONPATH": str(installed)})
+  shutil.copytree(PACKAGE, installed / "jax_roi", ignore=shutil.ignore_patterns("__pycache__"))
+  result = subprocess.run(
+    [sys.executable, "-c", "import jax_roi"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tree,
+    env={**os.environ, "PYTHONPATH": str(installed)},
+  )
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("ImportError: jax_roi was imported from the source tree"), last
   assert f"hides the jax_roi installed in {installed / 'jax_roi'}" in last, last
   assert "python -P" in last and "circular" not in result.stderr
   # What `python -P` does: the installed copy is imported.
-  result = subprocess.run([sys.executable, "-P", "-c", "import jax_roi; print(jax_roi.__file__)"],
-                          capture_output=True, text=True, timeout=300, cwd=tree,
-                          env={**os.environ, "PYTHONPATH": str(installed)})
+  result = subprocess.run(
+    [sys.executable, "-P", "-c", "import jax_roi; print(jax_roi.__file__)"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tree,
+    env={**os.environ, "PYTHONPATH": str(installed)},
+  )
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == str(installed / "jax_roi" / "__init__.py")
 

@@ -30,14 +30,16 @@ def _fatbin_tool():
 
 def _cuda_module():
   import jax_roi._jax_roi as ext  # the compiled module, whatever the platform
+
   if not ext.with_cuda:
     pytest.skip("jax_roi was built without the CUDA kernels (CPU-only build)")
   return ext.__file__
 
 
 def _nvcc_gpu_codes(nvcc):
-  out = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True,
-                       check=True, timeout=60).stdout
+  out = subprocess.run(
+    [nvcc, "--list-gpu-code"], capture_output=True, text=True, check=True, timeout=60
+  ).stdout
   return out.split()
 
 
@@ -59,16 +61,18 @@ def test_embedded_architectures():
   assert sass, f"no SASS in {path}: every GPU would JIT-compile or fail"
   expected = os.environ.get("JAX_ROI_EXPECT_CUDA_ARCHS") or None
   if expected is None:
-    pytest.skip(f"JAX_ROI_EXPECT_CUDA_ARCHS not set (set by .ci/run); "
-                f"the module holds SASS {sass}, PTX {ptx}")
+    pytest.skip(
+      f"JAX_ROI_EXPECT_CUDA_ARCHS not set (set by .ci/run); the module holds SASS {sass}, PTX {ptx}"
+    )
   if expected == "default":
     want_sass, want_ptx = tool.default_archs(_nvcc_gpu_codes(_nvcc()))
     assert want_ptx == want_sass[-1:]  # PTX of the newest
   else:
     want_sass, want_ptx = tool.parse_cmake_archs(expected)
   assert (sass, ptx) == (want_sass, want_ptx), (
-      f"{path}: SASS {sass}, PTX {ptx}; the build asked for {expected!r} = "
-      f"SASS {want_sass}, PTX {want_ptx}")
+    f"{path}: SASS {sass}, PTX {ptx}; the build asked for {expected!r} = "
+    f"SASS {want_sass}, PTX {want_ptx}"
+  )
 
 
 def test_cudart_is_linked_statically():
@@ -78,8 +82,7 @@ def test_cudart_is_linked_statically():
   readelf = shutil.which("readelf")
   if readelf is None:
     pytest.skip("readelf (binutils) not found")
-  dynamic = subprocess.run([readelf, "-d", path], capture_output=True, text=True,
-                           check=True).stdout
+  dynamic = subprocess.run([readelf, "-d", path], capture_output=True, text=True, check=True).stdout
   needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.*?)\]", dynamic)
   assert not [lib for lib in needed if lib.startswith("libcudart")], needed
 
@@ -94,15 +97,17 @@ def test_fatbin_parser_reads_cmake_syntax():
   # nvcc 13.0's list; a CUDA 12.8-like one (older archs listed, floor kept).
   cuda13 = "sm_75 sm_80 sm_86 sm_87 sm_88 sm_89 sm_90 sm_100 sm_110 sm_103 sm_120 sm_121"
   assert tool.default_archs(cuda13.split()) == ([75, 80, 86, 89, 90, 100, 110, 120], [120])
-  cuda12 = "sm_50 sm_52 sm_53 sm_60 sm_61 sm_62 sm_70 sm_72 sm_75 sm_80 sm_86 sm_87 sm_89 " \
-           "sm_90 sm_90a sm_100 sm_100a sm_101 sm_120"
+  cuda12 = (
+    "sm_50 sm_52 sm_53 sm_60 sm_61 sm_62 sm_70 sm_72 sm_75 sm_80 sm_86 sm_87 sm_89 "
+    "sm_90 sm_90a sm_100 sm_100a sm_101 sm_120"
+  )
   assert tool.default_archs(cuda12.split()) == ([75, 80, 86, 89, 90, 100, 120], [120])
   # sm_70 machine code also runs on sm_75 (same major, higher minor).
-  assert tool.default_archs(cuda12.split(), min_arch=70) == (
-      [70, 80, 86, 89, 90, 100, 120], [120])
+  assert tool.default_archs(cuda12.split(), min_arch=70) == ([70, 80, 86, 89, 90, 100, 120], [120])
 
 
 # --- CMake's decisions (configure only, no compilation) ---------------------
+
 
 def _cmake():
   cmake = shutil.which("cmake")
@@ -112,12 +117,20 @@ def _cmake():
 
 
 def _configure(build, *defines, env=None):
-  cmd = [_cmake(), "-S", str(ROOT), "-B", str(build), f"-DPython_EXECUTABLE={sys.executable}",
-         *defines]
+  cmd = [
+    _cmake(),
+    "-S",
+    str(ROOT),
+    "-B",
+    str(build),
+    f"-DPython_EXECUTABLE={sys.executable}",
+    *defines,
+  ]
   if shutil.which("ninja"):
     cmd += ["-G", "Ninja"]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ if env is None else env))
+  proc = subprocess.run(
+    cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ if env is None else env)
+  )
   return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -159,8 +172,9 @@ def test_default_architectures_and_overrides(tmp_path):
   # environment: the architectures are decided and printed before that.)
   _, out = _configure(build, "-DJAX_ROI_CUDA=ON", env=env)
   assert _archs_line(out) == (default, "the default (nvcc --list-gpu-code)")
-  _, out = _configure(build, "-DJAX_ROI_CUDA_ARCHS=90-real", "-DCMAKE_CUDA_ARCHITECTURES=80",
-                      env=env)
+  _, out = _configure(
+    build, "-DJAX_ROI_CUDA_ARCHS=90-real", "-DCMAKE_CUDA_ARCHITECTURES=80", env=env
+  )
   assert _archs_line(out) == ("90-real", "JAX_ROI_CUDA_ARCHS")
   _, out = _configure(build, "-DJAX_ROI_CUDA_ARCHS=", env=env)
   assert _archs_line(out)[0] == default

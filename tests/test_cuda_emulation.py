@@ -37,6 +37,7 @@ Environment:
   JAX_ROI_EMULATION_SANITIZE=1 build with -fsanitize=address,undefined (run
       the interpreter with the ASan runtime preloaded: tools/run_sanitized_tests.sh)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,16 +47,15 @@ import pathlib
 import subprocess
 import sys
 
+import cmake_cache
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from helpers import DTYPES, indexed_rois, random_boxes, random_features, rotated_rois, stable_seed
 
-import cmake_cache
 import jax_roi
-from helpers import DTYPES, indexed_rois, random_boxes, random_features, stable_seed
-from helpers import rotated_rois
 from jax_roi._core import extension, kernel
 from jax_roi._core.args import canonicalize
 from jax_roi._roi_align import ffi as roi_align_ffi
@@ -65,13 +65,16 @@ from jax_roi._roi_pool.config import RoiPoolConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SEEDS_PER_ARCH = 3
-ARCHS = tuple(int(a) for a in
-              os.environ.get("JAX_ROI_EMULATION_ARCHS", "750 1210").replace(";", " ").split())
+ARCHS = tuple(
+  int(a) for a in os.environ.get("JAX_ROI_EMULATION_ARCHS", "750 1210").replace(";", " ").split()
+)
 
 # slow: the module builds two emulation modules (~2 min of compilation on two
 # cores) before its first case; .ci/run runs it (and again under ASan/UBSan).
-pytestmark = [pytest.mark.skipif(not extension.AVAILABLE, reason="jax_roi's kernels are not built"),
-              pytest.mark.slow]
+pytestmark = [
+  pytest.mark.skipif(not extension.AVAILABLE, reason="jax_roi's kernels are not built"),
+  pytest.mark.slow,
+]
 
 
 # ---------------------------------------------------------------------------
@@ -95,14 +98,21 @@ def _build(archs, sanitize) -> pathlib.Path:
   pybind11 = pytest.importorskip("pybind11")
   include = jax.ffi.include_dir()
   key = _source_hash(sys.version, pybind11.__version__, jax.__version__, include, archs, sanitize)
-  return cmake_cache.build(ROOT, "cuda_emulation", key, [
+  return cmake_cache.build(
+    ROOT,
+    "cuda_emulation",
+    key,
+    [
       f"-DXLA_FFI_INCLUDE_DIR={include}",  # the running jaxlib's FFI API
-      "-DJAX_ROI_CUDA=OFF", "-DJAX_ROI_BUILD_CUDA_EMULATION=ON",
+      "-DJAX_ROI_CUDA=OFF",
+      "-DJAX_ROI_BUILD_CUDA_EMULATION=ON",
       f"-DJAX_ROI_EMULATION_ARCHS={';'.join(map(str, archs))}",
       f"-DJAX_ROI_SANITIZE={'ON' if sanitize else 'OFF'}",
       # CI builds with JAX_ROI_WERROR=ON: the emulation build stays warning-free too.
       f"-DJAX_ROI_WERROR={os.environ.get('JAX_ROI_WERROR', 'OFF')}",
-  ], targets=[f"_jax_roi_cuda_emulation_sm{a}" for a in archs])
+    ],
+    targets=[f"_jax_roi_cuda_emulation_sm{a}" for a in archs],
+  )
 
 
 @pytest.fixture(scope="session")
@@ -141,10 +151,16 @@ def emus():
 # planner's (None), or (rows per band, columns per band, channels per
 # thread), 0 meaning the planner's choice for that one.
 RUN_CONFIGS = [
-    [(0, 0, "per_output", None, None), (2, 32, "per_roi", 0, (2, 3, 1)),
-     (3, 96, "per_roi", None, (3, 5, 4))],
-    [(0, 0, "per_roi", None, (1, 4, 3)), (2, 32, "per_output", None, (3, 0, 2)),
-     (3, 96, "per_roi", 0, None)],
+  [
+    (0, 0, "per_output", None, None),
+    (2, 32, "per_roi", 0, (2, 3, 1)),
+    (3, 96, "per_roi", None, (3, 5, 4)),
+  ],
+  [
+    (0, 0, "per_roi", None, (1, 4, 3)),
+    (2, 32, "per_output", None, (3, 0, 2)),
+    (3, 96, "per_roi", 0, None),
+  ],
 ]
 INDEX32_DEFAULT = 2**31 - 1
 FORWARD_DEFAULT = "per_roi"
@@ -163,8 +179,7 @@ def run_both(emus, fn, *args, case_seed=0):
   for e, emu in enumerate(emus):
     with kernel.redirect_targets(lambda t, s=emu.target_suffix: t + s):
       configs = RUN_CONFIGS[e % len(RUN_CONFIGS)]
-      for seed, (blocks, threads, forward, index32, owner) in zip(
-          _seeds(emu, case_seed), configs):
+      for seed, (blocks, threads, forward, index32, owner) in zip(_seeds(emu, case_seed), configs):
         emu.set_seed(seed)
         emu.set_launch_limits(blocks, threads)
         emu.set_forward_kernels(forward)
@@ -178,30 +193,44 @@ def run_both(emus, fn, *args, case_seed=0):
           emu.set_forward_kernels(FORWARD_DEFAULT)
           emu.set_index32_limit(INDEX32_DEFAULT)
           emu.set_owner_tiles(0, 0, 0)
-        runs.append((f"sm{emu.cuda_arch} seed {seed} launch limits {(blocks, threads)} "
-                     f"{forward} forward, 32-bit limit {index32}, owner tiles {owner}", out,
-                     emu.stats()))
+        runs.append(
+          (
+            f"sm{emu.cuda_arch} seed {seed} launch limits {(blocks, threads)} "
+            f"{forward} forward, 32-bit limit {index32}, owner tiles {owner}",
+            out,
+            emu.stats(),
+          )
+        )
   return expected, runs
 
 
 def _bits(a):
   a = np.asarray(a)
-  return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]) \
-      if a.dtype.kind == "f" or a.dtype == ml_dtypes.bfloat16 else a
+  return (
+    a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+    if a.dtype.kind == "f" or a.dtype == ml_dtypes.bfloat16
+    else a
+  )
 
 
 def assert_bits_equal(actual, expected, what):
   """Bit for bit, except that any NaN equals any NaN."""
   actual, expected = np.asarray(actual), np.asarray(expected)
   assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
-  nan_a = np.isnan(actual.astype(np.float64)) if actual.dtype.kind != "i" else np.zeros(actual.shape, bool)
+  nan_a = (
+    np.isnan(actual.astype(np.float64))
+    if actual.dtype.kind != "i"
+    else np.zeros(actual.shape, bool)
+  )
   nan_e = np.isnan(expected.astype(np.float64)) if expected.dtype.kind != "i" else nan_a
   np.testing.assert_array_equal(nan_a, nan_e, err_msg=f"{what}: NaN positions")
   differ = (_bits(actual) != _bits(expected)) & ~nan_e
   if differ.any():
     i = tuple(np.argwhere(differ)[0])
-    pytest.fail(f"{what}: {differ.sum()} of {differ.size} elements differ in their bits, "
-                f"first at {i}: {actual[i]!r} vs {expected[i]!r}")
+    pytest.fail(
+      f"{what}: {differ.sum()} of {differ.size} elements differ in their bits, "
+      f"first at {i}: {actual[i]!r} vs {expected[i]!r}"
+    )
 
 
 def _eps(dtype):
@@ -236,20 +265,26 @@ def assert_feature_grad_close(actual, expected, magnitude, what, ulps=GRAD_ULPS)
   a, e, m = (np.asarray(v).astype(np.float64) for v in (actual, expected, magnitude))
   finite = np.isfinite(e)
   np.testing.assert_array_equal(np.isfinite(a), finite, err_msg=f"{what}: non-finite positions")
-  np.testing.assert_array_equal(np.where(finite, 0, a), np.where(finite, 0, e),
-                                err_msg=f"{what}: non-finite values")
+  np.testing.assert_array_equal(
+    np.where(finite, 0, a), np.where(finite, 0, e), err_msg=f"{what}: non-finite values"
+  )
   if not finite.any():
     return
   acc = np.float64 if actual.dtype == np.float64 else np.float32
   tol = ulps * _eps(acc) * np.abs(m)
   if actual.dtype not in (np.float32, np.float64):  # one storage ulp (and the subnormal step)
-    tol = tol + _eps(actual.dtype) * np.maximum(np.abs(a), np.abs(e)) \
-        + float(ml_dtypes.finfo(actual.dtype).smallest_subnormal)
+    tol = (
+      tol
+      + _eps(actual.dtype) * np.maximum(np.abs(a), np.abs(e))
+      + float(ml_dtypes.finfo(actual.dtype).smallest_subnormal)
+    )
   excess = np.where(finite, np.abs(a - e) - tol, 0)
   if (excess > 0).any():
     i = tuple(np.argwhere(excess > 0)[0])
-    pytest.fail(f"{what}: {(excess > 0).sum()} elements beyond tolerance, first at {i}: "
-                f"{a[i]!r} vs {e[i]!r}, tolerance {tol[i]:.3g} (sum of |terms| {m[i]:.3g})")
+    pytest.fail(
+      f"{what}: {(excess > 0).sum()} elements beyond tolerance, first at {i}: "
+      f"{a[i]!r} vs {e[i]!r}, tolerance {tol[i]:.3g} (sum of |terms| {m[i]:.3g})"
+    )
 
 
 def check_launched(stats, outputs, label):
@@ -266,19 +301,21 @@ def check_launched(stats, outputs, label):
 # (feature dtype, box dtype, layout, rois format): together every dtype, both
 # box dtypes, both layouts and both formats, for each op configuration.
 VARIANTS = [
-    ("float32", "float32", "NCHW", "indexed"),
-    ("float64", "float64", "NHWC", "batched"),
-    ("float16", "float64", "NCHW", "batched"),
-    ("bfloat16", "float32", "NHWC", "indexed"),
+  ("float32", "float32", "NCHW", "indexed"),
+  ("float64", "float64", "NHWC", "batched"),
+  ("float16", "float64", "NCHW", "batched"),
+  ("bfloat16", "float32", "NHWC", "indexed"),
 ]
 VARIANT_IDS = ["-".join(v) for v in VARIANTS]
 
-ALIGN_CONFIGS = [(mode, sr, aligned) for mode in ("avg", "max") for sr in (0, 2)
-                 for aligned in (False, True)]
+ALIGN_CONFIGS = [
+  (mode, sr, aligned) for mode in ("avg", "max") for sr in (0, 2) for aligned in (False, True)
+]
 
 
-def make_case(seed, dtype, box_dtype, layout, fmt, n=2, c=3, h=7, w=9, k=10, scale=0.5,
-              hostile=True):
+def make_case(
+  seed, dtype, box_dtype, layout, fmt, n=2, c=3, h=7, w=9, k=10, scale=0.5, hostile=True
+):
   """Features and rois: random boxes mixed with hostile ones (NaN, inf,
   +-1e30, 3e9 coordinates) and, in the (K, 5) format, bad batch indices
   (NaN, -1, N, -7, 1e9)."""
@@ -294,10 +331,12 @@ def make_case(seed, dtype, box_dtype, layout, fmt, n=2, c=3, h=7, w=9, k=10, sca
 def _value_and_grads(op, x, rois, cot, box_grad):
   """jit(out, d<out, cot>/dx, d<out, |cot|>/dx and, when box_grad,
   d<out, cot>/drois) of op(x, rois)."""
+
   def f(x, rois):
     out, vjp = jax.vjp(op, x, rois)
     g, g_rois = vjp(cot)
     return (out, g, vjp(jnp.abs(cot))[0]) + ((g_rois,) if box_grad else ())
+
   return jax.jit(f)
 
 
@@ -305,8 +344,7 @@ def _check_feature_grads(got, expected, magnitude, what, ulps=GRAD_ULPS):
   leaves = [jax.tree.leaves(t) for t in (got, expected, magnitude)]
   assert len(set(map(len, leaves))) == 1, what
   for i, (a, e, m) in enumerate(zip(*leaves)):
-    assert_feature_grad_close(a, e, m, what if len(leaves[0]) == 1 else f"{what} [level {i}]",
-                              ulps)
+    assert_feature_grad_close(a, e, m, what if len(leaves[0]) == 1 else f"{what} [level {i}]", ulps)
 
 
 def compare(emus, op, x, rois, case_seed, box_grad, what, adaptive=False, deterministic=False):
@@ -315,8 +353,9 @@ def compare(emus, op, x, rois, case_seed, box_grad, what, adaptive=False, determ
   gradient must equal the CPU's bit for bit on every run (the same
   summation order, no atomics), whatever the seed, block size and bands."""
   out_shape = jax.eval_shape(op, x, rois)
-  cot = np.random.default_rng(case_seed + 1).standard_normal(out_shape.shape).astype(
-      out_shape.dtype)
+  cot = (
+    np.random.default_rng(case_seed + 1).standard_normal(out_shape.shape).astype(out_shape.dtype)
+  )
   fn = _value_and_grads(op, x, rois, cot, box_grad)
   expected, runs = run_both(emus, fn, x, rois, case_seed=case_seed)
   for label, got, stats in runs:
@@ -326,9 +365,13 @@ def compare(emus, op, x, rois, case_seed, box_grad, what, adaptive=False, determ
       for i, (a, e) in enumerate(zip(jax.tree.leaves(got[1:3]), jax.tree.leaves(expected[1:3]))):
         assert_bits_equal(a, e, f"{what} [{label}] deterministic feature gradient {i}")
     else:
-      _check_feature_grads(got[1], expected[1], expected[2],
-                           f"{what} [{label}] feature gradient",
-                           GRAD_ULPS_ADAPTIVE if adaptive else GRAD_ULPS)
+      _check_feature_grads(
+        got[1],
+        expected[1],
+        expected[2],
+        f"{what} [{label}] feature gradient",
+        GRAD_ULPS_ADAPTIVE if adaptive else GRAD_ULPS,
+      )
     if box_grad:
       assert_bits_equal(got[3], expected[3], f"{what} [{label}] box gradient")
   return expected
@@ -345,10 +388,25 @@ def test_roi_pool(emus, variant, deterministic):
   seed = stable_seed("roi_pool", *variant)
   with _x64(dtype, box_dtype):
     x, rois = make_case(seed, dtype, box_dtype, layout, fmt)
-    op = lambda x, r: jax_roi.roi_pool(x, r, (3, 2), spatial_scale=0.5, layout=layout,
-                                       implementation="ffi", deterministic=deterministic)
-    compare(emus, op, x, rois, seed, box_grad=False, what=f"roi_pool {variant}",
-            deterministic=deterministic)
+    op = lambda x, r: jax_roi.roi_pool(
+      x,
+      r,
+      (3, 2),
+      spatial_scale=0.5,
+      layout=layout,
+      implementation="ffi",
+      deterministic=deterministic,
+    )
+    compare(
+      emus,
+      op,
+      x,
+      rois,
+      seed,
+      box_grad=False,
+      what=f"roi_pool {variant}",
+      deterministic=deterministic,
+    )
 
 
 def _alternate(*keys):
@@ -365,17 +423,35 @@ def test_roi_align(emus, variant, mode, sr, aligned):
   det = _alternate("roi_align", mode, sr, aligned, *variant)
   with _x64(dtype, box_dtype):
     x, rois = make_case(seed, dtype, box_dtype, layout, fmt)
-    op = lambda x, r: jax_roi.roi_align(x, r, (3, 2), spatial_scale=0.5, sampling_ratio=sr,
-                                        aligned=aligned, mode=mode, layout=layout,
-                                        implementation="ffi", deterministic=det)
-    compare(emus, op, x, rois, seed, box_grad=True,
-            what=f"roi_align {mode} sr={sr} aligned={aligned} det={det} {variant}",
-            adaptive=sr <= 0, deterministic=det)
+    op = lambda x, r: jax_roi.roi_align(
+      x,
+      r,
+      (3, 2),
+      spatial_scale=0.5,
+      sampling_ratio=sr,
+      aligned=aligned,
+      mode=mode,
+      layout=layout,
+      implementation="ffi",
+      deterministic=det,
+    )
+    compare(
+      emus,
+      op,
+      x,
+      rois,
+      seed,
+      box_grad=True,
+      what=f"roi_align {mode} sr={sr} aligned={aligned} det={det} {variant}",
+      adaptive=sr <= 0,
+      deterministic=det,
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-@pytest.mark.parametrize("op_name,sr", [("ps_roi_pool", None), ("ps_roi_align", 0),
-                                        ("ps_roi_align", 2)])
+@pytest.mark.parametrize(
+  "op_name,sr", [("ps_roi_pool", None), ("ps_roi_align", 0), ("ps_roi_align", 2)]
+)
 def test_ps_roi(emus, variant, op_name, sr):
   """Position-sensitive ops: 12 input channels, 3 x 2 bins, 2 output channels."""
   dtype, box_dtype, layout, fmt = variant
@@ -383,13 +459,21 @@ def test_ps_roi(emus, variant, op_name, sr):
   with _x64(dtype, box_dtype):
     x, rois = make_case(seed, dtype, box_dtype, layout, fmt, c=12)
     if op_name == "ps_roi_pool":
-      op = lambda x, r: jax_roi.ps_roi_pool(x, r, (3, 2), 0.5, layout=layout,
-                                            implementation="ffi")
+      op = lambda x, r: jax_roi.ps_roi_pool(x, r, (3, 2), 0.5, layout=layout, implementation="ffi")
     else:
-      op = lambda x, r: jax_roi.ps_roi_align(x, r, (3, 2), 0.5, sr, layout=layout,
-                                             implementation="ffi")
-    compare(emus, op, x, rois, seed, box_grad=op_name == "ps_roi_align",
-            what=f"{op_name} sr={sr} {variant}", adaptive=sr == 0)
+      op = lambda x, r: jax_roi.ps_roi_align(
+        x, r, (3, 2), 0.5, sr, layout=layout, implementation="ffi"
+      )
+    compare(
+      emus,
+      op,
+      x,
+      rois,
+      seed,
+      box_grad=op_name == "ps_roi_align",
+      what=f"{op_name} sr={sr} {variant}",
+      adaptive=sr == 0,
+    )
 
 
 SCALES3 = (1 / 4, 1 / 8, 1 / 16)
@@ -403,16 +487,17 @@ def _fpn_case(seed, dtype, box_dtype, layout, fmt, levels, n=2, c=2, k=12):
   boxes (NaN: level 0) and bad batch indices too."""
   rng = np.random.default_rng(seed)
   scales = SCALES3[:levels]
-  feats = [random_features(rng, n, c, int(128 * s), int(128 * s), layout, DTYPES[dtype])
-           for s in scales]
-  side = np.where(rng.random(n * k) < 0.5, rng.uniform(4, 100, n * k),
-                  rng.uniform(235, 320, n * k))
+  feats = [
+    random_features(rng, n, c, int(128 * s), int(128 * s), layout, DTYPES[dtype]) for s in scales
+  ]
+  side = np.where(rng.random(n * k) < 0.5, rng.uniform(4, 100, n * k), rng.uniform(235, 320, n * k))
   x1, y1 = rng.uniform(-150, 120, n * k), rng.uniform(-150, 120, n * k)
   aspect = rng.uniform(0.9, 1.1, n * k)
   boxes = np.stack([x1, y1, x1 + side * aspect, y1 + side / aspect], axis=1)
   hostile = rng.random(n * k) < 0.1
   boxes[hostile, rng.integers(0, 4, hostile.sum())] = rng.choice(
-      [np.nan, np.inf, -1e30, 1e30], hostile.sum())
+    [np.nan, np.inf, -1e30, 1e30], hostile.sum()
+  )
   if fmt == "indexed":
     rois = indexed_rois(rng, boxes[:k], n, padding=0.25)
   else:
@@ -429,11 +514,27 @@ def test_multi_scale(emus, variant, levels, sr, aligned):
   with _x64(dtype, box_dtype):
     feats, rois, scales = _fpn_case(seed, dtype, box_dtype, layout, fmt, levels)
     op = lambda fs, r: jax_roi.multi_scale_roi_align(
-        list(fs), r, (3, 2), spatial_scales=scales, sampling_ratio=sr, aligned=aligned,
-        layout=layout, implementation="ffi", deterministic=det)
-    expected = compare(emus, op, tuple(feats), rois, seed, box_grad=True,
-                       what=f"multi_scale levels={levels} sr={sr} aligned={aligned} det={det}"
-                            f" {variant}", adaptive=sr <= 0, deterministic=det)
+      list(fs),
+      r,
+      (3, 2),
+      spatial_scales=scales,
+      sampling_ratio=sr,
+      aligned=aligned,
+      layout=layout,
+      implementation="ffi",
+      deterministic=det,
+    )
+    expected = compare(
+      emus,
+      op,
+      tuple(feats),
+      rois,
+      seed,
+      box_grad=True,
+      what=f"multi_scale levels={levels} sr={sr} aligned={aligned} det={det} {variant}",
+      adaptive=sr <= 0,
+      deterministic=det,
+    )
     if levels == 3:  # the middle level got no RoI: its gradient is all zeros
       assert not np.any(np.asarray(expected[1][1], np.float64))
       assert any(np.any(np.asarray(expected[1][i], np.float64)) for i in (0, 2))
@@ -441,13 +542,13 @@ def test_multi_scale(emus, variant, levels, sr, aligned):
 
 # Degenerate shapes: K = 0, N = 0, zero-size feature maps.
 EMPTY_CASES = {
-    "K=0 indexed": ((2, 3, 5, 6), (0, 5)),
-    "K=0 batched": ((2, 3, 5, 6), (2, 0, 4)),
-    "N=0 batched": ((0, 3, 5, 6), (0, 4, 4)),
-    "N=0 indexed": ((0, 3, 5, 6), (4, 5)),
-    "H=0": ((2, 3, 0, 6), (4, 5)),
-    "W=0": ((2, 3, 5, 0), (2, 3, 4)),
-    "C=0": ((2, 0, 5, 6), (4, 5)),
+  "K=0 indexed": ((2, 3, 5, 6), (0, 5)),
+  "K=0 batched": ((2, 3, 5, 6), (2, 0, 4)),
+  "N=0 batched": ((0, 3, 5, 6), (0, 4, 4)),
+  "N=0 indexed": ((0, 3, 5, 6), (4, 5)),
+  "H=0": ((2, 3, 0, 6), (4, 5)),
+  "W=0": ((2, 3, 5, 0), (2, 3, 4)),
+  "C=0": ((2, 0, 5, 6), (4, 5)),
 }
 
 
@@ -458,23 +559,37 @@ def test_degenerate_shapes(emus, name, op_name):
   rng = np.random.default_rng(stable_seed(name, op_name))
   x = rng.standard_normal(x_shape).astype(np.float32)
   boxes = random_boxes(rng, int(np.prod(r_shape[:-1])), 5, 6, 0.5, hostile=True)
-  rois = (boxes.reshape(r_shape) if r_shape[-1] == 4
-          else indexed_rois(rng, boxes, max(x_shape[0], 1), padding=0.3)).astype(np.float32)
+  rois = (
+    boxes.reshape(r_shape)
+    if r_shape[-1] == 4
+    else indexed_rois(rng, boxes, max(x_shape[0], 1), padding=0.3)
+  ).astype(np.float32)
   ops = {
-      "roi_pool": lambda x, r: jax_roi.roi_pool(x, r, 2, spatial_scale=0.5, implementation="ffi"),
-      "roi_align_avg": lambda x, r: jax_roi.roi_align(x, r, 2, spatial_scale=0.5,
-                                                      implementation="ffi"),
-      "roi_align_max": lambda x, r: jax_roi.roi_align(x, r, 2, spatial_scale=0.5, mode="max",
-                                                      implementation="ffi"),
-      "multi_scale": lambda x, r: jax_roi.multi_scale_roi_align(
-          [x], r, 2, spatial_scales=(0.5,), implementation="ffi"),
+    "roi_pool": lambda x, r: jax_roi.roi_pool(x, r, 2, spatial_scale=0.5, implementation="ffi"),
+    "roi_align_avg": lambda x, r: jax_roi.roi_align(
+      x, r, 2, spatial_scale=0.5, implementation="ffi"
+    ),
+    "roi_align_max": lambda x, r: jax_roi.roi_align(
+      x, r, 2, spatial_scale=0.5, mode="max", implementation="ffi"
+    ),
+    "multi_scale": lambda x, r: jax_roi.multi_scale_roi_align(
+      [x], r, 2, spatial_scales=(0.5,), implementation="ffi"
+    ),
   }
   try:
     jax.eval_shape(ops[op_name], x, rois)
   except (ValueError, TypeError) as e:  # shapes the op rejects up front
     pytest.skip(f"{op_name} rejects {name}: {e}")
-  compare(emus, ops[op_name], x, rois, stable_seed(name), box_grad=op_name != "roi_pool",
-          what=f"{op_name} {name}", adaptive=op_name != "roi_pool")
+  compare(
+    emus,
+    ops[op_name],
+    x,
+    rois,
+    stable_seed(name),
+    box_grad=op_name != "roi_pool",
+    what=f"{op_name} {name}",
+    adaptive=op_name != "roi_pool",
+  )
 
 
 @pytest.mark.parametrize("op_name", ["roi_pool", "roi_align_max", "multi_scale"])
@@ -485,15 +600,20 @@ def test_vmap_and_grad_paths(emus, op_name):
   x, rois = make_case(seed, "float32", "float32", "NCHW", "indexed", k=6)
   xs = np.stack([x, x[::-1] * 2])  # a batch of two feature stacks
   ops = {
-      "roi_pool": lambda x, r: jax_roi.roi_pool(x, r, 2, spatial_scale=0.5, implementation="ffi"),
-      "roi_align_max": lambda x, r: jax_roi.roi_align(x, r, 2, spatial_scale=0.5, mode="max",
-                                                      sampling_ratio=2, implementation="ffi"),
-      "multi_scale": lambda x, r: jax_roi.multi_scale_roi_align(
-          [x], r, 2, spatial_scales=(0.5,), implementation="ffi"),
+    "roi_pool": lambda x, r: jax_roi.roi_pool(x, r, 2, spatial_scale=0.5, implementation="ffi"),
+    "roi_align_max": lambda x, r: jax_roi.roi_align(
+      x, r, 2, spatial_scale=0.5, mode="max", sampling_ratio=2, implementation="ffi"
+    ),
+    "multi_scale": lambda x, r: jax_roi.multi_scale_roi_align(
+      [x], r, 2, spatial_scales=(0.5,), implementation="ffi"
+    ),
   }
   op = ops[op_name]
-  cot = np.random.default_rng(seed).standard_normal(
-      (2,) + jax.eval_shape(op, x, rois).shape).astype(np.float32)
+  cot = (
+    np.random.default_rng(seed)
+    .standard_normal((2,) + jax.eval_shape(op, x, rois).shape)
+    .astype(np.float32)
+  )
 
   def grad(c):  # d<op(x), c>/dx, vmapped over (x, c)
     return jax.vmap(lambda x, c: jax.vjp(lambda x: op(x, rois), x)[1](c)[0])(xs, c)
@@ -503,18 +623,29 @@ def test_vmap_and_grad_paths(emus, op_name):
   for label, got, stats in runs:
     check_launched(stats, got[:1], f"vmap {op_name} [{label}]")
     assert_bits_equal(got[0], expected[0], f"vmap {op_name} [{label}] output")
-    _check_feature_grads(got[1], expected[1], expected[2], f"vmap {op_name} [{label}] gradient",
-                         GRAD_ULPS_ADAPTIVE if op_name == "multi_scale" else GRAD_ULPS)
+    _check_feature_grads(
+      got[1],
+      expected[1],
+      expected[2],
+      f"vmap {op_name} [{label}] gradient",
+      GRAD_ULPS_ADAPTIVE if op_name == "multi_scale" else GRAD_ULPS,
+    )
 
 
-ALL_VARIANTS = [(d, b, l, f) for d in DTYPES for b in ("float32", "float64")
-                for l in ("NCHW", "NHWC") for f in ("indexed", "batched")]
+ALL_VARIANTS = [
+  (d, b, l, f)
+  for d in DTYPES
+  for b in ("float32", "float64")
+  for l in ("NCHW", "NHWC")
+  for f in ("indexed", "batched")
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ALL_VARIANTS, ids=["-".join(v) for v in ALL_VARIANTS])
-@pytest.mark.parametrize("op_name", ["roi_pool"] + [f"roi_align-{m}-{sr}-{a}"
-                                                    for m, sr, a in ALIGN_CONFIGS])
+@pytest.mark.parametrize(
+  "op_name", ["roi_pool"] + [f"roi_align-{m}-{sr}-{a}" for m, sr, a in ALIGN_CONFIGS]
+)
 def test_extended_sweep(emus, variant, op_name):
   """Every (dtype, box dtype, layout, format) combination for every op
   configuration, larger maps and more boxes (the default run covers each
@@ -524,15 +655,32 @@ def test_extended_sweep(emus, variant, op_name):
   with _x64(dtype, box_dtype):
     x, rois = make_case(seed, dtype, box_dtype, layout, fmt, n=3, c=4, h=13, w=10, k=24)
     if op_name == "roi_pool":
-      op = lambda x, r: jax_roi.roi_pool(x, r, (4, 3), spatial_scale=0.5, layout=layout,
-                                         implementation="ffi")
+      op = lambda x, r: jax_roi.roi_pool(
+        x, r, (4, 3), spatial_scale=0.5, layout=layout, implementation="ffi"
+      )
     else:
       _, mode, sr, aligned = op_name.split("-")
-      op = lambda x, r: jax_roi.roi_align(x, r, (4, 3), spatial_scale=0.5,
-                                          sampling_ratio=int(sr), aligned=aligned == "True",
-                                          mode=mode, layout=layout, implementation="ffi")
-    compare(emus, op, x, rois, seed, box_grad=op_name != "roi_pool",
-            what=f"{op_name} {variant}", adaptive=op_name.endswith("-0-True") or op_name.endswith("-0-False"))
+      op = lambda x, r: jax_roi.roi_align(
+        x,
+        r,
+        (4, 3),
+        spatial_scale=0.5,
+        sampling_ratio=int(sr),
+        aligned=aligned == "True",
+        mode=mode,
+        layout=layout,
+        implementation="ffi",
+      )
+    compare(
+      emus,
+      op,
+      x,
+      rois,
+      seed,
+      box_grad=op_name != "roi_pool",
+      what=f"{op_name} {variant}",
+      adaptive=op_name.endswith("-0-True") or op_name.endswith("-0-False"),
+    )
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -543,29 +691,69 @@ def test_deterministic_backward_many_rois(emus, layout, op_name):
   overlapping boxes: bit-identical to the CPU backward on every emulated
   schedule, block size and band height."""
   seed = stable_seed("deterministic", layout, op_name)
-  x, rois = make_case(seed, "float32", "float32", layout, "indexed", n=3, c=5, h=17, w=12,
-                      k=150, scale=1.0)
+  x, rois = make_case(
+    seed, "float32", "float32", layout, "indexed", n=3, c=5, h=17, w=12, k=150, scale=1.0
+  )
   ops = {
-      "roi_pool": lambda x, r: jax_roi.roi_pool(x, r, (3, 4), layout=layout,
-                                                implementation="ffi", deterministic=True),
-      "roi_align-avg": lambda x, r: jax_roi.roi_align(
-          x, r, (3, 4), sampling_ratio=2, aligned=True, layout=layout, implementation="ffi",
-          deterministic=True),
-      "roi_align-max": lambda x, r: jax_roi.roi_align(
-          x, r, (3, 4), sampling_ratio=0, mode="max", layout=layout, implementation="ffi",
-          deterministic=True),
-      "multi_scale": lambda x, r: jax_roi.multi_scale_roi_align(
-          [x, x[..., ::2, ::2] if layout == "NCHW" else x[:, ::2, ::2]], r, (3, 4),
-          spatial_scales=(1.0, 0.5), canonical_scale=4, canonical_level=1, sampling_ratio=2,
-          layout=layout, implementation="ffi", deterministic=True),
+    "roi_pool": lambda x, r: jax_roi.roi_pool(
+      x, r, (3, 4), layout=layout, implementation="ffi", deterministic=True
+    ),
+    "roi_align-avg": lambda x, r: jax_roi.roi_align(
+      x,
+      r,
+      (3, 4),
+      sampling_ratio=2,
+      aligned=True,
+      layout=layout,
+      implementation="ffi",
+      deterministic=True,
+    ),
+    "roi_align-max": lambda x, r: jax_roi.roi_align(
+      x,
+      r,
+      (3, 4),
+      sampling_ratio=0,
+      mode="max",
+      layout=layout,
+      implementation="ffi",
+      deterministic=True,
+    ),
+    "multi_scale": lambda x, r: jax_roi.multi_scale_roi_align(
+      [x, x[..., ::2, ::2] if layout == "NCHW" else x[:, ::2, ::2]],
+      r,
+      (3, 4),
+      spatial_scales=(1.0, 0.5),
+      canonical_scale=4,
+      canonical_level=1,
+      sampling_ratio=2,
+      layout=layout,
+      implementation="ffi",
+      deterministic=True,
+    ),
   }
-  compare(emus, ops[op_name], x, rois, seed, box_grad=op_name != "roi_pool",
-          what=f"deterministic {op_name} {layout}", adaptive=True, deterministic=True)
+  compare(
+    emus,
+    ops[op_name],
+    x,
+    rois,
+    seed,
+    box_grad=op_name != "roi_pool",
+    what=f"deterministic {op_name} {layout}",
+    adaptive=True,
+    deterministic=True,
+  )
 
 
 def _base(x, rois, output_size, spatial_scale, layout):
-  return canonicalize(x, rois, output_size, spatial_scale=spatial_scale, layout=layout,
-                      box_order="xyxy", implementation="ffi")[2]
+  return canonicalize(
+    x,
+    rois,
+    output_size,
+    spatial_scale=spatial_scale,
+    layout=layout,
+    box_order="xyxy",
+    implementation="ffi",
+  )[2]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -578,7 +766,9 @@ def test_forward_argmax(emus, variant):
     x, rois = make_case(seed, dtype, box_dtype, layout, fmt)
     base = _base(x, rois, (3, 2), 0.5, layout)
     pool = RoiPoolConfig(base)
-    aligns = [RoiAlignConfig(base, sr, aligned, "max") for sr in (0, 2) for aligned in (False, True)]
+    aligns = [
+      RoiAlignConfig(base, sr, aligned, "max") for sr in (0, 2) for aligned in (False, True)
+    ]
 
     def fn(x, rois):
       outs = roi_pool_ffi.forward(x, rois, pool, with_argmax=True)
@@ -586,8 +776,7 @@ def test_forward_argmax(emus, variant):
         outs += tuple(roi_align_ffi.forward(x, rois, c, with_argmax=True))
       return outs
 
-    expected, runs = run_both(emus, jax.jit(fn), jnp.asarray(x), jnp.asarray(rois),
-                              case_seed=seed)
+    expected, runs = run_both(emus, jax.jit(fn), jnp.asarray(x), jnp.asarray(rois), case_seed=seed)
     assert expected[1].dtype == np.int32 and expected[1].size > 0
     for label, got, stats in runs:
       check_launched(stats, got, f"argmax {variant} [{label}]")
@@ -643,10 +832,19 @@ with kernel.redirect_targets(lambda t: t + m.target_suffix):
 assert m.preload_kernels() == 0 and m.kernel_loads() == n  # cudaSuccess; nothing reloaded
 print("ok", n)
 """
-  r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300,
-                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                         # the jax_roi under test first (not a source tree on sys.path)
-                         [str(pathlib.Path(jax_roi.__file__).parent.parent)] + sys.path)))
+  r = subprocess.run(
+    [sys.executable, "-P", "-c", code],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(
+      os.environ,
+      PYTHONPATH=os.pathsep.join(
+        # the jax_roi under test first (not a source tree on sys.path)
+        [str(pathlib.Path(jax_roi.__file__).parent.parent)] + sys.path
+      ),
+    ),
+  )
   assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
 
 
@@ -677,15 +875,21 @@ def test_forward_kernel_variants_launch_what_they_say(emus, op_name):
   k, c, ph, pw = 5, 300, 3, 2  # 1800 outputs per RoI: 2 chunks
   x = np.random.default_rng(0).standard_normal((1, c, 8, 8)).astype(np.float32)
   rois = np.array([[0, 1, 1, 6, 5]] * k, np.float32)
-  op = {"roi_pool": lambda x, r: jax_roi.roi_pool(x, r, (ph, pw), implementation="ffi"),
-        "roi_align": lambda x, r: jax_roi.roi_align(x, r, (ph, pw), sampling_ratio=2,
-                                                    implementation="ffi"),
-        "roi_align_adaptive": lambda x, r: jax_roi.roi_align(x, r, (ph, pw), sampling_ratio=0,
-                                                             implementation="ffi")}[op_name]
+  op = {
+    "roi_pool": lambda x, r: jax_roi.roi_pool(x, r, (ph, pw), implementation="ffi"),
+    "roi_align": lambda x, r: jax_roi.roi_align(
+      x, r, (ph, pw), sampling_ratio=2, implementation="ffi"
+    ),
+    "roi_align_adaptive": lambda x, r: jax_roi.roi_align(
+      x, r, (ph, pw), sampling_ratio=0, implementation="ffi"
+    ),
+  }[op_name]
   fn = jax.jit(op)
   expected = np.asarray(fn(x, rois))
-  launches = {"per_output": (1, -(-k * c * ph * pw // 256)),
-              "per_roi": (2, 2 * k * 2) if op_name == "roi_align_adaptive" else (1, k * 2)}
+  launches = {
+    "per_output": (1, -(-k * c * ph * pw // 256)),
+    "per_roi": (2, 2 * k * 2) if op_name == "roi_align_adaptive" else (1, k * 2),
+  }
   with kernel.redirect_targets(lambda t: t + m.target_suffix):
     for variant, (n_launches, n_blocks) in launches.items():
       m.set_forward_kernels(variant)
@@ -706,16 +910,23 @@ def test_forward_kernels_from_the_environment(emus):
   """JAX_ROI_CUDA_FORWARD picks the forward kernels when the module loads:
   per_roi by default and for any other value, per_output when asked."""
   build = pathlib.Path(emus[0].__file__).parent
-  code = (f"import sys; sys.path.insert(0, {str(build)!r}); "
-          f"m = __import__('_jax_roi_cuda_emulation_sm{emus[0].cuda_arch}'); "
-          "print(m.forward_kernels())")
-  for value, expected in ((None, "per_roi"), ("per_output", "per_output"), ("per_roi", "per_roi"),
-                          ("fast", "per_roi")):
+  code = (
+    f"import sys; sys.path.insert(0, {str(build)!r}); "
+    f"m = __import__('_jax_roi_cuda_emulation_sm{emus[0].cuda_arch}'); "
+    "print(m.forward_kernels())"
+  )
+  for value, expected in (
+    (None, "per_roi"),
+    ("per_output", "per_output"),
+    ("per_roi", "per_roi"),
+    ("fast", "per_roi"),
+  ):
     env = {k: v for k, v in os.environ.items() if k != "JAX_ROI_CUDA_FORWARD"}
     if value is not None:
       env["JAX_ROI_CUDA_FORWARD"] = value
-    r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
-                       timeout=120, env=env)
+    r = subprocess.run(
+      [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     assert r.returncode == 0 and r.stdout.strip() == expected, (value, r.stdout + r.stderr)
 
 
@@ -738,24 +949,45 @@ def test_roi_align_rotated(emus, variant, sr, aligned, unit, clockwise):
   with _x64(dtype, box_dtype):
     rng = np.random.default_rng(seed)
     x = random_features(rng, 2, 3, 7, 9, layout, DTYPES[dtype])
-    rois = rotated_rois(rng, fmt, 2, 10, 7, 9, 0.5, degrees=unit == "degrees", padding=0.3,
-                        hostile=True).astype(box_dtype)
-    op = lambda x, r: jax_roi.roi_align_rotated(x, r, (3, 2), 0.5, sr, angle_unit=unit,
-                                                clockwise=clockwise, aligned=aligned,
-                                                layout=layout, implementation="ffi")
-    compare(emus, op, x, rois, seed, box_grad=True,
-            what=f"roi_align_rotated sr={sr} aligned={aligned} {variant}", adaptive=sr <= 0)
+    rois = rotated_rois(
+      rng, fmt, 2, 10, 7, 9, 0.5, degrees=unit == "degrees", padding=0.3, hostile=True
+    ).astype(box_dtype)
+    op = lambda x, r: jax_roi.roi_align_rotated(
+      x,
+      r,
+      (3, 2),
+      0.5,
+      sr,
+      angle_unit=unit,
+      clockwise=clockwise,
+      aligned=aligned,
+      layout=layout,
+      implementation="ffi",
+    )
+    compare(
+      emus,
+      op,
+      x,
+      rois,
+      seed,
+      box_grad=True,
+      what=f"roi_align_rotated sr={sr} aligned={aligned} {variant}",
+      adaptive=sr <= 0,
+    )
 
 
 def test_roi_align_rotated_degenerate_shapes_and_vmap(emus):
   """No RoIs, no channels, an empty map; and a vmapped gradient (one folded
   launch per kernel)."""
   op = lambda x, r: jax_roi.roi_align_rotated(x, r, 2, 1.0, 2, implementation="ffi")
-  for x_shape, r_shape in [((2, 3, 5, 5), (0, 6)), ((2, 0, 5, 5), (3, 6)),
-                           ((2, 3, 0, 5), (3, 6)), ((2, 3, 5, 5), (2, 0, 5))]:
+  for x_shape, r_shape in [
+    ((2, 3, 5, 5), (0, 6)),
+    ((2, 0, 5, 5), (3, 6)),
+    ((2, 3, 0, 5), (3, 6)),
+    ((2, 3, 5, 5), (2, 0, 5)),
+  ]:
     x = np.ones(x_shape, np.float32)
-    rois = np.tile(np.array([0, 2, 2, 3, 3, 20], np.float32)[-r_shape[-1]:],
-                   r_shape[:-1] + (1,))
+    rois = np.tile(np.array([0, 2, 2, 3, 3, 20], np.float32)[-r_shape[-1] :], r_shape[:-1] + (1,))
     expected, runs = run_both(emus, jax.jit(op), x, rois)
     for label, got, stats in runs:
       assert_bits_equal(got, expected, f"degenerate {x_shape} {r_shape} [{label}]")
@@ -785,6 +1017,5 @@ def test_prroi_pool(emus, variant):
   seed = stable_seed("prroi_pool", *variant)
   with _x64(dtype, box_dtype):
     x, rois = make_case(seed, dtype, box_dtype, layout, fmt)
-    op = lambda x, r: jax_roi.prroi_pool(x, r, (3, 2), 0.5, layout=layout,
-                                         implementation="ffi")
+    op = lambda x, r: jax_roi.prroi_pool(x, r, (3, 2), 0.5, layout=layout, implementation="ffi")
     compare(emus, op, x, rois, seed, box_grad=True, what=f"prroi_pool {variant}")

@@ -13,6 +13,7 @@ Environment:
       ASAN_OPTIONS=detect_leaks=0
   JAX_ROI_EMULATION_UCONTEXT=1 use the portable swapcontext fiber back end
 """
+
 import contextlib
 import hashlib
 import importlib
@@ -22,15 +23,15 @@ import shutil
 import subprocess
 import sys
 
+import cmake_cache
 import numpy as np
 import pytest
-
-import cmake_cache
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SRC = ROOT / "tests" / "cuda_emulation"
 HEADERS = [ROOT / "csrc" / "core" / f for f in ("cuda_emulation.h", "cuda_compat.h")] + [
-    ROOT / "csrc" / "cuda_emulation_bindings.h"]
+  ROOT / "csrc" / "cuda_emulation_bindings.h"
+]
 SEEDS = range(8)
 
 
@@ -50,10 +51,15 @@ def emu():
     if path.is_file():
       h.update(path.name.encode() + b"\0" + path.read_bytes())
   h.update(f"{sys.version}|{pybind11.__version__}|{sanitize}|{ucontext}".encode())
-  build = cmake_cache.build(SRC, "cuda_emulation_tests", h.hexdigest()[:16], [
+  build = cmake_cache.build(
+    SRC,
+    "cuda_emulation_tests",
+    h.hexdigest()[:16],
+    [
       f"-DJAX_ROI_EMULATION_SANITIZE={'ON' if sanitize else 'OFF'}",
       f"-DJAX_ROI_EMULATION_UCONTEXT={'ON' if ucontext else 'OFF'}",
-  ])
+    ],
+  )
   sys.path.insert(0, str(build))
   try:
     mod = importlib.import_module("_toy_emulation")
@@ -84,12 +90,15 @@ def test_architecture_value(emu):
   assert emu.sm750.ARCH == 750 and emu.sm900.ARCH == 900
 
 
-@pytest.mark.parametrize("grid,block,n", [
-    ((1,), (1,), 100),          # one thread does everything
-    ((3,), (64,), 1000),        # grid-stride: grid smaller than the data
-    ((50,), (32,), 1000),       # more threads than elements
-    ((7,), (1024,), 20000),     # largest block
-])
+@pytest.mark.parametrize(
+  "grid,block,n",
+  [
+    ((1,), (1,), 100),  # one thread does everything
+    ((3,), (64,), 1000),  # grid-stride: grid smaller than the data
+    ((50,), (32,), 1000),  # more threads than elements
+    ((7,), (1024,), 20000),  # largest block
+  ],
+)
 def test_grid_stride_loop(emu, k, grid, block, n):
   x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
   for seed in SEEDS:
@@ -114,16 +123,21 @@ def test_every_thread_runs_once_with_its_own_indices(emu, k):
     np.testing.assert_array_equal(visits, 1)
     digits = [(who >> (10 * i)) & 1023 for i in range(6)]  # tx ty tz bx by bz
     tx, ty, tz, bx, by, bz = digits
-    g = ((bz * grid[1] + by) * grid[0] + bx) * np.prod(block) + \
-        (tz * block[1] + ty) * block[0] + tx
+    g = ((bz * grid[1] + by) * grid[0] + bx) * np.prod(block) + (tz * block[1] + ty) * block[0] + tx
     np.testing.assert_array_equal(g, np.arange(total))
 
 
 def _first_thread(emu, k):
   x = np.arange(3 * 96 * 2, dtype=np.int32)
   winner = np.full(1, -1, np.int32)
-  args = [np.zeros(4, np.int32), np.zeros(1, np.uint32), np.zeros(1, np.int32),
-          np.zeros(1, np.uint64), np.zeros(1, np.float64), np.zeros(1, np.uint32)]
+  args = [
+    np.zeros(4, np.int32),
+    np.zeros(1, np.uint32),
+    np.zeros(1, np.int32),
+    np.zeros(1, np.uint64),
+    np.zeros(1, np.float64),
+    np.zeros(1, np.uint32),
+  ]
   assert k.atomics(x, *args, winner) == emu.cudaSuccess
   return int(winner[0])
 
@@ -202,6 +216,7 @@ def test_concurrent_launches_from_several_os_threads(emu, k):
   # __shared__ is per OS thread (static thread_local): launches running at
   # the same time on different threads must not share it.
   from concurrent.futures import ThreadPoolExecutor
+
   rng = np.random.default_rng(7)
   inputs = [rng.integers(-100, 100, 256 * 40).astype(np.int32) for _ in range(4)]
 
@@ -220,12 +235,12 @@ def test_barrier_predicates(emu, k):
   blocks, threads = 6, 96
   x = np.random.default_rng(3).integers(-3, 40, blocks * threads).astype(np.int32)
   x[:threads] = 1  # all positive
-  x[threads:2 * threads] = 0  # none
+  x[threads : 2 * threads] = 0  # none
   for seed in SEEDS:
     emu.set_seed(seed)
     out = np.zeros(3 * blocks, np.int32)
     assert k.barrier_predicates(x, out, blocks, threads) == emu.cudaSuccess
-    pos = (x.reshape(blocks, threads) > 0)
+    pos = x.reshape(blocks, threads) > 0
     np.testing.assert_array_equal(out[0::3], pos.sum(1))
     np.testing.assert_array_equal(out[1::3], pos.all(1))
     np.testing.assert_array_equal(out[2::3], pos.any(1))
@@ -306,7 +321,9 @@ def test_dynamic_shared_memory_limit(emu, k):
     emu.set_max_dynamic_shared_bytes(48 * 1024)
 
 
-@pytest.mark.parametrize("grid,block,smem,error", [
+@pytest.mark.parametrize(
+  "grid,block,smem,error",
+  [
     ((0,), (32,), 0, "cudaErrorInvalidConfiguration"),
     ((1, 0), (32,), 0, "cudaErrorInvalidConfiguration"),
     ((1,), (0,), 0, "cudaErrorInvalidConfiguration"),
@@ -318,7 +335,8 @@ def test_dynamic_shared_memory_limit(emu, k):
     ((1, 65536), (32,), 0, "cudaErrorInvalidConfiguration"),
     ((1, 1, 65536), (32,), 0, "cudaErrorInvalidConfiguration"),
     ((1,), (32,), 48 * 1024 + 1, "cudaErrorInvalidValue"),
-])
+  ],
+)
 def test_launch_configuration_errors(emu, k, grid, block, smem, error):
   x = np.ones(16, np.float32)
   out = np.zeros_like(x)
@@ -338,11 +356,14 @@ def test_largest_valid_configuration(emu, k):
   np.testing.assert_array_equal(out, x)
 
 
-@pytest.mark.parametrize("case,message", [
+@pytest.mark.parametrize(
+  "case,message",
+  [
     ("early_exit", "exited"),
     ("deadlock", "deadlock"),
     ("bad_mask", "lacks the calling lane"),
-])
+  ],
+)
 def test_synchronisation_misuse_fails_the_launch(emu, k, case, message):
   out = np.zeros(64, np.int32)
   for seed in SEEDS:
@@ -398,8 +419,19 @@ def _nvcc():
 @pytest.mark.parametrize("arch", ["sm_75", "sm_90"])
 def test_toy_kernels_compile_with_nvcc(tmp_path, arch):
   """The same kernel source builds against the real CUDA runtime."""
-  cmd = [_nvcc(), "-std=c++17", "-x", "cu", f"-arch={arch}", "--ptx",
-         "-I", str(ROOT / "csrc"), str(SRC / "toy_kernels.cu.h"), "-o", str(tmp_path / "t.ptx")]
+  cmd = [
+    _nvcc(),
+    "-std=c++17",
+    "-x",
+    "cu",
+    f"-arch={arch}",
+    "--ptx",
+    "-I",
+    str(ROOT / "csrc"),
+    str(SRC / "toy_kernels.cu.h"),
+    "-o",
+    str(tmp_path / "t.ptx"),
+  ]
   env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # sanitized runs
   r = subprocess.run(cmd, capture_output=True, text=True, env=env)
   assert r.returncode == 0, r.stderr

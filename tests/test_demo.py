@@ -24,13 +24,19 @@ def demo():
     del sys.modules[spec.name]
 
 
-@pytest.mark.parametrize("op", [pytest.param("roi_pool", marks=pytest.mark.slow),
-                                pytest.param("roi_align", marks=pytest.mark.slow),
-                                pytest.param("multi_scale", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "op",
+  [
+    pytest.param("roi_pool", marks=pytest.mark.slow),
+    pytest.param("roi_align", marks=pytest.mark.slow),
+    pytest.param("multi_scale", marks=pytest.mark.slow),
+  ],
+)
 def test_demo_trains_and_draws(demo, op, tmp_path, capsys):
   out = tmp_path / f"{op}.png"
-  summary = demo.run(["--op", op, "--steps", "64", "--train-images", "128", "--test-images", "8",
-                      "--out", str(out)])
+  summary = demo.run(
+    ["--op", op, "--steps", "64", "--train-images", "128", "--test-images", "8", "--out", str(out)]
+  )
   losses = summary["losses"]
   assert len(losses) == 64
   # measured: the mean of the last 8 losses is 0.64-0.70 of the first 8's
@@ -68,8 +74,10 @@ def test_missed_objects_are_found_and_drawn(demo, tmp_path):
 
   gt = np.array([[10.0, 10.0, 30.0, 30.0], [40.0, 40.0, 60.0, 60.0], [0, 0, 0, 0]], np.float32)
   labels = np.array([1, 2, 0], np.int32)
-  dets = [(np.array([11.0, 10.0, 30.0, 31.0]), 1, 0.9),   # finds object 0
-          (np.array([40.0, 40.0, 60.0, 60.0]), 3, 0.8)]   # object 1's box, wrong class
+  dets = [
+    (np.array([11.0, 10.0, 30.0, 31.0]), 1, 0.9),  # finds object 0
+    (np.array([40.0, 40.0, 60.0, 60.0]), 3, 0.8),
+  ]  # object 1's box, wrong class
   np.testing.assert_array_equal(demo.found_objects(gt, labels, dets), [True, False, False])
   np.testing.assert_array_equal(demo.found_objects(gt, labels, []), [False, False, False])
 

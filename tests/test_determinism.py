@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-SCRIPT = r'''
+SCRIPT = r"""
 import sys
 import jax, jax.numpy as jnp, numpy as np
 import jax_roi
@@ -50,7 +50,7 @@ for layout in ("NCHW", "NHWC"):
   results[f"multi_{layout}_level1"] = np.asarray(g[0][1])
   results[f"multi_{layout}_rois"] = np.asarray(g[1])
 np.savez(sys.argv[1], **results)
-'''
+"""
 
 
 def _run(tmp_path, threads):
@@ -64,8 +64,7 @@ def _run(tmp_path, threads):
   script = tmp_path / "grads.py"
   script.write_text(SCRIPT)
   # -P: never import the source tree instead of the installed package.
-  subprocess.run([sys.executable, "-P", str(script), str(out)], check=True, env=env,
-                 cwd=tmp_path)
+  subprocess.run([sys.executable, "-P", str(script), str(out)], check=True, env=env, cwd=tmp_path)
   with np.load(out) as d:
     return {k: d[k] for k in d.files}
 
@@ -97,16 +96,26 @@ import jax.numpy as jnp  # noqa: E402
 import jax_roi  # noqa: E402
 
 DETERMINISTIC_OPS = {
-    "roi_pool": ("jax_roi_roi_pool_bwd", lambda x, r, **kw: jax_roi.roi_pool(
-        x, r, 3, spatial_scale=0.5, **kw)),
-    "roi_align": ("jax_roi_roi_align_bwd", lambda x, r, **kw: jax_roi.roi_align(
-        x, r, 3, spatial_scale=0.5, sampling_ratio=2, **kw)),
-    "roi_align_max": ("jax_roi_roi_align_bwd", lambda x, r, **kw: jax_roi.roi_align(
-        x, r, 3, spatial_scale=0.5, sampling_ratio=2, mode="max", **kw)),
-    "multi_scale": ("jax_roi_multi_scale_roi_align_bwd",
-                    lambda x, r, **kw: jax_roi.multi_scale_roi_align(
-                        [x, x[:, :, ::2, ::2]], r, 3, spatial_scales=(0.5, 0.25),
-                        canonical_scale=8, **kw)),
+  "roi_pool": (
+    "jax_roi_roi_pool_bwd",
+    lambda x, r, **kw: jax_roi.roi_pool(x, r, 3, spatial_scale=0.5, **kw),
+  ),
+  "roi_align": (
+    "jax_roi_roi_align_bwd",
+    lambda x, r, **kw: jax_roi.roi_align(x, r, 3, spatial_scale=0.5, sampling_ratio=2, **kw),
+  ),
+  "roi_align_max": (
+    "jax_roi_roi_align_bwd",
+    lambda x, r, **kw: jax_roi.roi_align(
+      x, r, 3, spatial_scale=0.5, sampling_ratio=2, mode="max", **kw
+    ),
+  ),
+  "multi_scale": (
+    "jax_roi_multi_scale_roi_align_bwd",
+    lambda x, r, **kw: jax_roi.multi_scale_roi_align(
+      [x, x[:, :, ::2, ::2]], r, 3, spatial_scales=(0.5, 0.25), canonical_scale=8, **kw
+    ),
+  ),
 }
 
 
@@ -114,8 +123,9 @@ def _det_inputs():
   rng = np.random.default_rng(5)
   x = rng.standard_normal((2, 3, 12, 14)).astype(np.float32)
   xy = rng.uniform(-2, 20, (9, 2))
-  rois = np.concatenate([rng.integers(0, 2, (9, 1)), xy, xy + rng.uniform(1, 12, (9, 2))],
-                        1).astype(np.float32)
+  rois = np.concatenate(
+    [rng.integers(0, 2, (9, 1)), xy, xy + rng.uniform(1, 12, (9, 2))], 1
+  ).astype(np.float32)
   return x, rois
 
 
@@ -134,8 +144,9 @@ def test_deterministic_switch_picks_the_deterministic_backward(name, monkeypatch
   assert f"{target}_deterministic_v1" in _backward_targets(op, x, rois, deterministic=True)
   assert f"{target}_deterministic_v1" not in _backward_targets(op, x, rois, deterministic=False)
   # None follows XLA's switch in the environment, read at trace time.
-  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true "
-                     "--xla_gpu_deterministic_ops=true")
+  monkeypatch.setenv(
+    "XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true --xla_gpu_deterministic_ops=true"
+  )
   assert f"{target}_deterministic_v1" in _backward_targets(op, x, rois)
   assert f"{target}_deterministic_v1" not in _backward_targets(op, x, rois, deterministic=False)
   monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")
@@ -149,9 +160,11 @@ def test_deterministic_backward_equals_the_cpu_backward(name):
   _, op = DETERMINISTIC_OPS[name]
   x, rois = _det_inputs()
   cot = np.random.default_rng(1).standard_normal(jax.eval_shape(op, x, rois).shape)
+
   def grads(det):
     out, vjp = jax.vjp(lambda x, r: op(x, r, deterministic=det), x, rois)
     return (out,) + vjp(cot.astype(np.float32))
+
   for a, b in zip(grads(True), grads(False)):
     np.testing.assert_array_equal(a, b)
   assert np.abs(np.asarray(grads(True)[1])).sum() > 0
@@ -166,8 +179,8 @@ def test_deterministic_must_be_a_bool(bad):
 
 def test_layers_take_deterministic():
   from jax_roi import linen
+
   x, rois = _det_inputs()
-  layer = linen.RoIAlign(3, spatial_scale=0.5, sampling_ratio=2, layout="NCHW",
-                         deterministic=True)
+  layer = linen.RoIAlign(3, spatial_scale=0.5, sampling_ratio=2, layout="NCHW", deterministic=True)
   text = jax.jit(jax.grad(lambda x: jnp.sum(layer.apply({}, x, rois) ** 2))).lower(x).as_text()
   assert "jax_roi_roi_align_bwd_deterministic_v1" in text

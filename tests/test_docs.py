@@ -50,7 +50,7 @@ def test_the_documents_are_found():
 
 def test_the_gpu_mark_is_recognised():
   gpu_blocks = [b for b in blocks(ROOT / "docs" / "gpu.md") if b.startswith(GPU_MARK)]
-  assert gpu_blocks and all("jax.devices(\"gpu\")" in b for b in gpu_blocks)
+  assert gpu_blocks and all('jax.devices("gpu")' in b for b in gpu_blocks)
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
@@ -59,8 +59,9 @@ def test_python_blocks_run(path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", [p for p in DOCS if any(b.startswith(GPU_MARK) for b in blocks(p))],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+  "path", [p for p in DOCS if any(b.startswith(GPU_MARK) for b in blocks(p))], ids=lambda p: p.name
+)
 def test_gpu_python_blocks_run(path):
   assert run_blocks(path, with_gpu=True) == len(blocks(path))
 
@@ -75,11 +76,13 @@ def test_the_readme_layer_and_check_examples_run_alone(marker):
 
 def test_the_readme_prerequisites_match_the_build():
   readme = (ROOT / "README.md").read_text()
-  cmake_min = re.search(r"cmake_minimum_required\(VERSION (\d+\.\d+)",
-                        (ROOT / "CMakeLists.txt").read_text()).group(1)
-  python_min = re.search(r'requires-python = ">=(\d+\.\d+)"',
-                         (ROOT / "pyproject.toml").read_text()).group(1)
-  prerequisites = readme[readme.index("**Prerequisites:**"):][:600]
+  cmake_min = re.search(
+    r"cmake_minimum_required\(VERSION (\d+\.\d+)", (ROOT / "CMakeLists.txt").read_text()
+  ).group(1)
+  python_min = re.search(
+    r'requires-python = ">=(\d+\.\d+)"', (ROOT / "pyproject.toml").read_text()
+  ).group(1)
+  prerequisites = readme[readme.index("**Prerequisites:**") :][:600]
   assert f"CMake >= {cmake_min}" in prerequisites
   assert f"Python >= {python_min}" in prerequisites
   assert "C++17 compiler" in prerequisites and "nvcc" in prerequisites

@@ -13,13 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import MATRIX_OPS, random_case
 
 import jax_roi
-from helpers import MATRIX_OPS, random_case
 
 pytest.importorskip("flatbuffers")  # jax.export serialization needs it
 
-RUNNER = r'''
+RUNNER = r"""
 import sys, pathlib
 import numpy as np, jax
 import jax_roi  # registers the FFI targets
@@ -41,7 +41,7 @@ for path in sorted(d.glob("*.bin")):
       np.testing.assert_array_equal(np.asarray(o), io[f"{name}_out{i}"], err_msg=name)
   print("ok", name, exported.platforms)
 print("ALL OK")
-'''
+"""
 
 
 def _cases():
@@ -51,27 +51,33 @@ def _cases():
   boxes = np.concatenate([xy, xy + rng.uniform(4, 30, (2, 5, 2))], -1).astype(np.float32)
   levels = [x, x[:, :, ::2, ::2]]
   ops = {
-      "roi_pool": lambda f, b: jax_roi.roi_pool(f, b, 3, spatial_scale=0.5),
-      "roi_align": lambda f, b: jax_roi.roi_align(f, b, 3, spatial_scale=0.5, sampling_ratio=2,
-                                                  aligned=True),
-      "roi_align_max": lambda f, b: jax_roi.roi_align(f, b, 3, spatial_scale=0.5, mode="max"),
-      "multi_scale": lambda fs, b: jax_roi.multi_scale_roi_align(
-          list(fs), b, 3, spatial_scales=(0.5, 0.25), canonical_scale=16),
+    "roi_pool": lambda f, b: jax_roi.roi_pool(f, b, 3, spatial_scale=0.5),
+    "roi_align": lambda f, b: jax_roi.roi_align(
+      f, b, 3, spatial_scale=0.5, sampling_ratio=2, aligned=True
+    ),
+    "roi_align_max": lambda f, b: jax_roi.roi_align(f, b, 3, spatial_scale=0.5, mode="max"),
+    "multi_scale": lambda fs, b: jax_roi.multi_scale_roi_align(
+      list(fs), b, 3, spatial_scales=(0.5, 0.25), canonical_scale=16
+    ),
   }
   for name, op in ops.items():
     feats = tuple(levels) if name == "multi_scale" else x
     yield name, op, (feats, boxes)
     argnums = 0 if name == "roi_pool" else (0, 1)
-    yield (f"{name}_grad", jax.grad(lambda f, b: jnp.sum(jnp.sin(op(f, b))), argnums=argnums),
-           (feats, boxes))
+    yield (
+      f"{name}_grad",
+      jax.grad(lambda f, b: jnp.sum(jnp.sin(op(f, b))), argnums=argnums),
+      (feats, boxes),
+    )
 
 
 @pytest.mark.slow  # (~17 s; tools/gpu_check.sh runs it on GPUs by name)
 def test_export_round_trip_in_a_fresh_process(tmp_path):
   io = {}
   for name, fn, args in _cases():
-    exported = jax.export.export(jax.jit(fn), platforms=("cpu", "cuda"),
-                                 disabled_checks=jax_roi.export_safety_checks())(*args)
+    exported = jax.export.export(
+      jax.jit(fn), platforms=("cpu", "cuda"), disabled_checks=jax_roi.export_safety_checks()
+    )(*args)
     assert exported.platforms == ("cpu", "cuda")
     text = exported.mlir_module()
     assert "jax_roi_" in text and "_v1" in text  # versioned targets
@@ -84,9 +90,13 @@ def test_export_round_trip_in_a_fresh_process(tmp_path):
   runner = tmp_path / "runner.py"
   runner.write_text(RUNNER)
   # The runner replays on the CPU what was computed on the default backend.
-  proc = subprocess.run([sys.executable, "-P", str(runner), str(tmp_path),
-                         jax.default_backend()], capture_output=True,
-                        text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-P", str(runner), str(tmp_path), jax.default_backend()],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert proc.stdout.count("ok ") == 8 and "ALL OK" in proc.stdout
 
@@ -102,21 +112,37 @@ def test_safety_checks_cover_every_target():
   names = {str(c) for c in jax_roi.export_safety_checks()}
   # + ps_roi_pool/ps_roi_align, roi_align_rotated, prroi_pool, the 3 deterministic backwards
   assert len(names) == 8 + 5 + 3 + 3 + 3
-  for op in ("roi_pool_fwd", "roi_pool_bwd", "roi_align_fwd", "roi_align_bwd",
-             "roi_pool_bwd_deterministic", "roi_align_bwd_deterministic",
-             "multi_scale_roi_align_bwd_deterministic",
-             "roi_align_box_grad", "multi_scale_roi_align_fwd",
-             "multi_scale_roi_align_bwd", "multi_scale_roi_align_box_grad",
-             "ps_roi_pool_fwd", "ps_roi_pool_bwd", "ps_roi_align_fwd", "ps_roi_align_bwd",
-             "ps_roi_align_box_grad", "roi_align_rotated_fwd", "roi_align_rotated_bwd",
-             "roi_align_rotated_box_grad", "prroi_pool_fwd", "prroi_pool_bwd",
-             "prroi_pool_box_grad"):
+  for op in (
+    "roi_pool_fwd",
+    "roi_pool_bwd",
+    "roi_align_fwd",
+    "roi_align_bwd",
+    "roi_pool_bwd_deterministic",
+    "roi_align_bwd_deterministic",
+    "multi_scale_roi_align_bwd_deterministic",
+    "roi_align_box_grad",
+    "multi_scale_roi_align_fwd",
+    "multi_scale_roi_align_bwd",
+    "multi_scale_roi_align_box_grad",
+    "ps_roi_pool_fwd",
+    "ps_roi_pool_bwd",
+    "ps_roi_align_fwd",
+    "ps_roi_align_bwd",
+    "ps_roi_align_box_grad",
+    "roi_align_rotated_fwd",
+    "roi_align_rotated_bwd",
+    "roi_align_rotated_box_grad",
+    "prroi_pool_fwd",
+    "prroi_pool_bwd",
+    "prroi_pool_box_grad",
+  ):
     assert any(f"jax_roi_{op}_v1" in n for n in names), op
 
 
 def _export_compat():
   """tests/scripts/export_compat.py, as a module."""
   import importlib.util
+
   path = pathlib.Path(__file__).parent / "scripts" / "export_compat.py"
   spec = importlib.util.spec_from_file_location("export_compat", path)
   module = importlib.util.module_from_spec(spec)
@@ -133,8 +159,7 @@ def test_checked_in_artifacts_keep_loading_and_give_the_same_results():
   and run them with the same results (README "Export")."""
   checked = _export_compat().check(FIXTURES)
   ops = ("roi_pool", "roi_align", "roi_align_max", "multi_scale")
-  assert sorted(checked) == sorted(f"{op}_{kind}" for op in ops
-                                   for kind in ("fwd", "grad", "poly"))
+  assert sorted(checked) == sorted(f"{op}_{kind}" for op in ops for kind in ("fwd", "grad", "poly"))
 
 
 @pytest.mark.parametrize("op", list(MATRIX_OPS))
@@ -147,11 +172,11 @@ def test_shape_polymorphic_export(op, fmt, assert_same_gradient):
   grad = jax.grad(lambda x, r: jnp.sum(jnp.sin(fn(x, r))), argnums=(0, 1))
   dims = jax.export.symbolic_shape("n, h, w, 3, k" if fmt == "indexed" else "n, h, w, 3, r")
   rois_shape = (dims[4], 5) if fmt == "indexed" else (dims[0], dims[4], 4)
-  specs = (jax.ShapeDtypeStruct(dims[:4], np.float32),
-           jax.ShapeDtypeStruct(rois_shape, np.float32))
+  specs = (jax.ShapeDtypeStruct(dims[:4], np.float32), jax.ShapeDtypeStruct(rois_shape, np.float32))
   for f in (fn, grad):
-    exported = jax.export.export(jax.jit(f), platforms=("cpu", "cuda"),
-                                 disabled_checks=jax_roi.export_safety_checks())(*specs)
+    exported = jax.export.export(
+      jax.jit(f), platforms=("cpu", "cuda"), disabled_checks=jax_roi.export_safety_checks()
+    )(*specs)
     exported = jax.export.deserialize(exported.serialize())
     assert "n" in str(exported.in_avals[0]) and "h" in str(exported.in_avals[0])
     for seed, (n, h, w, k) in enumerate([(1, 7, 12, 1), (3, 16, 9, 6)]):
@@ -168,4 +193,5 @@ def test_symbolic_shapes_with_the_pure_jax_version_are_refused():
   specs = (jax.ShapeDtypeStruct(dims[:4], np.float32), jax.ShapeDtypeStruct(dims[4:], np.float32))
   with pytest.raises(ValueError, match="symbolic"):
     jax.export.export(jax.jit(lambda x, r: jax_roi.roi_align(x, r, 2, implementation="xla")))(
-        *specs)
+      *specs
+    )

@@ -11,17 +11,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import OPS, indexed_rois, random_boxes, random_features
 
 pytestmark = pytest.mark.gpu
-
 
 
 def test_module_has_machine_code_for_this_gpu():
   """No "no kernel image is available": SASS of this GPU's architecture,
   or of an older minor revision of its major version."""
   import jax_roi._jax_roi as ext
+
   assert ext.with_cuda, "jax_roi was built without CUDA kernels"
   tool = pathlib.Path(__file__).resolve().parents[1] / "tools" / "fatbin_archs.py"
   if not tool.exists():
@@ -36,14 +35,16 @@ def test_module_has_machine_code_for_this_gpu():
   major, minor = (int(v) for v in str(cc).split("."))
   arch = 10 * major + minor
   assert any(a // 10 == major and a <= arch for a in sass), (
-      f"no SASS for sm_{arch} in {sass} (PTX {ptx}): the driver must JIT or fail")
+    f"no SASS for sm_{arch} in {sass} (PTX {ptx}): the driver must JIT or fail"
+  )
 
 
 @pytest.mark.parametrize("op", list(OPS))
 def test_default_implementation_is_the_cuda_kernel(op):
   x = random_features(np.random.default_rng(0), 2, 3, 9, 10)
-  rois = indexed_rois(np.random.default_rng(1), random_boxes(np.random.default_rng(2), 5, 9, 10,
-                                                             0.5), 2).astype(np.float32)
+  rois = indexed_rois(
+    np.random.default_rng(1), random_boxes(np.random.default_rng(2), 5, 9, 10, 0.5), 2
+  ).astype(np.float32)
   text = jax.jit(lambda x, r: OPS[op](x, r)).lower(x, rois).compile().as_text()
   assert 'custom_call_target="jax_roi_' in text
 
@@ -55,8 +56,9 @@ def test_gpu_matches_cpu(op, layout):
   box gradients equal to float rounding (atomics on the GPU)."""
   rng = np.random.default_rng(3)
   x = random_features(rng, 2, 6, 11, 13, layout)  # 6: divisible by the ps ops' 3 bins
-  rois = indexed_rois(rng, random_boxes(rng, 24, 11, 13, 0.5, hostile=True), 2,
-                      padding=0.2).astype(np.float32)
+  rois = indexed_rois(rng, random_boxes(rng, 24, 11, 13, 0.5, hostile=True), 2, padding=0.2).astype(
+    np.float32
+  )
   loss = lambda x, r: jnp.sum(jnp.sin(OPS[op](x, r, layout=layout)))
   results = []
   for device in (jax.devices()[0], jax.devices("cpu")[0]):
@@ -77,16 +79,21 @@ def test_deterministic_backward_gives_the_cpu_bits(op, layout):
   bit, run after run (the same summation order, no atomics)."""
   rng = np.random.default_rng(4)
   x = random_features(rng, 2, 37, 23, 29, layout)
-  rois = indexed_rois(rng, random_boxes(rng, 150, 23, 29, 0.5, hostile=True), 2,
-                      padding=0.2).astype(np.float32)
-  cot = rng.standard_normal(jax.eval_shape(lambda x, r: OPS[op](x, r, layout=layout), x,
-                                           rois).shape)
+  rois = indexed_rois(
+    rng, random_boxes(rng, 150, 23, 29, 0.5, hostile=True), 2, padding=0.2
+  ).astype(np.float32)
+  cot = rng.standard_normal(
+    jax.eval_shape(lambda x, r: OPS[op](x, r, layout=layout), x, rois).shape
+  )
   cot = cot.astype(np.float32)
   grads = []
   for device in (jax.devices()[0], jax.devices()[0], jax.devices("cpu")[0]):
     xd, rd, cd = jax.device_put((x, rois, cot), device)
-    f = jax.jit(lambda x, r, c: jax.vjp(
-        lambda x: OPS[op](x, r, layout=layout, deterministic=True), x)[1](c)[0])
+    f = jax.jit(
+      lambda x, r, c: jax.vjp(lambda x: OPS[op](x, r, layout=layout, deterministic=True), x)[1](c)[
+        0
+      ]
+    )
     grads.append(np.asarray(f(xd, rd, cd)))
   assert np.abs(grads[2]).sum() > 0
   np.testing.assert_array_equal(grads[0], grads[1])

@@ -12,16 +12,17 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import loop_reference as ref
 import ml_dtypes
 import numpy as np
 import pytest
+from helpers import random_features
 from jax.experimental import checkify
 
 import jax_roi
-import loop_reference as ref
-from helpers import random_features
 
-BOXES = np.array([
+BOXES = np.array(
+  [
     [0, 1.0, 1.0, 5.0, 6.0],  # fine
     [-1, 0.0, 0.0, 0.0, 0.0],  # padding
     [0, np.nan, 1.0, 5.0, 6.0],  # non-finite
@@ -29,17 +30,19 @@ BOXES = np.array([
     [0, 2.0, 2.0, 2.0, 6.0],  # empty
     [2, 1.0, 1.0, 5.0, 6.0],  # index >= N (N = 2)
     [0.5, 1.0, 1.0, 5.0, 6.0],  # fractional index
-], np.float32)
+  ],
+  np.float32,
+)
 
 
 def test_validate_rois_flags():
   flags = jax.jit(jax_roi.validate_rois, static_argnums=1)(BOXES, 2)
   expected = {
-      "non_finite": [0, 0, 1, 0, 0, 0, 0],
-      "inverted": [0, 0, 0, 1, 0, 0, 0],
-      "empty": [0, 1, 0, 0, 1, 0, 0],
-      "padding": [0, 1, 0, 0, 0, 0, 0],
-      "bad_index": [0, 0, 0, 0, 0, 1, 1],
+    "non_finite": [0, 0, 1, 0, 0, 0, 0],
+    "inverted": [0, 0, 0, 1, 0, 0, 0],
+    "empty": [0, 1, 0, 0, 1, 0, 0],
+    "padding": [0, 1, 0, 0, 0, 0, 0],
+    "bad_index": [0, 0, 0, 0, 0, 1, 1],
   }
   assert set(flags) == set(expected)
   for name, value in expected.items():
@@ -61,17 +64,20 @@ def test_validate_rois_batched_and_yxyx():
     jax_roi.validate_rois(boxes, 1, box_order="xywh")
 
 
-@pytest.mark.parametrize("row,message", [
+@pytest.mark.parametrize(
+  "row,message",
+  [
     (2, "RoI 2 has a NaN or infinite coordinate"),
     (3, "RoI 3 is inverted"),
     (4, "RoI 4 has zero width or height"),
     (5, "RoI 5 has a batch index"),
     (6, "RoI 6 has a batch index"),
-])
+  ],
+)
 def test_check_rois_names_the_first_bad_roi(row, message):
   features = jnp.ones((2, 1, 8, 8), jnp.float32)
   # The bad row twice, first at index 2.
-  rois = np.concatenate([BOXES[:2], BOXES[row:row + 1], BOXES[row:row + 1]])
+  rois = np.concatenate([BOXES[:2], BOXES[row : row + 1], BOXES[row : row + 1]])
   message = message.replace(f"RoI {row}", "RoI 2")
 
   def pooled(features, rois):
@@ -128,9 +134,11 @@ def test_subnormal_features_are_not_flushed(layout):
   assert (np.asarray(aligned) != 0).all()
   np.testing.assert_allclose(np.asarray(aligned, np.float64), expected, rtol=0, atol=2e-45)
   # Gradients of subnormal size survive too.
-  grad = jax.grad(lambda x: jnp.sum(jax_roi.roi_align(x, rois, 2, sampling_ratio=2,
-                                                      layout=layout)) * np.float32(1e-30))(
-                                                          jnp.asarray(x))
+  grad = jax.grad(
+    lambda x: (
+      jnp.sum(jax_roi.roi_align(x, rois, 2, sampling_ratio=2, layout=layout)) * np.float32(1e-30)
+    )
+  )(jnp.asarray(x))
   assert np.count_nonzero(np.asarray(grad)) > 0
 
 
@@ -152,12 +160,15 @@ def test_concurrent_calls_from_threads_agree(assert_same_gradient):
   """Several Python threads running compiled ops at once give the serial results."""
   rng = np.random.default_rng(1)
   x = jnp.asarray(random_features(rng, 2, 4, 24, 24))
-  rois = jnp.asarray(np.concatenate(
+  rois = jnp.asarray(
+    np.concatenate(
       [rng.integers(0, 2, (64, 1)), rng.uniform(0, 20, (64, 2)), rng.uniform(20, 24, (64, 2))],
-      axis=1).astype(np.float32))
+      axis=1,
+    ).astype(np.float32)
+  )
   fns = {
-      "pool": jax.jit(jax.value_and_grad(lambda x: jnp.sum(jax_roi.roi_pool(x, rois, 3) ** 2))),
-      "align": jax.jit(jax.value_and_grad(lambda x: jnp.sum(jax_roi.roi_align(x, rois, 3) ** 2))),
+    "pool": jax.jit(jax.value_and_grad(lambda x: jnp.sum(jax_roi.roi_pool(x, rois, 3) ** 2))),
+    "align": jax.jit(jax.value_and_grad(lambda x: jnp.sum(jax_roi.roi_align(x, rois, 3) ** 2))),
   }
   serial = {k: jax.device_get(f(x)) for k, f in fns.items()}
   results, errors = [], []
@@ -211,10 +222,15 @@ def test_concurrent_calls_on_several_devices(tmp_path):
         np.testing.assert_array_equal(grad, out[0][1])
       print("ok")
       """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
-                        capture_output=True, text=True, timeout=300)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [sys.executable, "-c", script],
+    env=env,
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
@@ -245,9 +261,9 @@ def test_more_than_2_31_elements_bfloat16(layout, assert_same_gradient):
     patch = patch.transpose(1, 2, 0)
   x = np.zeros(shape, ml_dtypes.bfloat16)
   if layout == "NCHW":
-    x[n - 1, :, h - crop:, w - crop:] = patch
+    x[n - 1, :, h - crop :, w - crop :] = patch
   else:
-    x[n - 1, h - crop:, w - crop:, :] = patch
+    x[n - 1, h - crop :, w - crop :, :] = patch
   small = np.zeros((1,) + patch.shape, ml_dtypes.bfloat16)
   small[0] = patch
   # 24-pixel boxes on a 1/4-pixel grid: bins and sample positions are exact in
@@ -266,9 +282,9 @@ def test_more_than_2_31_elements_bfloat16(layout, assert_same_gradient):
     grad = jax.jit(jax.grad(loss))(x, far)
     expected_grad = np.asarray(jax.grad(loss)(jnp.asarray(small), local)[0], np.float32)
     if layout == "NCHW":
-      tail = grad[n - 1, :, h - crop:, w - crop:]
+      tail = grad[n - 1, :, h - crop :, w - crop :]
     else:
-      tail = grad[n - 1, h - crop:, w - crop:, :]
+      tail = grad[n - 1, h - crop :, w - crop :, :]
     assert_same_gradient(np.asarray(tail, np.float32), expected_grad)
     total = jax.jit(lambda g: jnp.sum(jnp.abs(g), dtype=jnp.float32))(grad)
     assert_same_gradient(np.float32(total), np.abs(expected_grad).sum(dtype=np.float32))
@@ -288,17 +304,19 @@ def test_more_than_2_31_output_elements_bfloat16(layout):
   rng = np.random.default_rng(4)
   x = jnp.asarray(random_features(rng, 1, c, size, size, layout).astype(ml_dtypes.bfloat16))
   head = np.array([[0, 2.5, 3.0, 17.0, 20.5]], np.float32)
-  tail = np.concatenate([np.zeros((k_tail, 1)), rng.uniform(0, 10, (k_tail, 2)),
-                         rng.uniform(12, 24, (k_tail, 2))], 1).astype(np.float32)
+  tail = np.concatenate(
+    [np.zeros((k_tail, 1)), rng.uniform(0, 10, (k_tail, 2)), rng.uniform(12, 24, (k_tail, 2))], 1
+  ).astype(np.float32)
   rois = jnp.asarray(np.concatenate([np.repeat(head, k - k_tail, 0), tail]))
   kw = dict(layout=layout, sampling_ratio=1)
-  last = jax.jit(lambda x, r: jax_roi.roi_align(x, r, out_size, **kw)[-k_tail - 1:])(x, rois)
+  last = jax.jit(lambda x, r: jax_roi.roi_align(x, r, out_size, **kw)[-k_tail - 1 :])(x, rois)
   alone = jax_roi.roi_align(x, np.concatenate([head, tail]), out_size, **kw)
   np.testing.assert_array_equal(np.asarray(last, np.float32), np.asarray(alone, np.float32))
   pooled = jax.jit(lambda x, r: jax_roi.roi_pool(x, r, out_size, layout=layout)[-k_tail:])(x, rois)
-  np.testing.assert_array_equal(np.asarray(pooled, np.float32),
-                                np.asarray(jax_roi.roi_pool(x, tail, out_size, layout=layout),
-                                           np.float32))
+  np.testing.assert_array_equal(
+    np.asarray(pooled, np.float32),
+    np.asarray(jax_roi.roi_pool(x, tail, out_size, layout=layout), np.float32),
+  )
   loss = lambda x, r: jnp.sum(jax_roi.roi_align(x, r, out_size, **kw), dtype=jnp.float32)
   grad = np.asarray(jax.jit(jax.grad(loss))(x, rois), np.float64)
   g_head = np.asarray(jax.grad(loss)(x, head), np.float64)
@@ -325,7 +343,8 @@ def test_minus_infinite_end_is_a_one_pixel_roi(implementation, column):
   np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(out[0], out[1])
   assert np.abs(out[0]).min() > 0 and (out[2] == 0).all()
-  grad = np.asarray(jax.grad(lambda r: jnp.sum(jax_roi.roi_align(x, r, 2, **kw)))(
-      jnp.asarray(rois)))
+  grad = np.asarray(
+    jax.grad(lambda r: jnp.sum(jax_roi.roi_align(x, r, 2, **kw)))(jnp.asarray(rois))
+  )
   np.testing.assert_array_equal(grad[0], grad[1])
   assert grad[0, column] == 0 and np.all(np.isfinite(grad))

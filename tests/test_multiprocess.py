@@ -28,9 +28,16 @@ def _free_port() -> int:
 def test_two_process_training_step(axis_type):
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  procs = [subprocess.Popen([sys.executable, "-P", str(SCRIPT), str(i), "2", str(port),
-                             axis_type], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-P", str(SCRIPT), str(i), "2", str(port), axis_type],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = []
   try:
     for p in procs:
@@ -40,8 +47,10 @@ def test_two_process_training_step(axis_type):
       if p.poll() is None:
         p.kill()
         p.communicate()
-  report = "\n".join(f"--- process {i} (exit {p.returncode}):\n{o[-4000:]}"
-                     for i, (p, o) in enumerate(zip(procs, outputs)))
+  report = "\n".join(
+    f"--- process {i} (exit {p.returncode}):\n{o[-4000:]}"
+    for i, (p, o) in enumerate(zip(procs, outputs))
+  )
   assert all(p.returncode == 0 for p in procs), report
   for i, o in enumerate(outputs):
     assert f"process {i}: OK ({axis_type} mesh" in o, report

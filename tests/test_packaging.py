@@ -27,8 +27,8 @@ def test_the_package_is_typed():
 
 def test_every_public_module_is_fully_annotated_by_mypy_config():
   config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
-  strict = {m for o in config["overrides"] if o.get("disallow_untyped_defs")
-            for m in o["module"]}
-  public = {"jax_roi"} | {f"jax_roi.{p.stem}" for p in PACKAGE.glob("*.py")
-                          if not p.stem.startswith("_")}
+  strict = {m for o in config["overrides"] if o.get("disallow_untyped_defs") for m in o["module"]}
+  public = {"jax_roi"} | {
+    f"jax_roi.{p.stem}" for p in PACKAGE.glob("*.py") if not p.stem.startswith("_")
+  }
   assert public <= strict, sorted(public - strict)

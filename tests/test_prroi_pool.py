@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import loop_reference as ref
 import numpy as np
 import pytest
+from helpers import DTYPES, random_features, random_rois, stable_seed
 from jax.test_util import check_grads
 
 import jax_roi
-import loop_reference as ref
-from helpers import DTYPES, random_features, random_rois, stable_seed
 
 LAYOUTS = ("NCHW", "NHWC")
 IMPLEMENTATIONS = ("ffi", "xla")
@@ -96,12 +96,16 @@ def test_continuous_in_the_boxes(x64):
     assert np.abs(np.asarray(lo) - np.asarray(hi)).max() < 1e-7
 
 
-@pytest.mark.parametrize("fmt,layout,implementation", [
-    ("indexed", "NCHW", "ffi"), ("batched", "NHWC", "ffi"),
+@pytest.mark.parametrize(
+  "fmt,layout,implementation",
+  [
+    ("indexed", "NCHW", "ffi"),
+    ("batched", "NHWC", "ffi"),
     pytest.param("indexed", "NHWC", "xla", marks=SLOW),
-    pytest.param("batched", "NCHW", "xla", marks=SLOW)])
-def test_box_gradient_against_finite_differences_of_the_reference(x64, fmt, layout,
-                                                                  implementation):
+    pytest.param("batched", "NCHW", "xla", marks=SLOW),
+  ],
+)
+def test_box_gradient_against_finite_differences_of_the_reference(x64, fmt, layout, implementation):
   """The exact derivative of the integral, against central differences of
   the independent quadrature reference (float64)."""
   rng = np.random.default_rng(stable_seed("prroi-fd", fmt, layout))
@@ -112,8 +116,9 @@ def test_box_gradient_against_finite_differences_of_the_reference(x64, fmt, layo
   boxes[..., 2:] = np.maximum(boxes[..., 2:], boxes[..., :2] + 0.4 / SCALE)
   boxes += 0.0123
   cot = rng.standard_normal(ref.prroi_pool(x, rois, SIZE, SCALE, layout).shape)
-  grad = jax.grad(lambda r: jnp.sum(_op(x, r, layout=layout, implementation=implementation)
-                                    * cot))(rois)
+  grad = jax.grad(lambda r: jnp.sum(_op(x, r, layout=layout, implementation=implementation) * cot))(
+    rois
+  )
   eps = 1e-6
   fd = np.zeros_like(rois)
   for idx in np.ndindex(rois.shape[:-1]):
@@ -121,13 +126,19 @@ def test_box_gradient_against_finite_differences_of_the_reference(x64, fmt, layo
       plus, minus = rois.copy(), rois.copy()
       plus[idx + (j,)] += eps
       minus[idx + (j,)] -= eps
-      fd[idx + (j,)] = np.sum((ref.prroi_pool(x, plus, SIZE, SCALE, layout)
-                               - ref.prroi_pool(x, minus, SIZE, SCALE, layout)) * cot) / (2 * eps)
+      fd[idx + (j,)] = np.sum(
+        (
+          ref.prroi_pool(x, plus, SIZE, SCALE, layout)
+          - ref.prroi_pool(x, minus, SIZE, SCALE, layout)
+        )
+        * cot
+      ) / (2 * eps)
   np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("layout,implementation", [("NCHW", "ffi"), ("NHWC", "ffi"),
-                                                   ("NHWC", "xla")])
+@pytest.mark.parametrize(
+  "layout,implementation", [("NCHW", "ffi"), ("NHWC", "ffi"), ("NHWC", "xla")]
+)
 def test_gradients_against_finite_differences(x64, layout, implementation):
   """Features and all four box coordinates, float64 (jax's check_grads)."""
   rng = np.random.default_rng(stable_seed("prroi-cg", layout))
@@ -135,8 +146,9 @@ def test_gradients_against_finite_differences(x64, layout, implementation):
   rois = random_rois(rng, "indexed", 2, 5, 8, 9, SCALE, False, padding=0.0)
   rois[:, 3:] = np.maximum(rois[:, 3:], rois[:, 1:3] + 1.0) + 0.0123
   index, boxes = rois[:, :1], rois[:, 1:]
-  f = lambda x, b: _op(x, jnp.concatenate([index, b], 1), layout=layout,
-                       implementation=implementation)
+  f = lambda x, b: _op(
+    x, jnp.concatenate([index, b], 1), layout=layout, implementation=implementation
+  )
   check_grads(f, (x, boxes), order=1, modes=["rev"], eps=1e-6, atol=1e-5, rtol=1e-5)
 
 
@@ -148,8 +160,10 @@ def test_box_gradient_kernel_equals_pure_jax(fmt):
   x = random_features(rng, 2, 3, 11, 12)
   rois = random_rois(rng, fmt, 2, 6, 11, 12, SCALE, False).astype(np.float32)
   cot = rng.standard_normal(_op(x, rois).shape).astype(np.float32)
-  grads = [jax.grad(lambda x, r: jnp.sum(_op(x, r, implementation=i) * cot),
-                    argnums=(0, 1))(x, rois) for i in IMPLEMENTATIONS]
+  grads = [
+    jax.grad(lambda x, r: jnp.sum(_op(x, r, implementation=i) * cot), argnums=(0, 1))(x, rois)
+    for i in IMPLEMENTATIONS
+  ]
   np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-3, atol=1e-3)
 
@@ -159,13 +173,13 @@ def test_zero_area_and_inverted_boxes():
   outputs 0, with zero gradients."""
   rng = np.random.default_rng(6)
   x = random_features(rng, 1, 2, 8, 8)
-  rois = np.array([[0, 3, 2, 3, 6], [0, 2, 4, 6, 4], [0, 6, 2, 2, 6], [0, 2, 6, 6, 2]],
-                  np.float32)
+  rois = np.array([[0, 3, 2, 3, 6], [0, 2, 4, 6, 4], [0, 6, 2, 2, 6], [0, 2, 6, 6, 2]], np.float32)
   for impl in IMPLEMENTATIONS:
     out = jax_roi.prroi_pool(x, rois, 2, implementation=impl)
     np.testing.assert_array_equal(out, 0)
-    gx, gr = jax.grad(lambda x, r: jnp.sum(jax_roi.prroi_pool(x, r, 2, implementation=impl)),
-                      argnums=(0, 1))(x, rois)
+    gx, gr = jax.grad(
+      lambda x, r: jnp.sum(jax_roi.prroi_pool(x, r, 2, implementation=impl)), argnums=(0, 1)
+    )(x, rois)
     np.testing.assert_array_equal(gx, 0)
     np.testing.assert_array_equal(gr, 0)
 
@@ -176,8 +190,16 @@ def test_hostile_boxes():
   rng = np.random.default_rng(4)
   x = random_features(rng, 2, 3, 9, 9)
   rois = random_rois(rng, "indexed", 2, 24, 9, 9, 1.0, True).astype(np.float32)
-  for col, value in [(1, np.nan), (2, np.inf), (3, 1e30), (4, -np.inf), (3, 3e9),
-                     (4, 1e38), (1, -1e30), (2, -3e38)]:
+  for col, value in [
+    (1, np.nan),
+    (2, np.inf),
+    (3, 1e30),
+    (4, -np.inf),
+    (3, 3e9),
+    (4, 1e38),
+    (1, -1e30),
+    (2, -3e38),
+  ]:
     rois[rng.integers(0, 24, 2), col] = value
   non_finite = ~np.isfinite(rois[:, 1:]).all(1)
   outs = []
@@ -186,8 +208,9 @@ def test_hostile_boxes():
     assert np.isfinite(np.asarray(out)).all()
     np.testing.assert_array_equal(np.asarray(out)[non_finite], 0)
     outs.append(out)
-    gx, gr = jax.grad(lambda x, r: jnp.sum(jax_roi.prroi_pool(x, r, 3, implementation=impl)),
-                      argnums=(0, 1))(x, rois)
+    gx, gr = jax.grad(
+      lambda x, r: jnp.sum(jax_roi.prroi_pool(x, r, 3, implementation=impl)), argnums=(0, 1)
+    )(x, rois)
     assert np.isfinite(np.asarray(gx)).all() and np.isfinite(np.asarray(gr)).all()
     np.testing.assert_array_equal(np.asarray(gr)[non_finite], 0)
   np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
@@ -210,8 +233,9 @@ def test_yxyx_box_order():
   x = random_features(rng, 2, 2, 8, 9)
   rois = random_rois(rng, "indexed", 2, 5, 8, 9, 1.0, False).astype(np.float32)
   swapped = rois[:, [0, 2, 1, 4, 3]]
-  np.testing.assert_array_equal(jax_roi.prroi_pool(x, swapped, 2, box_order="yxyx"),
-                                jax_roi.prroi_pool(x, rois, 2))
+  np.testing.assert_array_equal(
+    jax_roi.prroi_pool(x, swapped, 2, box_order="yxyx"), jax_roi.prroi_pool(x, rois, 2)
+  )
 
 
 def test_argument_validation():
@@ -229,15 +253,21 @@ def test_argument_validation():
     jax_roi.prroi_pool(x.astype(np.int32), r, 2)
 
 
-@pytest.mark.parametrize("fmt,in_axes", [
-    ("indexed", (0, None)), pytest.param("batched", (None, 0), marks=SLOW),
-    pytest.param("indexed", (0, 0), marks=SLOW)])
+@pytest.mark.parametrize(
+  "fmt,in_axes",
+  [
+    ("indexed", (0, None)),
+    pytest.param("batched", (None, 0), marks=SLOW),
+    pytest.param("indexed", (0, 0), marks=SLOW),
+  ],
+)
 def test_vmap_is_one_launch_with_box_gradients(fmt, in_axes):
   v = 2
   rng = np.random.default_rng(30)
   xs = np.stack([random_features(rng, 2, 3, 8, 9) for _ in range(v)])
-  rs = np.stack([random_rois(rng, fmt, 2, 4, 8, 9, SCALE, False).astype(np.float32)
-                 for _ in range(v)])
+  rs = np.stack(
+    [random_rois(rng, fmt, 2, 4, 8, 9, SCALE, False).astype(np.float32) for _ in range(v)]
+  )
   x_arg = xs if in_axes[0] == 0 else xs[0]
   r_arg = rs if in_axes[1] == 0 else rs[0]
   f = lambda x, r: _op(x, r)
@@ -289,8 +319,9 @@ def test_ffi_targets_return_errors_naming_the_argument():
   fail with an error naming the argument (never an abort)."""
   x = jnp.ones((1, 2, 5, 5), jnp.float32)
   r = jnp.zeros((1, 5), jnp.float32)
-  attrs = dict(spatial_scale=np.float64(1), pooled_height=np.int64(2),
-               pooled_width=np.int64(2), layout="NCHW")
+  attrs = dict(
+    spatial_scale=np.float64(1), pooled_height=np.int64(2), pooled_width=np.int64(2), layout="NCHW"
+  )
 
   def call(target, operands, shape, dtype=jnp.float32, **kw):
     out = jax.ShapeDtypeStruct(shape, dtype)
@@ -305,7 +336,11 @@ def test_ffi_targets_return_errors_naming_the_argument():
   with pytest.raises(Exception, match="rois must have shape"):
     call("jax_roi_prroi_pool_fwd_v1", (x, jnp.zeros((1, 6))), (1, 2, 2, 2))
   with pytest.raises(Exception, match="grad_features must have dtype"):
-    call("jax_roi_prroi_pool_bwd_v1", (jnp.ones((1, 2, 2, 2), jnp.float16), r), (1, 2, 5, 5),
-         jnp.float16)
+    call(
+      "jax_roi_prroi_pool_bwd_v1",
+      (jnp.ones((1, 2, 2, 2), jnp.float16), r),
+      (1, 2, 5, 5),
+      jnp.float16,
+    )
   with pytest.raises(Exception, match="grad_rois must have shape"):
     call("jax_roi_prroi_pool_box_grad_v1", (x, r, jnp.ones((1, 2, 2, 2))), (1, 4))

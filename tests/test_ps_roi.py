@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import loop_reference as ref
 import numpy as np
 import pytest
+from helpers import (
+  DTYPES,
+  nchw_of,
+  nchw_to,
+  pooled_from_nchw,
+  pooled_to_nchw,
+  random_features,
+  random_rois,
+  stable_seed,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import jax_roi
-import loop_reference as ref
-from helpers import (DTYPES, nchw_of, nchw_to, pooled_from_nchw, pooled_to_nchw, random_features,
-                     random_rois, stable_seed)
 
 LAYOUTS = ("NCHW", "NHWC")
 IMPLEMENTATIONS = ("ffi", "xla")
@@ -26,6 +34,7 @@ IMPLEMENTATIONS = ("ffi", "xla")
 @pytest.fixture(scope="module")
 def ps_golden():
   import pathlib
+
   with np.load(pathlib.Path(__file__).parent / "data" / "torchvision_ps_roi_ops.npz") as z:
     return {k: z[k] for k in z.files}
 
@@ -45,9 +54,10 @@ def _call(name, x, rois, size, scale, sr, **kw):
   return jax_roi.ps_roi_align(x, rois, size, scale, sr, **kw)
 
 
-@pytest.mark.parametrize("layout,implementation",
-                         [("NCHW", "ffi"), ("NHWC", "ffi"),
-                          pytest.param("NCHW", "xla", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "layout,implementation",
+  [("NCHW", "ffi"), ("NHWC", "ffi"), pytest.param("NCHW", "xla", marks=pytest.mark.slow)],
+)
 def test_golden_vectors(ps_golden, layout, implementation):
   """Every case of the golden file: the kernels' forward is torchvision's
   bit for bit (0 where torchvision gives NaN: the documented departure),
@@ -64,8 +74,9 @@ def test_golden_vectors(ps_golden, layout, implementation):
       x = nchw_to(ps_golden[f"features_{size[0]}x{size[1]}"].astype(dtype), layout)
       rois = ps_golden[f"rois_s{scale_key}_{size[0]}x{size[1]}"].astype(dtype)
       cot = pooled_from_nchw(ps_golden[f"{name}_cot"].astype(dtype), layout)
-      op = lambda x: _call(name, x, rois, size, float(scale_key), sr, layout=layout,
-                           implementation=implementation)
+      op = lambda x: _call(
+        name, x, rois, size, float(scale_key), sr, layout=layout, implementation=implementation
+      )
       out = np.asarray(pooled_to_nchw(op(x), layout))
       expected = ps_golden[f"{name}_out"]
       expected = np.where(np.isnan(expected), 0, expected)
@@ -75,8 +86,9 @@ def test_golden_vectors(ps_golden, layout, implementation):
         np.testing.assert_array_equal(out, expected, err_msg=name)
       else:
         np.testing.assert_allclose(out, expected, rtol=tol, atol=tol, err_msg=name)
-      np.testing.assert_allclose(grad, ps_golden[f"{name}_true_grad"], rtol=tol, atol=tol,
-                                 err_msg=name)
+      np.testing.assert_allclose(
+        grad, ps_golden[f"{name}_true_grad"], rtol=tol, atol=tol, err_msg=name
+      )
 
 
 def test_golden_departures_exist(ps_golden):
@@ -85,8 +97,12 @@ def test_golden_departures_exist(ps_golden):
   torchvision's backward differs from the true VJP."""
   cases = [str(c) for c in ps_golden["cases"]]
   assert sum(np.isnan(ps_golden[f"{c}_out"]).sum() for c in cases if "align" in c) > 0
-  differ = [c for c in cases if c.startswith("ps_roi_pool")
-            and not np.allclose(ps_golden[f"{c}_tv_grad"], ps_golden[f"{c}_true_grad"])]
+  differ = [
+    c
+    for c in cases
+    if c.startswith("ps_roi_pool")
+    and not np.allclose(ps_golden[f"{c}_tv_grad"], ps_golden[f"{c}_true_grad"])
+  ]
   assert len(differ) == 12
 
 
@@ -114,9 +130,10 @@ def test_align_zero_size_box_gives_zero_not_nan():
     out = np.asarray(jax_roi.ps_roi_align(x, rois, 2, 1.0, 0, implementation=impl))
     assert out.shape == (1, 2, 2, 2)
     np.testing.assert_array_equal(out, 0)
-    gx, gr = jax.grad(lambda x, r: jnp.sum(jax_roi.ps_roi_align(x, r, 2, 1.0, 0,
-                                                                implementation=impl)),
-                      argnums=(0, 1))(x, rois)
+    gx, gr = jax.grad(
+      lambda x, r: jnp.sum(jax_roi.ps_roi_align(x, r, 2, 1.0, 0, implementation=impl)),
+      argnums=(0, 1),
+    )(x, rois)
     np.testing.assert_array_equal(gx, 0)
     np.testing.assert_array_equal(gr, 0)
 
@@ -130,10 +147,16 @@ def _case(seed, op, layout, fmt, dtype, size=(2, 3), c_out=2, hostile=False, pad
   return x, rois.astype(box_dtype)
 
 
-@pytest.mark.parametrize("layout,fmt,implementation",
-                         [("NCHW", "indexed", "ffi"), ("NHWC", "batched", "ffi"),
-                          ("NHWC", "indexed", "ffi"), ("NCHW", "batched", "ffi"),
-                          ("NHWC", "indexed", "xla")])
+@pytest.mark.parametrize(
+  "layout,fmt,implementation",
+  [
+    ("NCHW", "indexed", "ffi"),
+    ("NHWC", "batched", "ffi"),
+    ("NHWC", "indexed", "ffi"),
+    ("NCHW", "batched", "ffi"),
+    ("NHWC", "indexed", "xla"),
+  ],
+)
 @pytest.mark.parametrize("op", ["ps_roi_pool", "ps_roi_align_sr2", "ps_roi_align_adaptive"])
 def test_loop_reference_and_padding(op, layout, fmt, implementation):
   """Forward and feature gradient against the float64 loop reference, with
@@ -145,9 +168,9 @@ def test_loop_reference_and_padding(op, layout, fmt, implementation):
   with jax.enable_x64(True):
     x, rois = _case(seed, op, layout, fmt, np.float64, size)
     cot = np.random.default_rng(seed + 1).standard_normal(
-        np.asarray(_call(op, x, rois, size, 0.5, sr, layout=layout)).shape)
-    f = lambda x: _call(op, x, rois, size, 0.5, sr, layout=layout,
-                        implementation=implementation)
+      np.asarray(_call(op, x, rois, size, 0.5, sr, layout=layout)).shape
+    )
+    f = lambda x: _call(op, x, rois, size, 0.5, sr, layout=layout, implementation=implementation)
     out = np.asarray(f(x))
     grad = np.asarray(jax.grad(lambda x: jnp.sum(f(x) * cot))(x))
     if sr is None:
@@ -172,13 +195,13 @@ def test_dtypes(op, dtype):
   x, rois = _case(stable_seed(op, dtype), op, "NHWC", "indexed", DTYPES[dtype])
   out = _call(op, x, rois, (2, 3), 0.5, sr, layout="NHWC")
   assert out.dtype == x.dtype
-  ref_fn = ref.ps_roi_pool if sr is None else (
-      lambda *a: ref.ps_roi_align(*a[:4], sr, a[4]))
+  ref_fn = ref.ps_roi_pool if sr is None else (lambda *a: ref.ps_roi_align(*a[:4], sr, a[4]))
   expected = ref_fn(np.asarray(x, np.float32), rois, (2, 3), 0.5, "NHWC")
   tol = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}[dtype]
   np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=tol, atol=tol)
-  g = jax.grad(lambda x: jnp.sum(_call(op, x, rois, (2, 3), 0.5, sr, layout="NHWC")
-                                 .astype(jnp.float32)))(x)
+  g = jax.grad(
+    lambda x: jnp.sum(_call(op, x, rois, (2, 3), 0.5, sr, layout="NHWC").astype(jnp.float32))
+  )(x)
   assert g.dtype == x.dtype and np.all(np.isfinite(np.asarray(g, np.float32)))
 
 
@@ -189,17 +212,19 @@ def test_box_gradient_finite_differences():
   with jax.enable_x64(True):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 2 * 4, 10, 12))
-    rois = np.array([[0, 1.3, 2.1, 8.7, 7.4], [1, 3.2, 0.6, 10.1, 9.3],
-                     [1, 9.6, 7.7, 2.4, 1.2]])  # the last one inverted
+    rois = np.array(
+      [[0, 1.3, 2.1, 8.7, 7.4], [1, 3.2, 0.6, 10.1, 9.3], [1, 9.6, 7.7, 2.4, 1.2]]
+    )  # the last one inverted
     for impl in IMPLEMENTATIONS:
       for sr in (2, 0):
         # Only the coordinates: the batch-index column is piecewise constant.
-        f = lambda b: jax_roi.ps_roi_align(x, jnp.concatenate([rois[:, :1], b], axis=1), 2,
-                                           1.0, sr, implementation=impl)
-        check_grads(f, (rois[:, 1:],), order=1, modes=("rev",), eps=1e-6, atol=1e-5,
-                    rtol=1e-5)
-      gx, gr = jax.grad(lambda x, r: jnp.sum(jax_roi.ps_roi_align(x, r, 2, 1.0, 2) ** 2),
-                        argnums=(0, 1))(x, rois)
+        f = lambda b: jax_roi.ps_roi_align(
+          x, jnp.concatenate([rois[:, :1], b], axis=1), 2, 1.0, sr, implementation=impl
+        )
+        check_grads(f, (rois[:, 1:],), order=1, modes=("rev",), eps=1e-6, atol=1e-5, rtol=1e-5)
+      gx, gr = jax.grad(
+        lambda x, r: jnp.sum(jax_roi.ps_roi_align(x, r, 2, 1.0, 2) ** 2), argnums=(0, 1)
+      )(x, rois)
       np.testing.assert_array_equal(gr[:, 0], 0)
     gr = jax.grad(lambda r: jnp.sum(jax_roi.ps_roi_pool(x, r, 2)))(rois)
     np.testing.assert_array_equal(gr, 0)
@@ -225,17 +250,27 @@ def test_hostile_inputs_huge_nan_padding(op):
   subset of CI)."""
   sr = None if op == "ps_roi_pool" else 0
   for layout in LAYOUTS:
-    x, rois = _case(stable_seed(op, layout, "hostile"), op, layout, "indexed", np.float32,
-                    hostile=True, padding=0.3)
-    out = np.asarray(_call(op, x, rois, (2, 3), 0.5, sr, layout=layout,
-                           implementation="ffi"))
+    x, rois = _case(
+      stable_seed(op, layout, "hostile"),
+      op,
+      layout,
+      "indexed",
+      np.float32,
+      hostile=True,
+      padding=0.3,
+    )
+    out = np.asarray(_call(op, x, rois, (2, 3), 0.5, sr, layout=layout, implementation="ffi"))
     assert np.all(np.isfinite(out))
-    expected = (ref.ps_roi_pool(x, rois, (2, 3), 0.5, layout) if sr is None else
-                ref.ps_roi_align(x, rois, (2, 3), 0.5, sr, layout))
+    expected = (
+      ref.ps_roi_pool(x, rois, (2, 3), 0.5, layout)
+      if sr is None
+      else ref.ps_roi_align(x, rois, (2, 3), 0.5, sr, layout)
+    )
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-    g = jax.grad(lambda x, r: jnp.sum(_call(op, x, r, (2, 3), 0.5, sr, layout=layout,
-                                            implementation="ffi")),
-                 argnums=(0, 1))(x, rois)
+    g = jax.grad(
+      lambda x, r: jnp.sum(_call(op, x, r, (2, 3), 0.5, sr, layout=layout, implementation="ffi")),
+      argnums=(0, 1),
+    )(x, rois)
     assert all(np.all(np.isfinite(np.asarray(v))) for v in g)
 
 
@@ -244,10 +279,16 @@ def test_empty_shapes(op):
   sr = None if op == "ps_roi_pool" else 2
   x = np.ones((2, 6, 5, 5), np.float32)
   assert _call(op, x, np.zeros((0, 5), np.float32), (2, 3), 1.0, sr).shape == (0, 1, 2, 3)
-  assert _call(op, np.ones((2, 0, 5, 5), np.float32), np.zeros((3, 5), np.float32), (2, 3),
-               1.0, sr).shape == (3, 0, 2, 3)
-  assert _call(op, x, np.zeros((2, 4, 4), np.float32), (2, 3), 1.0, sr,
-               layout="NCHW").shape == (2, 4, 1, 2, 3)
+  assert _call(
+    op, np.ones((2, 0, 5, 5), np.float32), np.zeros((3, 5), np.float32), (2, 3), 1.0, sr
+  ).shape == (3, 0, 2, 3)
+  assert _call(op, x, np.zeros((2, 4, 4), np.float32), (2, 3), 1.0, sr, layout="NCHW").shape == (
+    2,
+    4,
+    1,
+    2,
+    3,
+  )
 
 
 @pytest.mark.parametrize("op", [jax_roi.ps_roi_pool, jax_roi.ps_roi_align])
@@ -274,8 +315,9 @@ def test_box_order_yxyx(op):
   sr = None if op == "ps_roi_pool" else 2
   x, rois = _case(9, op, "NCHW", "indexed", np.float32)
   yx = rois[:, [0, 2, 1, 4, 3]]
-  np.testing.assert_array_equal(_call(op, x, yx, (2, 3), 0.5, sr, box_order="yxyx"),
-                                _call(op, x, rois, (2, 3), 0.5, sr))
+  np.testing.assert_array_equal(
+    _call(op, x, yx, (2, 3), 0.5, sr, box_order="yxyx"), _call(op, x, rois, (2, 3), 0.5, sr)
+  )
 
 
 @pytest.mark.slow  # (~25 s)
@@ -289,8 +331,12 @@ def test_property_kernel_matches_reference(data):
   draw = data.draw
   ph, pw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
   c_out = draw(st.integers(1, 3))
-  n, h, w, k = draw(st.integers(1, 2)), draw(st.integers(1, 9)), draw(st.integers(1, 9)), \
-      draw(st.integers(0, 6))
+  n, h, w, k = (
+    draw(st.integers(1, 2)),
+    draw(st.integers(1, 9)),
+    draw(st.integers(1, 9)),
+    draw(st.integers(0, 6)),
+  )
   scale = draw(st.sampled_from([1.0, 0.5, 0.25]))
   layout = draw(st.sampled_from(LAYOUTS))
   fmt = draw(st.sampled_from(["indexed", "batched"]))
@@ -300,18 +346,33 @@ def test_property_kernel_matches_reference(data):
   with jax.enable_x64(True):
     x = random_features(rng, n, c_out * ph * pw, h, w, layout, np.float64)
     rois = random_rois(rng, fmt, n, k, h, w, scale, hostile=False)
-    out = np.asarray(_call("ps_roi_pool" if sr is None else "ps_roi_align", x, rois, (ph, pw),
-                           scale, sr, layout=layout))
+    out = np.asarray(
+      _call(
+        "ps_roi_pool" if sr is None else "ps_roi_align", x, rois, (ph, pw), scale, sr, layout=layout
+      )
+    )
     if sr is None:
       np.testing.assert_array_equal(out, ref.ps_roi_pool(x, rois, (ph, pw), scale, layout))
     else:
-      np.testing.assert_allclose(out, ref.ps_roi_align(x, rois, (ph, pw), scale, sr, layout),
-                                 rtol=1e-12, atol=1e-12)
+      np.testing.assert_allclose(
+        out, ref.ps_roi_align(x, rois, (ph, pw), scale, sr, layout), rtol=1e-12, atol=1e-12
+      )
     y = rng.standard_normal(out.shape)
-    g = jax.grad(lambda x: jnp.sum(_call("ps_roi_pool" if sr is None else "ps_roi_align", x,
-                                         rois, (ph, pw), scale, sr, layout=layout) * y))(x)
-    np.testing.assert_allclose(np.vdot(out, y), np.vdot(x, np.asarray(g)), rtol=1e-9,
-                               atol=1e-9)
+    g = jax.grad(
+      lambda x: jnp.sum(
+        _call(
+          "ps_roi_pool" if sr is None else "ps_roi_align",
+          x,
+          rois,
+          (ph, pw),
+          scale,
+          sr,
+          layout=layout,
+        )
+        * y
+      )
+    )(x)
+    np.testing.assert_allclose(np.vdot(out, y), np.vdot(x, np.asarray(g)), rtol=1e-9, atol=1e-9)
 
 
 _SPLIT_BLOCKS = r"""
@@ -349,8 +410,13 @@ def test_channel_sharding_that_splits_a_block_of_bins():
   import pathlib
   import subprocess
   import sys
+
   root = str(pathlib.Path(jax_roi.__file__).resolve().parent.parent)
-  r = subprocess.run([sys.executable, "-P", "-c", _SPLIT_BLOCKS], capture_output=True, text=True,
-                     timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu",
-                                           PYTHONPATH=os.pathsep.join([root] + sys.path)))
+  r = subprocess.run(
+    [sys.executable, "-P", "-c", _SPLIT_BLOCKS],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([root] + sys.path)),
+  )
   assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr[-3000:]

@@ -7,17 +7,28 @@ import time
 
 import jax
 import jax.numpy as jnp
+import loop_reference as ref
 import numpy as np
 import pytest
+from helpers import (
+  DTYPES,
+  draw_dims,
+  indexed_rois,
+  nchw_of,
+  nchw_to,
+  pooled_from_nchw,
+  pooled_to_nchw,
+  random_boxes,
+  random_case,
+  random_features,
+  random_rois,
+  stable_seed,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import jax_roi
-import loop_reference as ref
-from helpers import (DTYPES, draw_dims, indexed_rois, nchw_of, nchw_to, pooled_from_nchw,
-                     pooled_to_nchw, random_boxes, random_case,
-                     random_features, random_rois, stable_seed)
 
 LAYOUTS = ("NCHW", "NHWC")
 IMPLEMENTATIONS = ("ffi", "xla")
@@ -30,8 +41,14 @@ def _golden_cases(golden):
 def _parse(name):
   # roi_align_s{scale}_{PH}x{PW}_a{aligned}_sr{sr}_{dtype}
   _, _, scale, size, aligned, sr, dtype = name.split("_")
-  return (float(scale[1:]), tuple(int(v) for v in size.split("x")), aligned == "a1",
-          int(sr[2:]), dtype, scale[1:])
+  return (
+    float(scale[1:]),
+    tuple(int(v) for v in size.split("x")),
+    aligned == "a1",
+    int(sr[2:]),
+    dtype,
+    scale[1:],
+  )
 
 
 @pytest.mark.parametrize("implementation", ["ffi", pytest.param("xla", marks=pytest.mark.slow)])
@@ -51,9 +68,16 @@ def test_golden_torchvision(golden, layout, implementation):
       cot = pooled_from_nchw(golden[f"{name}_cot"], layout)
 
       def align(x):
-        return jax_roi.roi_align(x, rois, size, spatial_scale=scale, sampling_ratio=sr,
-                                 aligned=aligned, layout=layout,
-                                 implementation=implementation)
+        return jax_roi.roi_align(
+          x,
+          rois,
+          size,
+          spatial_scale=scale,
+          sampling_ratio=sr,
+          aligned=aligned,
+          layout=layout,
+          implementation=implementation,
+        )
 
       out = np.asarray(pooled_to_nchw(align(x), layout))
       grad = nchw_of(jax.grad(lambda x: jnp.sum(align(x) * cot))(x), layout)
@@ -62,28 +86,32 @@ def test_golden_torchvision(golden, layout, implementation):
         tol = 1e-6 if dtype == "float32" else 1e-13
       else:  # XLA may contract and reorder: a tolerance, not bits.
         tol = 1e-5 if dtype == "float32" else 1e-12
-        np.testing.assert_allclose(out, golden[f"{name}_out"], rtol=tol, atol=tol,
-                                   err_msg=name)
-      np.testing.assert_allclose(grad, golden[f"{name}_grad"], rtol=tol, atol=tol,
-                                 err_msg=name)
+        np.testing.assert_allclose(out, golden[f"{name}_out"], rtol=tol, atol=tol, err_msg=name)
+      np.testing.assert_allclose(grad, golden[f"{name}_grad"], rtol=tol, atol=tol, err_msg=name)
 
 
 # anchors.md section 4: x = arange(2*2*6*8).reshape(2, 2, 6, 8), 2x2
 # output, channel 0, torchvision 0.29.1 (sr=2 not aligned, sr=2 aligned,
 # adaptive aligned).
 EDGE_CASES = [
-    ((0, 0, 0, 7, 5), [11.75, 15.25, 31.75, 35.25], [7.25, 10.75, 27.25, 30.75],
-     [7.4878, 10.9722, 27.2656, 30.75]),
-    ((0, 10, 10, 20, 20), [0] * 4, [0] * 4, [0] * 4),
-    ((0, 2, 2, 2, 2), [20.25, 20.75, 24.25, 24.75], [13.5] * 4, [0] * 4),
-    ((0, -3, -3, 1, 1), [0, 0, 0, 2.25], [0] * 4, [0] * 4),
-    ((1, 1, 1, 4, 3), [109.75, 111.25, 117.75, 119.25], [105.25, 106.75, 113.25, 114.75],
-     [105.25, 106.75, 113.25, 114.75]),
-    ((0, 5, 4, 2, 1), [39.25, 39.75, 43.25, 43.75], [25.75, 24.25, 13.75, 12.25], [0] * 4),
-    ((0, 1.5, 1.5, 3.5, 3.5), [18, 19, 26, 27], [13.5, 14.5, 21.5, 22.5],
-     [13.5, 14.5, 21.5, 22.5]),
-    ((0, 2.5, 0.5, 4.5, 2.5), [11, 12, 19, 20], [6.5, 7.5, 14.5, 15.5],
-     [6.5, 7.5, 14.5, 15.5]),
+  (
+    (0, 0, 0, 7, 5),
+    [11.75, 15.25, 31.75, 35.25],
+    [7.25, 10.75, 27.25, 30.75],
+    [7.4878, 10.9722, 27.2656, 30.75],
+  ),
+  ((0, 10, 10, 20, 20), [0] * 4, [0] * 4, [0] * 4),
+  ((0, 2, 2, 2, 2), [20.25, 20.75, 24.25, 24.75], [13.5] * 4, [0] * 4),
+  ((0, -3, -3, 1, 1), [0, 0, 0, 2.25], [0] * 4, [0] * 4),
+  (
+    (1, 1, 1, 4, 3),
+    [109.75, 111.25, 117.75, 119.25],
+    [105.25, 106.75, 113.25, 114.75],
+    [105.25, 106.75, 113.25, 114.75],
+  ),
+  ((0, 5, 4, 2, 1), [39.25, 39.75, 43.25, 43.75], [25.75, 24.25, 13.75, 12.25], [0] * 4),
+  ((0, 1.5, 1.5, 3.5, 3.5), [18, 19, 26, 27], [13.5, 14.5, 21.5, 22.5], [13.5, 14.5, 21.5, 22.5]),
+  ((0, 2.5, 0.5, 4.5, 2.5), [11, 12, 19, 20], [6.5, 7.5, 14.5, 15.5], [6.5, 7.5, 14.5, 15.5]),
 ]
 
 
@@ -93,11 +121,15 @@ EDGE_CASES = [
 def test_edge_case_table(roi, sr2, sr2_aligned, adaptive_aligned, layout, implementation):
   x = nchw_to(np.arange(2 * 2 * 6 * 8, dtype=np.float32).reshape(2, 2, 6, 8), layout)
   rois = np.array([roi], np.float32)
-  for sr, aligned, expected, tol in [(2, False, sr2, 1e-6), (2, True, sr2_aligned, 1e-6),
-                                     (0, True, adaptive_aligned, 1e-4),
-                                     (-1, True, adaptive_aligned, 1e-4)]:
-    out = jax_roi.roi_align(x, rois, 2, sampling_ratio=sr, aligned=aligned, layout=layout,
-                            implementation=implementation)
+  for sr, aligned, expected, tol in [
+    (2, False, sr2, 1e-6),
+    (2, True, sr2_aligned, 1e-6),
+    (0, True, adaptive_aligned, 1e-4),
+    (-1, True, adaptive_aligned, 1e-4),
+  ]:
+    out = jax_roi.roi_align(
+      x, rois, 2, sampling_ratio=sr, aligned=aligned, layout=layout, implementation=implementation
+    )
     out = np.asarray(pooled_to_nchw(out, layout))[0, 0].ravel()
     np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
 
@@ -107,8 +139,13 @@ def _case(seed, layout, fmt, dtype, box_dtype, **kw):
 
 
 CONFIGS = [  # (mode, sampling_ratio, aligned)
-    ("avg", 2, False), ("avg", 0, True), ("avg", 3, True), ("avg", -1, False),
-    ("max", 2, False), ("max", 0, True), ("max", 1, True),
+  ("avg", 2, False),
+  ("avg", 0, True),
+  ("avg", 3, True),
+  ("avg", -1, False),
+  ("max", 2, False),
+  ("max", 0, True),
+  ("max", 1, True),
 ]
 
 
@@ -121,7 +158,9 @@ def test_matches_loop_reference(layout, fmt, mode, sr, aligned):
   float32: to float32 rounding (the reference accumulates in float64)."""
   for dtype in ("float64", "float32"):
     with jax.enable_x64(dtype == "float64"):
-      x, rois = _case(stable_seed(layout, fmt, mode, sr, aligned, modulo=997), layout, fmt, dtype, dtype)
+      x, rois = _case(
+        stable_seed(layout, fmt, mode, sr, aligned, modulo=997), layout, fmt, dtype, dtype
+      )
       kw = dict(spatial_scale=0.5, sampling_ratio=sr, aligned=aligned, mode=mode)
       expected, _ = ref.roi_align(x, rois, (3, 2), layout=layout, **kw)
       out = jax_roi.roi_align(x, rois, (3, 2), layout=layout, **kw)
@@ -129,8 +168,7 @@ def test_matches_loop_reference(layout, fmt, mode, sr, aligned):
       if dtype == "float64" and mode == "avg":
         np.testing.assert_array_equal(np.asarray(out), expected)
       else:
-        np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=2e-6,
-                                   atol=2e-6)
+        np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=2e-6, atol=2e-6)
       cot = np.cos(np.arange(out.size)).reshape(out.shape).astype(dtype)
       loss = lambda x, r: jnp.sum(jax_roi.roi_align(x, r, (3, 2), layout=layout, **kw) * cot)
       grad_x, grad_r = jax.grad(loss, argnums=(0, 1))(x, rois)
@@ -143,8 +181,7 @@ def test_matches_loop_reference(layout, fmt, mode, sr, aligned):
 
 @st.composite
 def align_problems(draw, hostile=True):
-  n, c, h, w, k, output_size, scale = draw_dims(draw, st, 10, 8, 4,
-                                                [1.0, 0.5, 0.25, 0.3, 2.0, 0.0])
+  n, c, h, w, k, output_size, scale = draw_dims(draw, st, 10, 8, 4, [1.0, 0.5, 0.25, 0.3, 2.0, 0.0])
   sr = draw(st.sampled_from([-1, 0, 1, 2, 3]))
   aligned = draw(st.booleans())
   mode = draw(st.sampled_from(["avg", "max"]))
@@ -156,8 +193,7 @@ def align_problems(draw, hostile=True):
   if rng.random() < 0.2:
     x[rng.random(x.shape) < 0.1] = rng.choice([np.nan, -np.inf, 0.0])
   rois = random_rois(rng, fmt, n, k, h, w, scale, hostile)
-  kw = dict(spatial_scale=scale, sampling_ratio=sr, aligned=aligned, mode=mode,
-            layout=layout)
+  kw = dict(spatial_scale=scale, sampling_ratio=sr, aligned=aligned, mode=mode, layout=layout)
   return x, rois, output_size, kw
 
 
@@ -190,10 +226,17 @@ def test_box_gradient_finite_differences(x64, mode, aligned, sr):
   (float64; batch indices 0.5 / 1.5 so that nudging them changes nothing)."""
   rng = np.random.default_rng(3)
   x = rng.standard_normal((2, 2, 9, 10))
-  rois = np.array([[0.5, 1.37, 2.21, 7.73, 6.12], [1.5, -2.13, 0.41, 5.52, 9.93],
-                   [1.5, 3.31, 3.13, 3.62, 3.44], [0.5, 6.2, 5.1, 2.3, 1.7]])
-  f = lambda x, r: jax_roi.roi_align(x, r, (3, 2), spatial_scale=0.9, sampling_ratio=sr,
-                                     aligned=aligned, mode=mode)
+  rois = np.array(
+    [
+      [0.5, 1.37, 2.21, 7.73, 6.12],
+      [1.5, -2.13, 0.41, 5.52, 9.93],
+      [1.5, 3.31, 3.13, 3.62, 3.44],
+      [0.5, 6.2, 5.1, 2.3, 1.7],
+    ]
+  )
+  f = lambda x, r: jax_roi.roi_align(
+    x, r, (3, 2), spatial_scale=0.9, sampling_ratio=sr, aligned=aligned, mode=mode
+  )
   check_grads(f, (x, rois), order=1, modes=["rev"], eps=1e-6)
 
 
@@ -201,8 +244,12 @@ def test_box_gradient_finite_differences(x64, mode, aligned, sr):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_grad_of_grad_features(x64, mode, layout):
   x, rois = _case(4, layout, "batched", "float64", "float64", k=3)
-  check_grads(lambda f: jax_roi.roi_align(f, rois, (3, 2), sampling_ratio=2, mode=mode,
-                                          layout=layout), (x,), order=2, modes=["rev"])
+  check_grads(
+    lambda f: jax_roi.roi_align(f, rois, (3, 2), sampling_ratio=2, mode=mode, layout=layout),
+    (x,),
+    order=2,
+    modes=["rev"],
+  )
 
 
 def test_second_derivative_through_box_gradient_raises():
@@ -236,12 +283,14 @@ def test_layouts_and_formats_agree():
   boxes = random_boxes(rng, 12, 10, 12).reshape(2, 6, 4).astype(np.float32)
   for mode in ("avg", "max"):
     batched = jax_roi.roi_align(x, boxes, (3, 4), sampling_ratio=2, mode=mode)
-    rows = np.concatenate([np.repeat(np.arange(2.0), 6)[:, None], boxes.reshape(-1, 4)],
-                          1).astype(np.float32)
+    rows = np.concatenate([np.repeat(np.arange(2.0), 6)[:, None], boxes.reshape(-1, 4)], 1).astype(
+      np.float32
+    )
     indexed = jax_roi.roi_align(x, rows, (3, 4), sampling_ratio=2, mode=mode)
     np.testing.assert_array_equal(np.asarray(batched).reshape(12, 5, 3, 4), indexed)
-    nhwc = jax_roi.roi_align(x.transpose(0, 2, 3, 1), boxes, (3, 4), sampling_ratio=2,
-                             mode=mode, layout="NHWC")
+    nhwc = jax_roi.roi_align(
+      x.transpose(0, 2, 3, 1), boxes, (3, 4), sampling_ratio=2, mode=mode, layout="NHWC"
+    )
     np.testing.assert_array_equal(np.moveaxis(np.asarray(nhwc), -1, -3), batched)
 
 
@@ -257,8 +306,7 @@ def test_half_precision(dtype, mode):
   assert out.dtype == x.dtype
   expected = jax_roi.roi_align(x.astype(np.float32), rois, 3, sampling_ratio=2, mode=mode)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(expected).astype(x.dtype))
-  g = jax.grad(lambda f: jnp.sum(jax_roi.roi_align(f, rois, 3, mode=mode)
-                                 .astype(jnp.float32)))(x)
+  g = jax.grad(lambda f: jnp.sum(jax_roi.roi_align(f, rois, 3, mode=mode).astype(jnp.float32)))(x)
   assert g.dtype == x.dtype
 
 
@@ -303,17 +351,21 @@ def test_max_mode_rules():
   without samples outputs 0 (mmcv outputs -FLT_MAX)."""
   x = -np.ones((1, 1, 4, 4), np.float32)
   # Half of the samples of this box are beyond one pixel outside the map.
-  out = jax_roi.roi_align(x, np.array([[0, -6, 0, 2, 3]], np.float32), 1, sampling_ratio=2,
-                          mode="max")
+  out = jax_roi.roi_align(
+    x, np.array([[0, -6, 0, 2, 3]], np.float32), 1, sampling_ratio=2, mode="max"
+  )
   assert float(out[0, 0, 0, 0]) == 0.0
-  inside = jax_roi.roi_align(x, np.array([[0, 0, 0, 3, 3]], np.float32), 1, sampling_ratio=2,
-                             mode="max")
+  inside = jax_roi.roi_align(
+    x, np.array([[0, 0, 0, 3, 3]], np.float32), 1, sampling_ratio=2, mode="max"
+  )
   assert float(inside[0, 0, 0, 0]) == -1.0
   neg_inf = np.full((1, 1, 4, 4), -np.inf, np.float32)
-  out = jax_roi.roi_align(neg_inf, np.array([[0, 0, 0, 3, 3]], np.float32), 1,
-                          sampling_ratio=2, mode="max")
+  out = jax_roi.roi_align(
+    neg_inf, np.array([[0, 0, 0, 3, 3]], np.float32), 1, sampling_ratio=2, mode="max"
+  )
   assert float(out[0, 0, 0, 0]) == -np.finfo(np.float32).max
   # Aligned zero-size box, adaptive: no samples at all.
-  out = jax_roi.roi_align(x, np.array([[0, 2, 2, 2, 2]], np.float32), 2, sampling_ratio=0,
-                          aligned=True, mode="max")
+  out = jax_roi.roi_align(
+    x, np.array([[0, 2, 2, 2, 2]], np.float32), 2, sampling_ratio=0, aligned=True, mode="max"
+  )
   np.testing.assert_array_equal(out, 0)

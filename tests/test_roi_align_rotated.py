@@ -5,42 +5,57 @@ finite differences, dtypes, layouts, formats, hostile input, transforms."""
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
+import loop_reference as ref
 import numpy as np
 import pytest
+from helpers import DTYPES, random_features, rotated_boxes, rotated_rois, stable_seed
 from jax.test_util import check_grads
 
 import jax_roi
-import loop_reference as ref
-from helpers import DTYPES, random_features, rotated_boxes, rotated_rois, stable_seed
 
 LAYOUTS = ("NCHW", "NHWC")
 IMPLEMENTATIONS = ("ffi", "xla")
 # (sampling_ratio, aligned, angle_unit, clockwise): detectron2's defaults,
 # mmcv's conventions, adaptive and fixed grids.
-CONVENTIONS = [(-1, True, "degrees", False), (2, True, "degrees", False),
-               (3, False, "radians", True), (0, False, "radians", False),
-               (1, True, "radians", True)]
+CONVENTIONS = [
+  (-1, True, "degrees", False),
+  (2, True, "degrees", False),
+  (3, False, "radians", True),
+  (0, False, "radians", False),
+  (1, True, "radians", True),
+]
 
 
 def _op(x, rois, size=(3, 4), scale=0.5, conv=CONVENTIONS[0], **kw):
   sr, aligned, unit, cw = conv
-  return jax_roi.roi_align_rotated(x, rois, size, scale, sr, angle_unit=unit, clockwise=cw,
-                                   aligned=aligned, **kw)
+  return jax_roi.roi_align_rotated(
+    x, rois, size, scale, sr, angle_unit=unit, clockwise=cw, aligned=aligned, **kw
+  )
 
 
 SLOW = pytest.mark.slow
 # The pure-JAX version compiles slowly (seconds per configuration): two
 # cases in the quick run, the rest marked slow.
 REFERENCE_CASES = [
-    pytest.param(fmt, layout, conv, impl, id=f"{fmt}-{layout}-{conv}-{impl}",
-                 marks=() if impl == "ffi" or (fmt, layout, conv) in (
-                     ("indexed", "NCHW", CONVENTIONS[0]), ("batched", "NHWC", CONVENTIONS[2]))
-                 else SLOW)
-    for fmt in ("indexed", "batched") for layout in LAYOUTS for conv in CONVENTIONS
-    for impl in IMPLEMENTATIONS]
+  pytest.param(
+    fmt,
+    layout,
+    conv,
+    impl,
+    id=f"{fmt}-{layout}-{conv}-{impl}",
+    marks=()
+    if impl == "ffi"
+    or (fmt, layout, conv)
+    in (("indexed", "NCHW", CONVENTIONS[0]), ("batched", "NHWC", CONVENTIONS[2]))
+    else SLOW,
+  )
+  for fmt in ("indexed", "batched")
+  for layout in LAYOUTS
+  for conv in CONVENTIONS
+  for impl in IMPLEMENTATIONS
+]
 
 
 @pytest.mark.parametrize("fmt,layout,conv,implementation", REFERENCE_CASES)
@@ -50,8 +65,7 @@ def test_matches_loop_reference_float64(x64, fmt, layout, conv, implementation):
   x = random_features(rng, 2, 3, 9, 11, layout, np.float64)
   rois = rotated_rois(rng, fmt, 2, 7, 9, 11, 0.5, degrees=conv[2] == "degrees")
   out = _op(x, rois, conv=conv, layout=layout, implementation=implementation)
-  expected = ref.roi_align_rotated(x, rois, (3, 4), 0.5, conv[0], conv[1], conv[2], conv[3],
-                                   layout)
+  expected = ref.roi_align_rotated(x, rois, (3, 4), 0.5, conv[0], conv[1], conv[2], conv[3], layout)
   assert out.shape == expected.shape and out.dtype == np.float64
   np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-9, atol=1e-9)
 
@@ -94,14 +108,20 @@ def test_angle_zero_is_roi_align(x64, sr):
   boxes[:, 4] = 0.0
   index = np.zeros((10, 1))
   out = jax_roi.roi_align_rotated(x, np.concatenate([index, boxes], 1), (3, 3), 1.0, sr)
-  expected = jax_roi.roi_align(x, np.concatenate([index, _axis_aligned(boxes)], 1), (3, 3),
-                               sampling_ratio=sr, aligned=True)
+  expected = jax_roi.roi_align(
+    x, np.concatenate([index, _axis_aligned(boxes)], 1), (3, 3), sampling_ratio=sr, aligned=True
+  )
   np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("angle,implementation", [
+@pytest.mark.parametrize(
+  "angle,implementation",
+  [
     (a, i) if i == "ffi" or a == 90 else pytest.param(a, i, marks=SLOW)
-    for a in (90, 180, 270, -90) for i in IMPLEMENTATIONS])
+    for a in (90, 180, 270, -90)
+    for i in IMPLEMENTATIONS
+  ],
+)
 def test_right_angles_are_roi_align_on_a_rotated_map(angle, implementation):
   """float32: cos(90 degrees) is -4.4e-8 there, not 0 (a tolerance)."""
   rng = np.random.default_rng(angle % 360)
@@ -123,10 +143,21 @@ def test_right_angles_are_roi_align_on_a_rotated_map(angle, implementation):
   bw, bh = boxes[:, 2], boxes[:, 3]
   aa = np.stack([centre_v - bw / 2, centre_u - bh / 2, centre_v + bw / 2, centre_u + bh / 2], 1)
   index = np.zeros((8, 1))
-  out = jax_roi.roi_align_rotated(x, np.concatenate([index, boxes], 1).astype(np.float32),
-                                  (3, 2), 1.0, 2, implementation=implementation)
-  expected = jax_roi.roi_align(np.ascontiguousarray(g), np.concatenate([index, aa], 1).astype(
-      np.float32), (3, 2), sampling_ratio=2, aligned=True)
+  out = jax_roi.roi_align_rotated(
+    x,
+    np.concatenate([index, boxes], 1).astype(np.float32),
+    (3, 2),
+    1.0,
+    2,
+    implementation=implementation,
+  )
+  expected = jax_roi.roi_align(
+    np.ascontiguousarray(g),
+    np.concatenate([index, aa], 1).astype(np.float32),
+    (3, 2),
+    sampling_ratio=2,
+    aligned=True,
+  )
   np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
 
 
@@ -138,12 +169,14 @@ def test_periodic_in_the_angle_and_clockwise_negates(x64):
   for turns in (-2, 1, 3):
     shifted = rois.copy()
     shifted[:, 5] += 360 * turns
-    np.testing.assert_allclose(_op(x, shifted, conv=(2, True, "degrees", False)), base,
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+      _op(x, shifted, conv=(2, True, "degrees", False)), base, rtol=1e-9, atol=1e-9
+    )
   radians = rois.copy()
   radians[:, 5] = np.deg2rad(rois[:, 5]) + 2 * np.pi
-  np.testing.assert_allclose(_op(x, radians, conv=(2, True, "radians", False)), base,
-                             rtol=1e-9, atol=1e-9)
+  np.testing.assert_allclose(
+    _op(x, radians, conv=(2, True, "radians", False)), base, rtol=1e-9, atol=1e-9
+  )
   negated = rois.copy()
   negated[:, 5] = -rois[:, 5]
   np.testing.assert_array_equal(_op(x, negated, conv=(2, True, "degrees", True)), base)
@@ -168,10 +201,16 @@ def test_negative_sizes_are_defined():
   assert bool(flags["negative_size"].all()) and not bool(flags["non_finite"].any())
 
 
-@pytest.mark.parametrize("conv,layout,implementations", [
-    (CONVENTIONS[0], "NCHW", ("ffi",)), (CONVENTIONS[2], "NHWC", ("ffi", "xla")),
+@pytest.mark.parametrize(
+  "conv,layout,implementations",
+  [
+    (CONVENTIONS[0], "NCHW", ("ffi",)),
+    (CONVENTIONS[2], "NHWC", ("ffi", "xla")),
     pytest.param(CONVENTIONS[0], "NHWC", IMPLEMENTATIONS, marks=SLOW),
-    pytest.param(CONVENTIONS[2], "NCHW", IMPLEMENTATIONS, marks=SLOW)], ids=str)
+    pytest.param(CONVENTIONS[2], "NCHW", IMPLEMENTATIONS, marks=SLOW),
+  ],
+  ids=str,
+)
 def test_gradients_against_finite_differences(x64, conv, layout, implementations):
   """Features and all five box parameters (the angle included), float64."""
   rng = np.random.default_rng(stable_seed(conv, layout))
@@ -180,21 +219,32 @@ def test_gradients_against_finite_differences(x64, conv, layout, implementations
   rois[:, 3:5] = np.maximum(rois[:, 3:5], 3.0)  # no 1-pixel clamp at the FD points
   index, boxes = rois[:, :1], rois[:, 1:]
   for impl in implementations:
-    f = lambda x, b: _op(x, jnp.concatenate([index, b], 1), conv=conv, layout=layout,
-                         implementation=impl)
+    f = lambda x, b: _op(
+      x, jnp.concatenate([index, b], 1), conv=conv, layout=layout, implementation=impl
+    )
     check_grads(f, (x, boxes), order=1, modes=["rev"], eps=1e-6, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("conv,fmt", [
-    (CONVENTIONS[0], "indexed"), pytest.param(CONVENTIONS[1], "batched", marks=SLOW),
-    pytest.param(CONVENTIONS[2], "indexed", marks=SLOW)], ids=str)
+@pytest.mark.parametrize(
+  "conv,fmt",
+  [
+    (CONVENTIONS[0], "indexed"),
+    pytest.param(CONVENTIONS[1], "batched", marks=SLOW),
+    pytest.param(CONVENTIONS[2], "indexed", marks=SLOW),
+  ],
+  ids=str,
+)
 def test_box_gradient_kernel_equals_pure_jax(conv, fmt):
   rng = np.random.default_rng(21)
   x = random_features(rng, 2, 3, 11, 12)
   rois = rotated_rois(rng, fmt, 2, 6, 11, 12, 0.5).astype(np.float32)
   cot = rng.standard_normal(_op(x, rois, conv=conv).shape).astype(np.float32)
-  grads = [jax.grad(lambda x, r: jnp.sum(_op(x, r, conv=conv, implementation=i) * cot),
-                    argnums=(0, 1))(x, rois) for i in IMPLEMENTATIONS]
+  grads = [
+    jax.grad(lambda x, r: jnp.sum(_op(x, r, conv=conv, implementation=i) * cot), argnums=(0, 1))(
+      x, rois
+    )
+    for i in IMPLEMENTATIONS
+  ]
   np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-3, atol=1e-3)
 
@@ -205,8 +255,18 @@ def test_hostile_boxes():
   rng = np.random.default_rng(4)
   x = random_features(rng, 2, 3, 9, 9)
   rois = rotated_rois(rng, "indexed", 2, 24, 9, 9).astype(np.float32)
-  for col, value in [(1, np.nan), (2, np.inf), (3, 1e30), (4, -np.inf), (5, np.nan),
-                     (5, np.inf), (5, 1e30), (3, 3e9), (4, -1e30), (1, -1e30)]:
+  for col, value in [
+    (1, np.nan),
+    (2, np.inf),
+    (3, 1e30),
+    (4, -np.inf),
+    (5, np.nan),
+    (5, np.inf),
+    (5, 1e30),
+    (3, 3e9),
+    (4, -1e30),
+    (1, -1e30),
+  ]:
     rois[rng.integers(0, 24, 2), col] = value
   non_finite = ~np.isfinite(rois[:, 1:]).all(1)
   for sr in (-1, 2):
@@ -218,8 +278,10 @@ def test_hostile_boxes():
       outs.append(out)
       if impl == "xla" and sr != 2:
         continue  # the pure-JAX loop form's gradient: test_box_gradient_kernel_equals_pure_jax
-      gx, gr = jax.grad(lambda x, r: jnp.sum(jax_roi.roi_align_rotated(
-          x, r, 3, 1.0, sr, implementation=impl)), argnums=(0, 1))(x, rois)
+      gx, gr = jax.grad(
+        lambda x, r: jnp.sum(jax_roi.roi_align_rotated(x, r, 3, 1.0, sr, implementation=impl)),
+        argnums=(0, 1),
+      )(x, rois)
       assert np.isfinite(np.asarray(gx)).all() and np.isfinite(np.asarray(gr)).all()
       np.testing.assert_array_equal(np.asarray(gr)[non_finite], 0)
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
@@ -244,8 +306,7 @@ def test_empty_inputs_and_padding():
   x = np.ones((2, 3, 5, 5), np.float32)
   assert jax_roi.roi_align_rotated(x, np.zeros((0, 6), np.float32), 2).shape == (0, 3, 2, 2)
   assert jax_roi.roi_align_rotated(x, np.zeros((2, 0, 5), np.float32), 2).shape == (2, 0, 3, 2, 2)
-  pad = np.array([[-1, 2, 2, 3, 3, 10], [2, 2, 2, 3, 3, 10], [np.nan, 2, 2, 3, 3, 10]],
-                 np.float32)
+  pad = np.array([[-1, 2, 2, 3, 3, 10], [2, 2, 2, 3, 3, 10], [np.nan, 2, 2, 3, 3, 10]], np.float32)
   for impl in IMPLEMENTATIONS:
     out = jax_roi.roi_align_rotated(x, pad, 2, implementation=impl)
     np.testing.assert_array_equal(out, np.zeros((3, 3, 2, 2), np.float32))
@@ -270,10 +331,16 @@ def test_argument_validation():
     jax_roi.validate_rotated_rois(np.zeros((2, 5)), 1)
 
 
-@pytest.mark.parametrize("fmt,in_axes", [
-    (f, a) if (f, a) in (("indexed", (0, None)), ("batched", (None, 0)), ("indexed", (0, 0)))
+@pytest.mark.parametrize(
+  "fmt,in_axes",
+  [
+    (f, a)
+    if (f, a) in (("indexed", (0, None)), ("batched", (None, 0)), ("indexed", (0, 0)))
     else pytest.param(f, a, marks=SLOW)
-    for f in ("indexed", "batched") for a in ((0, None), (None, 0), (0, 0))])
+    for f in ("indexed", "batched")
+    for a in ((0, None), (None, 0), (0, 0))
+  ],
+)
 def test_vmap_is_one_launch_with_box_gradients(fmt, in_axes):
   v = 2
   rng = np.random.default_rng(30)
@@ -305,8 +372,9 @@ def test_grad_of_grad_and_checkpoint():
   direction = rng.standard_normal(x.shape).astype(np.float32)
 
   def hvp(impl):
-    loss = lambda x: jnp.sum(_op(x, rois, conv=(2, True, "degrees", False),
-                                 implementation=impl) ** 3)
+    loss = lambda x: jnp.sum(
+      _op(x, rois, conv=(2, True, "degrees", False), implementation=impl) ** 3
+    )
     return jax.grad(lambda x: jnp.vdot(jax.grad(loss)(x), direction))(x)
 
   np.testing.assert_allclose(hvp("ffi"), hvp("xla"), rtol=1e-4, atol=1e-4)
@@ -333,7 +401,8 @@ def test_export_round_trip():
   x = random_features(rng, 1, 2, 8, 8)
   rois = rotated_rois(rng, "indexed", 1, 3, 8, 8).astype(np.float32)
   f = jax.jit(lambda x, r: _op(x, r))
-  exported = jax.export.export(f, platforms=("cpu",),
-                               disabled_checks=jax_roi.export_safety_checks())(x, rois)
+  exported = jax.export.export(
+    f, platforms=("cpu",), disabled_checks=jax_roi.export_safety_checks()
+  )(x, rois)
   restored = jax.export.deserialize(exported.serialize())
   np.testing.assert_array_equal(restored.call(x, rois), f(x, rois))

@@ -5,22 +5,36 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import loop_reference as ref
 import numpy as np
 import pytest
+from helpers import (
+  DTYPES,
+  draw_dims,
+  indexed_rois,
+  nchw_of,
+  nchw_to,
+  pooled_from_nchw,
+  pooled_to_nchw,
+  random_boxes,
+  random_case,
+  random_features,
+  random_rois,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import jax_roi
-import loop_reference as ref
-from helpers import (DTYPES, draw_dims, indexed_rois, nchw_of, nchw_to, pooled_from_nchw,
-                     pooled_to_nchw, random_boxes, random_case,
-                     random_features, random_rois)
 
 LAYOUTS = ("NCHW", "NHWC")
 IMPLEMENTATIONS = ("ffi", "xla")
-GOLDEN = [(scale, size, dtype) for scale in ("1.0", "0.5", "0.25")
-          for size in ("3x3", "2x4") for dtype in ("float32", "float64")]
+GOLDEN = [
+  (scale, size, dtype)
+  for scale in ("1.0", "0.5", "0.25")
+  for size in ("3x3", "2x4")
+  for dtype in ("float32", "float64")
+]
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -36,8 +50,14 @@ def test_golden_torchvision(golden, scale, size, dtype, layout, implementation):
     cot = pooled_from_nchw(golden[f"{name}_cot"], layout)
 
     def pool(x):
-      return jax_roi.roi_pool(x, rois, output_size, spatial_scale=float(scale),
-                              layout=layout, implementation=implementation)
+      return jax_roi.roi_pool(
+        x,
+        rois,
+        output_size,
+        spatial_scale=float(scale),
+        layout=layout,
+        implementation=implementation,
+      )
 
     out = pool(x)
     assert out.dtype == np.dtype(dtype)
@@ -45,21 +65,20 @@ def test_golden_torchvision(golden, scale, size, dtype, layout, implementation):
     grad = jax.grad(lambda x: jnp.sum(pool(x) * cot))(x)
     assert grad.dtype == np.dtype(dtype)
     tol = 1e-6 if dtype == "float32" else 1e-13
-    np.testing.assert_allclose(nchw_of(grad, layout), golden[f"{name}_grad"],
-                               rtol=tol, atol=tol)
+    np.testing.assert_allclose(nchw_of(grad, layout), golden[f"{name}_grad"], rtol=tol, atol=tol)
 
 
 # README / anchors.md section 4: x = arange(2*2*6*8).reshape(2, 2, 6, 8),
 # 2x2 output, channel 0, torchvision 0.29.1.
 EDGE_CASES = [
-    ((0, 0, 0, 7, 5), [19, 23, 43, 47]),  # whole map
-    ((0, 10, 10, 20, 20), [0, 0, 0, 0]),  # outside: empty bins
-    ((0, 2, 2, 2, 2), [18, 18, 18, 18]),  # zero size: 1x1
-    ((0, -3, -3, 1, 1), [0, 0, 0, 9]),  # negative start
-    ((1, 1, 1, 4, 3), [114, 116, 122, 124]),  # image 1
-    ((0, 5, 4, 2, 1), [37, 37, 37, 37]),  # inverted: 1x1 at the start
-    ((0, 1.5, 1.5, 3.5, 3.5), [27, 28, 35, 36]),  # halves round away from 0
-    ((0, 2.5, 0.5, 4.5, 2.5), [20, 21, 28, 29]),
+  ((0, 0, 0, 7, 5), [19, 23, 43, 47]),  # whole map
+  ((0, 10, 10, 20, 20), [0, 0, 0, 0]),  # outside: empty bins
+  ((0, 2, 2, 2, 2), [18, 18, 18, 18]),  # zero size: 1x1
+  ((0, -3, -3, 1, 1), [0, 0, 0, 9]),  # negative start
+  ((1, 1, 1, 4, 3), [114, 116, 122, 124]),  # image 1
+  ((0, 5, 4, 2, 1), [37, 37, 37, 37]),  # inverted: 1x1 at the start
+  ((0, 1.5, 1.5, 3.5, 3.5), [27, 28, 35, 36]),  # halves round away from 0
+  ((0, 2.5, 0.5, 4.5, 2.5), [20, 21, 28, 29]),
 ]
 
 
@@ -68,8 +87,9 @@ EDGE_CASES = [
 @pytest.mark.parametrize("roi,expected", EDGE_CASES)
 def test_edge_case_table(roi, expected, layout, implementation):
   x = np.arange(2 * 2 * 6 * 8, dtype=np.float32).reshape(2, 2, 6, 8)
-  out = jax_roi.roi_pool(nchw_to(x, layout), np.array([roi], np.float32), 2,
-                         layout=layout, implementation=implementation)
+  out = jax_roi.roi_pool(
+    nchw_to(x, layout), np.array([roi], np.float32), 2, layout=layout, implementation=implementation
+  )
   out = np.asarray(pooled_to_nchw(out, layout))
   np.testing.assert_array_equal(out[0, 0].ravel(), np.array(expected, np.float32))
 
@@ -80,8 +100,9 @@ def _case(seed, layout, fmt, dtype, box_dtype, **kw):
 
 @st.composite
 def pool_problems(draw, hostile=True):
-  n, c, h, w, k, output_size, scale = draw_dims(draw, st, 12, 10, 5,
-                                                [1.0, 0.5, 0.25, 1 / 16, 0.3, 2.0, 0.0])
+  n, c, h, w, k, output_size, scale = draw_dims(
+    draw, st, 12, 10, 5, [1.0, 0.5, 0.25, 1 / 16, 0.3, 2.0, 0.0]
+  )
   layout = draw(st.sampled_from(LAYOUTS))
   fmt = draw(st.sampled_from(["indexed", "batched"]))
   box_order = draw(st.sampled_from(["xyxy", "yxyx"]))
@@ -102,8 +123,15 @@ def pool_problems(draw, hostile=True):
 def test_property_kernel_equals_loop_reference(problem):
   x, rois, output_size, scale, layout, box_order = problem
   expected, _ = ref.roi_pool(x, rois, output_size, scale, layout, box_order)
-  out = jax_roi.roi_pool(x, rois, output_size, spatial_scale=scale, layout=layout,
-                         box_order=box_order, implementation="ffi")
+  out = jax_roi.roi_pool(
+    x,
+    rois,
+    output_size,
+    spatial_scale=scale,
+    layout=layout,
+    box_order=box_order,
+    implementation="ffi",
+  )
   np.testing.assert_array_equal(np.asarray(out), expected.astype(np.float32))
 
 
@@ -121,10 +149,16 @@ def test_property_xla_equals_kernel(problem):
 @pytest.mark.parametrize("fmt", ["indexed", "batched"])
 def test_check_grads_float64(x64, layout, fmt):
   """Reverse-mode gradients, and gradients of gradients, by finite differences."""
-  x, rois = _case(3, layout, fmt, np.float64, np.float64, n=2, c=2, h=6, w=7, k=4,
-                  scale=1.0, padding=0.25)
-  check_grads(lambda f: jax_roi.roi_pool(f, rois, (3, 2), layout=layout), (x,),
-              order=2, modes=["rev"], eps=1e-5)
+  x, rois = _case(
+    3, layout, fmt, np.float64, np.float64, n=2, c=2, h=6, w=7, k=4, scale=1.0, padding=0.25
+  )
+  check_grads(
+    lambda f: jax_roi.roi_pool(f, rois, (3, 2), layout=layout),
+    (x,),
+    order=2,
+    modes=["rev"],
+    eps=1e-5,
+  )
 
 
 def test_layouts_and_formats_agree():
@@ -133,7 +167,8 @@ def test_layouts_and_formats_agree():
   boxes = random_boxes(rng, 2 * 6, 10, 12).reshape(2, 6, 4).astype(np.float32)
   batched = jax_roi.roi_pool(x, boxes, (3, 4))
   indexed_rois_ = np.concatenate(
-      [np.repeat(np.arange(2.0), 6)[:, None], boxes.reshape(-1, 4)], 1).astype(np.float32)
+    [np.repeat(np.arange(2.0), 6)[:, None], boxes.reshape(-1, 4)], 1
+  ).astype(np.float32)
   indexed = jax_roi.roi_pool(x, indexed_rois_, (3, 4))
   assert batched.shape == (2, 6, 5, 3, 4)
   np.testing.assert_array_equal(np.asarray(batched).reshape(12, 5, 3, 4), indexed)
@@ -162,9 +197,17 @@ def test_padding_rows(implementation):
   rng = np.random.default_rng(5)
   x = random_features(rng, 2, 3, 8, 8)
   good = np.array([[1, 0, 0, 7, 7], [0, 2, 1, 5, 6]], np.float32)
-  bad = np.array([[-1, 0, 0, 7, 7], [2, 0, 0, 7, 7], [np.nan, 0, 0, 7, 7],
-                  [1e9, 0, 0, 7, 7], [-1e9, 0, 0, 3, 3], [np.inf, 0, 0, 3, 3]],
-                 np.float32)
+  bad = np.array(
+    [
+      [-1, 0, 0, 7, 7],
+      [2, 0, 0, 7, 7],
+      [np.nan, 0, 0, 7, 7],
+      [1e9, 0, 0, 7, 7],
+      [-1e9, 0, 0, 3, 3],
+      [np.inf, 0, 0, 3, 3],
+    ],
+    np.float32,
+  )
   rois = np.concatenate([good[:1], bad, good[1:]])
 
   def pool(f):
@@ -199,8 +242,9 @@ def test_nan_and_inf_features():
     out = np.asarray(jax_roi.roi_pool(x, rois, 1, implementation=implementation))
     assert out[0, 0, 0, 0] == -np.finfo(np.float32).max
     assert out[1, 0, 0, 0] == 2.0
-    grad = jax.grad(lambda f: jnp.sum(jax_roi.roi_pool(
-        f, rois, 1, implementation=implementation)))(x)
+    grad = jax.grad(lambda f: jnp.sum(jax_roi.roi_pool(f, rois, 1, implementation=implementation)))(
+      x
+    )
     expected = np.zeros_like(x)
     expected[0, 0, 3, 3] = 1.0
     np.testing.assert_array_equal(grad, expected)
@@ -235,8 +279,15 @@ def test_float64_boxes_with_float32_features(x64):
 
 def test_huge_and_infinite_boxes_are_defined():
   x = np.arange(1 * 1 * 5 * 6, dtype=np.float32).reshape(1, 1, 5, 6)
-  rois = np.array([[0, -np.inf, -np.inf, np.inf, np.inf], [0, -1e30, 0, 1e30, 4],
-                   [0, 0, 0, 3e9, 3e9], [0, 1e30, 1e30, 2e30, 2e30]], np.float32)
+  rois = np.array(
+    [
+      [0, -np.inf, -np.inf, np.inf, np.inf],
+      [0, -1e30, 0, 1e30, 4],
+      [0, 0, 0, 3e9, 3e9],
+      [0, 1e30, 1e30, 2e30, 2e30],
+    ],
+    np.float32,
+  )
   out = np.asarray(jax_roi.roi_pool(x, rois, 2))
   expected, _ = ref.roi_pool(x, rois, (2, 2))
   np.testing.assert_array_equal(out, expected)

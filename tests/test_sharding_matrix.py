@@ -31,17 +31,16 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import MATRIX_OPS
 
 WORKER = pathlib.Path(__file__).parent / "scripts" / "sharding_matrix_worker.py"
 AXES = {
-    "axes": ("explicit", "auto"),
-    "context": ("set_mesh", "none"),
-    "placement": ("device_put", "jit", "shard_map"),
-    "sharding": ("batch", "roi", "channel"),
-    "fmt": ("indexed", "batched"),
-    "layout": ("NCHW", "NHWC"),
+  "axes": ("explicit", "auto"),
+  "context": ("set_mesh", "none"),
+  "placement": ("device_put", "jit", "shard_map"),
+  "sharding": ("batch", "roi", "channel"),
+  "fmt": ("indexed", "batched"),
+  "layout": ("NCHW", "NHWC"),
 }
 GATHERING = {"all-gather", "all-to-all", "collective-permute"}
 CASE_TIMEOUT_S = 300
@@ -64,7 +63,7 @@ def _pairwise(offset):
   different sample."""
   names = list(AXES)
   combos = _full()
-  combos = combos[offset % len(combos):] + combos[:offset % len(combos)]
+  combos = combos[offset % len(combos) :] + combos[: offset % len(combos)]
   pairs = lambda c: {(a, c[a], b, c[b]) for a, b in itertools.combinations(names, 2)}
   uncovered = set().union(*(pairs(c) for c in combos))
   chosen = []
@@ -88,8 +87,11 @@ def _cases():
     picked = _pairwise(37 * i)
     seen = {_case_id(op, c, no_layout) for c in picked}
     sampled += [pytest.param(dict(c, op=op), id=_case_id(op, c)) for c in picked]
-    rest += [pytest.param(dict(c, op=op), id=_case_id(op, c), marks=pytest.mark.slow)
-             for c in _full(with_layout=False) if _case_id(op, c, no_layout) not in seen]
+    rest += [
+      pytest.param(dict(c, op=op), id=_case_id(op, c), marks=pytest.mark.slow)
+      for c in _full(with_layout=False)
+      if _case_id(op, c, no_layout) not in seen
+    ]
   return sampled + rest
 
 
@@ -98,7 +100,9 @@ def test_the_sample_covers_every_pair_of_axis_values():
   assert len(full) == 72 and {c["layout"] for c in full} == set(AXES["layout"])
   for sharding, fmt in itertools.product(AXES["sharding"], AXES["fmt"]):
     assert {c["layout"] for c in full if (c["sharding"], c["fmt"]) == (sharding, fmt)} == {
-        "NCHW", "NHWC"}
+      "NCHW",
+      "NHWC",
+    }
   for i, _ in enumerate(MATRIX_OPS):
     picked = _pairwise(37 * i)
     assert len(picked) < 20
@@ -111,8 +115,13 @@ class Worker:
 
   def __init__(self):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    self.proc = subprocess.Popen([sys.executable, "-P", str(WORKER)], env=env, text=True,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    self.proc = subprocess.Popen(
+      [sys.executable, "-P", str(WORKER)],
+      env=env,
+      text=True,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+    )
     self.selector = selectors.DefaultSelector()
     self.selector.register(self.proc.stdout, selectors.EVENT_READ)
     assert self._read(120) == {"ready": True}
@@ -150,8 +159,9 @@ def worker():
 def test_sharded_equals_one_device_without_gathers(worker, case):
   result = worker.run(case)
   assert result["ok"], result["error"]
-  needs_gather = (case["sharding"] == "batch" and case["fmt"] == "indexed"
-                  and case["placement"] != "shard_map")
+  needs_gather = (
+    case["sharding"] == "batch" and case["fmt"] == "indexed" and case["placement"] != "shard_map"
+  )
   forward, backward = result["collectives"]["forward"], result["collectives"]["backward"]
   if needs_gather:
     assert set(forward) <= {"all-gather"}, forward

@@ -15,8 +15,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _run(*args, timeout=300, env=None):
-  return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                        env=None if env is None else {**os.environ, **env})
+  return subprocess.run(
+    list(args),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=ROOT,
+    env=None if env is None else {**os.environ, **env},
+  )
 
 
 def test_gpu_compare_runs_on_the_cpu():
@@ -27,13 +33,21 @@ def test_gpu_compare_runs_on_the_cpu():
 
 @pytest.mark.slow  # (~17 s)
 def test_fuzzer_finds_nothing_in_a_short_run(tmp_path):
-  result = _run(sys.executable, "tools/fuzz.py", "--op", "all", "--minutes", "0.02",
-                "--out", str(tmp_path))
+  result = _run(
+    sys.executable, "tools/fuzz.py", "--op", "all", "--minutes", "0.02", "--out", str(tmp_path)
+  )
   assert result.returncode == 0, result.stdout + result.stderr
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary["failures"] == 0
-  assert set(summary["ops"]) == {"roi_pool", "roi_align", "multi_scale", "ps_roi_pool",
-                                 "ps_roi_align", "roi_align_rotated", "prroi_pool"}
+  assert set(summary["ops"]) == {
+    "roi_pool",
+    "roi_align",
+    "multi_scale",
+    "ps_roi_pool",
+    "ps_roi_align",
+    "roi_align_rotated",
+    "prroi_pool",
+  }
   assert all(op["cases"] > 0 for op in summary["ops"].values())
 
 
@@ -54,14 +68,19 @@ def test_gpu_check_plans_every_quick_step(tmp_path):
 BUILD_SETTINGS = ("JAX_ROI", "JAX_SPEC", "EXTRAS", "CMAKE", "CUDA", "XLA_FFI")
 
 
-def _env_functions(script: str, cwd=ROOT, env=None, env_sh=ROOT / "tools" / "_env.sh",
-                   clean=False):
+def _env_functions(script: str, cwd=ROOT, env=None, env_sh=ROOT / "tools" / "_env.sh", clean=False):
   """Runs ``script`` in bash after sourcing _env.sh's functions only
   (``clean``: without this process's build settings, e.g. CI's)."""
   code = f'JAX_ROI_ENV_FUNCTIONS_ONLY=1 source "{env_sh}"\n{script}'
   base = {k: v for k, v in os.environ.items() if not (clean and k.startswith(BUILD_SETTINGS))}
-  return subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=120,
-                        cwd=cwd, env={**base, **(env or {})})
+  return subprocess.run(
+    ["bash", "-c", code],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=cwd,
+    env={**base, **(env or {})},
+  )
 
 
 def _fake_pyenv(tmp_path, version="3.13"):
@@ -73,7 +92,7 @@ def _fake_pyenv(tmp_path, version="3.13"):
   shim = bin_dir / name
   shim.write_text(f"#!/bin/sh\necho 'pyenv: {name}: command not found' >&2\nexit 127\n")
   pyenv = bin_dir / "pyenv"
-  pyenv.write_text(f"#!/bin/sh\n[ \"$1\" = root ] && echo {tmp_path / 'pyenv'}\n")
+  pyenv.write_text(f'#!/bin/sh\n[ "$1" = root ] && echo {tmp_path / "pyenv"}\n')
   real = tmp_path / "pyenv" / "versions" / f"{version}.0" / "bin" / name
   real.parent.mkdir(parents=True)
   real.symlink_to(sys.executable)
@@ -86,7 +105,7 @@ def test_a_pyenv_python_that_is_not_selected_is_found(tmp_path):
   env, real = _fake_pyenv(tmp_path)
   result = _env_functions('resolve_python python3.13 && echo "$PYTHON $PY_VERSION"', env=env)
   assert result.returncode == 0, result.stderr
-  version = "%d.%d" % sys.version_info[:2]  # the fake 3.13 runs this interpreter
+  version = "{}.{}".format(*sys.version_info[:2])  # the fake 3.13 runs this interpreter
   assert result.stdout.strip().splitlines()[-1] == f"{real} {version}"
   assert "not among pyenv's selected versions" in result.stdout
 
@@ -96,8 +115,11 @@ def test_a_python_that_cannot_run_gets_the_scripts_message(tmp_path):
   exit 127; the script says what to do instead, with exit status 1."""
   env, _ = _fake_pyenv(tmp_path, "3.13")
   (tmp_path / "pyenv" / "versions" / "3.13.0" / "bin" / "python3.13").unlink()
-  result = _run("bash", "tools/run_tests.sh", env={**env, "PYTHON": "python3.13",
-                                                   "VENV": str(tmp_path / "venv")})
+  result = _run(
+    "bash",
+    "tools/run_tests.sh",
+    env={**env, "PYTHON": "python3.13", "VENV": str(tmp_path / "venv")},
+  )
   assert result.returncode == 1, result.stdout + result.stderr
   assert result.stderr.startswith("error: cannot run python3.13 (set PYTHON to a Python 3.11+")
   assert "command not found" not in result.stderr
@@ -112,11 +134,16 @@ def test_a_python_that_cannot_run_gets_the_scripts_message(tmp_path):
 def _git_tree(tmp_path):
   """A miniature checkout: the script plus a few source and other files."""
   root = tmp_path / "repo"
-  for rel, text in {"tools/_env.sh": (ROOT / "tools" / "_env.sh").read_text(),
-                    "CMakeLists.txt": "project(x)\n", "pyproject.toml": "[project]\n",
-                    "csrc/a.cc": "int a;\n", "jax_roi/__init__.py": "\n",
-                    "README.md": "# x\n", "tests/test_x.py": "\n",
-                    ".gitignore": "*.so\n"}.items():
+  for rel, text in {
+    "tools/_env.sh": (ROOT / "tools" / "_env.sh").read_text(),
+    "CMakeLists.txt": "project(x)\n",
+    "pyproject.toml": "[project]\n",
+    "csrc/a.cc": "int a;\n",
+    "jax_roi/__init__.py": "\n",
+    "README.md": "# x\n",
+    "tests/test_x.py": "\n",
+    ".gitignore": "*.so\n",
+  }.items():
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     (root / rel).write_text(text)
   git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
@@ -130,8 +157,9 @@ def test_the_build_key_follows_sources_and_options_only(tmp_path):
   root = _git_tree(tmp_path)
 
   def key(**env):
-    result = _env_functions("build_key", cwd=root, env=env, env_sh=root / "tools" / "_env.sh",
-                            clean=True)
+    result = _env_functions(
+      "build_key", cwd=root, env=env, env_sh=root / "tools" / "_env.sh", clean=True
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -175,18 +203,29 @@ def test_up_to_date_needs_the_same_key_an_importable_build_and_no_request(tmp_pa
 
 
 def test_the_build_progress_shows_ninja_steps_and_pip_milestones():
-  log = ("Collecting jax<0.13\n"
-         "  [1/15] Building CXX object CMakeFiles/_jax_roi.dir/csrc/core/registry.cc.o\n"
-         "  -- Configuring done\n"
-         "  [15/15] Linking CXX shared module _jax_roi.cpython-312-x86_64-linux-gnu.so\n"
-         "Successfully installed jax-roi-0.1.0\n")
-  result = subprocess.run(["bash", "-c", f'JAX_ROI_ENV_FUNCTIONS_ONLY=1 source '
-                           f'"{ROOT / "tools" / "_env.sh"}"; show_progress'],
-                          input=log, capture_output=True, text=True, timeout=60)
+  log = (
+    "Collecting jax<0.13\n"
+    "  [1/15] Building CXX object CMakeFiles/_jax_roi.dir/csrc/core/registry.cc.o\n"
+    "  -- Configuring done\n"
+    "  [15/15] Linking CXX shared module _jax_roi.cpython-312-x86_64-linux-gnu.so\n"
+    "Successfully installed jax-roi-0.1.0\n"
+  )
+  result = subprocess.run(
+    [
+      "bash",
+      "-c",
+      f'JAX_ROI_ENV_FUNCTIONS_ONLY=1 source "{ROOT / "tools" / "_env.sh"}"; show_progress',
+    ],
+    input=log,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert result.stdout.splitlines() == [
-      "   [1/15] CMakeFiles/_jax_roi.dir/csrc/core/registry.cc.o",
-      "   [15/15] _jax_roi.cpython-312-x86_64-linux-gnu.so",
-      "   Successfully installed jax-roi-0.1.0"]
+    "   [1/15] CMakeFiles/_jax_roi.dir/csrc/core/registry.cc.o",
+    "   [15/15] _jax_roi.cpython-312-x86_64-linux-gnu.so",
+    "   Successfully installed jax-roi-0.1.0",
+  ]
 
 
 def test_an_unchanged_environment_is_not_rebuilt():
@@ -199,8 +238,13 @@ def test_an_unchanged_environment_is_not_rebuilt():
   key = _env_functions("build_key").stdout.strip()
   if key != stamp.read_text().strip():  # never rebuild under the running tests
     pytest.skip("the sources or build options changed since this environment's build")
-  result = _run("bash", "tools/run_tests.sh", "--version", timeout=120,
-                env={"VENV": str(venv), "PYTHON": sys.executable})
+  result = _run(
+    "bash",
+    "tools/run_tests.sh",
+    "--version",
+    timeout=120,
+    env={"VENV": str(venv), "PYTHON": sys.executable},
+  )
   assert result.returncode == 0, result.stdout + result.stderr
   assert f" in {venv} is up to date" in result.stdout
   assert "== building" not in result.stdout

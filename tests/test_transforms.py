@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jax_roi
 from helpers import OPS, indexed_rois, random_boxes, random_features
 
+import jax_roi
 
 BOX_GRAD_OPS = ("roi_align", "roi_align_max", "ps_roi_align", "prroi_pool")
 LAYOUTS = ("NCHW", "NHWC")
@@ -20,8 +19,7 @@ _SLOW_OPS = ("prroi_pool",)
 
 
 def _ops(names=None):
-  return [pytest.param(o, marks=pytest.mark.slow) if o in _SLOW_OPS else o
-          for o in (names or OPS)]
+  return [pytest.param(o, marks=pytest.mark.slow) if o in _SLOW_OPS else o for o in (names or OPS)]
 
 
 def _inputs(seed, layout, fmt, n=2, k=5, c=3, h=9, w=10):
@@ -60,11 +58,12 @@ def test_vmap_is_one_launch_and_matches_loop(op, layout, fmt, in_axes):
   r_arg = rs if in_axes[1] == 0 else rs[0]
   f = lambda x, r: OPS[op](x, r, layout=layout)
   out = jax.vmap(f, in_axes=in_axes)(x_arg, r_arg)
-  expected = np.stack([f(xs[i] if in_axes[0] == 0 else xs[0],
-                         rs[i] if in_axes[1] == 0 else rs[0]) for i in range(v)])
+  expected = np.stack(
+    [f(xs[i] if in_axes[0] == 0 else xs[0], rs[i] if in_axes[1] == 0 else rs[0]) for i in range(v)]
+  )
   np.testing.assert_array_equal(out, expected)
   text = _compiled_text(jax.vmap(f, in_axes=in_axes), x_arg, r_arg)
-  assert text.count("custom_call_target=\"jax_roi_") == 1
+  assert text.count('custom_call_target="jax_roi_') == 1
   assert "while" not in text
 
 
@@ -108,8 +107,7 @@ def test_grad_of_grad_matches_xla(op, layout):
   direction = np.random.default_rng(3).standard_normal(x.shape).astype(np.float32)
 
   def hvp(implementation):
-    loss = lambda x: jnp.sum(OPS[op](x, rois, layout=layout,
-                                     implementation=implementation) ** 3)
+    loss = lambda x: jnp.sum(OPS[op](x, rois, layout=layout, implementation=implementation) ** 3)
     return jax.grad(lambda x: jnp.vdot(jax.grad(loss)(x), direction))(x)
 
   np.testing.assert_allclose(hvp("ffi"), hvp("xla"), rtol=1e-5, atol=1e-5)
@@ -126,13 +124,11 @@ def test_default_implementation_uses_the_kernel():
   x, rois = _inputs(0, "NCHW", "indexed")
   text = _compiled_text(lambda x, r: jax_roi.roi_pool(x, r, 2), x, rois)
   assert 'custom_call_target="jax_roi_roi_pool_fwd_v1"' in text
-  text = _compiled_text(lambda x, r: jax_roi.roi_pool(x, r, 2, implementation="xla"),
-                        x, rois)
+  text = _compiled_text(lambda x, r: jax_roi.roi_pool(x, r, 2, implementation="xla"), x, rois)
   assert "jax_roi_" not in text
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu",
-                    reason="the CUDA backward sums with atomics")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CUDA backward sums with atomics")
 def test_backward_is_deterministic():
   x, rois = _inputs(7, "NCHW", "indexed", k=40)
   rois[:, 0] = 0  # many overlapping RoIs on one image
@@ -155,8 +151,9 @@ def test_vmap_of_box_gradients(op, fmt, in_axes):
   loss = lambda x, r: jnp.sum(OPS[op](x, r) ** 2)
   gx, gr = jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=in_axes)(x_arg, r_arg)
   for i in range(v):
-    ex, er = jax.grad(loss, argnums=(0, 1))(xs[i] if in_axes[0] == 0 else xs[0],
-                                            rs[i] if in_axes[1] == 0 else rs[0])
+    ex, er = jax.grad(loss, argnums=(0, 1))(
+      xs[i] if in_axes[0] == 0 else xs[0], rs[i] if in_axes[1] == 0 else rs[0]
+    )
     np.testing.assert_allclose(gx[i], ex, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gr[i], er, rtol=1e-5, atol=1e-5)
 
@@ -182,9 +179,29 @@ def test_perturbation_patterns_share_cached_traces():
   This sequence of tests reproduced it in a fresh process."""
   import subprocess
   import sys
-  keys = ("test_grad_of_grad or test_vmap_of_grad_and or test_vmap_of_box"
-          " or test_rois_not_differentiated")
+
+  keys = (
+    "test_grad_of_grad or test_vmap_of_grad_and or test_vmap_of_box or test_rois_not_differentiated"
+  )
   proc = subprocess.run(
-      [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:xdist", "-p", "no:cacheprovider",
-       "-m", "not slow", "-k", keys, __file__], capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "pytest",
+      "-q",
+      "-x",
+      "-p",
+      "no:xdist",
+      "-p",
+      "no:cacheprovider",
+      "-m",
+      "not slow",
+      "-k",
+      keys,
+      __file__,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -40,18 +40,17 @@ def elf_section(data: bytes, name: str) -> bytes | None:
     raise ValueError("not an ELF file")
   if data[4] != 2 or data[5] != 1:
     raise ValueError("only 64-bit little-endian ELF files are supported")
-  shoff, = struct.unpack_from("<Q", data, 0x28)
+  (shoff,) = struct.unpack_from("<Q", data, 0x28)
   shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-  headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
-             for i in range(shnum)]
+  headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
   strtab = headers[shstrndx]
-  names = data[strtab[4]:strtab[4] + strtab[5]]
+  names = data[strtab[4] : strtab[4] + strtab[5]]
   for h in headers:
     end = names.index(b"\0", h[0])
-    if names[h[0]:end].decode() == name:
+    if names[h[0] : end].decode() == name:
       if h[1] == 8:  # SHT_NOBITS
         return b""
-      return data[h[4]:h[4] + h[5]]
+      return data[h[4] : h[4] + h[5]]
   return None
 
 
@@ -69,7 +68,7 @@ def fatbin_entries(section: bytes) -> list[Entry]:
       raise ValueError(f"truncated fat binary at offset {pos}")
     while entry + 32 <= end:
       kind, _ver, ehdr_size, payload = struct.unpack_from("<HHIQ", section, entry)
-      arch, = struct.unpack_from("<I", section, entry + 28)
+      (arch,) = struct.unpack_from("<I", section, entry + 28)
       if ehdr_size == 0:
         break
       if kind in (KIND_PTX, KIND_ELF):
@@ -81,6 +80,7 @@ def fatbin_entries(section: bytes) -> list[Entry]:
 
 def module_path() -> str:
   import jax_roi._jax_roi as ext  # noqa: PLC0415
+
   return ext.__file__
 
 
@@ -92,8 +92,10 @@ def archs(path: str) -> tuple[list[int], list[int]]:
   if section is None:
     return [], []
   entries = fatbin_entries(section)
-  return (sorted({e.arch for e in entries if e.kind == "sass"}),
-          sorted({e.arch for e in entries if e.kind == "ptx"}))
+  return (
+    sorted({e.arch for e in entries if e.kind == "sass"}),
+    sorted({e.arch for e in entries if e.kind == "ptx"}),
+  )
 
 
 def parse_cmake_archs(spec: str) -> tuple[list[int], list[int]]:
@@ -114,8 +116,9 @@ def parse_cmake_archs(spec: str) -> tuple[list[int], list[int]]:
   return sorted(sass), sorted(ptx)
 
 
-def default_archs(gpu_codes: list[str], min_arch: int = 75,
-                  extra: tuple[int, ...] = (86, 89)) -> tuple[list[int], list[int]]:
+def default_archs(
+  gpu_codes: list[str], min_arch: int = 75, extra: tuple[int, ...] = (86, 89)
+) -> tuple[list[int], list[int]]:
   """The default of CMakeLists.txt, from `nvcc --list-gpu-code` lines:
   SASS for the first architecture of each major version >= min_arch and for
   `extra`, PTX for the newest of those. (A second implementation of the
@@ -141,8 +144,10 @@ def main():
   if args.json:
     print(json.dumps({"module": path, "sass": sass, "ptx": ptx}))
   else:
-    print(f"{path}\n  SASS: {' '.join(f'sm_{a}' for a in sass) or 'none'}"
-          f"\n  PTX:  {' '.join(f'compute_{a}' for a in ptx) or 'none'}")
+    print(
+      f"{path}\n  SASS: {' '.join(f'sm_{a}' for a in sass) or 'none'}"
+      f"\n  PTX:  {' '.join(f'compute_{a}' for a in ptx) or 'none'}"
+    )
   return 0 if sass or ptx else 1
 
 

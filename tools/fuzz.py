@@ -23,7 +23,8 @@ import pathlib
 import sys
 import time
 import zlib
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 
@@ -34,8 +35,12 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 import loop_reference as ref  # noqa: E402
-from helpers import indexed_rois, random_boxes, random_features  # noqa: E402
-from helpers import rotated_rois  # noqa: E402
+from helpers import (  # noqa: E402
+  indexed_rois,
+  random_boxes,
+  random_features,
+  rotated_rois,  # noqa: E402
+)
 
 import jax_roi  # noqa: E402
 
@@ -45,36 +50,47 @@ def draw_case(rng: np.random.Generator, op: str) -> dict:
   (OPS[op].draw)."""
   n = int(rng.integers(1, 4))
   cfg = dict(
-      op=op,
-      layout=str(rng.choice(["NCHW", "NHWC"])),
-      fmt=str(rng.choice(["indexed", "batched"])),
-      box_order=str(rng.choice(["xyxy", "yxyx"])),
-      dtype=str(rng.choice(["float32", "float64"])),
-      n=n, c=int(rng.integers(1, 5)), h=int(rng.integers(1, 20)), w=int(rng.integers(1, 20)),
-      k=int(rng.integers(0, 12)),
-      spatial_scale=float(rng.choice([1.0, 0.5, 0.25, 0.0625, rng.uniform(0.05, 2.0)])),
-      output_size=(int(rng.integers(1, 6)), int(rng.integers(1, 6))),
-      hostile=bool(rng.random() < 0.5),
-      seed=int(rng.integers(2**31)),
+    op=op,
+    layout=str(rng.choice(["NCHW", "NHWC"])),
+    fmt=str(rng.choice(["indexed", "batched"])),
+    box_order=str(rng.choice(["xyxy", "yxyx"])),
+    dtype=str(rng.choice(["float32", "float64"])),
+    n=n,
+    c=int(rng.integers(1, 5)),
+    h=int(rng.integers(1, 20)),
+    w=int(rng.integers(1, 20)),
+    k=int(rng.integers(0, 12)),
+    spatial_scale=float(rng.choice([1.0, 0.5, 0.25, 0.0625, rng.uniform(0.05, 2.0)])),
+    output_size=(int(rng.integers(1, 6)), int(rng.integers(1, 6))),
+    hostile=bool(rng.random() < 0.5),
+    seed=int(rng.integers(2**31)),
   )
   OPS[op].draw(rng, cfg)
   return cfg
 
 
 def draw_roi_align(rng, cfg):
-  cfg.update(sampling_ratio=int(rng.choice([-1, 0, 1, 2, 3])), aligned=bool(rng.random() < 0.5),
-             mode=str(rng.choice(["avg", "max"])))
+  cfg.update(
+    sampling_ratio=int(rng.choice([-1, 0, 1, 2, 3])),
+    aligned=bool(rng.random() < 0.5),
+    mode=str(rng.choice(["avg", "max"])),
+  )
 
 
 def draw_multi_scale(rng, cfg):
   levels = int(rng.integers(1, 5))
   first = int(rng.integers(1, 4))  # the finest level's stride is 2**first
-  cfg.update(levels=levels, spatial_scale=2.0 ** -first,
-             h=int(rng.integers(2 ** (levels - 1), 18)), w=int(rng.integers(2 ** (levels - 1), 18)),
-             canonical_scale=float(rng.choice([224.0, 32.0, 16.0, rng.uniform(4, 64)])),
-             canonical_level=float(first + int(rng.integers(0, levels))),
-             sampling_ratio=int(rng.choice([-1, 0, 1, 2])), aligned=bool(rng.random() < 0.5),
-             mode="avg")
+  cfg.update(
+    levels=levels,
+    spatial_scale=2.0**-first,
+    h=int(rng.integers(2 ** (levels - 1), 18)),
+    w=int(rng.integers(2 ** (levels - 1), 18)),
+    canonical_scale=float(rng.choice([224.0, 32.0, 16.0, rng.uniform(4, 64)])),
+    canonical_level=float(first + int(rng.integers(0, levels))),
+    sampling_ratio=int(rng.choice([-1, 0, 1, 2])),
+    aligned=bool(rng.random() < 0.5),
+    mode="avg",
+  )
 
 
 def levels_of(cfg: dict, x: np.ndarray) -> list[np.ndarray]:
@@ -95,8 +111,9 @@ def level_index(cfg: dict, rois: np.ndarray) -> np.ndarray:
   ct = b.dtype.type
   with np.errstate(all="ignore"):
     area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    k = np.floor(ct(cfg["canonical_level"]) + np.log2(np.sqrt(area) / ct(cfg["canonical_scale"]))
-                 + ct(1e-6))
+    k = np.floor(
+      ct(cfg["canonical_level"]) + np.log2(np.sqrt(area) / ct(cfg["canonical_scale"])) + ct(1e-6)
+    )
   k_min = int(-np.log2(cfg["spatial_scale"]))
   k = np.where(np.isnan(k), k_min, np.clip(k, k_min, k_min + cfg["levels"] - 1))
   return (k - k_min).astype(int)
@@ -106,14 +123,16 @@ def make_inputs(cfg: dict):
   if OPS[cfg["op"]].inputs is not None:
     return OPS[cfg["op"]].inputs(cfg)
   rng = np.random.default_rng(cfg["seed"])
-  x = random_features(rng, cfg["n"], cfg["c"], cfg["h"], cfg["w"], cfg["layout"],
-                      np.dtype(cfg["dtype"]))
+  x = random_features(
+    rng, cfg["n"], cfg["c"], cfg["h"], cfg["w"], cfg["layout"], np.dtype(cfg["dtype"])
+  )
   if cfg["fmt"] == "indexed":
     boxes = random_boxes(rng, cfg["k"], cfg["h"], cfg["w"], cfg["spatial_scale"], cfg["hostile"])
     rois = indexed_rois(rng, boxes, cfg["n"], padding=0.2 if cfg["hostile"] else 0.0)
   else:
-    boxes = random_boxes(rng, cfg["n"] * cfg["k"], cfg["h"], cfg["w"], cfg["spatial_scale"],
-                         cfg["hostile"])
+    boxes = random_boxes(
+      rng, cfg["n"] * cfg["k"], cfg["h"], cfg["w"], cfg["spatial_scale"], cfg["hostile"]
+    )
     rois = boxes.reshape(cfg["n"], cfg["k"], 4)
   if cfg["box_order"] == "yxyx":
     rois = rois.copy()
@@ -138,21 +157,34 @@ def expect_roi_pool(cfg, x, rois, cot):
   the output must match exactly)."""
   # The reference takes xyxy: give it the boxes reordered.
   rois_xyxy = to_xyxy(cfg, rois)
-  fn = lambda x, r, **kw: jax_roi.roi_pool(x, r, cfg["output_size"], box_order=cfg["box_order"],
-                                           spatial_scale=cfg["spatial_scale"],
-                                           layout=cfg["layout"], **kw)
-  expected, argmax = ref.roi_pool(x, rois_xyxy, cfg["output_size"], cfg["spatial_scale"],
-                                  cfg["layout"])
+  fn = lambda x, r, **kw: jax_roi.roi_pool(
+    x,
+    r,
+    cfg["output_size"],
+    box_order=cfg["box_order"],
+    spatial_scale=cfg["spatial_scale"],
+    layout=cfg["layout"],
+    **kw,
+  )
+  expected, argmax = ref.roi_pool(
+    x, rois_xyxy, cfg["output_size"], cfg["spatial_scale"], cfg["layout"]
+  )
   exp_gx = ref.roi_pool_grad(x.shape, rois_xyxy, cot, argmax, layout=cfg["layout"])
   return fn, expected, exp_gx, np.zeros(rois.shape), True
 
 
 def expect_roi_align(cfg, x, rois, cot):
   rois_xyxy = to_xyxy(cfg, rois)
-  kw = dict(spatial_scale=cfg["spatial_scale"], layout=cfg["layout"],
-            sampling_ratio=cfg["sampling_ratio"], aligned=cfg["aligned"], mode=cfg["mode"])
-  fn = lambda x, r, **extra: jax_roi.roi_align(x, r, cfg["output_size"],
-                                               box_order=cfg["box_order"], **kw, **extra)
+  kw = dict(
+    spatial_scale=cfg["spatial_scale"],
+    layout=cfg["layout"],
+    sampling_ratio=cfg["sampling_ratio"],
+    aligned=cfg["aligned"],
+    mode=cfg["mode"],
+  )
+  fn = lambda x, r, **extra: jax_roi.roi_align(
+    x, r, cfg["output_size"], box_order=cfg["box_order"], **kw, **extra
+  )
   expected, _ = ref.roi_align(x, rois_xyxy, cfg["output_size"], **kw)
   exp_gx, exp_gr = ref.roi_align_grad(x, rois_xyxy, cot, cfg["output_size"], **kw)
   # The permutation is its own inverse: the box gradient back in the input order.
@@ -169,22 +201,35 @@ def draw_ps(rng, cfg):
 
 def expect_ps_roi_pool(cfg, x, rois, cot):
   rois_xyxy = to_xyxy(cfg, rois)
-  fn = lambda x, r, **kw: jax_roi.ps_roi_pool(x, r, cfg["output_size"], cfg["spatial_scale"],
-                                              box_order=cfg["box_order"], layout=cfg["layout"],
-                                              **kw)
-  expected = ref.ps_roi_pool(x, rois_xyxy, cfg["output_size"], cfg["spatial_scale"],
-                             cfg["layout"])
-  exp_gx = ref.ps_roi_pool_grad(x.shape, rois_xyxy, cot, cfg["output_size"],
-                                cfg["spatial_scale"], cfg["layout"])
+  fn = lambda x, r, **kw: jax_roi.ps_roi_pool(
+    x,
+    r,
+    cfg["output_size"],
+    cfg["spatial_scale"],
+    box_order=cfg["box_order"],
+    layout=cfg["layout"],
+    **kw,
+  )
+  expected = ref.ps_roi_pool(x, rois_xyxy, cfg["output_size"], cfg["spatial_scale"], cfg["layout"])
+  exp_gx = ref.ps_roi_pool_grad(
+    x.shape, rois_xyxy, cot, cfg["output_size"], cfg["spatial_scale"], cfg["layout"]
+  )
   # Exact in float64 (the reference sums in float64; float32 sums round).
   return fn, expected, exp_gx, np.zeros(rois.shape), cfg["dtype"] != "float32"
 
 
 def expect_ps_roi_align(cfg, x, rois, cot):
   rois_xyxy = to_xyxy(cfg, rois)
-  fn = lambda x, r, **kw: jax_roi.ps_roi_align(x, r, cfg["output_size"], cfg["spatial_scale"],
-                                               cfg["sampling_ratio"], box_order=cfg["box_order"],
-                                               layout=cfg["layout"], **kw)
+  fn = lambda x, r, **kw: jax_roi.ps_roi_align(
+    x,
+    r,
+    cfg["output_size"],
+    cfg["spatial_scale"],
+    cfg["sampling_ratio"],
+    box_order=cfg["box_order"],
+    layout=cfg["layout"],
+    **kw,
+  )
   args = (cfg["output_size"], cfg["spatial_scale"], cfg["sampling_ratio"], cfg["layout"])
   expected = ref.ps_roi_align(x, rois_xyxy, *args)
   exp_gx, exp_gr = ref.ps_roi_align_grad(x, rois_xyxy, cot, *args)
@@ -193,12 +238,14 @@ def expect_ps_roi_align(cfg, x, rois, cot):
 
 def check_single(expect):
   """The check of a single-map op from its expectations (expect_*)."""
-  return lambda cfg, x, rois, cot, tol: check_against(cfg, x, rois, cot, tol,
-                                                      *expect(cfg, x, rois, cot))
+  return lambda cfg, x, rois, cot, tol: check_against(
+    cfg, x, rois, cot, tol, *expect(cfg, x, rois, cot)
+  )
 
 
-def check_against(cfg, x, rois, cot, tol, fn, expected, exp_gx, exp_gr, exact,
-                  box_tol=None) -> str | None:
+def check_against(
+  cfg, x, rois, cot, tol, fn, expected, exp_gx, exp_gr, exact, box_tol=None
+) -> str | None:
   f32 = cfg["dtype"] == "float32"
   out = np.asarray(fn(x, rois), np.float64)
   if out.shape != expected.shape:
@@ -226,13 +273,16 @@ def check_against(cfg, x, rois, cot, tol, fn, expected, exp_gx, exp_gr, exact,
     # kernel and the same case in float64 agrees with the reference.
     xla = lambda x, r: jnp.sum(fn(x, r, implementation="xla") * cot)
     gr_xla = np.asarray(jax.grad(xla, argnums=1)(jnp.asarray(x), jnp.asarray(rois)), np.float64)
-    if np.allclose(gr, gr_xla, rtol=tol, atol=tol) and check_case(
-        dict(cfg, dtype="float64")) is None:
+    if (
+      np.allclose(gr, gr_xla, rtol=tol, atol=tol) and check_case(dict(cfg, dtype="float64")) is None
+    ):
       NEAR_TIES[0] += 1
       return None
   if bad.any():
-    return f"box gradient differs at {np.argwhere(bad)[:3].tolist()}: max |d| " \
-           f"{np.abs(gr - exp_gr).max():.3g}"
+    return (
+      f"box gradient differs at {np.argwhere(bad)[:3].tolist()}: max |d| "
+      f"{np.abs(gr - exp_gr).max():.3g}"
+    )
   return None
 
 
@@ -251,8 +301,15 @@ def check_multi_scale(cfg, x, rois, cot, tol) -> str | None:
   scales = [cfg["spatial_scale"] / 2**l for l in range(cfg["levels"])]
   kw = dict(sampling_ratio=cfg["sampling_ratio"], aligned=cfg["aligned"], layout=cfg["layout"])
   fn = lambda fs, r: jax_roi.multi_scale_roi_align(
-      fs, r, cfg["output_size"], spatial_scales=scales, canonical_scale=cfg["canonical_scale"],
-      canonical_level=cfg["canonical_level"], box_order=cfg["box_order"], **kw)
+    fs,
+    r,
+    cfg["output_size"],
+    spatial_scales=scales,
+    canonical_scale=cfg["canonical_scale"],
+    canonical_level=cfg["canonical_level"],
+    box_order=cfg["box_order"],
+    **kw,
+  )
   lvl = level_index(cfg, rois)
   rois_xyxy = to_xyxy(cfg, rois)
   expected = np.zeros(ref_shape(cfg))
@@ -262,8 +319,14 @@ def check_multi_scale(cfg, x, rois, cot, tol) -> str | None:
     mask = (lvl == l).reshape(lvl.shape + (1, 1, 1))
     out_l, _ = ref.roi_align(f, rois_xyxy, cfg["output_size"], spatial_scale=scales[l], **kw)
     expected += np.where(mask, out_l, 0)
-    gl, gr = ref.roi_align_grad(f, rois_xyxy, np.where(mask, cot, 0).astype(cot.dtype),
-                                cfg["output_size"], spatial_scale=scales[l], **kw)
+    gl, gr = ref.roi_align_grad(
+      f,
+      rois_xyxy,
+      np.where(mask, cot, 0).astype(cot.dtype),
+      cfg["output_size"],
+      spatial_scale=scales[l],
+      **kw,
+    )
     exp_gl[l] += gl
     exp_gr += to_xyxy(cfg, gr)
   out = np.asarray(fn(levels, rois), np.float64)
@@ -288,9 +351,13 @@ def check_multi_scale(cfg, x, rois, cot, tol) -> str | None:
 
 
 def draw_roi_align_rotated(rng, cfg):
-  cfg.update(box_order="xyxy", sampling_ratio=int(rng.choice([-1, 0, 1, 2, 3])),
-             aligned=bool(rng.random() < 0.5), angle_unit=str(rng.choice(["degrees", "radians"])),
-             clockwise=bool(rng.random() < 0.5))
+  cfg.update(
+    box_order="xyxy",
+    sampling_ratio=int(rng.choice([-1, 0, 1, 2, 3])),
+    aligned=bool(rng.random() < 0.5),
+    angle_unit=str(rng.choice(["degrees", "radians"])),
+    clockwise=bool(rng.random() < 0.5),
+  )
 
 
 def rotated_inputs(cfg: dict):
@@ -298,16 +365,29 @@ def rotated_inputs(cfg: dict):
   NaN/inf/huge angles and huge centres (sizes stay small enough for the
   reference to visit every sample)."""
   rng = np.random.default_rng(cfg["seed"])
-  x = random_features(rng, cfg["n"], cfg["c"], cfg["h"], cfg["w"], cfg["layout"],
-                      np.dtype(cfg["dtype"]))
-  rois = rotated_rois(rng, cfg["fmt"], cfg["n"], cfg["k"], cfg["h"], cfg["w"],
-                      cfg["spatial_scale"] or 1.0, degrees=cfg["angle_unit"] == "degrees",
-                      padding=0.2 if cfg["hostile"] else 0.0)
+  x = random_features(
+    rng, cfg["n"], cfg["c"], cfg["h"], cfg["w"], cfg["layout"], np.dtype(cfg["dtype"])
+  )
+  rois = rotated_rois(
+    rng,
+    cfg["fmt"],
+    cfg["n"],
+    cfg["k"],
+    cfg["h"],
+    cfg["w"],
+    cfg["spatial_scale"] or 1.0,
+    degrees=cfg["angle_unit"] == "degrees",
+    padding=0.2 if cfg["hostile"] else 0.0,
+  )
   if cfg["hostile"]:
     boxes = rois[..., -5:].reshape(-1, 5)
-    for col, values in ((0, (1e30, -1e30, np.nan)), (1, (np.inf, -3e9)),
-                        (2, (np.nan, np.inf, -2.5)), (3, (-np.inf, -0.5, 0.0)),
-                        (4, (np.nan, np.inf, 1e30, -1e30, 720.5))):
+    for col, values in (
+      (0, (1e30, -1e30, np.nan)),
+      (1, (np.inf, -3e9)),
+      (2, (np.nan, np.inf, -2.5)),
+      (3, (-np.inf, -0.5, 0.0)),
+      (4, (np.nan, np.inf, 1e30, -1e30, 720.5)),
+    ):
       rows = rng.random(len(boxes)) < 0.06
       boxes[rows, col] = rng.choice(values, rows.sum())
     rois[..., -5:] = boxes.reshape(rois.shape[:-1] + (5,))
@@ -318,19 +398,25 @@ def check_roi_align_rotated(cfg, x, rois, cot, tol) -> str | None:
   """Forward and feature gradient against the float64 loop reference; the
   box gradient (analytic, in the kernels) against the pure-JAX version's
   (JAX autodiff or forward-mode derivatives)."""
-  kw = dict(sampling_ratio=cfg["sampling_ratio"], aligned=cfg["aligned"],
-            angle_unit=cfg["angle_unit"], clockwise=cfg["clockwise"])
+  kw = dict(
+    sampling_ratio=cfg["sampling_ratio"],
+    aligned=cfg["aligned"],
+    angle_unit=cfg["angle_unit"],
+    clockwise=cfg["clockwise"],
+  )
   fn = lambda x, r, **extra: jax_roi.roi_align_rotated(
-      x, r, cfg["output_size"], cfg["spatial_scale"], layout=cfg["layout"], **kw, **extra)
-  expected = ref.roi_align_rotated(x, rois, cfg["output_size"], cfg["spatial_scale"],
-                                   layout=cfg["layout"], **kw)
-  exp_gx = ref.roi_align_rotated_grad(x.shape, rois, cot, cfg["output_size"],
-                                      cfg["spatial_scale"], layout=cfg["layout"], **kw)
+    x, r, cfg["output_size"], cfg["spatial_scale"], layout=cfg["layout"], **kw, **extra
+  )
+  expected = ref.roi_align_rotated(
+    x, rois, cfg["output_size"], cfg["spatial_scale"], layout=cfg["layout"], **kw
+  )
+  exp_gx = ref.roi_align_rotated_grad(
+    x.shape, rois, cot, cfg["output_size"], cfg["spatial_scale"], layout=cfg["layout"], **kw
+  )
   xla = lambda x, r: jnp.sum(fn(x, r, implementation="xla") * cot)
   exp_gr = np.asarray(jax.grad(xla, argnums=1)(jnp.asarray(x), jnp.asarray(rois)), np.float64)
   box_tol = 1e-3 if cfg["dtype"] == "float32" else 1e-8
-  return check_against(cfg, x, rois, cot, tol, fn, expected, exp_gx, exp_gr, False,
-                       box_tol=box_tol)
+  return check_against(cfg, x, rois, cot, tol, fn, expected, exp_gx, exp_gr, False, box_tol=box_tol)
 
 
 # --- prroi_pool ---------------------------------------------------------------
@@ -340,11 +426,18 @@ def expect_prroi_pool(cfg, x, rois, cot):
   """Forward against the float64 quadrature reference; both gradients (the
   kernels' analytic ones) against the pure-JAX version's (JAX autodiff of
   the closed form)."""
-  fn = lambda x, r, **kw: jax_roi.prroi_pool(x, r, cfg["output_size"], cfg["spatial_scale"],
-                                             box_order=cfg["box_order"], layout=cfg["layout"],
-                                             **kw)
-  expected = ref.prroi_pool(x, to_xyxy(cfg, rois), cfg["output_size"], cfg["spatial_scale"],
-                            cfg["layout"])
+  fn = lambda x, r, **kw: jax_roi.prroi_pool(
+    x,
+    r,
+    cfg["output_size"],
+    cfg["spatial_scale"],
+    box_order=cfg["box_order"],
+    layout=cfg["layout"],
+    **kw,
+  )
+  expected = ref.prroi_pool(
+    x, to_xyxy(cfg, rois), cfg["output_size"], cfg["spatial_scale"], cfg["layout"]
+  )
   xla = lambda x, r: jnp.sum(fn(x, r, implementation="xla") * cot)
   exp_gx, exp_gr = jax.grad(xla, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(rois))
   return fn, expected, np.asarray(exp_gx, np.float64), np.asarray(exp_gr, np.float64), False
@@ -358,14 +451,13 @@ class FuzzOp(NamedTuple):
 
 # The fuzzed ops. Adding an op is one entry (its draw and check functions).
 OPS = {
-    "roi_pool": FuzzOp(lambda rng, cfg: None, check_single(expect_roi_pool)),
-    "roi_align": FuzzOp(draw_roi_align, check_single(expect_roi_align)),
-    "multi_scale": FuzzOp(draw_multi_scale, check_multi_scale),
-    "ps_roi_pool": FuzzOp(draw_ps, check_single(expect_ps_roi_pool)),
-    "ps_roi_align": FuzzOp(draw_ps, check_single(expect_ps_roi_align)),
+  "roi_pool": FuzzOp(lambda rng, cfg: None, check_single(expect_roi_pool)),
+  "roi_align": FuzzOp(draw_roi_align, check_single(expect_roi_align)),
+  "multi_scale": FuzzOp(draw_multi_scale, check_multi_scale),
+  "ps_roi_pool": FuzzOp(draw_ps, check_single(expect_ps_roi_pool)),
+  "ps_roi_align": FuzzOp(draw_ps, check_single(expect_ps_roi_align)),
 }
-OPS["roi_align_rotated"] = FuzzOp(draw_roi_align_rotated, check_roi_align_rotated,
-                                  rotated_inputs)
+OPS["roi_align_rotated"] = FuzzOp(draw_roi_align_rotated, check_roi_align_rotated, rotated_inputs)
 OPS["prroi_pool"] = FuzzOp(lambda rng, cfg: None, check_single(expect_prroi_pool))
 
 
@@ -406,11 +498,11 @@ def main(argv=None) -> int:
         name = args.out / f"{op}-{failures}.npz"
         np.savez(name, features=x, rois=rois, config=json.dumps(cfg))
         print(f"FAIL {op} {json.dumps(cfg)}: {problem} -> {name}", flush=True)
-    summary[op] = dict(cases=cases, hostile_cases=hostile, minutes=args.minutes,
-                       float32_near_ties=NEAR_TIES[0])
+    summary[op] = dict(
+      cases=cases, hostile_cases=hostile, minutes=args.minutes, float32_near_ties=NEAR_TIES[0]
+    )
     NEAR_TIES[0] = 0
-    print(f"{op}: {cases} cases ({hostile} with hostile boxes) in {args.minutes:g} min",
-          flush=True)
+    print(f"{op}: {cases} cases ({hostile} with hostile boxes) in {args.minutes:g} min", flush=True)
   print(json.dumps(dict(jax=jax.__version__, failures=failures, ops=summary)))
   return 1 if failures else 0
 

@@ -54,33 +54,41 @@ def _ps_size(x, kw):
 
 
 OPS = {
-    "roi_pool": lambda x, r, **kw: jax_roi.roi_pool(x, r, (7, 5), spatial_scale=0.25, **kw),
-    "roi_align": _align(sampling_ratio=2, aligned=True),
-    "roi_align_adaptive": _align(sampling_ratio=0, aligned=False),
-    "roi_align_max": _align(sampling_ratio=2, mode="max"),
-    "roi_align_max_adaptive": _align(sampling_ratio=0, aligned=True, mode="max"),
-    "multi_scale": lambda xs, r, **kw: jax_roi.multi_scale_roi_align(
-        list(xs), r, (7, 5), spatial_scales=SCALES, sampling_ratio=2, canonical_scale=56,
-        canonical_level=4, **kw),
-    # Position-sensitive: (7, 5) bins read C / 35 channels each (features
-    # whose C is not a multiple of 35 use the 1x1 form below).
-    "ps_roi_pool": lambda x, r, **kw: jax_roi.ps_roi_pool(x, r, _ps_size(x, kw), 0.25, **kw),
-    "ps_roi_align": lambda x, r, **kw: jax_roi.ps_roi_align(x, r, _ps_size(x, kw), 0.25, 0,
-                                                            **kw),
+  "roi_pool": lambda x, r, **kw: jax_roi.roi_pool(x, r, (7, 5), spatial_scale=0.25, **kw),
+  "roi_align": _align(sampling_ratio=2, aligned=True),
+  "roi_align_adaptive": _align(sampling_ratio=0, aligned=False),
+  "roi_align_max": _align(sampling_ratio=2, mode="max"),
+  "roi_align_max_adaptive": _align(sampling_ratio=0, aligned=True, mode="max"),
+  "multi_scale": lambda xs, r, **kw: jax_roi.multi_scale_roi_align(
+    list(xs),
+    r,
+    (7, 5),
+    spatial_scales=SCALES,
+    sampling_ratio=2,
+    canonical_scale=56,
+    canonical_level=4,
+    **kw,
+  ),
+  # Position-sensitive: (7, 5) bins read C / 35 channels each (features
+  # whose C is not a multiple of 35 use the 1x1 form below).
+  "ps_roi_pool": lambda x, r, **kw: jax_roi.ps_roi_pool(x, r, _ps_size(x, kw), 0.25, **kw),
+  "ps_roi_align": lambda x, r, **kw: jax_roi.ps_roi_align(x, r, _ps_size(x, kw), 0.25, 0, **kw),
 }
 # roi_align_rotated: oriented boxes (no box order: the rows are [index, cx,
 # cy, w, h, angle]). Its forward is compared to float rounding, not bit for
 # bit: the GPU's cosf/sinf (cos/sin) may differ from the host libm's by an
 # ulp or two, which moves the samples.
 OPS["roi_align_rotated"] = lambda x, r, box_order=None, **kw: jax_roi.roi_align_rotated(
-    x, r, (7, 5), 0.25, 0, **kw)
+  x, r, (7, 5), 0.25, 0, **kw
+)
 INEXACT_FORWARD = {"roi_align_rotated"}
 OPS["prroi_pool"] = lambda x, r, **kw: jax_roi.prroi_pool(x, r, (7, 5), 0.25, **kw)
 # deterministic=True: the GPU backward follows the CPU's summation order
 # without atomics, so its feature gradient must equal the CPU's bit for bit.
 for _name in ("roi_pool", "roi_align", "roi_align_max_adaptive", "multi_scale"):
-  OPS[_name + "_deterministic"] = (
-      lambda x, r, _op=OPS[_name], **kw: _op(x, r, deterministic=True, **kw))
+  OPS[_name + "_deterministic"] = lambda x, r, _op=OPS[_name], **kw: _op(
+    x, r, deterministic=True, **kw
+  )
 EXACT_FEATURE_GRAD = {name for name in OPS if name.endswith("_deterministic")}
 
 
@@ -104,6 +112,7 @@ ALL_FORMATS = tuple(itertools.product(("indexed", "batched"), ("xyxy", "yxyx")))
 def case(rng, op, layout, fmt, order, dtype, n, c, h, w, k):
   """Features (one array, or the levels of multi_scale), RoIs in the
   format/order asked for, in float32 (float64 with float64 features)."""
+
   def level(hh, ww):
     x = rng.standard_normal((n, c, hh, ww)).astype(dtype)
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x
@@ -141,8 +150,9 @@ def run(op, x, rois, layout, order, device):
   # device's cos may differ in the last bit, which would hide or fake a
   # difference of the deterministic gradients).
   shape = jax.eval_shape(f, x, rois)
-  cot = jax.device_put(np.cos(np.arange(shape.size, dtype=np.float32)).reshape(shape.shape)
-                       .astype(shape.dtype), device)
+  cot = jax.device_put(
+    np.cos(np.arange(shape.size, dtype=np.float32)).reshape(shape.shape).astype(shape.dtype), device
+  )
 
   @jax.jit
   def both(x, r, cot):
@@ -169,12 +179,18 @@ def main():
   parser.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS))
   parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
   parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
-  parser.add_argument("--all-combinations", action="store_true",
-                      help="cross box format and box order (default: two pairs)")
+  parser.add_argument(
+    "--all-combinations",
+    action="store_true",
+    help="cross box format and box order (default: two pairs)",
+  )
   parser.add_argument("--json", help="write every case's result to this file")
-  parser.add_argument("--platform", default="cuda",
-                      help="the platform under test (default: cuda; 'cpu' compares the CPU "
-                           "with itself, to test this script on a machine without a GPU)")
+  parser.add_argument(
+    "--platform",
+    default="cuda",
+    help="the platform under test (default: cuda; 'cpu' compares the CPU "
+    "with itself, to test this script on a machine without a GPU)",
+  )
   args = parser.parse_args()
   try:
     gpu = jax.devices(args.platform)[0]
@@ -183,15 +199,20 @@ def main():
     sys.exit(2)
   cpu = jax.devices("cpu")[0]
   from jax_roi._core import extension
-  print(f"GPU: {gpu.device_kind}; jax {jax.__version__}; jax_roi {jax_roi.__version__}, "
-        f"CUDA kernels: {extension.WITH_CUDA}")
+
+  print(
+    f"GPU: {gpu.device_kind}; jax {jax.__version__}; jax_roi {jax_roi.__version__}, "
+    f"CUDA kernels: {extension.WITH_CUDA}"
+  )
   if args.small:
     size = (1, 3, 9, 11, 4)
-    grid = [("roi_align", "NCHW", ("indexed", "xyxy"), "float32"),
-            ("roi_pool", "NCHW", ("indexed", "xyxy"), "float32"),
-            ("roi_align_deterministic", "NHWC", ("batched", "yxyx"), "float32"),
-            ("roi_pool_deterministic", "NHWC", ("indexed", "xyxy"), "float32"),
-            ("multi_scale_deterministic", "NCHW", ("indexed", "xyxy"), "float32")]
+    grid = [
+      ("roi_align", "NCHW", ("indexed", "xyxy"), "float32"),
+      ("roi_pool", "NCHW", ("indexed", "xyxy"), "float32"),
+      ("roi_align_deterministic", "NHWC", ("batched", "yxyx"), "float32"),
+      ("roi_pool_deterministic", "NHWC", ("indexed", "xyxy"), "float32"),
+      ("multi_scale_deterministic", "NCHW", ("indexed", "xyxy"), "float32"),
+    ]
   else:
     size = (2, 64, 50, 68, 200)
     formats = ALL_FORMATS if args.all_combinations else FORMATS
@@ -224,24 +245,50 @@ def main():
         same = out_nan and out_err <= tol
     ok = same and gx_nan and gr_nan and gx_err <= tol and gr_err <= tol and nonzero
     failures += not ok
-    results.append(dict(op=op, layout=layout, format=fmt, box_order=order, dtype=dtype, ok=ok,
-                        forward_identical=same, forward_mismatches=mismatches,
-                        feature_grad_error=gx_err, box_grad_error=gr_err,
-                        nan_positions_agree=gx_nan and gr_nan, tolerance=tol,
-                        seconds=round(time.perf_counter() - t, 2)))
-    print(f"{'OK  ' if ok else 'FAIL'} {op:22s} {layout} {fmt:7s} {order} {dtype:8s} "
-          f"forward identical: {same}"
-          f"{'' if same else f' ({mismatches} of {out_c.size} differ)'}, "
-          f"feature grad {gx_err:.1e}, box grad {gr_err:.1e}"
-          f"{'' if gx_nan and gr_nan else ', NaN positions differ'}"
-          f"{'' if nonzero else ', feature gradient all zero'}", flush=True)
+    results.append(
+      dict(
+        op=op,
+        layout=layout,
+        format=fmt,
+        box_order=order,
+        dtype=dtype,
+        ok=ok,
+        forward_identical=same,
+        forward_mismatches=mismatches,
+        feature_grad_error=gx_err,
+        box_grad_error=gr_err,
+        nan_positions_agree=gx_nan and gr_nan,
+        tolerance=tol,
+        seconds=round(time.perf_counter() - t, 2),
+      )
+    )
+    print(
+      f"{'OK  ' if ok else 'FAIL'} {op:22s} {layout} {fmt:7s} {order} {dtype:8s} "
+      f"forward identical: {same}"
+      f"{'' if same else f' ({mismatches} of {out_c.size} differ)'}, "
+      f"feature grad {gx_err:.1e}, box grad {gr_err:.1e}"
+      f"{'' if gx_nan and gr_nan else ', NaN positions differ'}"
+      f"{'' if nonzero else ', feature gradient all zero'}",
+      flush=True,
+    )
   seconds = time.perf_counter() - start
-  print(f"gpu_compare: {len(grid) - failures}/{len(grid)} cases agree in {seconds:.0f} s:",
-        "FAILED" if failures else "all equal")
+  print(
+    f"gpu_compare: {len(grid) - failures}/{len(grid)} cases agree in {seconds:.0f} s:",
+    "FAILED" if failures else "all equal",
+  )
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(dict(gpu=gpu.device_kind, jax=jax.__version__, seconds=seconds,
-                     failures=failures, cases=results), f, indent=1)
+      json.dump(
+        dict(
+          gpu=gpu.device_kind,
+          jax=jax.__version__,
+          seconds=seconds,
+          failures=failures,
+          cases=results,
+        ),
+        f,
+        indent=1,
+      )
   sys.exit(1 if failures else 0)
 
 

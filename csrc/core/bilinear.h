@@ -101,12 +101,9 @@ JAX_ROI_HD A bilinear_value(A w1, A w2, A w3, A w4, A v1, A v2, A v3, A v4) {
 // Partial derivatives of a valid sample's value w.r.t. its y and x
 // coordinates (zero where the value is locally constant in that coordinate).
 template <typename C, typename A>
-JAX_ROI_HD void bilinear_gradient(const Bilinear<C>& b, A v1, A v2, A v3, A v4, C* d_dy,
-                                  C* d_dx) {
-  *d_dy = b.y_frozen ? C(0)
-                     : b.hx * static_cast<C>(v3 - v1) + b.lx * static_cast<C>(v4 - v2);
-  *d_dx = b.x_frozen ? C(0)
-                     : b.hy * static_cast<C>(v2 - v1) + b.ly * static_cast<C>(v4 - v3);
+JAX_ROI_HD void bilinear_gradient(const Bilinear<C>& b, A v1, A v2, A v3, A v4, C* d_dy, C* d_dx) {
+  *d_dy = b.y_frozen ? C(0) : b.hx * static_cast<C>(v3 - v1) + b.lx * static_cast<C>(v4 - v2);
+  *d_dx = b.x_frozen ? C(0) : b.hy * static_cast<C>(v2 - v1) + b.ly * static_cast<C>(v4 - v3);
 }
 
 // The four neighbours of a valid sample, in torchvision's order
@@ -135,9 +132,8 @@ JAX_ROI_HD BilinearTaps<A, I> bilinear_taps(const Bilinear<C>& s, int64_t width)
 // (NHWC: step C) at base, whose element at spatial offset o is base[o * step].
 template <typename T, typename A, typename I>
 JAX_ROI_HD A bilinear_gather(const T* base, int64_t step, const BilinearTaps<A, I>& t) {
-  return bilinear_value(t.w1, t.w2, t.w3, t.w4, load(base + t.o1 * step),
-                        load(base + t.o2 * step), load(base + t.o3 * step),
-                        load(base + t.o4 * step));
+  return bilinear_value(t.w1, t.w2, t.w3, t.w4, load(base + t.o1 * step), load(base + t.o2 * step),
+                        load(base + t.o3 * step), load(base + t.o4 * step));
 }
 
 // Scatters a sample's gradient to its four neighbours, in torchvision's
@@ -145,8 +141,7 @@ JAX_ROI_HD A bilinear_gather(const T* base, int64_t step, const BilinearTaps<A, 
 // `add` performs the accumulation: a plain or atomic add of g * w (divided
 // by the sample count in avg mode), or a loop over a row of channels.
 template <typename P, typename A, typename I, typename Add>
-JAX_ROI_HD void bilinear_scatter(P* grad, int64_t step, const BilinearTaps<A, I>& t,
-                                 Add&& add) {
+JAX_ROI_HD void bilinear_scatter(P* grad, int64_t step, const BilinearTaps<A, I>& t, Add&& add) {
   add(grad + t.o1 * step, t.w1);
   add(grad + t.o2 * step, t.w2);
   add(grad + t.o3 * step, t.w3);

@@ -93,7 +93,7 @@ class ThreadPoolRunner final : public cpu::TaskRunner {
     int64_t n = 0;
     const std::function<void(int64_t)>* fn = nullptr;
     std::atomic<int64_t> next{0};
-    int64_t active = 0;  // Workers inside their claim loop; guarded by mu.
+    int64_t active = 0;        // Workers inside their claim loop; guarded by mu.
     std::exception_ptr error;  // The first exception of a task; guarded by mu.
     std::mutex mu;
     std::condition_variable cv;
@@ -131,8 +131,7 @@ ffi::Error run_kernel(ffi::ThreadPool& pool, KernelRef kernel) {
     kernel(runner);
     return ffi::Error::Success();
   } catch (const std::bad_alloc&) {
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      "jax_roi: out of memory in a CPU kernel");
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jax_roi: out of memory in a CPU kernel");
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("jax_roi: ") + e.what());
   }

@@ -17,8 +17,7 @@ class KernelRef {
  public:
   template <typename F, typename = std::enable_if_t<!std::is_same_v<std::decay_t<F>, KernelRef>>>
   KernelRef(F&& f)  // NOLINT(google-explicit-constructor)
-      : callable_(static_cast<const void*>(&f)),
-        call_([](const void* c, cpu::TaskRunner& runner) {
+      : callable_(static_cast<const void*>(&f)), call_([](const void* c, cpu::TaskRunner& runner) {
           (*static_cast<const std::remove_reference_t<F>*>(c))(runner);
         }) {}
   void operator()(cpu::TaskRunner& runner) const { call_(callable_, runner); }

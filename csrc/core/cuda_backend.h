@@ -42,9 +42,8 @@ struct CudaBackendOn {
   // `what` names the computation in a CUDA error.
   template <typename Kernel, typename Args>
   static ffi::Error run(Context ctx, const char* what, const Kernel& kernel, const Args& args) {
-    return Streams::run(ctx, [&](cudaStream_t stream) {
-      return cuda_status(kernel.cuda(stream, args), what);
-    });
+    return Streams::run(
+        ctx, [&](cudaStream_t stream) { return cuda_status(kernel.cuda(stream, args), what); });
   }
 };
 

@@ -58,7 +58,7 @@
 // One per kernel; the same extern name in every kernel, typed unsigned
 // char, is what nvcc accepts (the emulation's definition is a heap buffer:
 // `extern __shared__` cannot be emulated).
-#define JAX_ROI_DYNAMIC_SHARED(type, name)                                  \
+#define JAX_ROI_DYNAMIC_SHARED(type, name)                               \
   extern __shared__ __align__(16) unsigned char jax_roi_dynamic_smem_[]; \
   type* name = reinterpret_cast<type*>(jax_roi_dynamic_smem_)
 

@@ -228,30 +228,48 @@ typedef struct CUstream_st* cudaStream_t;
 
 inline const char* cudaGetErrorName(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorInvalidDeviceFunction: return "cudaErrorInvalidDeviceFunction";
-    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-    case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidDeviceFunction:
+      return "cudaErrorInvalidDeviceFunction";
+    case cudaErrorLaunchOutOfResources:
+      return "cudaErrorLaunchOutOfResources";
+    case cudaErrorLaunchFailure:
+      return "cudaErrorLaunchFailure";
+    case cudaErrorNotSupported:
+      return "cudaErrorNotSupported";
   }
   return "cudaErrorUnknown";
 }
 
 inline const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorInvalidDeviceFunction: return "invalid device function";
-    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
-    case cudaErrorLaunchFailure: return "unspecified launch failure";
-    case cudaErrorNotSupported: return "operation not supported";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorInvalidDeviceFunction:
+      return "invalid device function";
+    case cudaErrorLaunchOutOfResources:
+      return "too many resources requested for launch";
+    case cudaErrorLaunchFailure:
+      return "unspecified launch failure";
+    case cudaErrorNotSupported:
+      return "operation not supported";
   }
   return "unrecognized error code";
 }
@@ -261,14 +279,14 @@ namespace cuda {
 namespace emulation {
 
 struct Stats {
-  uint64_t launches = 0;         // launches that ran (validation passed)
-  uint64_t failed_launches = 0;  // rejected by validation or failed while running
-  uint64_t blocks = 0;           // blocks run
-  uint64_t threads = 0;          // CUDA threads started
-  uint64_t barriers = 0;         // block-wide barriers completed
-  uint64_t warp_syncs = 0;       // warp intrinsic exchanges completed
-  uint64_t suspensions = 0;      // times a CUDA thread waited (fiber switched away)
-  uint64_t fibers_created = 0;   // fiber stacks allocated (pooled per OS thread)
+  uint64_t launches = 0;                 // launches that ran (validation passed)
+  uint64_t failed_launches = 0;          // rejected by validation or failed while running
+  uint64_t blocks = 0;                   // blocks run
+  uint64_t threads = 0;                  // CUDA threads started
+  uint64_t barriers = 0;                 // block-wide barriers completed
+  uint64_t warp_syncs = 0;               // warp intrinsic exchanges completed
+  uint64_t suspensions = 0;              // times a CUDA thread waited (fiber switched away)
+  uint64_t fibers_created = 0;           // fiber stacks allocated (pooled per OS thread)
   uint64_t undefined_shuffle_reads = 0;  // warp reads of a non-participating lane
   uint64_t memsets = 0;
   uint64_t func_attribute_queries = 0;  // cudaFuncGetAttributes calls (kernel preloading)
@@ -314,10 +332,17 @@ inline AtomicStats& global_stats() {
   return s;
 }
 inline void add_stats(const Stats& s) {
-  const uint64_t add[kNumStats] = {s.launches,    s.failed_launches, s.blocks,
-                                   s.threads,     s.barriers,        s.warp_syncs,
-                                   s.suspensions, s.fibers_created,  s.undefined_shuffle_reads,
-                                   s.memsets,     s.func_attribute_queries};
+  const uint64_t add[kNumStats] = {s.launches,
+                                   s.failed_launches,
+                                   s.blocks,
+                                   s.threads,
+                                   s.barriers,
+                                   s.warp_syncs,
+                                   s.suspensions,
+                                   s.fibers_created,
+                                   s.undefined_shuffle_reads,
+                                   s.memsets,
+                                   s.func_attribute_queries};
   AtomicStats& g = global_stats();
   for (int i = 0; i < kNumStats; ++i) {
     if (add[i]) g.v[i].fetch_add(add[i], std::memory_order_relaxed);
@@ -451,7 +476,7 @@ struct Fiber {
 #else
   ucontext_t ctx;
 #endif
-  void* map = nullptr;       // mapping: guard page + stack
+  void* map = nullptr;  // mapping: guard page + stack
   size_t map_bytes = 0;
   char* stack_lo = nullptr;  // usable stack [stack_lo, stack_lo + stack_bytes)
   size_t stack_bytes = 0;
@@ -529,8 +554,7 @@ inline Fiber* new_fiber(Stats* st) {
   bytes = (bytes + page - 1) / page * page;
   Fiber* f = new Fiber;
   f->map_bytes = bytes + page;
-  f->map = mmap(nullptr, f->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                -1, 0);
+  f->map = mmap(nullptr, f->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (f->map == MAP_FAILED) die("cannot map a fiber stack");
   mprotect(f->map, page, PROT_NONE);  // guard page: a stack overflow faults
   f->stack_lo = static_cast<char*>(f->map) + page;
@@ -564,8 +588,7 @@ inline void switch_main_to_fiber(ThreadRuntime& r, Fiber* f) {
 inline void switch_fiber_to_main(ThreadRuntime& r, Fiber* f, bool dying) {
 #if defined(JAX_ROI_EMU_ASAN)
   void* fake = nullptr;
-  __sanitizer_start_switch_fiber(dying ? nullptr : &fake, r.main_stack_bottom,
-                                 r.main_stack_size);
+  __sanitizer_start_switch_fiber(dying ? nullptr : &fake, r.main_stack_bottom, r.main_stack_size);
 #else
   (void)dying;
 #endif
@@ -583,17 +606,32 @@ inline void switch_fiber_to_main(ThreadRuntime& r, Fiber* f, bool dying) {
 enum ThreadState : uint8_t { kUnstarted, kRunning, kReady, kAtBarrier, kAtWarp, kExited };
 
 enum WarpOp : uint8_t {
-  kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAll, kAny, kSyncWarp,
-  kRedAddU, kRedAddI, kRedMinU, kRedMinI, kRedMaxU, kRedMaxI, kRedAnd, kRedOr, kRedXor,
+  kShflIdx,
+  kShflUp,
+  kShflDown,
+  kShflXor,
+  kBallot,
+  kAll,
+  kAny,
+  kSyncWarp,
+  kRedAddU,
+  kRedAddI,
+  kRedMinU,
+  kRedMinI,
+  kRedMaxU,
+  kRedMaxI,
+  kRedAnd,
+  kRedOr,
+  kRedXor,
 };
 
 inline const char* warp_op_name(uint8_t op) {
-  static const char* const names[] = {
-      "__shfl_sync",       "__shfl_up_sync",    "__shfl_down_sync",  "__shfl_xor_sync",
-      "__ballot_sync",     "__all_sync",        "__any_sync",        "__syncwarp",
-      "__reduce_add_sync", "__reduce_add_sync", "__reduce_min_sync", "__reduce_min_sync",
-      "__reduce_max_sync", "__reduce_max_sync", "__reduce_and_sync", "__reduce_or_sync",
-      "__reduce_xor_sync"};
+  static const char* const names[] = {"__shfl_sync",       "__shfl_up_sync",    "__shfl_down_sync",
+                                      "__shfl_xor_sync",   "__ballot_sync",     "__all_sync",
+                                      "__any_sync",        "__syncwarp",        "__reduce_add_sync",
+                                      "__reduce_add_sync", "__reduce_min_sync", "__reduce_min_sync",
+                                      "__reduce_max_sync", "__reduce_max_sync", "__reduce_and_sync",
+                                      "__reduce_or_sync",  "__reduce_xor_sync"};
   return op < sizeof(names) / sizeof(names[0]) ? names[op] : "?";
 }
 
@@ -714,7 +752,7 @@ inline bool try_complete_warp(Block& b, unsigned w, unsigned mask) {
   const uint8_t op = s0.op;
   if (op <= kShflXor) {
     const unsigned seg = static_cast<unsigned>(32 - s0.width) & 31u;  // PTX c[12:8]
-    const unsigned clamp = op == kShflUp ? 0u : 31u;                   // PTX c[4:0]
+    const unsigned clamp = op == kShflUp ? 0u : 31u;                  // PTX c[4:0]
     for (unsigned lane = 0; lane < 32; ++lane) {
       if (!(present >> lane & 1u)) continue;
       Slot& s = b.slot[base + lane];
@@ -724,10 +762,22 @@ inline bool try_complete_warp(Block& b, unsigned w, unsigned mask) {
       int j = 0;
       bool in_range = false;
       switch (op) {
-        case kShflUp: j = static_cast<int>(lane) - bval; in_range = j >= max_lane; break;
-        case kShflDown: j = static_cast<int>(lane) + bval; in_range = j <= max_lane; break;
-        case kShflXor: j = static_cast<int>(lane) ^ bval; in_range = j <= max_lane; break;
-        default: j = min_lane | (bval & ~static_cast<int>(seg)); in_range = j <= max_lane; break;
+        case kShflUp:
+          j = static_cast<int>(lane) - bval;
+          in_range = j >= max_lane;
+          break;
+        case kShflDown:
+          j = static_cast<int>(lane) + bval;
+          in_range = j <= max_lane;
+          break;
+        case kShflXor:
+          j = static_cast<int>(lane) ^ bval;
+          in_range = j <= max_lane;
+          break;
+        default:
+          j = min_lane | (bval & ~static_cast<int>(seg));
+          in_range = j <= max_lane;
+          break;
       }
       if (!in_range) {
         s.result = s.value;
@@ -741,11 +791,20 @@ inline bool try_complete_warp(Block& b, unsigned w, unsigned mask) {
   } else {
     uint64_t acc = 0;
     switch (op) {
-      case kRedMinU: acc = 0xffffffffu; break;
-      case kRedMinI: acc = 0x7fffffffu; break;
-      case kRedMaxI: acc = 0x80000000u; break;
-      case kRedAnd: acc = 0xffffffffu; break;
-      default: break;
+      case kRedMinU:
+        acc = 0xffffffffu;
+        break;
+      case kRedMinI:
+        acc = 0x7fffffffu;
+        break;
+      case kRedMaxI:
+        acc = 0x80000000u;
+        break;
+      case kRedAnd:
+        acc = 0xffffffffu;
+        break;
+      default:
+        break;
     }
     unsigned ballot = 0;
     for (unsigned lane = 0; lane < 32; ++lane) {
@@ -754,15 +813,33 @@ inline bool try_complete_warp(Block& b, unsigned w, unsigned mask) {
       const int32_t iv = static_cast<int32_t>(v), ia = static_cast<int32_t>(acc);
       if (v != 0) ballot |= 1u << lane;
       switch (op) {
-        case kRedAddU: case kRedAddI: acc = static_cast<uint32_t>(acc + v); break;
-        case kRedMinU: acc = v < acc ? v : acc; break;
-        case kRedMaxU: acc = v > acc ? v : acc; break;
-        case kRedMinI: acc = static_cast<uint32_t>(iv < ia ? iv : ia); break;
-        case kRedMaxI: acc = static_cast<uint32_t>(iv > ia ? iv : ia); break;
-        case kRedAnd: acc &= v; break;
-        case kRedOr: acc |= v; break;
-        case kRedXor: acc ^= v; break;
-        default: break;
+        case kRedAddU:
+        case kRedAddI:
+          acc = static_cast<uint32_t>(acc + v);
+          break;
+        case kRedMinU:
+          acc = v < acc ? v : acc;
+          break;
+        case kRedMaxU:
+          acc = v > acc ? v : acc;
+          break;
+        case kRedMinI:
+          acc = static_cast<uint32_t>(iv < ia ? iv : ia);
+          break;
+        case kRedMaxI:
+          acc = static_cast<uint32_t>(iv > ia ? iv : ia);
+          break;
+        case kRedAnd:
+          acc &= v;
+          break;
+        case kRedOr:
+          acc |= v;
+          break;
+        case kRedXor:
+          acc ^= v;
+          break;
+        default:
+          break;
       }
     }
     uint64_t result = acc;
@@ -783,8 +860,7 @@ inline bool try_complete_warp(Block& b, unsigned w, unsigned mask) {
   return true;
 }
 
-inline uint64_t warp_exchange(uint8_t op, unsigned mask, uint64_t value, int param,
-                              int width) {
+inline uint64_t warp_exchange(uint8_t op, unsigned mask, uint64_t value, int param, int width) {
   Block& b = current_block(warp_op_name(op));
   const unsigned t = b.running, lane = t % 32, w = t / 32;
   if (!(mask >> lane & 1u)) {
@@ -920,11 +996,10 @@ inline void describe_deadlock(Block& b) {
       if (example < 0) example = static_cast<int>(t);
     }
   }
-  std::string m = "deadlock in block (" + std::to_string(b.idx.x) + "," +
-                  std::to_string(b.idx.y) + "," + std::to_string(b.idx.z) + "): " +
-                  std::to_string(at_bar) + " thread(s) at a block barrier, " +
-                  std::to_string(at_warp) + " at warp intrinsics, " +
-                  std::to_string(b.exited) + " exited";
+  std::string m = "deadlock in block (" + std::to_string(b.idx.x) + "," + std::to_string(b.idx.y) +
+                  "," + std::to_string(b.idx.z) + "): " + std::to_string(at_bar) +
+                  " thread(s) at a block barrier, " + std::to_string(at_warp) +
+                  " at warp intrinsics, " + std::to_string(b.exited) + " exited";
   if (example >= 0) {
     char buf[64];
     std::snprintf(buf, sizeof(buf), " (e.g. lane %u waits at %s, mask 0x%08x)",
@@ -940,7 +1015,8 @@ inline void run_block(ThreadRuntime& r, Block& b) {
     if (b.failed) break;
     if (b.ready_head < b.ready.size()) {
       if (b.shuffle) {
-        const size_t k = b.ready_head + b.rng.below(static_cast<uint32_t>(b.ready.size() - b.ready_head));
+        const size_t k =
+            b.ready_head + b.rng.below(static_cast<uint32_t>(b.ready.size() - b.ready_head));
         std::swap(b.ready[k], b.ready[b.ready_head]);
       }
       const unsigned t = b.ready[b.ready_head++];
@@ -993,8 +1069,7 @@ inline cudaError_t set_error_if(bool failed, cudaError_t e) {
 
 inline cudaError_t validate(dim3 grid, dim3 block, size_t shared_bytes) {
   if (rt().block != nullptr) return cudaErrorNotSupported;
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 ||
-      block.z == 0) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0) {
     return cudaErrorInvalidConfiguration;
   }
   if (block.x > 1024 || block.y > 1024 || block.z > 64 ||
@@ -1010,8 +1085,8 @@ inline cudaError_t validate(dim3 grid, dim3 block, size_t shared_bytes) {
   return cudaSuccess;
 }
 
-inline cudaError_t run_launch(dim3 grid, dim3 block, size_t shared_bytes,
-                              void (*invoke)(void*), void* params) {
+inline cudaError_t run_launch(dim3 grid, dim3 block, size_t shared_bytes, void (*invoke)(void*),
+                              void* params) {
   const cudaError_t err = validate(grid, block, shared_bytes);
   if (err != cudaSuccess) {
     Stats s;
@@ -1045,8 +1120,7 @@ inline cudaError_t run_launch(dim3 grid, dim3 block, size_t shared_bytes,
   const Permutation perm(num_blocks, mix64(seed ^ 0x5eedb10c5ull), shuffle);
   for (uint64_t i = 0; i < num_blocks && !b.failed; ++i) {
     const uint64_t id = perm(i);
-    b.idx = uint3{static_cast<unsigned>(id % grid.x),
-                  static_cast<unsigned>(id / grid.x % grid.y),
+    b.idx = uint3{static_cast<unsigned>(id % grid.x), static_cast<unsigned>(id / grid.x % grid.y),
                   static_cast<unsigned>(id / (uint64_t{grid.x} * grid.y))};
     blockIdx = b.idx;
     b.rng = Rng(mix64(seed) ^ mix64(id + 0x1234567ull));
@@ -1110,11 +1184,17 @@ inline void set_stack_bytes(size_t n) { detail::stack_bytes_ref().store(n); }
 inline Stats stats() {
   detail::AtomicStats& g = detail::global_stats();
   Stats s;
-  uint64_t* out[detail::kNumStats] = {
-      &s.launches,    &s.failed_launches, &s.blocks,
-      &s.threads,     &s.barriers,        &s.warp_syncs,
-      &s.suspensions, &s.fibers_created,  &s.undefined_shuffle_reads,
-      &s.memsets,     &s.func_attribute_queries};
+  uint64_t* out[detail::kNumStats] = {&s.launches,
+                                      &s.failed_launches,
+                                      &s.blocks,
+                                      &s.threads,
+                                      &s.barriers,
+                                      &s.warp_syncs,
+                                      &s.suspensions,
+                                      &s.fibers_created,
+                                      &s.undefined_shuffle_reads,
+                                      &s.memsets,
+                                      &s.func_attribute_queries};
   for (int i = 0; i < detail::kNumStats; ++i) *out[i] = g.v[i].load();
   return s;
 }
@@ -1208,7 +1288,8 @@ inline cudaError_t cudaSetDevice(int device) {
 }
 inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* func) {
   namespace d = jax_roi::cuda::emulation::detail;
-  if (attr == nullptr || func == nullptr) return d::set_error_if(true, cudaErrorInvalidDeviceFunction);
+  if (attr == nullptr || func == nullptr)
+    return d::set_error_if(true, cudaErrorInvalidDeviceFunction);
   *attr = cudaFuncAttributes{};
   attr->maxThreadsPerBlock = 1024;
   attr->binaryVersion = attr->ptxVersion = JAX_ROI_CUDA_ARCH / 10;
@@ -1231,17 +1312,17 @@ inline int __syncthreads_count(int predicate) {
       jax_roi::cuda::emulation::detail::kBarCount, predicate);
 }
 inline int __syncthreads_and(int predicate) {
-  return jax_roi::cuda::emulation::detail::block_barrier(
-      jax_roi::cuda::emulation::detail::kBarAnd, predicate);
+  return jax_roi::cuda::emulation::detail::block_barrier(jax_roi::cuda::emulation::detail::kBarAnd,
+                                                         predicate);
 }
 inline int __syncthreads_or(int predicate) {
-  return jax_roi::cuda::emulation::detail::block_barrier(
-      jax_roi::cuda::emulation::detail::kBarOr, predicate);
+  return jax_roi::cuda::emulation::detail::block_barrier(jax_roi::cuda::emulation::detail::kBarOr,
+                                                         predicate);
 }
 
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
-  jax_roi::cuda::emulation::detail::warp_exchange(jax_roi::cuda::emulation::detail::kSyncWarp,
-                                                  mask, 0, 0, 32);
+  jax_roi::cuda::emulation::detail::warp_exchange(jax_roi::cuda::emulation::detail::kSyncWarp, mask,
+                                                  0, 0, 32);
 }
 inline unsigned __activemask() {
   const unsigned t = jax_roi::cuda::emulation::detail::current_block("__activemask").running;
@@ -1261,24 +1342,24 @@ inline int __any_sync(unsigned mask, int predicate) {
 }
 
 // The shuffles, for CUDA's overload set (other types convert as with nvcc).
-#define JAX_ROI_EMU_SHUFFLES(T)                                                             \
-  inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize) {          \
-    return jax_roi::cuda::emulation::detail::warp_value<T>(                                 \
-        jax_roi::cuda::emulation::detail::kShflIdx, mask, var, src_lane, width);            \
-  }                                                                                         \
-  inline T __shfl_up_sync(unsigned mask, T var, unsigned int delta, int width = warpSize) { \
-    return jax_roi::cuda::emulation::detail::warp_value<T>(                                 \
-        jax_roi::cuda::emulation::detail::kShflUp, mask, var, static_cast<int>(delta & 31u), \
-        width);                                                                             \
-  }                                                                                         \
-  inline T __shfl_down_sync(unsigned mask, T var, unsigned int delta, int width = warpSize) { \
-    return jax_roi::cuda::emulation::detail::warp_value<T>(                                 \
-        jax_roi::cuda::emulation::detail::kShflDown, mask, var,                             \
-        static_cast<int>(delta & 31u), width);                                              \
-  }                                                                                         \
-  inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize) {     \
-    return jax_roi::cuda::emulation::detail::warp_value<T>(                                 \
-        jax_roi::cuda::emulation::detail::kShflXor, mask, var, lane_mask, width);           \
+#define JAX_ROI_EMU_SHUFFLES(T)                                                                \
+  inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize) {             \
+    return jax_roi::cuda::emulation::detail::warp_value<T>(                                    \
+        jax_roi::cuda::emulation::detail::kShflIdx, mask, var, src_lane, width);               \
+  }                                                                                            \
+  inline T __shfl_up_sync(unsigned mask, T var, unsigned int delta, int width = warpSize) {    \
+    return jax_roi::cuda::emulation::detail::warp_value<T>(                                    \
+        jax_roi::cuda::emulation::detail::kShflUp, mask, var, static_cast<int>(delta & 31u),   \
+        width);                                                                                \
+  }                                                                                            \
+  inline T __shfl_down_sync(unsigned mask, T var, unsigned int delta, int width = warpSize) {  \
+    return jax_roi::cuda::emulation::detail::warp_value<T>(                                    \
+        jax_roi::cuda::emulation::detail::kShflDown, mask, var, static_cast<int>(delta & 31u), \
+        width);                                                                                \
+  }                                                                                            \
+  inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize) {        \
+    return jax_roi::cuda::emulation::detail::warp_value<T>(                                    \
+        jax_roi::cuda::emulation::detail::kShflXor, mask, var, lane_mask, width);              \
   }
 JAX_ROI_EMU_SHUFFLES(int)
 JAX_ROI_EMU_SHUFFLES(unsigned int)
@@ -1291,10 +1372,10 @@ JAX_ROI_EMU_SHUFFLES(double)
 #undef JAX_ROI_EMU_SHUFFLES
 
 #if JAX_ROI_CUDA_ARCH >= 800
-#define JAX_ROI_EMU_REDUCE(name, T, op)                                                  \
-  inline T name(unsigned mask, T value) {                                                \
-    return jax_roi::cuda::emulation::detail::warp_value<T>(                              \
-        jax_roi::cuda::emulation::detail::op, mask, value, 0, 32);                       \
+#define JAX_ROI_EMU_REDUCE(name, T, op)                                                          \
+  inline T name(unsigned mask, T value) {                                                        \
+    return jax_roi::cuda::emulation::detail::warp_value<T>(jax_roi::cuda::emulation::detail::op, \
+                                                           mask, value, 0, 32);                  \
   }
 JAX_ROI_EMU_REDUCE(__reduce_add_sync, unsigned, kRedAddU)
 JAX_ROI_EMU_REDUCE(__reduce_add_sync, int, kRedAddI)
@@ -1329,8 +1410,8 @@ inline T jax_roi_emu_rmw(T* a, F f) {
   return old;
 }
 inline int jax_roi_emu_wrap(unsigned v) { return static_cast<int>(v); }
-#define JAX_ROI_EMU_RMW(R, name, T, expr)                                  \
-  inline R name(T* a, T v) {                                               \
+#define JAX_ROI_EMU_RMW(R, name, T, expr)                                    \
+  inline R name(T* a, T v) {                                                 \
     return jax_roi_emu_rmw(a, [&]([[maybe_unused]] T old) { return expr; }); \
   }
 JAX_ROI_EMU_RMW(int, atomicAdd, int, jax_roi_emu_wrap(static_cast<unsigned>(old) + v))
@@ -1346,22 +1427,22 @@ JAX_ROI_EMU_RMW(unsigned long long, atomicExch, unsigned long long, v)
 JAX_ROI_EMU_RMW(float, atomicExch, float, v)
 JAX_ROI_EMU_RMW(unsigned, atomicInc, unsigned, old >= v ? 0u : old + 1u)
 JAX_ROI_EMU_RMW(unsigned, atomicDec, unsigned, (old == 0u || old > v) ? v : old - 1u)
-#define JAX_ROI_EMU_INTEGER_ATOMICS(T)                    \
-  JAX_ROI_EMU_RMW(T, atomicMin, T, v < old ? v : old)     \
+#define JAX_ROI_EMU_INTEGER_ATOMICS(T)                \
+  JAX_ROI_EMU_RMW(T, atomicMin, T, v < old ? v : old) \
   JAX_ROI_EMU_RMW(T, atomicMax, T, v > old ? v : old)
 JAX_ROI_EMU_INTEGER_ATOMICS(int)
 JAX_ROI_EMU_INTEGER_ATOMICS(unsigned)
 JAX_ROI_EMU_INTEGER_ATOMICS(long long)
 JAX_ROI_EMU_INTEGER_ATOMICS(unsigned long long)
-#define JAX_ROI_EMU_BITWISE_ATOMICS(T)                    \
-  JAX_ROI_EMU_RMW(T, atomicAnd, T, old & v)               \
-  JAX_ROI_EMU_RMW(T, atomicOr, T, old | v)                \
+#define JAX_ROI_EMU_BITWISE_ATOMICS(T)     \
+  JAX_ROI_EMU_RMW(T, atomicAnd, T, old& v) \
+  JAX_ROI_EMU_RMW(T, atomicOr, T, old | v) \
   JAX_ROI_EMU_RMW(T, atomicXor, T, old ^ v)
 JAX_ROI_EMU_BITWISE_ATOMICS(int)
 JAX_ROI_EMU_BITWISE_ATOMICS(unsigned)
 JAX_ROI_EMU_BITWISE_ATOMICS(unsigned long long)
-#define JAX_ROI_EMU_CAS(T)                                                   \
-  inline T atomicCAS(T* a, T compare, T v) {                                 \
+#define JAX_ROI_EMU_CAS(T)                                                      \
+  inline T atomicCAS(T* a, T compare, T v) {                                    \
     return jax_roi_emu_rmw(a, [&](T old) { return old == compare ? v : old; }); \
   }
 JAX_ROI_EMU_CAS(int)

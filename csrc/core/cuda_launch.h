@@ -166,9 +166,9 @@ namespace detail {
 
 struct KernelList {
   std::mutex mu;
-  std::vector<const void*> kernels;       // guarded by mu
-  std::vector<bool> loaded_on_device;     // guarded by mu
-  size_t loads = 0;                       // successful loads so far; guarded by mu
+  std::vector<const void*> kernels;    // guarded by mu
+  std::vector<bool> loaded_on_device;  // guarded by mu
+  size_t loads = 0;                    // successful loads so far; guarded by mu
 };
 
 inline KernelList& kernel_list() {
@@ -246,8 +246,7 @@ inline cudaError_t preload_registered_kernels() {
 
 // Launches Kernel on `stream` (and registers it for preloading).
 template <auto Kernel, typename... A>
-cudaError_t launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
-                   A&&... args) {
+cudaError_t launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, A&&... args) {
   static_cast<void>(detail::KernelRegistration<Kernel>::registered);
   return launch_kernel(Kernel, grid, block, shared_bytes, stream, std::forward<A>(args)...);
 }
@@ -266,13 +265,12 @@ cudaError_t launch_over(int64_t n, cudaStream_t stream, A&&... args) {
 // items when there are more than max_blocks()), threads_per_block() threads
 // and `shared_bytes` of dynamic shared memory; nothing when items is 0.
 template <auto Kernel, typename... A>
-cudaError_t launch_per_block(int64_t items, size_t shared_bytes, cudaStream_t stream,
-                             A&&... args) {
+cudaError_t launch_per_block(int64_t items, size_t shared_bytes, cudaStream_t stream, A&&... args) {
   if (items <= 0) return cudaSuccess;
   const int64_t most = max_blocks();
   return launch<Kernel>(dim3(static_cast<unsigned int>(items < most ? items : most)),
-                        dim3(static_cast<unsigned int>(threads_per_block())), shared_bytes,
-                        stream, std::forward<A>(args)...);
+                        dim3(static_cast<unsigned int>(threads_per_block())), shared_bytes, stream,
+                        std::forward<A>(args)...);
 }
 
 // Launches Kernel(args, total) with one thread per output element of
@@ -292,11 +290,10 @@ cudaError_t launch_per_output(cudaStream_t stream, const Args& args) {
 // ---------------------------------------------------------------------------
 constexpr int64_t kChunkPerThread = 4;
 
-
 // Output offset j of a RoI -> (c, ph, pw), in the index type I.
 template <typename I>
-__device__ __forceinline__ void split_roi_output_as(const RoiDims& d, I j, int64_t* c,
-                                                    int64_t* ph, int64_t* pw) {
+__device__ __forceinline__ void split_roi_output_as(const RoiDims& d, I j, int64_t* c, int64_t* ph,
+                                                    int64_t* pw) {
   const I pooled_w = static_cast<I>(d.pooled_width), pooled_h = static_cast<I>(d.pooled_height);
   if (d.layout == Layout::kNCHW) {
     const I q = j / pooled_w;
@@ -316,8 +313,8 @@ __device__ __forceinline__ void split_roi_output_as(const RoiDims& d, I j, int64
 
 // Calls f(j, c, ph, pw) for this thread's outputs j in [begin, end) of a RoI.
 template <typename F>
-__device__ __forceinline__ void for_each_roi_output(const RoiDims& d, int64_t begin,
-                                                    int64_t end, bool narrow, F&& f) {
+__device__ __forceinline__ void for_each_roi_output(const RoiDims& d, int64_t begin, int64_t end,
+                                                    bool narrow, F&& f) {
   int64_t c, ph, pw;
   if (narrow) {
     for (uint32_t j = static_cast<uint32_t>(begin) + threadIdx.x; j < static_cast<uint32_t>(end);
@@ -475,9 +472,7 @@ JAX_ROI_HD bool owner_may(uint64_t mask, int64_t p) {
   return p >= 63 ? mask != 0 : ((mask >> p) & 1u) != 0;
 }
 
-JAX_ROI_HD void owner_mark(uint64_t* mask, int64_t p) {
-  *mask |= uint64_t{1} << (p < 63 ? p : 63);
-}
+JAX_ROI_HD void owner_mark(uint64_t* mask, int64_t p) { *mask |= uint64_t{1} << (p < 63 ? p : 63); }
 
 // Launches Kernel(args, grid) with a block per owner tile.
 template <auto Kernel, typename Args>

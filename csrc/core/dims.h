@@ -33,23 +33,19 @@ struct RoiDims {
 };
 
 // Flat index of feature element (n, c, h, w).
-JAX_ROI_HD int64_t feature_index(const RoiDims& d, int64_t n, int64_t c, int64_t h,
-                                 int64_t w) {
-  return d.layout == Layout::kNCHW
-             ? ((n * d.channels + c) * d.height + h) * d.width + w
-             : ((n * d.height + h) * d.width + w) * d.channels + c;
+JAX_ROI_HD int64_t feature_index(const RoiDims& d, int64_t n, int64_t c, int64_t h, int64_t w) {
+  return d.layout == Layout::kNCHW ? ((n * d.channels + c) * d.height + h) * d.width + w
+                                   : ((n * d.height + h) * d.width + w) * d.channels + c;
 }
 
 // Flat index of feature element (n, c) at spatial offset hw = h * W + w.
-JAX_ROI_HD int64_t feature_index_hw(const RoiDims& d, int64_t n, int64_t c,
-                                    int64_t hw) {
+JAX_ROI_HD int64_t feature_index_hw(const RoiDims& d, int64_t n, int64_t c, int64_t hw) {
   return d.layout == Layout::kNCHW ? (n * d.channels + c) * d.height * d.width + hw
                                    : (n * d.height * d.width + hw) * d.channels + c;
 }
 
 // Flat index of output element (k, c, ph, pw).
-JAX_ROI_HD int64_t output_index(const RoiDims& d, int64_t k, int64_t c, int64_t ph,
-                                int64_t pw) {
+JAX_ROI_HD int64_t output_index(const RoiDims& d, int64_t k, int64_t c, int64_t ph, int64_t pw) {
   return d.layout == Layout::kNCHW
              ? ((k * d.channels + c) * d.pooled_height + ph) * d.pooled_width + pw
              : ((k * d.pooled_height + ph) * d.pooled_width + pw) * d.channels + c;

@@ -22,9 +22,9 @@ namespace jax_roi {
 
 namespace ffi = ::xla::ffi;
 
-#define JAX_ROI_RETURN_IF_ERROR(expr)                 \
-  do {                                                \
-    ::xla::ffi::Error jax_roi_error = (expr);         \
+#define JAX_ROI_RETURN_IF_ERROR(expr)                  \
+  do {                                                 \
+    ::xla::ffi::Error jax_roi_error = (expr);          \
     if (jax_roi_error.failure()) return jax_roi_error; \
   } while (0)
 
@@ -64,13 +64,12 @@ inline ffi::Error invalid_argument(std::string_view op, std::string_view message
 }
 
 inline ffi::Error check_shape(std::string_view op, std::string_view name,
-                              ffi::Span<const int64_t> got,
-                              const std::vector<int64_t>& expected) {
+                              ffi::Span<const int64_t> got, const std::vector<int64_t>& expected) {
   bool same = got.size() == expected.size();
   for (size_t i = 0; same && i < expected.size(); ++i) same = got[i] == expected[i];
   if (same) return ffi::Error::Success();
-  return invalid_argument(op, std::string(name) + " must have shape " +
-                                  shape_string(expected) + ", got " + shape_string(got));
+  return invalid_argument(op, std::string(name) + " must have shape " + shape_string(expected) +
+                                  ", got " + shape_string(got));
 }
 
 inline ffi::Error check_dtype(std::string_view op, std::string_view name, ffi::DataType got,
@@ -84,22 +83,23 @@ inline ffi::Error check_dtype(std::string_view op, std::string_view name, ffi::D
 // dims, the rois dims, the layout name and the pooled size.
 inline ffi::Error decode_dims(std::string_view op, std::string_view features_name,
                               ffi::Span<const int64_t> features, ffi::Span<const int64_t> rois,
-                              std::string_view layout, int64_t pooled_height,
-                              int64_t pooled_width, RoiDims* d) {
+                              std::string_view layout, int64_t pooled_height, int64_t pooled_width,
+                              RoiDims* d) {
   if (layout == "NCHW") {
     d->layout = Layout::kNCHW;
   } else if (layout == "NHWC") {
     d->layout = Layout::kNHWC;
   } else {
-    return invalid_argument(op, "layout must be \"NCHW\" or \"NHWC\", got \"" +
-                                    std::string(layout) + "\"");
+    return invalid_argument(
+        op, "layout must be \"NCHW\" or \"NHWC\", got \"" + std::string(layout) + "\"");
   }
   if (features.size() != 4) {
-    return invalid_argument(op, std::string(features_name) + " must have rank 4, got shape " +
-                                    shape_string(features));
+    return invalid_argument(
+        op, std::string(features_name) + " must have rank 4, got shape " + shape_string(features));
   }
   for (int64_t v : features) {
-    if (v < 0) return invalid_argument(op, std::string(features_name) + " has a negative dimension");
+    if (v < 0)
+      return invalid_argument(op, std::string(features_name) + " has a negative dimension");
   }
   d->batch = features[0];
   if (d->layout == Layout::kNCHW) {
@@ -112,8 +112,9 @@ inline ffi::Error decode_dims(std::string_view op, std::string_view features_nam
     d->channels = features[3];
   }
   if (d->height > 0 && d->width > std::numeric_limits<int32_t>::max() / d->height) {
-    return invalid_argument(op, "height * width must be below 2^31 (spatial indices are int32), got " +
-                                    shape_string(features));
+    return invalid_argument(op,
+                            "height * width must be below 2^31 (spatial indices are int32), got " +
+                                shape_string(features));
   }
   if (rois.size() == 2 && rois[1] == 5) {
     d->num_rois = rois[0];
@@ -127,7 +128,8 @@ inline ffi::Error decode_dims(std::string_view op, std::string_view features_nam
     d->rois_per_image = rois[1];
     d->num_rois = rois[0] * rois[1];
   } else {
-    return invalid_argument(op, "rois must have shape (K, 5) or (N, R, 4), got " + shape_string(rois));
+    return invalid_argument(op,
+                            "rois must have shape (K, 5) or (N, R, 4), got " + shape_string(rois));
   }
   if (pooled_height <= 0 || pooled_width <= 0 ||
       pooled_height > std::numeric_limits<int32_t>::max() / pooled_width) {
@@ -154,8 +156,8 @@ inline std::vector<int64_t> pooled_shape(const RoiDims& d, ffi::Span<const int64
 
 inline ffi::Error check_spatial_scale(std::string_view op, double spatial_scale) {
   if (std::isfinite(spatial_scale) && spatial_scale >= 0) return ffi::Error::Success();
-  return invalid_argument(op, "spatial_scale must be finite and non-negative, got " +
-                                  std::to_string(spatial_scale));
+  return invalid_argument(
+      op, "spatial_scale must be finite and non-negative, got " + std::to_string(spatial_scale));
 }
 
 // Calls f(T{}) for the storage type T of a features (or gradient) buffer.
@@ -187,8 +189,8 @@ ffi::Error dispatch_box_type(std::string_view op, ffi::DataType t, F&& f) {
     case ffi::DataType::F64:
       return f(double{});
     default:
-      return invalid_argument(op, std::string("rois must be float32 or float64, got ") +
-                                      dtype_name(t));
+      return invalid_argument(op,
+                              std::string("rois must be float32 or float64, got ") + dtype_name(t));
   }
 }
 

@@ -57,16 +57,16 @@ Kernel(Cpu, Cuda) -> Kernel<Cpu, Cuda>;
 
 #define JAX_ROI_CPU_KERNEL_(fn)                                              \
   [](const auto& jax_roi_args, ::jax_roi::cpu::TaskRunner& jax_roi_runner) { \
-    ::jax_roi::cpu::fn(jax_roi_args, jax_roi_runner);                         \
+    ::jax_roi::cpu::fn(jax_roi_args, jax_roi_runner);                        \
   }
 
 #if defined(JAX_ROI_WITH_CUDA) || defined(JAX_ROI_CUDA_EMULATION)
 
-#define JAX_ROI_KERNEL(fn)                                                             \
-  ::jax_roi::Kernel {                                                                  \
+#define JAX_ROI_KERNEL(fn)                                                               \
+  ::jax_roi::Kernel {                                                                    \
     JAX_ROI_CPU_KERNEL_(fn), [](cudaStream_t jax_roi_stream, const auto& jax_roi_args) { \
-      return ::jax_roi::cuda::fn(jax_roi_stream, jax_roi_args);                         \
-    }                                                                                  \
+      return ::jax_roi::cuda::fn(jax_roi_stream, jax_roi_args);                          \
+    }                                                                                    \
   }
 
 #else
@@ -94,17 +94,17 @@ Kernel(Cpu, Cuda) -> Kernel<Cpu, Cuda>;
 #endif
 
 #ifdef JAX_ROI_CUDA_BACKEND_
-#define JAX_ROI_DEFINE_CUDA_HANDLER_(handler, Impl, Binding)                        \
-  XLA_FFI_DEFINE_HANDLER(handler, Impl<JAX_ROI_CUDA_BACKEND_>,                      \
+#define JAX_ROI_DEFINE_CUDA_HANDLER_(handler, Impl, Binding)   \
+  XLA_FFI_DEFINE_HANDLER(handler, Impl<JAX_ROI_CUDA_BACKEND_>, \
                          Binding<JAX_ROI_CUDA_BACKEND_::BindingContext>(), JAX_ROI_CUDA_TRAITS_);
 #else
 #define JAX_ROI_DEFINE_CUDA_HANDLER_(handler, Impl, Binding)
 #endif
 
-#define JAX_ROI_FFI_TARGET(name, Impl, Binding)                                               \
-  XLA_FFI_DEFINE_HANDLER(Impl##Cpu, Impl<::jax_roi::CpuBackend>,                              \
-                         Binding<::xla::ffi::ThreadPool>());                                  \
-  JAX_ROI_DEFINE_CUDA_HANDLER_(Impl##Cuda, Impl, Binding)                                     \
+#define JAX_ROI_FFI_TARGET(name, Impl, Binding)                  \
+  XLA_FFI_DEFINE_HANDLER(Impl##Cpu, Impl<::jax_roi::CpuBackend>, \
+                         Binding<::xla::ffi::ThreadPool>());     \
+  JAX_ROI_DEFINE_CUDA_HANDLER_(Impl##Cuda, Impl, Binding)        \
   JAX_ROI_REGISTER_FFI_TARGET(name, Impl##Cpu, Impl##Cuda)
 
 #endif  // JAX_ROI_CSRC_CORE_FFI_TARGET_H_

@@ -36,21 +36,21 @@ namespace cuda {
 cudaError_t preload_kernels();
 }  // namespace cuda
 }  // namespace jax_roi
-#define JAX_ROI_DECLARE_CUDA_KERNEL_(name, Args)                     \
-  namespace cuda {                                                   \
-  template <typename T, typename C>                                  \
-  cudaError_t name(cudaStream_t stream, const Args<T, C>& args);     \
+#define JAX_ROI_DECLARE_CUDA_KERNEL_(name, Args)                 \
+  namespace cuda {                                               \
+  template <typename T, typename C>                              \
+  cudaError_t name(cudaStream_t stream, const Args<T, C>& args); \
   }
 #else
 #define JAX_ROI_DECLARE_CUDA_KERNEL_(name, Args)
 #endif
 
 // Use inside namespace jax_roi.
-#define JAX_ROI_DECLARE_KERNEL(name, Args)                           \
-  namespace cpu {                                                    \
-  template <typename T, typename C>                                  \
-  void name(const Args<T, C>& args, TaskRunner& runner);             \
-  }                                                                  \
+#define JAX_ROI_DECLARE_KERNEL(name, Args)               \
+  namespace cpu {                                        \
+  template <typename T, typename C>                      \
+  void name(const Args<T, C>& args, TaskRunner& runner); \
+  }                                                      \
   JAX_ROI_DECLARE_CUDA_KERNEL_(name, Args)
 
 // Use at global scope, after the definitions.

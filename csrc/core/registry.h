@@ -73,9 +73,9 @@ struct TargetRegistration {
 #define JAX_ROI_CUDA_HANDLER_OR_NULL(handler) nullptr
 #endif
 
-#define JAX_ROI_REGISTER_FFI_TARGET(name, cpu_handler, cuda_handler)                  \
-  static const ::jax_roi::TargetRegistration JAX_ROI_REGISTRY_CONCAT(                 \
-      jax_roi_target_registration_, __COUNTER__)(name, cpu_handler,                   \
+#define JAX_ROI_REGISTER_FFI_TARGET(name, cpu_handler, cuda_handler)  \
+  static const ::jax_roi::TargetRegistration JAX_ROI_REGISTRY_CONCAT( \
+      jax_roi_target_registration_, __COUNTER__)(name, cpu_handler,   \
                                                  JAX_ROI_CUDA_HANDLER_OR_NULL(cuda_handler))
 
 #endif  // JAX_ROI_CSRC_CORE_REGISTRY_H_

@@ -30,8 +30,7 @@ JAX_ROI_HD C sample_coord(C start, int64_t p, C bin, int64_t i, int64_t grid) {
 // d(sample coordinate) / d(bin) = p + (i + 0.5) / grid.
 template <typename C>
 JAX_ROI_HD C sample_coord_dbin(int64_t p, int64_t i, int64_t grid) {
-  return static_cast<C>(p) +
-         static_cast<C>(static_cast<float>(i) + 0.5f) / static_cast<C>(grid);
+  return static_cast<C>(p) + static_cast<C>(static_cast<float>(i) + 0.5f) / static_cast<C>(grid);
 }
 
 // The samples i in [0, grid) of bin p whose coordinate lies in [-1, size]:

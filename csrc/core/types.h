@@ -79,9 +79,7 @@ JAX_ROI_HD float to_float(f16 h) {
 #endif
 }
 
-JAX_ROI_HD float to_float(bf16 h) {
-  return bits_float(static_cast<uint32_t>(h.bits) << 16);
-}
+JAX_ROI_HD float to_float(bf16 h) { return bits_float(static_cast<uint32_t>(h.bits) << 16); }
 
 JAX_ROI_HD f16 to_f16(float v) {
 #if defined(__CUDA_ARCH__)
@@ -135,14 +133,14 @@ JAX_ROI_HD void store(bf16* p, float v) { *p = to_bf16(v); }
 // Every (storage type, coordinate type) pair the kernels are compiled for:
 // features float32/float64/float16/bfloat16 times boxes float32/float64.
 // Expands M(T, C, extra...) for each pair (see core/kernel.h).
-#define JAX_ROI_FOR_EACH_TYPE_PAIR(M, ...)  \
-  M(float, float, __VA_ARGS__)              \
-  M(float, double, __VA_ARGS__)             \
-  M(double, float, __VA_ARGS__)             \
-  M(double, double, __VA_ARGS__)            \
-  M(::jax_roi::f16, float, __VA_ARGS__)     \
-  M(::jax_roi::f16, double, __VA_ARGS__)    \
-  M(::jax_roi::bf16, float, __VA_ARGS__)    \
+#define JAX_ROI_FOR_EACH_TYPE_PAIR(M, ...) \
+  M(float, float, __VA_ARGS__)             \
+  M(float, double, __VA_ARGS__)            \
+  M(double, float, __VA_ARGS__)            \
+  M(double, double, __VA_ARGS__)           \
+  M(::jax_roi::f16, float, __VA_ARGS__)    \
+  M(::jax_roi::f16, double, __VA_ARGS__)   \
+  M(::jax_roi::bf16, float, __VA_ARGS__)   \
   M(::jax_roi::bf16, double, __VA_ARGS__)
 
 }  // namespace jax_roi

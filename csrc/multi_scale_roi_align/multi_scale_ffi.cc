@@ -11,8 +11,8 @@
 
 #include "core/ffi_helpers.h"
 #include "core/ffi_target.h"
-#include "roi_align/roi_align_kernels.h"
 #include "roi_align/roi_align_ffi.h"
+#include "roi_align/roi_align_kernels.h"
 
 namespace jax_roi {
 namespace {
@@ -43,29 +43,28 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
     ::xla::ffi::StructMember<::xla::ffi::Span<const double>>("spatial_scales"),
     ::xla::ffi::StructMember<int64_t>("pooled_height"),
     ::xla::ffi::StructMember<int64_t>("pooled_width"),
-    ::xla::ffi::StructMember<int64_t>("sampling_ratio"),
-    ::xla::ffi::StructMember<bool>("aligned"),
+    ::xla::ffi::StructMember<int64_t>("sampling_ratio"), ::xla::ffi::StructMember<bool>("aligned"),
     ::xla::ffi::StructMember<std::string_view>("layout"),
     ::xla::ffi::StructMember<double>("canonical_scale"),
-    ::xla::ffi::StructMember<double>("canonical_level"),
-    ::xla::ffi::StructMember<int64_t>("k_min"),
+    ::xla::ffi::StructMember<double>("canonical_level"), ::xla::ffi::StructMember<int64_t>("k_min"),
     ::xla::ffi::StructMember<int64_t>("k_max"));
 
 namespace jax_roi {
 namespace {
 
-inline ffi::Error decode_level_map(std::string_view op, size_t num_levels,
-                                   const MultiScaleAttrs& a, LevelMap* m) {
+inline ffi::Error decode_level_map(std::string_view op, size_t num_levels, const MultiScaleAttrs& a,
+                                   LevelMap* m) {
   if (a.spatial_scales.size() != num_levels) {
-    return invalid_argument(op, "needs one spatial scale per level: " +
-                                    std::to_string(num_levels) + " levels, " +
-                                    std::to_string(a.spatial_scales.size()) + " scales");
+    return invalid_argument(op, "needs one spatial scale per level: " + std::to_string(num_levels) +
+                                    " levels, " + std::to_string(a.spatial_scales.size()) +
+                                    " scales");
   }
   for (double s : a.spatial_scales) JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, s));
   if (!(std::isfinite(a.canonical_scale) && a.canonical_scale > 0) ||
       !std::isfinite(a.canonical_level) || a.k_max < a.k_min) {
-    return invalid_argument(op, "invalid level mapping (canonical_scale, canonical_level, "
-                                "k_min, k_max)");
+    return invalid_argument(op,
+                            "invalid level mapping (canonical_scale, canonical_level, "
+                            "k_min, k_max)");
   }
   m->num_levels = static_cast<int32_t>(num_levels);
   m->canonical_scale = a.canonical_scale;
@@ -98,8 +97,8 @@ ffi::Error MultiScaleForward(typename Backend::Context ctx, ffi::AnyBuffer rois,
   std::vector<ffi::AnyBuffer> levels;
   LevelMap map;
   JAX_ROI_RETURN_IF_ERROR(decode_fpn(op, features, a, &levels, &map));
-  return AlignForwardCore<Backend>(ctx, op, levels, a.spatial_scales, map, rois, *output,
-                                   nullptr, nullptr, a.align());
+  return AlignForwardCore<Backend>(ctx, op, levels, a.spatial_scales, map, rois, *output, nullptr,
+                                   nullptr, a.align());
 }
 
 template <typename Ctx>
@@ -121,8 +120,7 @@ template <bool kDeterministic>
 struct MultiScaleBackwardAs {
   template <typename Backend>
   static ffi::Error Run(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
-                        ffi::AnyBuffer rois, ffi::RemainingRets grad_features,
-                        MultiScaleAttrs a) {
+                        ffi::AnyBuffer rois, ffi::RemainingRets grad_features, MultiScaleAttrs a) {
     constexpr std::string_view op = "multi_scale_roi_align backward";
     std::vector<ffi::AnyBuffer> grads;
     LevelMap map;

@@ -45,8 +45,8 @@ void roi_taps(const PrRoi<C>& r, const RoiDims& d, std::vector<Tap<A>>* taps,
     for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
       (*begin)[ph * d.pooled_width + pw] = static_cast<int64_t>(taps->size());
       if (r.empty) continue;
-      for_each_prroi_pixel(r, ph, pw, d,
-                           [&](int64_t hw, C w) { taps->push_back(Tap<A>{hw, static_cast<A>(w)}); });
+      for_each_prroi_pixel(
+          r, ph, pw, d, [&](int64_t hw, C w) { taps->push_back(Tap<A>{hw, static_cast<A>(w)}); });
     }
   }
   (*begin)[d.pooled_height * d.pooled_width] = static_cast<int64_t>(taps->size());

@@ -22,8 +22,8 @@ ffi::Error decode_prroi(std::string_view op, std::string_view features_name,
                         std::string_view pooled_name, ffi::Span<const int64_t> pooled_dims,
                         double spatial_scale, int64_t pooled_height, int64_t pooled_width,
                         std::string_view layout, RoiDims* d) {
-  JAX_ROI_RETURN_IF_ERROR(decode_dims(op, features_name, features, rois, layout, pooled_height,
-                                      pooled_width, d));
+  JAX_ROI_RETURN_IF_ERROR(
+      decode_dims(op, features_name, features, rois, layout, pooled_height, pooled_width, d));
   JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
   return check_shape(op, pooled_name, pooled_dims, pooled_shape(*d, rois));
 }
@@ -45,8 +45,8 @@ ffi::Error PrRoiPoolForward(typename Backend::Context ctx, ffi::AnyBuffer featur
   constexpr std::string_view op = "prroi_pool";
   RoiDims d;
   JAX_ROI_RETURN_IF_ERROR(decode_prroi(op, "features", features.dimensions(), rois.dimensions(),
-                                       "output", output->dimensions(), spatial_scale,
-                                       pooled_height, pooled_width, layout, &d));
+                                       "output", output->dimensions(), spatial_scale, pooled_height,
+                                       pooled_width, layout, &d));
   JAX_ROI_RETURN_IF_ERROR(
       check_dtype(op, "output", output->element_type(), features.element_type()));
   return dispatch_feature_type(op, "features", features.element_type(), [&](auto t) {
@@ -85,15 +85,14 @@ ffi::Error PrRoiPoolBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_
                                        spatial_scale, pooled_height, pooled_width, layout, &d));
   return dispatch_feature_type(op, "grad_output", grad_output.element_type(), [&](auto t) {
     using T = decltype(t);
-    JAX_ROI_RETURN_IF_ERROR(check_dtype(op, "grad_features", grad_features->element_type(),
-                                        data_type_of<acc_t<T>>()));
+    JAX_ROI_RETURN_IF_ERROR(
+        check_dtype(op, "grad_features", grad_features->element_type(), data_type_of<acc_t<T>>()));
     return dispatch_box_type(op, rois.element_type(), [&](auto c) {
       using C = decltype(c);
       if (grad_features->element_count() == 0) return ffi::Error::Success();
       PrRoiBackwardArgs<T, C> args{d, spatial_scale, data_as<T>(grad_output), data_as<C>(rois),
                                    mutable_data_as<acc_t<T>>(*grad_features)};
-      return Backend::run(ctx, "prroi_pool backward", JAX_ROI_KERNEL(prroi_pool_backward),
-                          args);
+      return Backend::run(ctx, "prroi_pool backward", JAX_ROI_KERNEL(prroi_pool_backward), args);
     });
   });
 }
@@ -113,8 +112,7 @@ template <typename Backend>
 ffi::Error PrRoiPoolBoxGrad(typename Backend::Context ctx, ffi::AnyBuffer features,
                             ffi::AnyBuffer rois, ffi::AnyBuffer grad_output,
                             ffi::Result<ffi::AnyBuffer> grad_rois, double spatial_scale,
-                            int64_t pooled_height, int64_t pooled_width,
-                            std::string_view layout) {
+                            int64_t pooled_height, int64_t pooled_width, std::string_view layout) {
   constexpr std::string_view op = "prroi_pool box gradient";
   RoiDims d;
   JAX_ROI_RETURN_IF_ERROR(decode_prroi(op, "features", features.dimensions(), rois.dimensions(),
@@ -132,8 +130,12 @@ ffi::Error PrRoiPoolBoxGrad(typename Backend::Context ctx, ffi::AnyBuffer featur
     return dispatch_box_type(op, rois.element_type(), [&](auto c) {
       using C = decltype(c);
       if (grad_rois->element_count() == 0) return ffi::Error::Success();
-      PrRoiBoxGradArgs<T, C> args{d, spatial_scale, data_as<T>(features), data_as<C>(rois),
-                                  data_as<T>(grad_output), mutable_data_as<C>(*grad_rois)};
+      PrRoiBoxGradArgs<T, C> args{d,
+                                  spatial_scale,
+                                  data_as<T>(features),
+                                  data_as<C>(rois),
+                                  data_as<T>(grad_output),
+                                  mutable_data_as<C>(*grad_rois)};
       return Backend::run(ctx, "prroi_pool box gradient", JAX_ROI_KERNEL(prroi_pool_box_grad),
                           args);
     });

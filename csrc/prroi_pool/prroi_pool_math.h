@@ -138,8 +138,8 @@ JAX_ROI_HD PrBin<C> prroi_bin(const PrRoi<C>& r, int64_t ph, int64_t pw, const R
 // Calls f(hw, w) for every pixel hw = i * W + j of bin (ph, pw), rows
 // ascending, columns ascending, with its weight w = wy(i) * wx(j) (in C).
 template <typename C, typename F>
-JAX_ROI_HD void for_each_prroi_pixel(const PrRoi<C>& r, int64_t ph, int64_t pw,
-                                     const RoiDims& d, F&& f) {
+JAX_ROI_HD void for_each_prroi_pixel(const PrRoi<C>& r, int64_t ph, int64_t pw, const RoiDims& d,
+                                     F&& f) {
   const PrBin<C> b = prroi_bin(r, ph, pw, d);
   for (int64_t i = b.ys.first; i < b.ys.last; ++i) {
     const C wy = prroi_weight(b.y0, b.y1, i);

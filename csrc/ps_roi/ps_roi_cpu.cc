@@ -182,8 +182,7 @@ void ps_align_forward_rois(const PsAlignForwardArgs<T, C>& a, int64_t k_begin, i
     if (!ps_cacheable(a.rois, k, a.spatial_scale, a.sampling_ratio, d)) {
       // Straight from the samples (a huge RoI), element by element.
       const Box<C> box = read_box(a.rois, k, d);
-      const AlignRoi<C> r = ps_align_roi(box, static_cast<C>(a.spatial_scale),
-                                         a.sampling_ratio, d);
+      const AlignRoi<C> r = ps_align_roi(box, static_cast<C>(a.spatial_scale), a.sampling_ratio, d);
       for (int64_t c = 0; c < Co; ++c) {
         for (int64_t ph = 0; ph < PH; ++ph) {
           for (int64_t pw = 0; pw < PW; ++pw) {
@@ -272,8 +271,8 @@ void ps_roi_pool_backward(const PsPoolBackwardArgs<T, C>& a, TaskRunner& runner)
         const PsWindow rows = ps_pool_bin(false, ph, r.bin_h, r.start_h, H);
         const PsWindow cols = ps_pool_bin(false, pw, r.bin_w, r.start_w, W);
         if (rows.empty() || cols.empty()) continue;
-        const A g = load(a.grad_output + output_index(d, k, c, ph, pw)) /
-                    ps_pool_area<A>(rows, cols);
+        const A g =
+            load(a.grad_output + output_index(d, k, c, ph, pw)) / ps_pool_area<A>(rows, cols);
         A* grad = a.grad_features + feature_index_hw(in, images[k], ci, 0);
         const int64_t step = d.layout == Layout::kNCHW ? 1 : Ci;
         for (int64_t h = rows.start; h < rows.end; ++h) {
@@ -312,8 +311,8 @@ void ps_roi_align_backward(const PsAlignBackwardArgs<T, C>& a, TaskRunner& runne
     std::vector<char> cached;
     int64_t total = 0;
     while (k < d.num_rois && group.size() < 256) {
-      const AlignRoi<C> r = ps_align_roi(read_box(a.rois, k, d),
-                                         static_cast<C>(a.spatial_scale), a.sampling_ratio, d);
+      const AlignRoi<C> r = ps_align_roi(read_box(a.rois, k, d), static_cast<C>(a.spatial_scale),
+                                         a.sampling_ratio, d);
       const int64_t n = ps_sample_count(r, d);
       if (!group.empty() && total + std::min(n, kPsCacheBudget) > kPsCacheBudget) break;
       group.push_back(k);
@@ -333,8 +332,8 @@ void ps_roi_align_backward(const PsAlignBackwardArgs<T, C>& a, TaskRunner& runne
         const int64_t kk = group[gi];
         if (!cached[gi]) {
           const Box<C> box = read_box(a.rois, kk, d);
-          const AlignRoi<C> r = ps_align_roi(box, static_cast<C>(a.spatial_scale),
-                                             a.sampling_ratio, d);
+          const AlignRoi<C> r =
+              ps_align_roi(box, static_cast<C>(a.spatial_scale), a.sampling_ratio, d);
           if (r.empty) continue;
           const CountDivider<A> div(static_cast<A>(r.count));
           for (int64_t ci = c0; ci < c1; ++ci) {
@@ -377,8 +376,7 @@ void ps_roi_align_box_grad(const PsAlignBoxGradArgs<T, C>& a, TaskRunner& runner
       C* out = a.grad_rois + k * row;
       std::fill_n(out, row, C(0));
       const Box<C> box = read_box(a.rois, k, d);
-      const AlignRoi<C> r = ps_align_roi(box, static_cast<C>(a.spatial_scale),
-                                         a.sampling_ratio, d);
+      const AlignRoi<C> r = ps_align_roi(box, static_cast<C>(a.spatial_scale), a.sampling_ratio, d);
       if (r.empty || d.channels == 0 || d.height == 0 || d.width == 0) continue;
       // Summed in the order of kBoxGradLanes lanes (roi_align_math.h), which
       // the CUDA kernel follows too.

@@ -36,7 +36,8 @@ __global__ void ps_roi_pool_forward_kernel(PsPoolForwardArgs<T, C> a, int64_t to
     const PsWindow cols = ps_pool_bin(r.empty, pw, r.bin_w, r.start_w, d.width);
     A value = A(0);
     if (!rows.empty() && !cols.empty()) {
-      const T* base = a.features + feature_index_hw(in, box.image, ps_input_channel(d, c, ph, pw), 0);
+      const T* base =
+          a.features + feature_index_hw(in, box.image, ps_input_channel(d, c, ph, pw), 0);
       value = ps_pool_mean(base, step, d.width, rows, cols);
     }
     store(a.output + i, value);

@@ -23,14 +23,13 @@ ffi::Error decode_ps_dims(std::string_view op, std::string_view features_name,
                           ffi::Span<const int64_t> features, ffi::Span<const int64_t> rois,
                           std::string_view layout, int64_t pooled_height, int64_t pooled_width,
                           RoiDims* d) {
-  JAX_ROI_RETURN_IF_ERROR(decode_dims(op, features_name, features, rois, layout, pooled_height,
-                                      pooled_width, d));
+  JAX_ROI_RETURN_IF_ERROR(
+      decode_dims(op, features_name, features, rois, layout, pooled_height, pooled_width, d));
   const int64_t bins = d->pooled_height * d->pooled_width;
   if (d->channels % bins != 0) {
-    return invalid_argument(op, std::string(features_name) + " has " +
-                                    std::to_string(d->channels) +
-                                    " channels, which must be divisible by PH * PW = " +
-                                    std::to_string(bins));
+    return invalid_argument(
+        op, std::string(features_name) + " has " + std::to_string(d->channels) +
+                " channels, which must be divisible by PH * PW = " + std::to_string(bins));
   }
   d->channels /= bins;
   return ffi::Error::Success();
@@ -54,9 +53,8 @@ ffi::Error PsRoiPoolForward(typename Backend::Context ctx, ffi::AnyBuffer featur
                             std::string_view layout) {
   constexpr std::string_view op = "ps_roi_pool";
   RoiDims d;
-  JAX_ROI_RETURN_IF_ERROR(decode_ps_dims(op, "features", features.dimensions(),
-                                         rois.dimensions(), layout, pooled_height, pooled_width,
-                                         &d));
+  JAX_ROI_RETURN_IF_ERROR(decode_ps_dims(op, "features", features.dimensions(), rois.dimensions(),
+                                         layout, pooled_height, pooled_width, &d));
   JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
   JAX_ROI_RETURN_IF_ERROR(
       check_shape(op, "output", output->dimensions(), pooled_shape(d, rois.dimensions())));
@@ -104,19 +102,18 @@ ffi::Error PsRoiPoolBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_
                                          rois.dimensions(), layout, pooled_height, pooled_width,
                                          &d));
   JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
-  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "grad_output", grad_output.dimensions(),
-                                      pooled_shape(d, rois.dimensions())));
+  JAX_ROI_RETURN_IF_ERROR(
+      check_shape(op, "grad_output", grad_output.dimensions(), pooled_shape(d, rois.dimensions())));
   return dispatch_feature_type(op, "grad_output", grad_output.element_type(), [&](auto t) {
     using T = decltype(t);
-    JAX_ROI_RETURN_IF_ERROR(check_dtype(op, "grad_features", grad_features->element_type(),
-                                        data_type_of<acc_t<T>>()));
+    JAX_ROI_RETURN_IF_ERROR(
+        check_dtype(op, "grad_features", grad_features->element_type(), data_type_of<acc_t<T>>()));
     return dispatch_box_type(op, rois.element_type(), [&](auto c) {
       using C = decltype(c);
       if (grad_features->element_count() == 0) return ffi::Error::Success();
       PsPoolBackwardArgs<T, C> args{d, spatial_scale, data_as<T>(grad_output), data_as<C>(rois),
                                     mutable_data_as<acc_t<T>>(*grad_features)};
-      return Backend::run(ctx, "ps_roi_pool backward", JAX_ROI_KERNEL(ps_roi_pool_backward),
-                          args);
+      return Backend::run(ctx, "ps_roi_pool backward", JAX_ROI_KERNEL(ps_roi_pool_backward), args);
     });
   });
 }
@@ -157,9 +154,8 @@ ffi::Error PsRoiAlignForward(typename Backend::Context ctx, ffi::AnyBuffer featu
                              int64_t sampling_ratio, std::string_view layout) {
   constexpr std::string_view op = "ps_roi_align";
   RoiDims d;
-  JAX_ROI_RETURN_IF_ERROR(decode_ps_dims(op, "features", features.dimensions(),
-                                         rois.dimensions(), layout, pooled_height, pooled_width,
-                                         &d));
+  JAX_ROI_RETURN_IF_ERROR(decode_ps_dims(op, "features", features.dimensions(), rois.dimensions(),
+                                         layout, pooled_height, pooled_width, &d));
   JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
   JAX_ROI_RETURN_IF_ERROR(check_ps_sampling_ratio(op, sampling_ratio));
   JAX_ROI_RETURN_IF_ERROR(
@@ -205,12 +201,12 @@ ffi::Error PsRoiAlignBackward(typename Backend::Context ctx, ffi::AnyBuffer grad
                                          &d));
   JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
   JAX_ROI_RETURN_IF_ERROR(check_ps_sampling_ratio(op, sampling_ratio));
-  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "grad_output", grad_output.dimensions(),
-                                      pooled_shape(d, rois.dimensions())));
+  JAX_ROI_RETURN_IF_ERROR(
+      check_shape(op, "grad_output", grad_output.dimensions(), pooled_shape(d, rois.dimensions())));
   return dispatch_feature_type(op, "grad_output", grad_output.element_type(), [&](auto t) {
     using T = decltype(t);
-    JAX_ROI_RETURN_IF_ERROR(check_dtype(op, "grad_features", grad_features->element_type(),
-                                        data_type_of<acc_t<T>>()));
+    JAX_ROI_RETURN_IF_ERROR(
+        check_dtype(op, "grad_features", grad_features->element_type(), data_type_of<acc_t<T>>()));
     return dispatch_box_type(op, rois.element_type(), [&](auto c) {
       using C = decltype(c);
       if (grad_features->element_count() == 0) return ffi::Error::Success();
@@ -241,17 +237,16 @@ template <typename Backend>
 ffi::Error PsRoiAlignBoxGrad(typename Backend::Context ctx, ffi::AnyBuffer features,
                              ffi::AnyBuffer rois, ffi::AnyBuffer grad_output,
                              ffi::Result<ffi::AnyBuffer> grad_rois, double spatial_scale,
-                             int64_t pooled_height, int64_t pooled_width,
-                             int64_t sampling_ratio, std::string_view layout) {
+                             int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                             std::string_view layout) {
   constexpr std::string_view op = "ps_roi_align box gradient";
   RoiDims d;
-  JAX_ROI_RETURN_IF_ERROR(decode_ps_dims(op, "features", features.dimensions(),
-                                         rois.dimensions(), layout, pooled_height, pooled_width,
-                                         &d));
+  JAX_ROI_RETURN_IF_ERROR(decode_ps_dims(op, "features", features.dimensions(), rois.dimensions(),
+                                         layout, pooled_height, pooled_width, &d));
   JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
   JAX_ROI_RETURN_IF_ERROR(check_ps_sampling_ratio(op, sampling_ratio));
-  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "grad_output", grad_output.dimensions(),
-                                      pooled_shape(d, rois.dimensions())));
+  JAX_ROI_RETURN_IF_ERROR(
+      check_shape(op, "grad_output", grad_output.dimensions(), pooled_shape(d, rois.dimensions())));
   const auto r = rois.dimensions();
   JAX_ROI_RETURN_IF_ERROR(check_shape(op, "grad_rois", grad_rois->dimensions(),
                                       std::vector<int64_t>(r.begin(), r.end())));
@@ -271,8 +266,8 @@ ffi::Error PsRoiAlignBoxGrad(typename Backend::Context ctx, ffi::AnyBuffer featu
                                     data_as<C>(rois),
                                     data_as<T>(grad_output),
                                     mutable_data_as<C>(*grad_rois)};
-      return Backend::run(ctx, "ps_roi_align box gradient",
-                          JAX_ROI_KERNEL(ps_roi_align_box_grad), args);
+      return Backend::run(ctx, "ps_roi_align box gradient", JAX_ROI_KERNEL(ps_roi_align_box_grad),
+                          args);
     });
   });
 }
@@ -287,8 +282,7 @@ auto PsRoiAlignBoxGradBinding() {
                               .template Ret<ffi::AnyBuffer>());  // grad_rois
 }
 
-JAX_ROI_FFI_TARGET("jax_roi_ps_roi_align_box_grad_v1", PsRoiAlignBoxGrad,
-                   PsRoiAlignBoxGradBinding);
+JAX_ROI_FFI_TARGET("jax_roi_ps_roi_align_box_grad_v1", PsRoiAlignBoxGrad, PsRoiAlignBoxGradBinding);
 
 }  // namespace
 }  // namespace jax_roi

@@ -70,8 +70,7 @@ struct PsWindow {
 // Rows (or columns) of bin p: [floor(p * bin), ceil((p + 1) * bin)) shifted
 // by the RoI start, each end clipped to [0, size - 1] (torchvision's forward).
 template <typename C>
-JAX_ROI_HD PsWindow ps_pool_bin(bool empty_roi, int64_t p, C bin, int64_t roi_start,
-                                int64_t size) {
+JAX_ROI_HD PsWindow ps_pool_bin(bool empty_roi, int64_t p, C bin, int64_t roi_start, int64_t size) {
   if (empty_roi || size <= 0) return PsWindow{0, 0};
   const int64_t lo = static_cast<int64_t>(math_floor(static_cast<C>(p) * bin)) + roi_start;
   const int64_t hi = static_cast<int64_t>(math_ceil(static_cast<C>(p + 1) * bin)) + roi_start;

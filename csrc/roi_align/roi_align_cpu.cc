@@ -47,15 +47,14 @@ struct RoiSamples {
   std::vector<AlignBin> bins;
   std::vector<int64_t> begin;  // Samples of bin i: [begin[i], begin[i + 1]).
   std::vector<Sample<A>> samples;
-  std::vector<int32_t> iy, ix;         // Grid indices (max mode only).
+  std::vector<int32_t> iy, ix;        // Grid indices (max mode only).
   std::vector<Bilinear<C>> bilinear;  // Full interpolation state (box gradient only).
 
   void build(const C* rois, int64_t index, const AlignOptions& o, const RoiDims& d,
              bool with_indices, bool with_bilinear) {
     k = index;
     const Box<C> box = read_box(rois, index, d);
-    this->roi =
-        align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+    this->roi = align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
     image = this->roi.empty ? 0 : box.image;
     const int64_t nbins = d.pooled_height * d.pooled_width;
     bins.resize(nbins);
@@ -243,8 +242,7 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
         for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
           const int64_t index = int64_t{s.iy[j]} * grid_w + s.ix[j];
           for (int64_t c = 0; c < Cn; ++c) {
-            best[c].offer(bilinear_gather(pixels + c, Cn, s.samples[j]), index, s.iy[j],
-                          s.ix[j]);
+            best[c].offer(bilinear_gather(pixels + c, Cn, s.samples[j]), index, s.iy[j], s.ix[j]);
           }
         }
         const int64_t outside = first_outside(s.bins[i]);
@@ -259,9 +257,9 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
 
 // Feature gradient of a group of one level's RoIs (d, grad: the level's).
 template <typename T, typename C>
-void backward_group(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features,
-                    const RoiDims& d, const std::vector<RoiSamples<C, acc_t<T>>>& caches,
-                    int64_t n, TaskRunner& runner) {
+void backward_group(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features, const RoiDims& d,
+                    const std::vector<RoiSamples<C, acc_t<T>>>& caches, int64_t n,
+                    TaskRunner& runner) {
   using A = acc_t<T>;
   const int64_t Cn = d.channels, HW = d.height * d.width;
   const int64_t nbins = d.pooled_height * d.pooled_width;
@@ -331,8 +329,8 @@ void forward_uncached(const AlignForwardArgs<T, C>& a, const T* features, const 
 
 // Feature gradient (avg) of one RoI too large to cache.
 template <typename T, typename C>
-void backward_uncached(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features,
-                       const RoiDims& d, const AlignOptions& o, int64_t k, TaskRunner& runner) {
+void backward_uncached(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features, const RoiDims& d,
+                       const AlignOptions& o, int64_t k, TaskRunner& runner) {
   using A = acc_t<T>;
   const Box<C> box = read_box(a.rois, k, d);
   const AlignRoi<C> r =
@@ -370,8 +368,8 @@ void backward_max(const AlignBackwardArgs<T, C>& a, TaskRunner& runner) {
       if (box.image < 0) continue;
       const FeatureLevel<A>& level = a.levels[roi_level(box, a.map)];
       const RoiDims d = level_dims(a.dims, level);
-      const AlignRoi<C> r = align_roi(box, static_cast<C>(level.spatial_scale),
-                                      a.options.aligned, a.options.sampling_ratio, d);
+      const AlignRoi<C> r = align_roi(box, static_cast<C>(level.spatial_scale), a.options.aligned,
+                                      a.options.sampling_ratio, d);
       const int64_t W = d.width;
       const int64_t step = d.layout == Layout::kNCHW ? 1 : Cn;
       for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
@@ -405,8 +403,8 @@ void roi_align_forward(const AlignForwardArgs<T, C>& args, TaskRunner& runner) {
         args.rois, o, d, by_level[l],
         [&](const std::vector<int64_t>& group) {
           build_group(caches, group, args.rois, o, d, runner, o.max_mode);
-          forward_group(args, args.levels[l].data, d, o, caches,
-                        static_cast<int64_t>(group.size()), runner);
+          forward_group(args, args.levels[l].data, d, o, caches, static_cast<int64_t>(group.size()),
+                        runner);
         },
         [&](int64_t k) { forward_uncached(args, args.levels[l].data, d, o, k, runner); });
   }
@@ -419,8 +417,8 @@ void roi_align_backward(const AlignBackwardArgs<T, C>& a, TaskRunner& runner) {
   for (int32_t l = 0; l < std::max<int32_t>(a.map.num_levels, 1); ++l) {
     const RoiDims d = level_dims(dims, a.levels[l]);
     A* grad = a.levels[l].data;
-    parallel_ranges(runner, d.batch * d.channels * d.height * d.width,
-                    4 * runner.concurrency(), [&](int64_t begin, int64_t end) {
+    parallel_ranges(runner, d.batch * d.channels * d.height * d.width, 4 * runner.concurrency(),
+                    [&](int64_t begin, int64_t end) {
                       std::memset(grad + begin, 0, sizeof(A) * (end - begin));
                     });
   }
@@ -453,54 +451,54 @@ void roi_align_box_grad(const AlignBoxGradArgs<T, C>& a, TaskRunner& runner) {
   using A = acc_t<T>;
   const int64_t Cn = a.dims.channels;
   const int64_t row = roi_row_size(a.dims);
-  parallel_ranges(runner, a.dims.num_rois, 4 * runner.concurrency(),
-                  [&](int64_t k_begin, int64_t k_end) {
-    RoiSamples<C, A> cache;
-    std::vector<BoxGradSums> lanes(static_cast<size_t>(kBoxGradLanes));
-    for (int64_t k = k_begin; k < k_end; ++k) {
-      C* out = a.grad_rois + k * row;
-      std::fill_n(out, row, C(0));
-      const Box<C> box = read_box(a.rois, k, a.dims);
-      if (box.image < 0 || Cn == 0) continue;
-      const FeatureLevel<const T>& level = a.levels[roi_level(box, a.map)];
-      const RoiDims d = level_dims(a.dims, level);
-      const AlignOptions o = level_options(a.options, level);
-      const AlignRoi<C> r =
-          align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
-      if (r.empty || d.height == 0 || d.width == 0) continue;
-      // Cotangents scaled like the forward (1 / count in avg mode), summed in
-      // double in the order of kBoxGradLanes lanes (roi_align_math.h), which
-      // the CUDA kernel follows too.
-      const double count = o.max_mode ? 1.0 : static_cast<double>(r.count);
-      const int64_t step = d.layout == Layout::kNCHW ? 1 : Cn;
-      const bool cached = !o.max_mode && sample_count(r, d) <= kCacheBudget;
-      if (cached) cache.build(a.rois, k, o, d, true, true);
-      std::fill(lanes.begin(), lanes.end(), BoxGradSums{});
-      const int64_t per_roi = Cn * d.pooled_height * d.pooled_width;
-      for (int64_t j = 0; j < per_roi; ++j) {
-        int64_t c, ph, pw;
-        split_roi_output(d, j, &c, &ph, &pw);
-        BoxGradSums& sums = lanes[static_cast<size_t>(j % kBoxGradLanes)];
-        const T* base = level.data + feature_index_hw(d, box.image, c, 0);
-        const int64_t o_index = k * per_roi + j;
-        const double g = static_cast<double>(load(a.grad_output + o_index)) / count;
-        if (cached) {  // The samples of this bin, from the cache.
-          const int64_t i = ph * d.pooled_width + pw;
-          for (int64_t s = cache.begin[i]; s < cache.begin[i + 1]; ++s) {
-            sums.add_sample(base, step, d.width, cache.bilinear[s], g,
-                            sample_coord_dbin<C>(ph, cache.iy[s], r.grid_h),
-                            sample_coord_dbin<C>(pw, cache.ix[s], r.grid_w));
+  parallel_ranges(
+      runner, a.dims.num_rois, 4 * runner.concurrency(), [&](int64_t k_begin, int64_t k_end) {
+        RoiSamples<C, A> cache;
+        std::vector<BoxGradSums> lanes(static_cast<size_t>(kBoxGradLanes));
+        for (int64_t k = k_begin; k < k_end; ++k) {
+          C* out = a.grad_rois + k * row;
+          std::fill_n(out, row, C(0));
+          const Box<C> box = read_box(a.rois, k, a.dims);
+          if (box.image < 0 || Cn == 0) continue;
+          const FeatureLevel<const T>& level = a.levels[roi_level(box, a.map)];
+          const RoiDims d = level_dims(a.dims, level);
+          const AlignOptions o = level_options(a.options, level);
+          const AlignRoi<C> r =
+              align_roi(box, static_cast<C>(o.spatial_scale), o.aligned, o.sampling_ratio, d);
+          if (r.empty || d.height == 0 || d.width == 0) continue;
+          // Cotangents scaled like the forward (1 / count in avg mode), summed in
+          // double in the order of kBoxGradLanes lanes (roi_align_math.h), which
+          // the CUDA kernel follows too.
+          const double count = o.max_mode ? 1.0 : static_cast<double>(r.count);
+          const int64_t step = d.layout == Layout::kNCHW ? 1 : Cn;
+          const bool cached = !o.max_mode && sample_count(r, d) <= kCacheBudget;
+          if (cached) cache.build(a.rois, k, o, d, true, true);
+          std::fill(lanes.begin(), lanes.end(), BoxGradSums{});
+          const int64_t per_roi = Cn * d.pooled_height * d.pooled_width;
+          for (int64_t j = 0; j < per_roi; ++j) {
+            int64_t c, ph, pw;
+            split_roi_output(d, j, &c, &ph, &pw);
+            BoxGradSums& sums = lanes[static_cast<size_t>(j % kBoxGradLanes)];
+            const T* base = level.data + feature_index_hw(d, box.image, c, 0);
+            const int64_t o_index = k * per_roi + j;
+            const double g = static_cast<double>(load(a.grad_output + o_index)) / count;
+            if (cached) {  // The samples of this bin, from the cache.
+              const int64_t i = ph * d.pooled_width + pw;
+              for (int64_t s = cache.begin[i]; s < cache.begin[i + 1]; ++s) {
+                sums.add_sample(base, step, d.width, cache.bilinear[s], g,
+                                sample_coord_dbin<C>(ph, cache.iy[s], r.grid_h),
+                                sample_coord_dbin<C>(pw, cache.ix[s], r.grid_w));
+              }
+              continue;
+            }
+            const int64_t wy = o.max_mode ? a.argmax_y[o_index] : -1;
+            const int64_t wx = o.max_mode ? a.argmax_x[o_index] : -1;
+            align_box_grad_output(base, step, r, ph, pw, d, o.max_mode, wy, wx, g, &sums);
           }
-          continue;
+          const BoxGradSums& sums = reduce_box_grad_lanes(lanes.data());
+          sums.write(r, o.spatial_scale, d, out + (row - 4));
         }
-        const int64_t wy = o.max_mode ? a.argmax_y[o_index] : -1;
-        const int64_t wx = o.max_mode ? a.argmax_x[o_index] : -1;
-        align_box_grad_output(base, step, r, ph, pw, d, o.max_mode, wy, wx, g, &sums);
-      }
-      const BoxGradSums& sums = reduce_box_grad_lanes(lanes.data());
-      sums.write(r, o.spatial_scale, d, out + (row - 4));
-    }
-  });
+      });
 }
 
 }  // namespace cpu

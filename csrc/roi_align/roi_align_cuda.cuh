@@ -193,8 +193,8 @@ constexpr int64_t kRoiTile = 64;
 // the rounding of the sample coordinates; NaN answers yes.
 template <typename C>
 __device__ __forceinline__ bool align_bin_may_touch(C start, int64_t p, C bin, int64_t grid,
-                                                    SampleRange range, int64_t size,
-                                                    int64_t begin, int64_t end) {
+                                                    SampleRange range, int64_t size, int64_t begin,
+                                                    int64_t end) {
   if (range.last <= range.first) return false;
   const C a = sample_coord(start, p, bin, range.first, grid);
   const C b = sample_coord(start, p, bin, range.last - 1, grid);
@@ -255,21 +255,21 @@ __global__ void roi_align_backward_owner_kernel(AlignBackwardArgs<T, C> a, Owner
         const Box<C> box = read_box(a.rois, k0 + e, d);
         uint64_t rows = 0, cols = 0;
         if (box.image == t.image && roi_level(box, a.map) == t.map) {
-          const AlignRoi<C> r = align_roi(box, static_cast<C>(level.spatial_scale), o.aligned,
-                                          o.sampling_ratio, d);
+          const AlignRoi<C> r =
+              align_roi(box, static_cast<C>(level.spatial_scale), o.aligned, o.sampling_ratio, d);
           geometry[e] = r;
           if (!r.empty && r.grid_h > 0 && r.grid_w > 0) {
             for (int64_t p = 0; p < d.pooled_height; ++p) {
               const SampleRange ys = sample_range(r.start_h, p, r.bin_h, r.grid_h, d.height);
-              if (align_bin_may_touch(r.start_h, p, r.bin_h, r.grid_h, ys, d.height,
-                                      t.row_begin, t.row_end)) {
+              if (align_bin_may_touch(r.start_h, p, r.bin_h, r.grid_h, ys, d.height, t.row_begin,
+                                      t.row_end)) {
                 owner_mark(&rows, p);
               }
             }
             for (int64_t p = 0; p < d.pooled_width && rows != 0; ++p) {
               const SampleRange xs = sample_range(r.start_w, p, r.bin_w, r.grid_w, d.width);
-              if (align_bin_may_touch(r.start_w, p, r.bin_w, r.grid_w, xs, d.width,
-                                      t.col_begin, t.col_end)) {
+              if (align_bin_may_touch(r.start_w, p, r.bin_w, r.grid_w, xs, d.width, t.col_begin,
+                                      t.col_end)) {
                 owner_mark(&cols, p);
               }
             }
@@ -385,8 +385,8 @@ __global__ void roi_align_box_grad_kernel(AlignBoxGradArgs<T, C> a) {
         const double g = static_cast<double>(load(a.grad_output + o_index)) / count;
         const int64_t wy = o.max_mode ? a.argmax_y[o_index] : -1;
         const int64_t wx = o.max_mode ? a.argmax_x[o_index] : -1;
-        align_box_grad_output(level.data + feature_index_hw(d, box.image, c, 0), step, r, ph,
-                              pw, d, o.max_mode, wy, wx, g, &sums);
+        align_box_grad_output(level.data + feature_index_hw(d, box.image, c, 0), step, r, ph, pw, d,
+                              o.max_mode, wy, wx, g, &sums);
       }
       lanes[l] = sums;
     }

@@ -6,8 +6,8 @@
 
 #include "core/ffi_helpers.h"
 #include "core/ffi_target.h"
-#include "roi_align/roi_align_kernels.h"
 #include "roi_align/roi_align_ffi.h"
+#include "roi_align/roi_align_kernels.h"
 
 namespace jax_roi {
 namespace {
@@ -33,8 +33,8 @@ ffi::Error RoiAlignForward(typename Backend::Context ctx, ffi::AnyBuffer feature
                            int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                            bool aligned, std::string_view mode, std::string_view layout) {
   return AlignForwardCore<Backend>(
-      ctx, "roi_align", {features}, ffi::Span<const double>(&spatial_scale, 1), LevelMap{},
-      rois, *output, &*argmax_y, &*argmax_x,
+      ctx, "roi_align", {features}, ffi::Span<const double>(&spatial_scale, 1), LevelMap{}, rois,
+      *output, &*argmax_y, &*argmax_x,
       AlignAttrs{pooled_height, pooled_width, sampling_ratio, aligned, mode, layout});
 }
 
@@ -64,11 +64,11 @@ struct RoiAlignBackwardAs {
                         ffi::Result<ffi::AnyBuffer> grad_features, double spatial_scale,
                         int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                         bool aligned, std::string_view mode, std::string_view layout) {
-    return AlignBackwardCore<Backend>(
-        ctx, "roi_align backward", {*grad_features}, ffi::Span<const double>(&spatial_scale, 1),
-        LevelMap{}, grad_output, rois, &argmax_y, &argmax_x,
-        AlignAttrs{pooled_height, pooled_width, sampling_ratio, aligned, mode, layout,
-                   kDeterministic});
+    return AlignBackwardCore<Backend>(ctx, "roi_align backward", {*grad_features},
+                                      ffi::Span<const double>(&spatial_scale, 1), LevelMap{},
+                                      grad_output, rois, &argmax_y, &argmax_x,
+                                      AlignAttrs{pooled_height, pooled_width, sampling_ratio,
+                                                 aligned, mode, layout, kDeterministic});
   }
 };
 
@@ -94,11 +94,11 @@ JAX_ROI_FFI_TARGET("jax_roi_roi_align_bwd_deterministic_v1", RoiAlignBackwardDet
 
 template <typename Backend>
 ffi::Error RoiAlignBoxGrad(typename Backend::Context ctx, ffi::AnyBuffer features,
-                           ffi::AnyBuffer rois, ffi::AnyBuffer grad_output,
-                           ffi::AnyBuffer argmax_y, ffi::AnyBuffer argmax_x,
-                           ffi::Result<ffi::AnyBuffer> grad_rois, double spatial_scale,
-                           int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                           bool aligned, std::string_view mode, std::string_view layout) {
+                           ffi::AnyBuffer rois, ffi::AnyBuffer grad_output, ffi::AnyBuffer argmax_y,
+                           ffi::AnyBuffer argmax_x, ffi::Result<ffi::AnyBuffer> grad_rois,
+                           double spatial_scale, int64_t pooled_height, int64_t pooled_width,
+                           int64_t sampling_ratio, bool aligned, std::string_view mode,
+                           std::string_view layout) {
   return AlignBoxGradCore<Backend>(
       ctx, "roi_align box gradient", {features}, ffi::Span<const double>(&spatial_scale, 1),
       LevelMap{}, rois, grad_output, &argmax_y, &argmax_x, *grad_rois,

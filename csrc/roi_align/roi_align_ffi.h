@@ -30,12 +30,12 @@ struct AlignAttrs {
 };
 
 inline ffi::Error decode_align_options(std::string_view op, double spatial_scale,
-                                       int64_t sampling_ratio, bool aligned,
-                                       std::string_view mode, AlignOptions* o) {
+                                       int64_t sampling_ratio, bool aligned, std::string_view mode,
+                                       AlignOptions* o) {
   JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
   if (mode != "avg" && mode != "max") {
-    return invalid_argument(op, "mode must be \"avg\" or \"max\", got \"" + std::string(mode) +
-                                    "\"");
+    return invalid_argument(op,
+                            "mode must be \"avg\" or \"max\", got \"" + std::string(mode) + "\"");
   }
   if (sampling_ratio > kMaxSamplingRatio) {
     return invalid_argument(op, "sampling_ratio must be at most " +
@@ -89,8 +89,8 @@ inline ffi::Error decode_levels(std::string_view op, std::string_view name,
                                       shape_string(levels[l].dimensions()));
     }
     if (levels[l].element_type() != levels[0].element_type()) {
-      return invalid_argument(op, level_name + " must have the dtype of " + std::string(name) +
-                                      "[0]");
+      return invalid_argument(op,
+                              level_name + " must have the dtype of " + std::string(name) + "[0]");
     }
     heights->push_back(dl.height);
     widths->push_back(dl.width);
@@ -119,11 +119,11 @@ inline ffi::Error decode_align_call(std::string_view op, std::string_view levels
                                     ffi::Span<const int64_t> rois, std::string_view pooled_name,
                                     ffi::Span<const int64_t> pooled_dims, const AlignAttrs& a,
                                     AlignCall* call) {
-  JAX_ROI_RETURN_IF_ERROR(decode_levels(op, levels_name, levels, rois, a.layout,
-                                        a.pooled_height, a.pooled_width, &call->dims,
-                                        &call->heights, &call->widths));
-  JAX_ROI_RETURN_IF_ERROR(decode_align_options(op, scales[0], a.sampling_ratio, a.aligned,
-                                               a.mode, &call->options));
+  JAX_ROI_RETURN_IF_ERROR(decode_levels(op, levels_name, levels, rois, a.layout, a.pooled_height,
+                                        a.pooled_width, &call->dims, &call->heights,
+                                        &call->widths));
+  JAX_ROI_RETURN_IF_ERROR(
+      decode_align_options(op, scales[0], a.sampling_ratio, a.aligned, a.mode, &call->options));
   call->options.deterministic = a.deterministic;
   call->map = map;
   call->scales = scales;
@@ -156,9 +156,8 @@ ffi::Error AlignForwardCore(typename Backend::Context ctx, std::string_view op,
                             ffi::AnyBuffer output, const ffi::AnyBuffer* argmax_y,
                             const ffi::AnyBuffer* argmax_x, const AlignAttrs& attrs) {
   AlignCall call;
-  JAX_ROI_RETURN_IF_ERROR(decode_align_call(op, "features", levels, scales, map,
-                                            rois.dimensions(), "output", output.dimensions(),
-                                            attrs, &call));
+  JAX_ROI_RETURN_IF_ERROR(decode_align_call(op, "features", levels, scales, map, rois.dimensions(),
+                                            "output", output.dimensions(), attrs, &call));
   JAX_ROI_RETURN_IF_ERROR(
       check_dtype(op, "output", output.element_type(), levels[0].element_type()));
   bool with_argmax;
@@ -196,12 +195,12 @@ ffi::Error AlignBackwardCore(typename Backend::Context ctx, std::string_view op,
                                             rois.dimensions(), "grad_output",
                                             grad_output.dimensions(), attrs, &call));
   bool with_argmax;
-  JAX_ROI_RETURN_IF_ERROR(check_argmax_pair(op, argmax_y, argmax_x, call.pooled,
-                                            call.options.max_mode, &with_argmax));
+  JAX_ROI_RETURN_IF_ERROR(
+      check_argmax_pair(op, argmax_y, argmax_x, call.pooled, call.options.max_mode, &with_argmax));
   return dispatch_feature_type(op, "grad_output", grad_output.element_type(), [&](auto t) {
     using T = decltype(t);
-    JAX_ROI_RETURN_IF_ERROR(check_dtype(op, "grad_features", grads[0].element_type(),
-                                        data_type_of<acc_t<T>>()));
+    JAX_ROI_RETURN_IF_ERROR(
+        check_dtype(op, "grad_features", grads[0].element_type(), data_type_of<acc_t<T>>()));
     return dispatch_box_type(op, rois.element_type(), [&](auto c) {
       using C = decltype(c);
       auto args = align_args<AlignBackwardArgs<T, C>>(call, grads);
@@ -226,9 +225,8 @@ ffi::Error AlignBoxGradCore(typename Backend::Context ctx, std::string_view op,
                             const ffi::AnyBuffer* argmax_x, ffi::AnyBuffer grad_rois,
                             const AlignAttrs& attrs) {
   AlignCall call;
-  JAX_ROI_RETURN_IF_ERROR(decode_align_call(op, "features", levels, scales, map,
-                                            rois.dimensions(), "grad_output",
-                                            grad_output.dimensions(), attrs, &call));
+  JAX_ROI_RETURN_IF_ERROR(decode_align_call(op, "features", levels, scales, map, rois.dimensions(),
+                                            "grad_output", grad_output.dimensions(), attrs, &call));
   JAX_ROI_RETURN_IF_ERROR(
       check_dtype(op, "grad_output", grad_output.element_type(), levels[0].element_type()));
   const auto rd = rois.dimensions();
@@ -237,8 +235,8 @@ ffi::Error AlignBoxGradCore(typename Backend::Context ctx, std::string_view op,
   JAX_ROI_RETURN_IF_ERROR(
       check_dtype(op, "grad_rois", grad_rois.element_type(), rois.element_type()));
   bool with_argmax;
-  JAX_ROI_RETURN_IF_ERROR(check_argmax_pair(op, argmax_y, argmax_x, call.pooled,
-                                            call.options.max_mode, &with_argmax));
+  JAX_ROI_RETURN_IF_ERROR(
+      check_argmax_pair(op, argmax_y, argmax_x, call.pooled, call.options.max_mode, &with_argmax));
   return dispatch_feature_type(op, "features", levels[0].element_type(), [&](auto t) {
     using T = decltype(t);
     return dispatch_box_type(op, rois.element_type(), [&](auto c) {
@@ -250,8 +248,7 @@ ffi::Error AlignBoxGradCore(typename Backend::Context ctx, std::string_view op,
       args.argmax_y = with_argmax ? data_as<int32_t>(*argmax_y) : nullptr;
       args.argmax_x = with_argmax ? data_as<int32_t>(*argmax_x) : nullptr;
       args.grad_rois = mutable_data_as<C>(grad_rois);
-      return Backend::run(ctx, "roi_align box gradient", JAX_ROI_KERNEL(roi_align_box_grad),
-                          args);
+      return Backend::run(ctx, "roi_align box gradient", JAX_ROI_KERNEL(roi_align_box_grad), args);
     });
   });
 }

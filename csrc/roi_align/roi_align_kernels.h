@@ -59,7 +59,7 @@ struct LevelMap {
 // where no gradient flows (no winner, or a winner outside the map).
 template <typename T, typename C>
 struct AlignForwardArgs {
-  RoiDims dims;  // height/width: unused (per level)
+  RoiDims dims;          // height/width: unused (per level)
   AlignOptions options;  // spatial_scale: unused (per level)
   LevelMap map;
   FeatureLevel<const T> levels[kMaxLevels];

@@ -25,11 +25,11 @@ namespace jax_roi {
 // Per-RoI geometry of RoIAlign.
 template <typename C>
 struct AlignRoi {
-  bool empty;  // No samples at all: padding row or a non-finite coordinate.
-  C start_h, start_w;  // First sample region corner, in feature pixels.
-  C bin_h, bin_w;      // Bin size (negative for an inverted aligned box).
-  int64_t grid_h, grid_w;  // Samples per bin along each axis (<= 0: none).
-  C count;                 // Divisor of the average: max(grid_h * grid_w, 1).
+  bool empty;                 // No samples at all: padding row or a non-finite coordinate.
+  C start_h, start_w;         // First sample region corner, in feature pixels.
+  C bin_h, bin_w;             // Bin size (negative for an inverted aligned box).
+  int64_t grid_h, grid_w;     // Samples per bin along each axis (<= 0: none).
+  C count;                    // Divisor of the average: max(grid_h * grid_w, 1).
   bool clamped_h, clamped_w;  // Size forced to 1 pixel (aligned == false).
 };
 
@@ -37,8 +37,8 @@ struct AlignRoi {
 // aligned, size = end - start, forced to >= 1 when not aligned; bin = size /
 // pooled size; grid = sampling_ratio if > 0, else ceil(size / pooled size).
 template <typename C>
-JAX_ROI_HD AlignRoi<C> align_roi(const Box<C>& box, C scale, bool aligned,
-                                 int64_t sampling_ratio, const RoiDims& d) {
+JAX_ROI_HD AlignRoi<C> align_roi(const Box<C>& box, C scale, bool aligned, int64_t sampling_ratio,
+                                 const RoiDims& d) {
   AlignRoi<C> r;
   const C offset = aligned ? C(0.5) : C(0);
   r.start_w = box.x1 * scale - offset;
@@ -60,8 +60,8 @@ JAX_ROI_HD AlignRoi<C> align_roi(const Box<C>& box, C scale, bool aligned,
   }
   // Empty where torchvision is undefined: a non-finite start or size (after
   // the clamp, which torchvision applies first: x2 = -inf is a 1-pixel RoI).
-  r.empty = box.image < 0 || !(finite(r.start_w) && finite(r.start_h) && finite(roi_w) &&
-                              finite(roi_h));
+  r.empty =
+      box.image < 0 || !(finite(r.start_w) && finite(r.start_h) && finite(roi_w) && finite(roi_h));
   if (r.empty) {
     r.start_h = r.start_w = r.bin_h = r.bin_w = C(0);
     r.grid_h = r.grid_w = 0;
@@ -71,10 +71,8 @@ JAX_ROI_HD AlignRoi<C> align_roi(const Box<C>& box, C scale, bool aligned,
   }
   r.bin_h = roi_h / static_cast<C>(d.pooled_height);
   r.bin_w = roi_w / static_cast<C>(d.pooled_width);
-  r.grid_h = sampling_ratio > 0 ? sampling_ratio
-                                    : clamp_to_i64(math_ceil(r.bin_h), kMaxGrid);
-  r.grid_w = sampling_ratio > 0 ? sampling_ratio
-                                    : clamp_to_i64(math_ceil(r.bin_w), kMaxGrid);
+  r.grid_h = sampling_ratio > 0 ? sampling_ratio : clamp_to_i64(math_ceil(r.bin_h), kMaxGrid);
+  r.grid_w = sampling_ratio > 0 ? sampling_ratio : clamp_to_i64(math_ceil(r.bin_w), kMaxGrid);
   r.count = static_cast<C>(max_i64(r.grid_h * r.grid_w, 1));
   return r;
 }
@@ -88,8 +86,7 @@ struct AlignBin {
 };
 
 template <typename C>
-JAX_ROI_HD AlignBin align_bin(const AlignRoi<C>& r, int64_t ph, int64_t pw,
-                              const RoiDims& d) {
+JAX_ROI_HD AlignBin align_bin(const AlignRoi<C>& r, int64_t ph, int64_t pw, const RoiDims& d) {
   AlignBin b;
   b.grid_h = r.empty ? 0 : r.grid_h;
   b.grid_w = r.empty ? 0 : r.grid_w;
@@ -117,8 +114,8 @@ JAX_ROI_HD int64_t first_outside(const AlignBin& b) {
 // Calls f(iy, ix, bilinear) for every sample of bin (ph, pw) in the sampling
 // region, in torchvision's order (iy outer, ix inner).
 template <typename C, typename F>
-JAX_ROI_HD void for_each_sample(const AlignRoi<C>& r, const AlignBin& b, int64_t ph,
-                                int64_t pw, const RoiDims& d, F&& f) {
+JAX_ROI_HD void for_each_sample(const AlignRoi<C>& r, const AlignBin& b, int64_t ph, int64_t pw,
+                                const RoiDims& d, F&& f) {
   for (int64_t iy = b.ys.first; iy < b.ys.last; ++iy) {
     const C y = sample_coord(r.start_h, ph, r.bin_h, iy, r.grid_h);
     for (int64_t ix = b.xs.first; ix < b.xs.last; ++ix) {
@@ -170,8 +167,8 @@ struct MaxSample {
 // The winning sample (grid indices iy, ix) of a max-mode output; invalid
 // when there is none (-1) or the indices do not fit the bin's grid.
 template <typename C>
-JAX_ROI_HD Bilinear<C> winning_sample(const AlignRoi<C>& r, int64_t ph, int64_t pw,
-                                      int64_t iy, int64_t ix, const RoiDims& d) {
+JAX_ROI_HD Bilinear<C> winning_sample(const AlignRoi<C>& r, int64_t ph, int64_t pw, int64_t iy,
+                                      int64_t ix, const RoiDims& d) {
   if (r.empty || iy < 0 || ix < 0 || iy >= r.grid_h || ix >= r.grid_w) {
     Bilinear<C> invalid = bilinear(C(-2), C(-2), d.height, d.width);  // out of range
     return invalid;
@@ -242,16 +239,14 @@ struct BoxGradSums {
 
 // Value of a sample from the plane (NCHW) or pixels (NHWC, step = C) at base.
 template <typename T, typename C>
-JAX_ROI_HD acc_t<T> sample_value(const T* base, int64_t step, int64_t width,
-                                 const Bilinear<C>& s) {
+JAX_ROI_HD acc_t<T> sample_value(const T* base, int64_t step, int64_t width, const Bilinear<C>& s) {
   return bilinear_gather(base, step, bilinear_taps<acc_t<T>>(s, width));
 }
 
 // avg: the output of bin (ph, pw) of one channel.
 template <typename T, typename C>
 JAX_ROI_HD acc_t<T> align_output_avg(const T* base, int64_t step, const AlignRoi<C>& r,
-                                     const AlignBin& b, int64_t ph, int64_t pw,
-                                     const RoiDims& d) {
+                                     const AlignBin& b, int64_t ph, int64_t pw, const RoiDims& d) {
   using A = acc_t<T>;
   A sum = A(0);
   for_each_sample(r, b, ph, pw, d, [&](int64_t, int64_t, const Bilinear<C>& s) {
@@ -262,9 +257,9 @@ JAX_ROI_HD acc_t<T> align_output_avg(const T* base, int64_t step, const AlignRoi
 
 // max: the settled running maximum of bin (ph, pw) of one channel.
 template <typename T, typename C>
-JAX_ROI_HD MaxSample<acc_t<T>> align_output_max(const T* base, int64_t step,
-                                                const AlignRoi<C>& r, const AlignBin& b,
-                                                int64_t ph, int64_t pw, const RoiDims& d) {
+JAX_ROI_HD MaxSample<acc_t<T>> align_output_max(const T* base, int64_t step, const AlignRoi<C>& r,
+                                                const AlignBin& b, int64_t ph, int64_t pw,
+                                                const RoiDims& d) {
   MaxSample<acc_t<T>> m;
   m.init();
   for_each_sample(r, b, ph, pw, d, [&](int64_t iy, int64_t ix, const Bilinear<C>& s) {
@@ -312,11 +307,10 @@ JAX_ROI_HD acc_t<T> tabulated_sample_value(const T* base, int64_t step, int64_t 
                                            const AxisSample<C>& y, const AxisSample<C>& x) {
   using A = acc_t<T>;
   const C w1 = y.h * x.h, w2 = y.h * x.l, w3 = y.l * x.h, w4 = y.l * x.l;
-  return bilinear_value(static_cast<A>(w1), static_cast<A>(w2), static_cast<A>(w3),
-                        static_cast<A>(w4), load(base + (y.low * width + x.low) * step),
-                        load(base + (y.low * width + x.high) * step),
-                        load(base + (y.high * width + x.low) * step),
-                        load(base + (y.high * width + x.high) * step));
+  return bilinear_value(
+      static_cast<A>(w1), static_cast<A>(w2), static_cast<A>(w3), static_cast<A>(w4),
+      load(base + (y.low * width + x.low) * step), load(base + (y.low * width + x.high) * step),
+      load(base + (y.high * width + x.low) * step), load(base + (y.high * width + x.high) * step));
 }
 
 // The bin of align_bin() with its sample ranges from tables.
@@ -346,9 +340,9 @@ JAX_ROI_HD void store_max_output(const AlignForwardArgs<T, C>& a, int64_t out,
 // Stores forward output element `out`, bin (ph, pw) of one channel (avg or
 // max), straight from its samples.
 template <typename T, typename C>
-JAX_ROI_HD void store_align_output(const AlignForwardArgs<T, C>& a, int64_t out,
-                                   const T* base, int64_t step, const AlignRoi<C>& r,
-                                   int64_t ph, int64_t pw, const RoiDims& d) {
+JAX_ROI_HD void store_align_output(const AlignForwardArgs<T, C>& a, int64_t out, const T* base,
+                                   int64_t step, const AlignRoi<C>& r, int64_t ph, int64_t pw,
+                                   const RoiDims& d) {
   const AlignBin b = align_bin(r, ph, pw, d);
   if (!a.options.max_mode) {
     store(a.output + out, align_output_avg(base, step, r, b, ph, pw, d));
@@ -361,10 +355,9 @@ JAX_ROI_HD void store_align_output(const AlignForwardArgs<T, C>& a, int64_t out,
 // (avg) or the winner (max), at cotangent g_scaled = g / count (avg) or g
 // (max), computed in double by the caller.
 template <typename T, typename C>
-JAX_ROI_HD void align_box_grad_output(const T* base, int64_t step, const AlignRoi<C>& r,
-                                      int64_t ph, int64_t pw, const RoiDims& d, bool max_mode,
-                                      int64_t winner_y, int64_t winner_x, double g_scaled,
-                                      BoxGradSums* sums) {
+JAX_ROI_HD void align_box_grad_output(const T* base, int64_t step, const AlignRoi<C>& r, int64_t ph,
+                                      int64_t pw, const RoiDims& d, bool max_mode, int64_t winner_y,
+                                      int64_t winner_x, double g_scaled, BoxGradSums* sums) {
   auto add = [&](int64_t iy, int64_t ix, const Bilinear<C>& s) {
     sums->add_sample(base, step, d.width, s, g_scaled, sample_coord_dbin<C>(ph, iy, r.grid_h),
                      sample_coord_dbin<C>(pw, ix, r.grid_w));

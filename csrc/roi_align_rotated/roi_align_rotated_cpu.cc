@@ -56,11 +56,10 @@ void bin_taps(const RotatedRoi<C>& r, int64_t ph, int64_t pw, const RoiDims& d,
               std::vector<Taps<A>>* taps, std::vector<RotatedSample<C>>* samples = nullptr) {
   taps->clear();
   if (samples != nullptr) samples->clear();
-  for_each_rotated_sample(r, rotated_bin(r, ph, pw, d), ph, pw, d,
-                          [&](const RotatedSample<C>& rs) {
-                            taps->push_back(bilinear_taps<A, int32_t>(rs.s, d.width));
-                            if (samples != nullptr) samples->push_back(rs);
-                          });
+  for_each_rotated_sample(r, rotated_bin(r, ph, pw, d), ph, pw, d, [&](const RotatedSample<C>& rs) {
+    taps->push_back(bilinear_taps<A, int32_t>(rs.s, d.width));
+    if (samples != nullptr) samples->push_back(rs);
+  });
 }
 
 // Forward of RoI k from its image's pixels (channels contiguous: the
@@ -88,8 +87,8 @@ void forward_roi(const RotatedForwardArgs<T, C>& a, int64_t k, const T* pixels,
       const T* __restrict p3 = pixels + t.o3 * Cn;
       const T* __restrict p4 = pixels + t.o4 * Cn;
       for (int64_t c = 0; c < Cn; ++c) {
-        s[c] += bilinear_value(t.w1, t.w2, t.w3, t.w4, load(p1 + c), load(p2 + c),
-                               load(p3 + c), load(p4 + c));
+        s[c] += bilinear_value(t.w1, t.w2, t.w3, t.w4, load(p1 + c), load(p2 + c), load(p3 + c),
+                               load(p4 + c));
       }
     }
     if (d.layout == Layout::kNHWC) {

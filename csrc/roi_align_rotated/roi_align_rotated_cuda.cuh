@@ -92,8 +92,7 @@ cudaError_t roi_align_rotated_forward(cudaStream_t stream, const RotatedForwardA
 }
 
 template <typename T, typename C>
-cudaError_t roi_align_rotated_backward(cudaStream_t stream,
-                                       const RotatedBackwardArgs<T, C>& args) {
+cudaError_t roi_align_rotated_backward(cudaStream_t stream, const RotatedBackwardArgs<T, C>& args) {
   const RoiDims& d = args.dims;
   const cudaError_t err =
       zero_async(args.grad_features, d.batch * d.channels * d.height * d.width, stream);
@@ -102,8 +101,7 @@ cudaError_t roi_align_rotated_backward(cudaStream_t stream,
 }
 
 template <typename T, typename C>
-cudaError_t roi_align_rotated_box_grad(cudaStream_t stream,
-                                       const RotatedBoxGradArgs<T, C>& args) {
+cudaError_t roi_align_rotated_box_grad(cudaStream_t stream, const RotatedBoxGradArgs<T, C>& args) {
   return launch_over<roi_align_rotated_box_grad_kernel<T, C>>(args.dims.num_rois, stream, args);
 }
 

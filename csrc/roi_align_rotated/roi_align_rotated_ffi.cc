@@ -42,8 +42,8 @@ ffi::Error decode_rotated(std::string_view op, std::string_view features_name,
   } else if (boxes.size() == 3 && boxes[2] == 5) {
     boxes[2] = 4;
   } else {
-    return invalid_argument(op, "rois must have shape (K, 6) or (N, R, 5), got " +
-                                    shape_string(rois));
+    return invalid_argument(op,
+                            "rois must have shape (K, 6) or (N, R, 5), got " + shape_string(rois));
   }
   JAX_ROI_RETURN_IF_ERROR(decode_dims(op, features_name, features,
                                       ffi::Span<const int64_t>(boxes.data(), boxes.size()),
@@ -79,18 +79,16 @@ auto WithRotatedAttrs(Binding b) {
 template <typename Backend>
 ffi::Error RoiAlignRotatedForward(typename Backend::Context ctx, ffi::AnyBuffer features,
                                   ffi::AnyBuffer rois, ffi::Result<ffi::AnyBuffer> output,
-                                  double spatial_scale, int64_t pooled_height,
-                                  int64_t pooled_width, int64_t sampling_ratio, bool aligned,
-                                  std::string_view angle_unit, bool clockwise,
-                                  std::string_view layout) {
+                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width,
+                                  int64_t sampling_ratio, bool aligned, std::string_view angle_unit,
+                                  bool clockwise, std::string_view layout) {
   constexpr std::string_view op = "roi_align_rotated";
   const RotatedAttrs attrs{spatial_scale, pooled_height, pooled_width, sampling_ratio,
                            aligned,       angle_unit,    clockwise,    layout};
   RoiDims d;
   RotatedOptions o;
-  JAX_ROI_RETURN_IF_ERROR(decode_rotated(op, "features", features.dimensions(),
-                                         rois.dimensions(), "output", output->dimensions(),
-                                         attrs, &d, &o));
+  JAX_ROI_RETURN_IF_ERROR(decode_rotated(op, "features", features.dimensions(), rois.dimensions(),
+                                         "output", output->dimensions(), attrs, &d, &o));
   JAX_ROI_RETURN_IF_ERROR(
       check_dtype(op, "output", output->element_type(), features.element_type()));
   return dispatch_feature_type(op, "features", features.element_type(), [&](auto t) {
@@ -132,12 +130,12 @@ ffi::Error RoiAlignRotatedBackward(typename Backend::Context ctx, ffi::AnyBuffer
   RoiDims d;
   RotatedOptions o;
   JAX_ROI_RETURN_IF_ERROR(decode_rotated(op, "grad_features", grad_features->dimensions(),
-                                         rois.dimensions(), "grad_output",
-                                         grad_output.dimensions(), attrs, &d, &o));
+                                         rois.dimensions(), "grad_output", grad_output.dimensions(),
+                                         attrs, &d, &o));
   return dispatch_feature_type(op, "grad_output", grad_output.element_type(), [&](auto t) {
     using T = decltype(t);
-    JAX_ROI_RETURN_IF_ERROR(check_dtype(op, "grad_features", grad_features->element_type(),
-                                        data_type_of<acc_t<T>>()));
+    JAX_ROI_RETURN_IF_ERROR(
+        check_dtype(op, "grad_features", grad_features->element_type(), data_type_of<acc_t<T>>()));
     return dispatch_box_type(op, rois.element_type(), [&](auto c) {
       using C = decltype(c);
       if (grad_features->element_count() == 0) return ffi::Error::Success();
@@ -166,17 +164,15 @@ ffi::Error RoiAlignRotatedBoxGrad(typename Backend::Context ctx, ffi::AnyBuffer 
                                   ffi::AnyBuffer rois, ffi::AnyBuffer grad_output,
                                   ffi::Result<ffi::AnyBuffer> grad_rois, double spatial_scale,
                                   int64_t pooled_height, int64_t pooled_width,
-                                  int64_t sampling_ratio, bool aligned,
-                                  std::string_view angle_unit, bool clockwise,
-                                  std::string_view layout) {
+                                  int64_t sampling_ratio, bool aligned, std::string_view angle_unit,
+                                  bool clockwise, std::string_view layout) {
   constexpr std::string_view op = "roi_align_rotated box gradient";
   const RotatedAttrs attrs{spatial_scale, pooled_height, pooled_width, sampling_ratio,
                            aligned,       angle_unit,    clockwise,    layout};
   RoiDims d;
   RotatedOptions o;
-  JAX_ROI_RETURN_IF_ERROR(decode_rotated(op, "features", features.dimensions(),
-                                         rois.dimensions(), "grad_output",
-                                         grad_output.dimensions(), attrs, &d, &o));
+  JAX_ROI_RETURN_IF_ERROR(decode_rotated(op, "features", features.dimensions(), rois.dimensions(),
+                                         "grad_output", grad_output.dimensions(), attrs, &d, &o));
   JAX_ROI_RETURN_IF_ERROR(
       check_dtype(op, "grad_output", grad_output.element_type(), features.element_type()));
   const auto rd = rois.dimensions();
@@ -189,8 +185,12 @@ ffi::Error RoiAlignRotatedBoxGrad(typename Backend::Context ctx, ffi::AnyBuffer 
     return dispatch_box_type(op, rois.element_type(), [&](auto c) {
       using C = decltype(c);
       if (grad_rois->element_count() == 0) return ffi::Error::Success();
-      RotatedBoxGradArgs<T, C> args{d, o, data_as<T>(features), data_as<C>(rois),
-                                    data_as<T>(grad_output), mutable_data_as<C>(*grad_rois)};
+      RotatedBoxGradArgs<T, C> args{d,
+                                    o,
+                                    data_as<T>(features),
+                                    data_as<C>(rois),
+                                    data_as<T>(grad_output),
+                                    mutable_data_as<C>(*grad_rois)};
       return Backend::run(ctx, "roi_align_rotated box gradient",
                           JAX_ROI_KERNEL(roi_align_rotated_box_grad), args);
     });

@@ -23,8 +23,8 @@ struct RotatedOptions {
   double spatial_scale;
   int64_t sampling_ratio;  // > 0: samples per bin axis; <= 0: adaptive.
   bool aligned;            // Half-pixel offset of the centre, no 1-pixel minimum size.
-  bool degrees;    // Angles in degrees (detectron2), else radians (mmcv).
-  bool clockwise;  // The angle turns clockwise: it is negated (mmcv's option).
+  bool degrees;            // Angles in degrees (detectron2), else radians (mmcv).
+  bool clockwise;          // The angle turns clockwise: it is negated (mmcv's option).
 };
 
 template <typename T, typename C>

@@ -71,8 +71,8 @@ struct RotatedRoi {
   C cos_t, sin_t;
   C start_h, start_w;
   C bin_h, bin_w;
-  int64_t grid_h, grid_w;  // <= 0: no samples.
-  C count;                 // max(grid_h * grid_w, 1)
+  int64_t grid_h, grid_w;     // <= 0: no samples.
+  C count;                    // max(grid_h * grid_w, 1)
   bool clamped_h, clamped_w;  // Size forced to 1 pixel (aligned == false).
   // The box-frame rectangle [yy_lo, yy_hi] x [xx_lo, xx_hi] that holds every
   // point of the sampling region [-1, H] x [-1, W] (with a margin): samples
@@ -91,9 +91,9 @@ JAX_ROI_HD RotatedRoi<C> rotated_roi(const RotatedBox<C>& box, C scale, const Ro
   C roi_w = box.w * scale;
   C roi_h = box.h * scale;
   const double sign = o.clockwise ? -1.0 : 1.0;
-  const C theta = o.degrees ? static_cast<C>(sign * static_cast<double>(box.angle) * kRotatedPi /
-                                             180.0)
-                            : static_cast<C>(static_cast<double>(box.angle) * sign);
+  const C theta = o.degrees
+                      ? static_cast<C>(sign * static_cast<double>(box.angle) * kRotatedPi / 180.0)
+                      : static_cast<C>(static_cast<double>(box.angle) * sign);
   r.cos_t = rotated_cos(theta);
   r.sin_t = rotated_sin(theta);
   r.clamped_h = r.clamped_w = false;
@@ -108,7 +108,7 @@ JAX_ROI_HD RotatedRoi<C> rotated_roi(const RotatedBox<C>& box, C scale, const Ro
     }
   }
   r.empty = box.image < 0 || !(finite(r.cx) && finite(r.cy) && finite(roi_w) && finite(roi_h) &&
-                              finite(r.cos_t) && finite(r.sin_t));
+                               finite(r.cos_t) && finite(r.sin_t));
   if (r.empty) {
     r.cx = r.cy = r.start_h = r.start_w = r.bin_h = r.bin_w = C(0);
     r.cos_t = C(1);
@@ -233,15 +233,13 @@ JAX_ROI_HD void for_each_rotated_sample(const RotatedRoi<C>& r, const RotatedBin
 // avg output of bin (ph, pw) of one channel (plane at base, NCHW step 1,
 // NHWC step C).
 template <typename T, typename C>
-JAX_ROI_HD acc_t<T> rotated_output(const T* base, int64_t step, const RotatedRoi<C>& r,
-                                   int64_t ph, int64_t pw, const RoiDims& d) {
+JAX_ROI_HD acc_t<T> rotated_output(const T* base, int64_t step, const RotatedRoi<C>& r, int64_t ph,
+                                   int64_t pw, const RoiDims& d) {
   using A = acc_t<T>;
   A sum = A(0);
-  for_each_rotated_sample(r, rotated_bin(r, ph, pw, d), ph, pw, d,
-                          [&](const RotatedSample<C>& rs) {
-                            sum += bilinear_gather(base, step,
-                                                   bilinear_taps<A>(rs.s, d.width));
-                          });
+  for_each_rotated_sample(r, rotated_bin(r, ph, pw, d), ph, pw, d, [&](const RotatedSample<C>& rs) {
+    sum += bilinear_gather(base, step, bilinear_taps<A>(rs.s, d.width));
+  });
   return sum / static_cast<A>(r.count);
 }
 
@@ -258,8 +256,8 @@ struct RotatedGradSums {
   double cy = 0, cx = 0, h = 0, w = 0, t = 0;
 
   template <typename C>
-  JAX_ROI_HD void add(const RotatedRoi<C>& r, const RotatedSample<C>& rs, int64_t ph,
-                      int64_t pw, const RoiDims& d, double gy, double gx) {
+  JAX_ROI_HD void add(const RotatedRoi<C>& r, const RotatedSample<C>& rs, int64_t ph, int64_t pw,
+                      const RoiDims& d, double gy, double gx) {
     const double c = static_cast<double>(r.cos_t), s = static_cast<double>(r.sin_t);
     const double yy = static_cast<double>(rs.yy), xx = static_cast<double>(rs.xx);
     cy += gy;
@@ -293,8 +291,8 @@ JAX_ROI_HD void rotated_sample_grad(const T* base, int64_t step, int64_t width,
                                     const Bilinear<C>& s, double g, double* gy, double* gx) {
   const BilinearTaps<C> t = bilinear_taps<C>(s, width);
   C d_dy, d_dx;
-  bilinear_gradient(s, load(base + t.o1 * step), load(base + t.o2 * step),
-                    load(base + t.o3 * step), load(base + t.o4 * step), &d_dy, &d_dx);
+  bilinear_gradient(s, load(base + t.o1 * step), load(base + t.o2 * step), load(base + t.o3 * step),
+                    load(base + t.o4 * step), &d_dy, &d_dx);
   *gy += g * static_cast<double>(d_dy);
   *gx += g * static_cast<double>(d_dx);
 }

@@ -19,8 +19,7 @@ template <typename Backend>
 ffi::Error RoiPoolForward(typename Backend::Context ctx, ffi::AnyBuffer features,
                           ffi::AnyBuffer rois, ffi::Result<ffi::AnyBuffer> output,
                           ffi::Result<ffi::AnyBuffer> argmax, double spatial_scale,
-                          int64_t pooled_height, int64_t pooled_width,
-                          std::string_view layout) {
+                          int64_t pooled_height, int64_t pooled_width, std::string_view layout) {
   constexpr std::string_view op = "roi_pool";
   RoiDims d;
   JAX_ROI_RETURN_IF_ERROR(decode_dims(op, "features", features.dimensions(), rois.dimensions(),
@@ -93,22 +92,25 @@ ffi::Error RoiPoolBackwardCore(typename Backend::Context ctx, ffi::AnyBuffer gra
   }
   RoiDims d;
   JAX_ROI_RETURN_IF_ERROR(decode_dims(op, "grad_features", grad_features->dimensions(),
-                                      rois.dimensions(), layout, pooled_height, pooled_width,
-                                      &d));
+                                      rois.dimensions(), layout, pooled_height, pooled_width, &d));
   const std::vector<int64_t> pooled = pooled_shape(d, rois.dimensions());
   JAX_ROI_RETURN_IF_ERROR(check_shape(op, "grad_output", g, pooled));
   JAX_ROI_RETURN_IF_ERROR(check_shape(op, "argmax", argmax.dimensions(), pooled));
   JAX_ROI_RETURN_IF_ERROR(check_dtype(op, "argmax", argmax.element_type(), ffi::DataType::S32));
   return dispatch_feature_type(op, "grad_output", grad_output.element_type(), [&](auto t) {
     using T = decltype(t);
-    JAX_ROI_RETURN_IF_ERROR(check_dtype(op, "grad_features", grad_features->element_type(),
-                                        data_type_of<acc_t<T>>()));
+    JAX_ROI_RETURN_IF_ERROR(
+        check_dtype(op, "grad_features", grad_features->element_type(), data_type_of<acc_t<T>>()));
     return dispatch_box_type(op, rois.element_type(), [&](auto c) {
       using C = decltype(c);
       if (grad_features->element_count() == 0) return ffi::Error::Success();
-      PoolBackwardArgs<T, C> args{d, data_as<T>(grad_output), data_as<int32_t>(argmax),
-                                  data_as<C>(rois), mutable_data_as<acc_t<T>>(*grad_features),
-                                  deterministic, spatial_scale};
+      PoolBackwardArgs<T, C> args{d,
+                                  data_as<T>(grad_output),
+                                  data_as<int32_t>(argmax),
+                                  data_as<C>(rois),
+                                  mutable_data_as<acc_t<T>>(*grad_features),
+                                  deterministic,
+                                  spatial_scale};
       return Backend::run(ctx, "roi_pool backward", JAX_ROI_KERNEL(roi_pool_backward), args);
     });
   });
@@ -129,14 +131,13 @@ template <typename Backend>
 ffi::Error RoiPoolBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
                            ffi::AnyBuffer argmax, ffi::AnyBuffer rois,
                            ffi::Result<ffi::AnyBuffer> grad_features, std::string_view layout) {
-  return RoiPoolBackwardCore<Backend>(ctx, grad_output, argmax, rois, grad_features, layout,
-                                      false, 0.0);
+  return RoiPoolBackwardCore<Backend>(ctx, grad_output, argmax, rois, grad_features, layout, false,
+                                      0.0);
 }
 
 template <typename Backend>
-ffi::Error RoiPoolBackwardDeterministic(typename Backend::Context ctx,
-                                        ffi::AnyBuffer grad_output, ffi::AnyBuffer argmax,
-                                        ffi::AnyBuffer rois,
+ffi::Error RoiPoolBackwardDeterministic(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
+                                        ffi::AnyBuffer argmax, ffi::AnyBuffer rois,
                                         ffi::Result<ffi::AnyBuffer> grad_features,
                                         std::string_view layout, double spatial_scale) {
   return RoiPoolBackwardCore<Backend>(ctx, grad_output, argmax, rois, grad_features, layout, true,

@@ -66,8 +66,8 @@ JAX_ROI_HD Window pool_bin(int64_t p, C bin, int64_t roi_start, int64_t size) {
 // (h, w) is at base[h * stride_h + w * stride_w]; ties go to the first
 // maximum in row-major order. *argmax receives h * width + w, or -1.
 template <typename T>
-JAX_ROI_HD acc_t<T> window_max(const T* base, int64_t stride_h, int64_t stride_w,
-                               int64_t width, Window rows, Window cols, int32_t* argmax) {
+JAX_ROI_HD acc_t<T> window_max(const T* base, int64_t stride_h, int64_t stride_w, int64_t width,
+                               Window rows, Window cols, int32_t* argmax) {
   using A = acc_t<T>;
   A best = pool_initial_max<A>();
   int32_t best_index = -1;

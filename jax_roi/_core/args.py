@@ -19,8 +19,7 @@ import numpy as np
 LAYOUTS = ("NCHW", "NHWC")
 BOX_ORDERS = ("xyxy", "yxyx")
 IMPLEMENTATIONS = (None, "ffi", "xla")
-FEATURE_DTYPES = tuple(
-    np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
+FEATURE_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
 
 
 class RoiArgs(NamedTuple):
@@ -69,8 +68,9 @@ def _per_image_boxes(rois: Any, box_size: int) -> list | None:
       if i == 0 and arr.ndim == 1:
         return None  # a list of rows
       raise ValueError(
-          f"rois given as a list must hold one (L_i, {box_size}) array of boxes per image"
-          f" (torchvision's format); rois[{i}] has shape {arr.shape}")
+        f"rois given as a list must hold one (L_i, {box_size}) array of boxes per image"
+        f" (torchvision's format); rois[{i}] has shape {arr.shape}"
+      )
     items.append(arr)
   return items
 
@@ -90,29 +90,34 @@ def rois_from_list(rois: Any, box_size: int = 4, num_images: int | None = None) 
     return rois
   if num_images is not None and len(items) > num_images:
     raise ValueError(
-        f"rois given as a list holds boxes for {len(items)} images, but the features"
-        f" have {num_images}")
+      f"rois given as a list holds boxes for {len(items)} images, but the features"
+      f" have {num_images}"
+    )
   for i, arr in enumerate(items):
     if arr.shape[1] != box_size:
       raise ValueError(
-          f"rois given as a list must hold one (L_i, {box_size}) array of boxes per image"
-          f" (torchvision's format); rois[{i}] has shape {arr.shape}")
+        f"rois given as a list must hold one (L_i, {box_size}) array of boxes per image"
+        f" (torchvision's format); rois[{i}] has shape {arr.shape}"
+      )
     if not jnp.issubdtype(arr.dtype, jnp.floating):
       raise TypeError(f"rois[{i}] must have a floating dtype, got {arr.dtype}")
   if not items:
     return jnp.zeros((0, box_size + 1), jnp.float32)
   dtype = jnp.result_type(*items)
   return jnp.concatenate(
-      [jnp.concatenate([jnp.full((arr.shape[0], 1), i, dtype), arr.astype(dtype)], axis=1)
-       for i, arr in enumerate(items)], axis=0)
+    [
+      jnp.concatenate([jnp.full((arr.shape[0], 1), i, dtype), arr.astype(dtype)], axis=1)
+      for i, arr in enumerate(items)
+    ],
+    axis=0,
+  )
 
 
 def output_size_pair(output_size: Any) -> tuple[int, int]:
   """An int or a pair of ints, each >= 1."""
   if isinstance(output_size, (tuple, list)):
     if len(output_size) != 2:
-      raise ValueError(
-          f"output_size must be an int or a pair (PH, PW), got {output_size!r}")
+      raise ValueError(f"output_size must be an int or a pair (PH, PW), got {output_size!r}")
     items = tuple(output_size)
   else:
     items = (output_size, output_size)
@@ -123,8 +128,7 @@ def output_size_pair(output_size: Any) -> tuple[int, int]:
     try:
       pair.append(operator.index(v))
     except TypeError as e:
-      raise TypeError(
-          f"output_size must be an int or a pair of ints, got {output_size!r}") from e
+      raise TypeError(f"output_size must be an int or a pair of ints, got {output_size!r}") from e
   if pair[0] <= 0 or pair[1] <= 0:
     raise ValueError(f"output_size must be positive, got {output_size!r}")
   if pair[0] * pair[1] >= 2**31:
@@ -145,8 +149,7 @@ def static_float(value: Any, name: str) -> float:
 def spatial_scale_value(spatial_scale: Any) -> float:
   s = static_float(spatial_scale, "spatial_scale")
   if not math.isfinite(s) or s < 0:
-    raise ValueError(
-        f"spatial_scale must be finite and non-negative, got {spatial_scale!r}")
+    raise ValueError(f"spatial_scale must be finite and non-negative, got {spatial_scale!r}")
   return s
 
 
@@ -157,10 +160,19 @@ def choice(value: Any, name: str, allowed: tuple) -> Any:
   return value
 
 
-def canonicalize(features: Any, rois: Any, output_size: Any, *,
-                 spatial_scale: Any, layout: Any, box_order: Any,
-                 implementation: Any, name: str = "features", box_size: int = 4,
-                 box_doc: str = "[x1, y1, x2, y2]"):
+def canonicalize(
+  features: Any,
+  rois: Any,
+  output_size: Any,
+  *,
+  spatial_scale: Any,
+  layout: Any,
+  box_order: Any,
+  implementation: Any,
+  name: str = "features",
+  box_size: int = 4,
+  box_doc: str = "[x1, y1, x2, y2]",
+):
   """Validates the arguments shared by every op.
 
   Returns ``(features, rois, args)`` with rois in xyxy order and in float32
@@ -184,18 +196,15 @@ def canonicalize(features: Any, rois: Any, output_size: Any, *,
 
   features = _as_array(features, name)
   if features.dtype not in FEATURE_DTYPES:
-    raise TypeError(
-        f"{name} must be float16, bfloat16, float32 or float64, got"
-        f" {features.dtype}")
+    raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {features.dtype}")
   if features.ndim != 4:
     expected = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
     raise ValueError(
-        f"{name} must have rank 4, {expected} for layout {layout!r}; got"
-        f" shape {features.shape}")
-  h, w = (features.shape[2:4] if layout == "NCHW" else features.shape[1:3])
+      f"{name} must have rank 4, {expected} for layout {layout!r}; got shape {features.shape}"
+    )
+  h, w = features.shape[2:4] if layout == "NCHW" else features.shape[1:3]
   if _concrete(h, w) and h * w >= 2**31:
-    raise ValueError(
-        f"{name} height * width must be below 2**31, got {h} * {w}")
+    raise ValueError(f"{name} height * width must be below 2**31, got {h} * {w}")
 
   rois = _as_array(rois_from_list(rois, box_size, features.shape[0]), "rois")
   if not jnp.issubdtype(rois.dtype, jnp.floating):
@@ -207,12 +216,14 @@ def canonicalize(features: Any, rois: Any, output_size: Any, *,
   elif rois.ndim == 3 and rois.shape[2] == box_size:
     if rois.shape[0] != features.shape[0]:
       raise ValueError(
-          f"batched rois of shape {rois.shape} need one row of boxes per image:"
-          f" rois.shape[0] must equal the {features.shape[0]} images of {name}")
+        f"batched rois of shape {rois.shape} need one row of boxes per image:"
+        f" rois.shape[0] must equal the {features.shape[0]} images of {name}"
+      )
   else:
     raise ValueError(
-        f"rois must have shape (K, {box_size + 1}) with rows [batch_index,"
-        f" {box_doc[1:]}, or (N, R, {box_size}) with boxes per image; got shape {rois.shape}")
+      f"rois must have shape (K, {box_size + 1}) with rows [batch_index,"
+      f" {box_doc[1:]}, or (N, R, {box_size}) with boxes per image; got shape {rois.shape}"
+    )
   if box_order == "yxyx":
     perm = [0, 2, 1, 4, 3] if rois.shape[-1] == 5 else [1, 0, 3, 2]
     rois = rois[..., np.array(perm)]
@@ -260,8 +271,9 @@ def sampling_ratio_value(value: Any) -> int:
   sr = int_value(value, "sampling_ratio")
   if sr > MAX_SAMPLING_RATIO:
     raise ValueError(
-        f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} (samples per bin axis;"
-        f" <= 0 for adaptive), got {sr}")
+      f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} (samples per bin axis;"
+      f" <= 0 for adaptive), got {sr}"
+    )
   return sr
 
 
@@ -281,6 +293,6 @@ class OpConfig:
   def dtype(self) -> np.dtype:
     return self.base.dtype
 
-  def with_image_shapes(self, shapes: tuple) -> "OpConfig":
+  def with_image_shapes(self, shapes: tuple) -> OpConfig:
     """The configuration for other (e.g. per-shard) feature shapes."""
     return dataclasses.replace(self, base=self.base._replace(image_shape=tuple(shapes[0])))

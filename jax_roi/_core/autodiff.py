@@ -20,7 +20,8 @@ is not needed is dead code that XLA removes before it runs.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,7 @@ class VjpRules(NamedTuple):
   forward: Callable[[Features, jax.Array, Any], jax.Array]
   # forward_saving(features, rois, config) -> (output, saved: tuple of arrays);
   # used when saves(config) is true, else saved = ().
-  forward_saving: Optional[Callable[[Features, jax.Array, Any], tuple]]
+  forward_saving: Callable[[Features, jax.Array, Any], tuple] | None
   saves: Callable[[Any], bool]
   # feature_grad(g, rois, saved, config) -> per-level gradients (any float dtype).
   feature_grad: Callable[[jax.Array, jax.Array, tuple, Any], Features]
@@ -43,7 +44,7 @@ class VjpRules(NamedTuple):
   feature_grad_vjp: Callable[[Features, jax.Array, tuple, Any], jax.Array]
   # box_grad(features, rois, g, saved, config) -> d(sum(out * g)) / d(rois),
   # or None: zero.
-  box_grad: Optional[Callable[[Features, jax.Array, jax.Array, tuple, Any], jax.Array]]
+  box_grad: Callable[[Features, jax.Array, jax.Array, tuple, Any], jax.Array] | None
 
 
 def _zeros_if_symbolic(x):
@@ -105,11 +106,16 @@ def differentiable(rules: VjpRules) -> Callable[[Features, jax.Array, Any], jax.
   def box_grad_bwd(config, residuals, ct):
     if not isinstance(ct, SymbolicZero):
       raise NotImplementedError(
-          f"{rules.name}: second derivatives through the box gradient are not"
-          " implemented (gradients of gradients w.r.t. the features are)")
+        f"{rules.name}: second derivatives through the box gradient are not"
+        " implemented (gradients of gradients w.r.t. the features are)"
+      )
     features, rois, g, saved = residuals
-    return (tuple(jnp.zeros_like(f) for f in features), jnp.zeros_like(rois),
-            jnp.zeros_like(g), _nones(saved))
+    return (
+      tuple(jnp.zeros_like(f) for f in features),
+      jnp.zeros_like(rois),
+      jnp.zeros_like(g),
+      _nones(saved),
+    )
 
   box_grad.defvjp(box_grad_fwd, box_grad_bwd, symbolic_zeros=True)
 
@@ -127,10 +133,16 @@ def differentiable(rules: VjpRules) -> Callable[[Features, jax.Array, Any], jax.
   def backward(config, res, g):
     rois, saved, features, (f_varying, r_varying) = res
     g = _zeros_if_symbolic(g)
-    grad_features = tuple(_sum_to(x.astype(config.dtype), v) for x, v in zip(
-        feature_grad(g, rois, saved, config), f_varying))
-    grad_rois = _sum_to(box_grad(features, rois, g, saved, config)
-                        if rules.box_grad is not None else jnp.zeros_like(rois), r_varying)
+    grad_features = tuple(
+      _sum_to(x.astype(config.dtype), v)
+      for x, v in zip(feature_grad(g, rois, saved, config), f_varying)
+    )
+    grad_rois = _sum_to(
+      box_grad(features, rois, g, saved, config)
+      if rules.box_grad is not None
+      else jnp.zeros_like(rois),
+      r_varying,
+    )
     return grad_features, grad_rois
 
   # -- the forward that also returns its residuals: differentiable, so that

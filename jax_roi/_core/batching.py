@@ -15,8 +15,7 @@ def _merge_leading(x: jax.Array) -> jax.Array:
   return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
-def fold(k: Kernel, image_shapes: tuple, size: int, batched: list[bool],
-         args: list[jax.Array]):
+def fold(k: Kernel, image_shapes: tuple, size: int, batched: list[bool], args: list[jax.Array]):
   """Folds the vmapped axis (axis 0 of batched operands) into the operands.
 
   Returns the new operands, the new image shapes, and a function that maps
@@ -28,8 +27,7 @@ def fold(k: Kernel, image_shapes: tuple, size: int, batched: list[bool],
   # boxes (N, R, F - 1) rank 3 (4).
   indexed = args[rois_at].ndim - int(batched[rois_at]) == 2
   n = image_shapes[0][0]
-  fold_images = (any(b for b, r in zip(batched, roles) if r == IMAGE)
-                 or IMAGE in k.result_roles)
+  fold_images = any(b for b, r in zip(batched, roles) if r == IMAGE) or IMAGE in k.result_roles
 
   def expand(x, b):
     x = jnp.asarray(x)
@@ -71,8 +69,9 @@ def fold(k: Kernel, image_shapes: tuple, size: int, batched: list[bool],
   else:
     roi_lead = 3  # (size, N, R): switch to (size * N * R, F + 1) indexed rows
     images = jnp.broadcast_to(roi_images(rois[0], n, indexed=False), rois.shape[:-1])
-    new_rois = jnp.concatenate(
-        [images[..., None].astype(rois.dtype), rois], axis=-1).reshape(-1, rois.shape[-1] + 1)
+    new_rois = jnp.concatenate([images[..., None].astype(rois.dtype), rois], axis=-1).reshape(
+      -1, rois.shape[-1] + 1
+    )
   out_args = []
   for x, b, role in zip(args, batched, roles):
     if role == ROIS:

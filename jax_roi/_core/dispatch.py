@@ -5,7 +5,8 @@ that eager calls compile once)."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import jax
 from jax import lax
@@ -20,7 +21,7 @@ class Config(Protocol):
   @property
   def layout(self) -> str: ...
 
-  def with_image_shapes(self, shapes: tuple) -> "Config":
+  def with_image_shapes(self, shapes: tuple) -> Config:
     """The configuration for per-shard feature shapes (one per level)."""
 
 
@@ -33,8 +34,9 @@ class Op(NamedTuple):
   xla: Callable[[tuple, jax.Array, Any], jax.Array]
 
 
-def run(op: Op, implementation, features: Sequence[jax.Array], rois: jax.Array,
-        config: Config) -> jax.Array:
+def run(
+  op: Op, implementation, features: Sequence[jax.Array], rois: jax.Array, config: Config
+) -> jax.Array:
   """Runs ``op``: ``implementation`` None (the kernel on platforms that have
   one, else pure JAX), "ffi" or "xla"."""
   return _dispatch(op, implementation, config, tuple(features), rois)
@@ -48,10 +50,12 @@ def _dispatch(op: Op, implementation, config: Config, features: tuple, rois):
   mesh, f_shardings, r_sharding, out_spec, local = plan
   local_config = config.with_image_shapes(local)
   f_specs = tuple(s.spec for s in f_shardings)
-  return jax.shard_map(lambda f, r: _select(op, implementation, f, r, local_config),
-                       mesh=mesh, in_specs=(f_specs, r_sharding.spec), out_specs=out_spec)(
-                           tuple(jax.reshard(f, s) for f, s in zip(features, f_shardings)),
-                           jax.reshard(rois, r_sharding))
+  return jax.shard_map(
+    lambda f, r: _select(op, implementation, f, r, local_config),
+    mesh=mesh,
+    in_specs=(f_specs, r_sharding.spec),
+    out_specs=out_spec,
+  )(tuple(jax.reshard(f, s) for f, s in zip(features, f_shardings)), jax.reshard(rois, r_sharding))
 
 
 def _symbolic(features, rois) -> bool:
@@ -68,9 +72,10 @@ def _select(op: Op, implementation, features, rois, config):
   symbolic = _symbolic(features, rois)
   if symbolic and (implementation == "xla" or not extension.AVAILABLE):
     raise ValueError(
-        f"{op.name}: symbolic shapes (jax.export shape polymorphism) need the kernels:"
-        " the pure-JAX version (implementation='xla', or no compiled extension) picks its"
-        " algorithm from concrete shapes")
+      f"{op.name}: symbolic shapes (jax.export shape polymorphism) need the kernels:"
+      " the pure-JAX version (implementation='xla', or no compiled extension) picks its"
+      " algorithm from concrete shapes"
+    )
   if implementation == "xla" or not extension.AVAILABLE:
     return xla(features, rois)
   if symbolic:

@@ -30,8 +30,9 @@ def _source_tree() -> str | None:
   """The checkout this package was imported from, if it is one (a
   pyproject.toml and csrc/ next to the package directory)."""
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  is_tree = (os.path.isfile(os.path.join(root, "pyproject.toml"))
-             and os.path.isdir(os.path.join(root, "csrc")))
+  is_tree = os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isdir(
+    os.path.join(root, "csrc")
+  )
   return root if is_tree else None
 
 
@@ -53,17 +54,19 @@ def missing_extension_error(tree: str) -> str:
   other = _shadowed_install(tree)
   if other is not None:
     return (
-        f"jax_roi was imported from the source tree {tree} (the current directory or"
-        f" PYTHONPATH comes first on sys.path), which has no compiled extension"
-        f" (jax_roi/_jax_roi*.so); it hides the jax_roi installed in {other}. Run Python"
-        f" from another directory, or with `python -P` (which leaves the current directory"
-        f" off sys.path), to use the installed one.")
+      f"jax_roi was imported from the source tree {tree} (the current directory or"
+      f" PYTHONPATH comes first on sys.path), which has no compiled extension"
+      f" (jax_roi/_jax_roi*.so); it hides the jax_roi installed in {other}. Run Python"
+      f" from another directory, or with `python -P` (which leaves the current directory"
+      f" off sys.path), to use the installed one."
+    )
   return (
-      f"jax_roi was imported from the source tree {tree}, which has no compiled extension"
-      f" (jax_roi/_jax_roi*.so). Build and install it with `pip install .` (or `bash"
-      f" tools/run_tests.sh`, which does so in a virtual environment .venv-<python version>)"
-      f" and import it from outside the source tree (another directory, or `python -P`)."
-      f" {ALLOW_MISSING_ENV}=1 imports the pure-JAX versions of the ops instead.")
+    f"jax_roi was imported from the source tree {tree}, which has no compiled extension"
+    f" (jax_roi/_jax_roi*.so). Build and install it with `pip install .` (or `bash"
+    f" tools/run_tests.sh`, which does so in a virtual environment .venv-<python version>)"
+    f" and import it from outside the source tree (another directory, or `python -P`)."
+    f" {ALLOW_MISSING_ENV}=1 imports the pure-JAX versions of the ops instead."
+  )
 
 
 ext: types.ModuleType | None
@@ -77,10 +80,12 @@ except ModuleNotFoundError as e:  # not built
     raise ImportError(missing_extension_error(_tree)) from None
   ext = None
   MISSING_REASON = (
-      "jax_roi's compiled kernels (jax_roi._jax_roi) are not built in this installation"
-      " (pip install . builds them)")
-  warnings.warn(MISSING_REASON + "; the ops use their pure-JAX versions.", RuntimeWarning,
-                stacklevel=2)
+    "jax_roi's compiled kernels (jax_roi._jax_roi) are not built in this installation"
+    " (pip install . builds them)"
+  )
+  warnings.warn(
+    MISSING_REASON + "; the ops use their pure-JAX versions.", RuntimeWarning, stacklevel=2
+  )
 else:
   MISSING_REASON = ""
 
@@ -115,10 +120,11 @@ def _register(module: types.ModuleType) -> None:
     # Registering would fail inside backend initialisation and take every
     # jax computation down with it: refuse early, with the fix.
     raise ImportError(
-        f"jax_roi was compiled against XLA FFI API {built[0]}.{built[1]}, newer"
-        f" than the running jaxlib {jax.__version__} (API"
-        f" {running[0]}.{running[1]}). Rebuild it in this environment:"
-        " pip install --no-build-isolation --force-reinstall .")
+      f"jax_roi was compiled against XLA FFI API {built[0]}.{built[1]}, newer"
+      f" than the running jaxlib {jax.__version__} (API"
+      f" {running[0]}.{running[1]}). Rebuild it in this environment:"
+      " pip install --no-build-isolation --force-reinstall ."
+    )
   for name, capsule in module.cpu_targets().items():
     jax.ffi.register_ffi_target(name, capsule, platform="cpu")
   for name, capsule in module.cuda_targets().items():

@@ -45,8 +45,7 @@ def exact_div(num: jax.Array, den) -> jax.Array:
   floor/ceil bin edges. The optimisation barrier hides the divisor.
   """
   den = jnp.asarray(den, num.dtype)
-  d = lax.optimization_barrier(
-      jnp.broadcast_to(den, jnp.broadcast_shapes(num.shape, den.shape)))
+  d = lax.optimization_barrier(jnp.broadcast_to(den, jnp.broadcast_shapes(num.shape, den.shape)))
   return num / d
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,17 +72,19 @@ def _attr_value(v):
   return np.asarray(v, np.float64) if isinstance(v, tuple) else v
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _batchable(k: Kernel, image_shapes: tuple):
   """The kernel call for given image shapes: custom_vmap (vmap folds into one
   call) around custom_partitioning (jit shards it without gathers)."""
-  run = jax.custom_batching.custom_vmap(partitionable(k, image_shapes, functools.partial(
-      _ffi_call, k)))
+  run = jax.custom_batching.custom_vmap(
+    partitionable(k, image_shapes, functools.partial(_ffi_call, k))
+  )
 
   @run.def_vmap
   def rule(axis_size, in_batched, *args):
-    folded, new_image_shapes, unfold = fold(k, image_shapes, axis_size, list(in_batched),
-                                            list(args))
+    folded, new_image_shapes, unfold = fold(
+      k, image_shapes, axis_size, list(in_batched), list(args)
+    )
     outs = _batchable(k, new_image_shapes)(*folded)
     return unfold(outs)
 
@@ -98,8 +100,12 @@ def _ffi_call(k: Kernel, image_shapes: tuple, args):
   for r in k.results(args, image_shapes, attrs):
     if manual is not None:  # inside shard_map: results vary like the operands
       mesh, mat = manual
-      r = jax.ShapeDtypeStruct(r.shape, r.dtype, manual_axis_type=mat,
-                               sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+      r = jax.ShapeDtypeStruct(
+        r.shape,
+        r.dtype,
+        manual_axis_type=mat,
+        sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+      )
     result_types.append(r)
   return tuple(jax.ffi.ffi_call(k.target, tuple(result_types))(*args, **attrs))
 
@@ -127,5 +133,7 @@ def _match_manual_axes(args):
   union = frozenset().union(*varying)
   if not union:
     return args
-  return tuple(a if v == union else jax.lax.pcast(a, tuple(sorted(union - v)), to="varying")
-               for a, v in zip(args, varying))
+  return tuple(
+    a if v == union else jax.lax.pcast(a, tuple(sorted(union - v)), to="varying")
+    for a, v in zip(args, varying)
+  )

@@ -9,16 +9,16 @@ import numpy as np
 
 def spatial_of(image_shape: tuple, layout: str) -> tuple[int, int]:
   """(H, W) of a feature map's shape."""
-  return ((image_shape[2], image_shape[3]) if layout == "NCHW"
-          else (image_shape[1], image_shape[2]))
+  return (image_shape[2], image_shape[3]) if layout == "NCHW" else (image_shape[1], image_shape[2])
 
 
 def channels_of(image_shape: tuple, layout: str) -> int:
   return image_shape[1] if layout == "NCHW" else image_shape[3]
 
 
-def pooled_shape(lead: tuple, channels: int, pooled: tuple[int, int],
-                 layout: str) -> tuple[int, ...]:
+def pooled_shape(
+  lead: tuple, channels: int, pooled: tuple[int, int], layout: str
+) -> tuple[int, ...]:
   """Shape of a per-RoI output: lead (rois.shape[:-1]) + (C, PH, PW) or
   (PH, PW, C)."""
   ph, pw = pooled
@@ -46,7 +46,7 @@ def from_kchw(out: jax.Array, lead: tuple, layout: str) -> jax.Array:
 def to_kchw(out: jax.Array, lead: tuple, layout: str) -> jax.Array:
   """The inverse of from_kchw: a per-RoI array in the layout's order with
   leading dims `lead` -> (K, C, PH, PW)."""
-  out = out.reshape((-1,) + out.shape[len(lead):])
+  out = out.reshape((-1,) + out.shape[len(lead) :])
   return out if layout == "NCHW" else jnp.moveaxis(out, 3, 1)
 
 

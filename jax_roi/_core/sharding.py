@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -45,8 +45,11 @@ def factors(k: Kernel, arg_ranks: Sequence[int], whole_blocks: bool = True):
   def spec(role, level, rank):
     if role == IMAGE:
       replicated.update({f"h{level}", f"w{level}"})
-      return (["n", image_c, f"h{level}", f"w{level}"] if layout == "NCHW"
-              else ["n", f"h{level}", f"w{level}", image_c])
+      return (
+        ["n", image_c, f"h{level}", f"w{level}"]
+        if layout == "NCHW"
+        else ["n", f"h{level}", f"w{level}", image_c]
+      )
     if role == ROIS:
       return lead + ["f"]
     if role == ROI:
@@ -95,8 +98,10 @@ def axes_of(entry) -> tuple[str, ...]:
 def local_shape(shape, spec, mesh):
   """The per-shard shape of a global shape under a PartitionSpec on mesh."""
   sizes = dict(mesh.shape)
-  return tuple(dim // int(np.prod([sizes[a] for a in axes_of(entry)], dtype=np.int64))
-               for dim, entry in zip(shape, spec))
+  return tuple(
+    dim // int(np.prod([sizes[a] for a in axes_of(entry)], dtype=np.int64))
+    for dim, entry in zip(shape, spec)
+  )
 
 
 def partitionable(k: Kernel, image_shapes: tuple, call: Callable):
@@ -137,10 +142,12 @@ def partitionable(k: Kernel, image_shapes: tuple, call: Callable):
     result_shardings = tuple(jax.sharding.NamedSharding(mesh, s) for s in result_specs)
     reduce_axes = tuple(a for f in reductions for a in axes_of(factor_axes.get(f)))
     images = [(a, s) for a, s, role in zip(arg_shapes, arg_specs, k.arg_roles) if role == IMAGE]
-    images = images or [(r, s) for r, s, role in zip(result_shape, result_specs, k.result_roles)
-                        if role == IMAGE]
-    local_images = tuple(local_shape(a.shape, spec_of(s, len(a.shape)), mesh)
-                         for a, s in images) or image_shapes
+    images = images or [
+      (r, s) for r, s, role in zip(result_shape, result_specs, k.result_roles) if role == IMAGE
+    ]
+    local_images = (
+      tuple(local_shape(a.shape, spec_of(s, len(a.shape)), mesh) for a, s in images) or image_shapes
+    )
 
     def lower(*args):
       outs = call(local_images, args)
@@ -151,15 +158,19 @@ def partitionable(k: Kernel, image_shapes: tuple, call: Callable):
     return mesh, lower, result_shardings, arg_shardings
 
   def sharding_rule(mesh, value_types, result_types):
-    from jax.experimental.custom_partitioning import CompoundFactor, SdyShardingRule
     from jax._src.lib.mlir import ir
+    from jax.experimental.custom_partitioning import CompoundFactor, SdyShardingRule
+
     shapes = [tuple(ir.RankedTensorType(t).shape) for t in value_types]
     ranks = [len(shape) for shape in shapes]
     whole_blocks = True
     if k.channel_bins > 1:  # whole blocks of bins per shard, whatever axes split them
       result_shapes = [tuple(ir.RankedTensorType(t).shape) for t in result_types]
-      image = next(shape for shape, role in zip(shapes + result_shapes,
-                                                 k.arg_roles + k.result_roles) if role == IMAGE)
+      image = next(
+        shape
+        for shape, role in zip(shapes + result_shapes, k.arg_roles + k.result_roles)
+        if role == IMAGE
+      )
       channels = image[1] if k.layout == "NCHW" else image[3]
       devices = int(np.prod(list(dict(mesh.shape).values()), dtype=np.int64))
       whole_blocks = (channels // k.channel_bins) % devices == 0
@@ -169,10 +180,13 @@ def partitionable(k: Kernel, image_shapes: tuple, call: Callable):
     by_order = lambda fs: tuple(f for f in order if f in fs)
     dim = lambda f: CompoundFactor(*f) if isinstance(f, tuple) else f
     sizes = {"cb": k.channel_bins} if "cb" in order else {}
-    return SdyShardingRule(tuple(tuple(map(dim, s)) for s in ins),
-                           tuple(tuple(map(dim, s)) for s in outs),
-                           reduction_factors=by_order(reductions),
-                           need_replication_factors=by_order(replicated), **sizes)
+    return SdyShardingRule(
+      tuple(tuple(map(dim, s)) for s in ins),
+      tuple(tuple(map(dim, s)) for s in outs),
+      reduction_factors=by_order(reductions),
+      need_replication_factors=by_order(replicated),
+      **sizes,
+    )
 
   run.def_partition(partition=partition, sharding_rule=sharding_rule)
   return run
@@ -192,12 +206,20 @@ def explicit_plan(features, rois, layout, channel_bins=1):
   Position-sensitive ops (``channel_bins`` input channels per output
   channel) keep the channels split only when every shard gets whole blocks
   of them."""
-  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+  from jax.sharding import AxisType, NamedSharding
+  from jax.sharding import PartitionSpec as P
 
   shardings = [getattr(jax.typeof(x), "sharding", None) for x in (*features, rois)]
-  mesh = next((s.mesh for s in shardings if isinstance(s, NamedSharding)
-               and any(t == AxisType.Explicit for t in getattr(s.mesh, "axis_types", ()))
-               and any(e is not None for e in s.spec)), None)
+  mesh = next(
+    (
+      s.mesh
+      for s in shardings
+      if isinstance(s, NamedSharding)
+      and any(t == AxisType.Explicit for t in getattr(s.mesh, "axis_types", ()))
+      and any(e is not None for e in s.spec)
+    ),
+    None,
+  )
   if mesh is None:
     return None
   f_spec = spec_of(shardings[0], 4)
@@ -226,5 +248,10 @@ def explicit_plan(features, rois, layout, channel_bins=1):
   r_out = P(k, None) if indexed else P(n, k, None)
   out = P(*([k] + pooled)) if indexed else P(*([n, k] + pooled))
   local = tuple(local_shape(f.shape, feat, mesh) for f in features)
-  return (mesh, tuple(NamedSharding(mesh, P(*feat)) for _ in features),
-          NamedSharding(mesh, r_out), out, local)
+  return (
+    mesh,
+    tuple(NamedSharding(mesh, P(*feat)) for _ in features),
+    NamedSharding(mesh, r_out),
+    out,
+    local,
+  )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Sequence, cast
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -49,19 +50,22 @@ class Kernel(NamedTuple):
 # ---------------------------------------------------------------------------
 
 
-def pooled_result(rois: jax.Array, image_shapes: tuple, attrs: dict,
-                  dtype) -> jax.ShapeDtypeStruct:
+def pooled_result(rois: jax.Array, image_shapes: tuple, attrs: dict, dtype) -> jax.ShapeDtypeStruct:
   """A per-RoI output: rois.shape[:-1] + (C, PH, PW) or (PH, PW, C)."""
   layout = attrs["layout"]
-  shape = pooled_shape(rois.shape[:-1], channels_of(image_shapes[0], layout),
-                       (int(attrs["pooled_height"]), int(attrs["pooled_width"])), layout)
+  shape = pooled_shape(
+    rois.shape[:-1],
+    channels_of(image_shapes[0], layout),
+    (int(attrs["pooled_height"]), int(attrs["pooled_width"])),
+    layout,
+  )
   return jax.ShapeDtypeStruct(shape, dtype)
 
 
 EMPTY = jax.ShapeDtypeStruct((0,), jnp.int32)  # an empty result placeholder
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def forward_results(argmax_count: int, with_argmax: bool) -> ResultFn:
   """A forward's results: the pooled output in the features' dtype (operand
   0; operand 1 the rois), then `argmax_count` int32 arrays of its shape (the
@@ -82,7 +86,7 @@ def feature_grad_results(args, image_shapes, attrs):
   return tuple(jax.ShapeDtypeStruct(s, acc_dtype(args[0].dtype)) for s in image_shapes)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def like_operand(index: int) -> ResultFn:
   """One result with the shape and dtype of operand `index` (a box gradient).
   Cached, like forward_results."""

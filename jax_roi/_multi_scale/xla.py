@@ -16,16 +16,17 @@ def roi_levels(rois: jax.Array, config: MultiScaleConfig) -> jax.Array:
   boxes = rois[..., -4:].reshape(-1, 4)
   dtype = rois.dtype
   area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-  target = jnp.floor(jnp.asarray(config.canonical_level, dtype)
-                     + jnp.log2(jnp.sqrt(area) / jnp.asarray(config.canonical_scale, dtype))
-                     + jnp.asarray(1e-6, dtype))
+  target = jnp.floor(
+    jnp.asarray(config.canonical_level, dtype)
+    + jnp.log2(jnp.sqrt(area) / jnp.asarray(config.canonical_scale, dtype))
+    + jnp.asarray(1e-6, dtype)
+  )
   lo, hi = float(config.k_min), float(config.k_max)
   level = jnp.where(target > lo, jnp.minimum(target, hi), lo) - lo  # NaN -> level 0
   return jnp.clip(level, 0, len(config.spatial_scales) - 1).astype(jnp.int32)
 
 
-def multi_scale_roi_align(features: tuple, rois: jax.Array,
-                          config: MultiScaleConfig) -> jax.Array:
+def multi_scale_roi_align(features: tuple, rois: jax.Array, config: MultiScaleConfig) -> jax.Array:
   """Per-level roi_align (pure JAX), each RoI keeping its own level's output."""
   levels = roi_levels(lax.stop_gradient(rois), config)
   lead = rois.shape[:-1]

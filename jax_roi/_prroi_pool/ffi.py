@@ -6,8 +6,15 @@ from __future__ import annotations
 from jax_roi._core import kernel
 from jax_roi._core.autodiff import VjpRules, differentiable
 from jax_roi._core.dispatch import Op
-from jax_roi._core.spec import (IMAGE, ROI, ROIS, Kernel, feature_grad_results,
-                                forward_results, like_operand)
+from jax_roi._core.spec import (
+  IMAGE,
+  ROI,
+  ROIS,
+  Kernel,
+  feature_grad_results,
+  forward_results,
+  like_operand,
+)
 from jax_roi._prroi_pool import xla
 from jax_roi._prroi_pool.config import PrRoiPoolConfig
 
@@ -35,17 +42,23 @@ def box_grad(features, rois, g, saved, config: PrRoiPoolConfig):
   return grad
 
 
-prroi_pool = differentiable(VjpRules(
+def _feature_grad_vjp(gg, rois, saved, config):
+  """Linear in the features, the backward its transpose: the backward's VJP
+  is the forward."""
+  return prroi_pool(gg, rois, config)
+
+
+prroi_pool = differentiable(
+  VjpRules(
     name="prroi_pool",
     forward=forward,
     forward_saving=None,
     saves=lambda c: False,
     feature_grad=backward,
-    # Linear in the features, the backward its transpose: the backward's VJP
-    # is the forward.
-    feature_grad_vjp=lambda gg, rois, saved, config: prroi_pool(gg, rois, config),
+    feature_grad_vjp=_feature_grad_vjp,
     box_grad=box_grad,
-))
+  )
+)
 
 # The op: this kernel where compiled, else the pure-JAX version.
 OP = Op("prroi_pool", prroi_pool, xla.prroi_pool)

@@ -82,9 +82,9 @@ def _geometry(rois: jax.Array, config: PrRoiPoolConfig):
   return jnp.where(empty, 0, images), empty, y1, x1, bin_h, bin_w, area
 
 
-def prroi_pool(features: tuple, rois: jax.Array, config: PrRoiPoolConfig) -> jax.Array:
+def prroi_pool(operands: tuple, rois: jax.Array, config: PrRoiPoolConfig) -> jax.Array:
   """Precise RoI Pooling with jax_roi's semantics, written with jnp."""
-  (features,) = features
+  (features,) = operands
   base = config.base
   lead = rois.shape[:-1]
   hwc = features if base.layout == "NHWC" else jnp.moveaxis(features, 1, 3)

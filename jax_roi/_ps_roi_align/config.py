@@ -24,8 +24,10 @@ class PsRoiAlignConfig(OpConfig):
   def attrs(self) -> tuple[tuple[str, object], ...]:
     """The FFI attributes of every ps_roi_align target."""
     b = self.base
-    return (("spatial_scale", np.float64(b.spatial_scale)),
-            ("pooled_height", np.int64(b.output_size[0])),
-            ("pooled_width", np.int64(b.output_size[1])),
-            ("sampling_ratio", np.int64(self.sampling_ratio)),
-            ("layout", b.layout))
+    return (
+      ("spatial_scale", np.float64(b.spatial_scale)),
+      ("pooled_height", np.int64(b.output_size[0])),
+      ("pooled_width", np.int64(b.output_size[1])),
+      ("sampling_ratio", np.int64(self.sampling_ratio)),
+      ("layout", b.layout),
+    )

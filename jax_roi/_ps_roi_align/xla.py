@@ -36,17 +36,20 @@ def ps_roi_align(operands: tuple, rois: jax.Array, config: PsRoiAlignConfig) -> 
     return jnp.zeros(pooled_shape(lead, cout, base.output_size, base.layout), features.dtype)
   acc = acc_dtype(features.dtype)
   sr = config.sampling_ratio
-  wy = _axis_weight_matrix(geo.start_h, geo.bin_h, geo.grid_h, h, ph_count,
-                           sr if sr > 0 else 2 * h + 3)
-  wx = _axis_weight_matrix(geo.start_w, geo.bin_w, geo.grid_w, w, pw_count,
-                           sr if sr > 0 else 2 * w + 3)
+  wy = _axis_weight_matrix(
+    geo.start_h, geo.bin_h, geo.grid_h, h, ph_count, sr if sr > 0 else 2 * h + 3
+  )
+  wx = _axis_weight_matrix(
+    geo.start_w, geo.bin_w, geo.grid_w, w, pw_count, sr if sr > 0 else 2 * w + 3
+  )
   f6 = chw.reshape(n, cout, ph_count, pw_count, h, w)
 
   def chunk(xs):
     image, ay, ax, count, empty = xs
     f = f6[jnp.maximum(image, 0)].astype(acc)  # (k, C_out, PH, PW, H, W)
-    s = jnp.einsum("kph,kqw,kcpqhw->kcpq", ay.astype(acc), ax.astype(acc), f,
-                   precision=lax.Precision.HIGHEST)
+    s = jnp.einsum(
+      "kph,kqw,kcpqhw->kcpq", ay.astype(acc), ax.astype(acc), f, precision=lax.Precision.HIGHEST
+    )
     s = s / count.astype(acc)[:, None, None, None]
     return jnp.where(empty[:, None, None, None], jnp.zeros_like(s), s)
 

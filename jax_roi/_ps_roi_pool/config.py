@@ -21,7 +21,9 @@ class PsRoiPoolConfig(OpConfig):
   def attrs(self) -> tuple[tuple[str, object], ...]:
     """The FFI attributes of both ps_roi_pool targets."""
     b = self.base
-    return (("spatial_scale", np.float64(b.spatial_scale)),
-            ("pooled_height", np.int64(b.output_size[0])),
-            ("pooled_width", np.int64(b.output_size[1])),
-            ("layout", b.layout))
+    return (
+      ("spatial_scale", np.float64(b.spatial_scale)),
+      ("pooled_height", np.int64(b.output_size[0])),
+      ("pooled_width", np.int64(b.output_size[1])),
+      ("layout", b.layout),
+    )

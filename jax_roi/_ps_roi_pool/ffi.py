@@ -28,20 +28,21 @@ def ps_output_results(args, image_shapes, attrs):
 
 
 def forward(features, rois, config: PsRoiPoolConfig):
-  k = Kernel(FORWARD, (IMAGE, ROIS), (ROI,), ps_output_results, config.attrs(),
-             config.channel_bins)
+  k = Kernel(FORWARD, (IMAGE, ROIS), (ROI,), ps_output_results, config.attrs(), config.channel_bins)
   (out,) = kernel.call(k, [features.shape], features, rois)
   return out
 
 
 def backward(g, rois, config: PsRoiPoolConfig):
   """(feature gradient,), in the accumulation dtype."""
-  k = Kernel(BACKWARD, (ROI, ROIS), (IMAGE,), feature_grad_results, config.attrs(),
-             config.channel_bins)
+  k = Kernel(
+    BACKWARD, (ROI, ROIS), (IMAGE,), feature_grad_results, config.attrs(), config.channel_bins
+  )
   return kernel.call(k, [config.base.image_shape], g, rois)
 
 
-ps_roi_pool = differentiable(VjpRules(
+ps_roi_pool = differentiable(
+  VjpRules(
     name="ps_roi_pool",
     forward=lambda f, r, c: forward(f[0], r, c),
     forward_saving=None,
@@ -51,7 +52,8 @@ ps_roi_pool = differentiable(VjpRules(
     # transpose: the backward's VJP is the forward.
     feature_grad_vjp=lambda gg, r, saved, c: forward(gg[0], r, c),
     box_grad=None,  # piecewise constant in the boxes
-))
+  )
+)
 
 # The op: this kernel where compiled, else the pure-JAX version.
 OP = Op("ps_roi_pool", ps_roi_pool, xla.ps_roi_pool)

@@ -13,8 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jax_roi._core.jnp_utils import COORD_LIMIT, exact_div, map_rois, round_half_away
-from jax_roi._core.layout import (acc_dtype, from_kchw, pooled_shape, roi_images, spatial_of,
-                                  to_nchw)
+from jax_roi._core.layout import acc_dtype, from_kchw, pooled_shape, roi_images, spatial_of, to_nchw
 from jax_roi._ps_roi_pool.config import PsRoiPoolConfig
 
 _CHUNK = 8  # RoIs per lax.map step: bounds the (K, C, H, W) gathers
@@ -68,16 +67,19 @@ def ps_roi_pool(operands: tuple, rois: jax.Array, config: PsRoiPoolConfig) -> ja
   acc = acc_dtype(features.dtype)
   f6 = chw.reshape(n, cout, ph_count, pw_count, h, w)
   rows = (jnp.arange(h)[None, None, :] >= row_lo[..., None]) & (
-      jnp.arange(h)[None, None, :] < row_hi[..., None])  # (K, PH, H)
+    jnp.arange(h)[None, None, :] < row_hi[..., None]
+  )  # (K, PH, H)
   cols = (jnp.arange(w)[None, None, :] >= col_lo[..., None]) & (
-      jnp.arange(w)[None, None, :] < col_hi[..., None])  # (K, PW, W)
+    jnp.arange(w)[None, None, :] < col_hi[..., None]
+  )  # (K, PW, W)
   area = ((row_hi - row_lo)[:, :, None] * (col_hi - col_lo)[:, None, :]).astype(acc)
 
   def chunk(xs):
     image, rm, cm, ar = xs
     f = f6[jnp.maximum(image, 0)].astype(acc)  # (k, C_out, PH, PW, H, W)
-    s = jnp.einsum("kph,kqw,kcpqhw->kcpq", rm.astype(acc), cm.astype(acc), f,
-                   precision=lax.Precision.HIGHEST)
+    s = jnp.einsum(
+      "kph,kqw,kcpqhw->kcpq", rm.astype(acc), cm.astype(acc), f, precision=lax.Precision.HIGHEST
+    )
     ar = ar[:, None]
     return jnp.where(ar > 0, s / jnp.where(ar > 0, ar, 1), 0)
 

@@ -23,10 +23,12 @@ class RoiAlignConfig(OpConfig):
   def attrs(self) -> tuple[tuple[str, object], ...]:
     """The FFI attributes of every roi_align target."""
     b = self.base
-    return (("spatial_scale", np.float64(b.spatial_scale)),
-            ("pooled_height", np.int64(b.output_size[0])),
-            ("pooled_width", np.int64(b.output_size[1])),
-            ("sampling_ratio", np.int64(self.sampling_ratio)),
-            ("aligned", bool(self.aligned)),
-            ("mode", self.mode),
-            ("layout", b.layout))
+    return (
+      ("spatial_scale", np.float64(b.spatial_scale)),
+      ("pooled_height", np.int64(b.output_size[0])),
+      ("pooled_width", np.int64(b.output_size[1])),
+      ("sampling_ratio", np.int64(self.sampling_ratio)),
+      ("aligned", bool(self.aligned)),
+      ("mode", self.mode),
+      ("layout", b.layout),
+    )

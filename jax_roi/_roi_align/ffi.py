@@ -6,8 +6,16 @@ from __future__ import annotations
 from jax_roi._core import kernel
 from jax_roi._core.autodiff import VjpRules, differentiable
 from jax_roi._core.dispatch import Op
-from jax_roi._core.spec import (IMAGE, NONE, ROI, ROIS, Kernel, feature_grad_results,
-                                forward_results, like_operand)
+from jax_roi._core.spec import (
+  IMAGE,
+  NONE,
+  ROI,
+  ROIS,
+  Kernel,
+  feature_grad_results,
+  forward_results,
+  like_operand,
+)
 from jax_roi._roi_align import xla
 from jax_roi._roi_align.config import RoiAlignConfig
 
@@ -15,7 +23,9 @@ FORWARD = "jax_roi_roi_align_fwd_v1"  # features, rois -> output, argmax_y, argm
 BACKWARD = "jax_roi_roi_align_bwd_v1"  # grad_output, rois, argmax_y, argmax_x -> grad_features
 # The same, the same bits on every run (CUDA: no atomics).
 BACKWARD_DETERMINISTIC = "jax_roi_roi_align_bwd_deterministic_v1"
-BOX_GRAD = "jax_roi_roi_align_box_grad_v1"  # features, rois, grad_output, argmax_y, argmax_x -> grad_rois
+BOX_GRAD = (
+  "jax_roi_roi_align_box_grad_v1"  # features, rois, grad_output, argmax_y, argmax_x -> grad_rois
+)
 
 
 def _argmax_roles(config: RoiAlignConfig):
@@ -27,8 +37,9 @@ def forward(features, rois, config: RoiAlignConfig, with_argmax: bool):
   placeholder unless asked for."""
   with_argmax = with_argmax and config.mode == "max"
   roles = (ROI, ROI) if with_argmax else (NONE, NONE)
-  k = Kernel(FORWARD, (IMAGE, ROIS), (ROI,) + roles, forward_results(2, with_argmax),
-             config.attrs())
+  k = Kernel(
+    FORWARD, (IMAGE, ROIS), (ROI,) + roles, forward_results(2, with_argmax), config.attrs()
+  )
   return kernel.call(k, [features.shape], features, rois)
 
 
@@ -39,16 +50,21 @@ def _argmax_pair(saved):
 
 def backward(g, rois, saved, config: RoiAlignConfig):
   """(feature gradient,), in the accumulation dtype."""
-  k = Kernel(BACKWARD_DETERMINISTIC if config.deterministic else BACKWARD,
-             (ROI, ROIS) + _argmax_roles(config), (IMAGE,), feature_grad_results,
-             config.attrs())
+  k = Kernel(
+    BACKWARD_DETERMINISTIC if config.deterministic else BACKWARD,
+    (ROI, ROIS) + _argmax_roles(config),
+    (IMAGE,),
+    feature_grad_results,
+    config.attrs(),
+  )
   return kernel.call(k, [config.base.image_shape], g, rois, *_argmax_pair(saved))
 
 
 def box_grad(features, rois, g, saved, config: RoiAlignConfig):
   """Gradient of sum(output * g) w.r.t. the rois (rois' shape)."""
-  k = Kernel(BOX_GRAD, (IMAGE, ROIS, ROI) + _argmax_roles(config), (ROIS,), like_operand(1),
-             config.attrs())
+  k = Kernel(
+    BOX_GRAD, (IMAGE, ROIS, ROI) + _argmax_roles(config), (ROIS,), like_operand(1), config.attrs()
+  )
   (grad,) = kernel.call(k, [features[0].shape], features[0], rois, g, *_argmax_pair(saved))
   return grad
 
@@ -66,7 +82,8 @@ def _feature_grad_vjp(gg, rois, saved, config):
   return xla.align_at_winners(gg[0], rois, *saved, config)
 
 
-roi_align = differentiable(VjpRules(
+roi_align = differentiable(
+  VjpRules(
     name="roi_align",
     forward=lambda f, r, c: forward(f[0], r, c, with_argmax=False)[0],
     forward_saving=_forward_saving,
@@ -74,7 +91,8 @@ roi_align = differentiable(VjpRules(
     feature_grad=backward,
     feature_grad_vjp=_feature_grad_vjp,
     box_grad=box_grad,
-))
+  )
+)
 
 # The op: this kernel where compiled, else the pure-JAX version.
 OP = Op("roi_align", roi_align, xla.roi_align)

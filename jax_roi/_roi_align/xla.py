@@ -16,8 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jax_roi._core.jnp_utils import FLT_MAX, exact_div, map_rois, vary_like
-from jax_roi._core.layout import (acc_dtype, from_kchw, pooled_shape, roi_images, to_kchw,
-                                  to_nchw)
+from jax_roi._core.layout import acc_dtype, from_kchw, pooled_shape, roi_images, to_kchw, to_nchw
 from jax_roi._roi_align.config import RoiAlignConfig
 
 MAX_GRID = 2**31 - 1  # csrc kMaxGrid
@@ -53,8 +52,7 @@ def align_geometry(rois: jax.Array, args) -> AlignGeometry:
   if not args.aligned:  # clamped first, as torchvision: x2 = -inf is a 1-pixel RoI
     roi_w = jnp.where(roi_w < 1, jnp.ones_like(roi_w), roi_w)
     roi_h = jnp.where(roi_h < 1, jnp.ones_like(roi_h), roi_h)
-  finite = (jnp.isfinite(start_w) & jnp.isfinite(start_h) & jnp.isfinite(roi_w)
-            & jnp.isfinite(roi_h))
+  finite = jnp.isfinite(start_w) & jnp.isfinite(start_h) & jnp.isfinite(roi_w) & jnp.isfinite(roi_h)
   empty = (images < 0) | ~finite
   ph_count, pw_count = base.output_size
   bin_h = exact_div(roi_h, ph_count)
@@ -71,9 +69,17 @@ def align_geometry(rois: jax.Array, args) -> AlignGeometry:
   product = grid_h.astype(dtype) * grid_w.astype(dtype)
   count = jnp.where(product > 1, product, jnp.ones_like(product))
   zero = jnp.zeros_like(start_h)
-  return AlignGeometry(images, empty, jnp.where(empty, zero, start_h),
-                       jnp.where(empty, zero, start_w), jnp.where(empty, zero, bin_h),
-                       jnp.where(empty, zero, bin_w), grid_h, grid_w, count)
+  return AlignGeometry(
+    images,
+    empty,
+    jnp.where(empty, zero, start_h),
+    jnp.where(empty, zero, start_w),
+    jnp.where(empty, zero, bin_h),
+    jnp.where(empty, zero, bin_w),
+    grid_h,
+    grid_w,
+    count,
+  )
 
 
 def sample_coord(start, p, bin_size, i, grid):
@@ -81,7 +87,8 @@ def sample_coord(start, p, bin_size, i, grid):
   dtype = start.dtype
   half = (i.astype(jnp.float32) + 0.5).astype(dtype)
   return (start + p.astype(dtype) * bin_size) + exact_div(
-      half * bin_size, jnp.maximum(grid, 1).astype(dtype))
+    half * bin_size, jnp.maximum(grid, 1).astype(dtype)
+  )
 
 
 def sample_range(start, p, bin_size, grid, size):
@@ -216,8 +223,9 @@ def _axis_weight_matrix(start, bin_size, grid, size, p_count, candidates):
   first, last = sample_range(start[:, None], p, bin_size[:, None], grid[:, None], size)
   j = jnp.arange(candidates)[None, None, :]
   i = first[..., None] + j  # (K, P, G)
-  coord = sample_coord(start[:, None, None], p[..., None], bin_size[:, None, None], i,
-                       grid[:, None, None])
+  coord = sample_coord(
+    start[:, None, None], p[..., None], bin_size[:, None, None], i, grid[:, None, None]
+  )
   valid, low, high, w_low, w_high = axis_weights(coord, size)
   use = valid & (i < last[..., None])
   zero = jnp.zeros_like(w_low)
@@ -240,17 +248,18 @@ def _align_separable_avg(chw, geo, args):
   _, _, h, w = chw.shape
   ph_count, pw_count = args.base.output_size
   sr = args.sampling_ratio
-  wy = _axis_weight_matrix(geo.start_h, geo.bin_h, geo.grid_h, h, ph_count,
-                           sr if sr > 0 else 2 * h + 3)
-  wx = _axis_weight_matrix(geo.start_w, geo.bin_w, geo.grid_w, w, pw_count,
-                           sr if sr > 0 else 2 * w + 3)
+  wy = _axis_weight_matrix(
+    geo.start_h, geo.bin_h, geo.grid_h, h, ph_count, sr if sr > 0 else 2 * h + 3
+  )
+  wx = _axis_weight_matrix(
+    geo.start_w, geo.bin_w, geo.grid_w, w, pw_count, sr if sr > 0 else 2 * w + 3
+  )
 
   def chunk(xs):
     image, ay, ax, count = xs
     f = chw[jnp.maximum(image, 0)].astype(acc)  # (K, C, H, W)
     t = jnp.einsum("kqw,kchw->kchq", ax.astype(acc), f)
-    return jnp.einsum("kph,kchq->kcpq", ay.astype(acc), t) / count.astype(acc)[:, None,
-                                                                               None, None]
+    return jnp.einsum("kph,kchq->kcpq", ay.astype(acc), t) / count.astype(acc)[:, None, None, None]
 
   return map_rois(chunk, (geo.images, wy, wx, geo.count), 4)
 
@@ -284,8 +293,12 @@ def align_at_winners(features, rois, argmax_y, argmax_x, args):
   def at(yi, xi):
     return chw[img, ch, yi, xi].astype(acc)
 
-  v = ((hy * hx).astype(acc) * at(ylo, xlo) + (hy * lx).astype(acc) * at(ylo, xhi)
-       + (ly * hx).astype(acc) * at(yhi, xlo) + (ly * lx).astype(acc) * at(yhi, xhi))
+  v = (
+    (hy * hx).astype(acc) * at(ylo, xlo)
+    + (hy * lx).astype(acc) * at(ylo, xhi)
+    + (ly * hx).astype(acc) * at(yhi, xlo)
+    + (ly * lx).astype(acc) * at(yhi, xhi)
+  )
   use = (ay >= 0) & (ax >= 0) & vy & vx & ~col(geo.empty)
   out = jnp.where(use, v, jnp.zeros_like(v))
   return from_kchw(out, lead, base.layout)
@@ -301,8 +314,7 @@ def _align_search_max(features, chw, rois, geo, args):
   p_h = jnp.arange(ph_count)[None, :]
   p_w = jnp.arange(pw_count)[None, :]
   sg = lax.stop_gradient
-  start_h, start_w, bin_h, bin_w = (sg(a) for a in (geo.start_h, geo.start_w, geo.bin_h,
-                                                     geo.bin_w))
+  start_h, start_w, bin_h, bin_w = (sg(a) for a in (geo.start_h, geo.start_w, geo.bin_h, geo.bin_w))
   fy, ly_ = sample_range(start_h[:, None], p_h, bin_h[:, None], geo.grid_h[:, None], h)
   fx, lx_ = sample_range(start_w[:, None], p_w, bin_w[:, None], geo.grid_w[:, None], w)
   chw_sg = sg(chw)
@@ -324,19 +336,28 @@ def _align_search_max(features, chw, rois, geo, args):
       vy, ylo, yhi, hy, lyw = axis_weights(yc, h)
       vx, xlo, xhi, hx, lxw = axis_weights(xc, w)
       at = lambda yi, xi: f[:, yi[:, None], xi[None, :]]
-      v = ((hy[:, None] * hx[None, :]).astype(acc) * at(ylo, xlo)
-           + (hy[:, None] * lxw[None, :]).astype(acc) * at(ylo, xhi)
-           + (lyw[:, None] * hx[None, :]).astype(acc) * at(yhi, xlo)
-           + (lyw[:, None] * lxw[None, :]).astype(acc) * at(yhi, xhi))
+      v = (
+        (hy[:, None] * hx[None, :]).astype(acc) * at(ylo, xlo)
+        + (hy[:, None] * lxw[None, :]).astype(acc) * at(ylo, xhi)
+        + (lyw[:, None] * hx[None, :]).astype(acc) * at(yhi, xlo)
+        + (lyw[:, None] * lxw[None, :]).astype(acc) * at(yhi, xhi)
+      )
       live = ((oy < ny)[:, None] & (ox < nx)[None, :] & vy[:, None] & vx[None, :])[None]
       better = live & (v > best)
-      return (jnp.where(better, v, best), jnp.where(better, iy[None, :, None], by),
-              jnp.where(better, ix[None, None, :], bx))
+      return (
+        jnp.where(better, v, best),
+        jnp.where(better, iy[None, :, None], by),
+        jnp.where(better, ix[None, None, :], bx),
+      )
 
-    init = tuple(vary_like(a, f, s_h, s_w, b_h, b_w, fy, fx) for a in (
+    init = tuple(
+      vary_like(a, f, s_h, s_w, b_h, b_w, fy, fx)
+      for a in (
         jnp.full((c, ph_count, pw_count), -FLT_MAX, acc),
         jnp.full((c, ph_count, pw_count), -1, jnp.int32),
-        jnp.full((c, ph_count, pw_count), -1, jnp.int32)))
+        jnp.full((c, ph_count, pw_count), -1, jnp.int32),
+      )
+    )
     best, by, bx = lax.fori_loop(0, steps, body, init)
     # The zero-valued samples outside the region compete in grid order.
     has = (g_h > 0) & (g_w > 0)
@@ -349,8 +370,9 @@ def _align_search_max(features, chw, rois, geo, args):
     out_row = jnp.where(at_origin | in_row0, 0, ly_[:, None])
     out_col = jnp.where(at_origin, 0, jnp.where(in_row0, lx_[None, :], 0))
     exists = has & (at_origin | in_row0 | below)
-    out_row, out_col, exists = (jnp.broadcast_to(a, (ph_count, pw_count))[None]
-                                for a in (out_row, out_col, exists))
+    out_row, out_col, exists = (
+      jnp.broadcast_to(a, (ph_count, pw_count))[None] for a in (out_row, out_col, exists)
+    )
     earlier = (by < 0) | (out_row < by) | ((out_row == by) & (out_col < bx))
     zero_wins = exists & ((0 > best) | ((best == 0) & earlier))
     by = jnp.where(zero_wins | ~has, -1, by)
@@ -359,12 +381,13 @@ def _align_search_max(features, chw, rois, geo, args):
     return by, bx, fallback.astype(acc)
 
   by, bx, fallback = lax.map(
-      one_roi, (geo.images, start_h, start_w, bin_h, bin_w, geo.grid_h, geo.grid_w, fy, ly_,
-                fx, lx_))
+    one_roi, (geo.images, start_h, start_w, bin_h, bin_w, geo.grid_h, geo.grid_w, fy, ly_, fx, lx_)
+  )
   # (K, C, PH, PW) winners -> the layout's order for align_at_winners
   lead = rois.shape[:-1]
   layout = args.base.layout
-  values = align_at_winners(features, rois, from_kchw(by, lead, layout),
-                            from_kchw(bx, lead, layout), args)
+  values = align_at_winners(
+    features, rois, from_kchw(by, lead, layout), from_kchw(bx, lead, layout), args
+  )
   values = to_kchw(values, lead, layout)
   return jnp.where(by >= 0, values.astype(acc), fallback)

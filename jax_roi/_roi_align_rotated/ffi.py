@@ -6,8 +6,15 @@ from __future__ import annotations
 from jax_roi._core import kernel
 from jax_roi._core.autodiff import VjpRules, differentiable
 from jax_roi._core.dispatch import Op
-from jax_roi._core.spec import (IMAGE, ROI, ROIS, Kernel, feature_grad_results,
-                                forward_results, like_operand)
+from jax_roi._core.spec import (
+  IMAGE,
+  ROI,
+  ROIS,
+  Kernel,
+  feature_grad_results,
+  forward_results,
+  like_operand,
+)
 from jax_roi._roi_align_rotated import xla
 from jax_roi._roi_align_rotated.config import RotatedConfig
 
@@ -35,7 +42,8 @@ def box_grad(features, rois, g, saved, config: RotatedConfig):
   return grad
 
 
-roi_align_rotated = differentiable(VjpRules(
+roi_align_rotated = differentiable(
+  VjpRules(
     name="roi_align_rotated",
     forward=forward,
     forward_saving=None,
@@ -44,7 +52,8 @@ roi_align_rotated = differentiable(VjpRules(
     # The feature gradient is linear in g; its VJP is the op itself.
     feature_grad_vjp=lambda gg, rois, saved, config: roi_align_rotated(gg, rois, config),  # type: ignore[has-type]
     box_grad=box_grad,
-))
+  )
+)
 
 # The op: this kernel where compiled, else the pure-JAX version.
 OP = Op("roi_align_rotated", roi_align_rotated, xla.roi_align_rotated)

@@ -121,8 +121,25 @@ def geometry(rois: jax.Array, config: RotatedConfig) -> Geometry:
   yy_hi = functools.reduce(jnp.maximum, yy) + margin
   xx_lo = functools.reduce(jnp.minimum, xx) - margin
   xx_hi = functools.reduce(jnp.maximum, xx) + margin
-  return Geometry(jnp.where(empty, 0, images), empty, cy, cx, cos, sin, -(roi_h / 2),
-                  -(roi_w / 2), bin_h, bin_w, grid_h, grid_w, count, yy_lo, yy_hi, xx_lo, xx_hi)
+  return Geometry(
+    jnp.where(empty, 0, images),
+    empty,
+    cy,
+    cx,
+    cos,
+    sin,
+    -(roi_h / 2),
+    -(roi_w / 2),
+    bin_h,
+    bin_w,
+    grid_h,
+    grid_w,
+    count,
+    yy_lo,
+    yy_hi,
+    xx_lo,
+    xx_hi,
+  )
 
 
 def sample_coord(start, p, bin_size, i, grid):
@@ -130,7 +147,8 @@ def sample_coord(start, p, bin_size, i, grid):
   dtype = start.dtype
   half = (i.astype(jnp.float32) + 0.5).astype(dtype)
   return (start + p.astype(dtype) * bin_size) + exact_div(
-      half * bin_size, jnp.maximum(grid, 1).astype(dtype))
+    half * bin_size, jnp.maximum(grid, 1).astype(dtype)
+  )
 
 
 def _sample_range(start, p, bin_size, grid, lo, hi):
@@ -180,8 +198,12 @@ def _taps(y, x, h, w):
   their validity."""
   vy, ylo, yhi, hy, ly = _axis(y, h)
   vx, xlo, xhi, hx, lx = _axis(x, w)
-  return vy & vx, ((ylo, xlo, hy * hx), (ylo, xhi, hy * lx), (yhi, xlo, ly * hx),
-                   (yhi, xhi, ly * lx))
+  return vy & vx, (
+    (ylo, xlo, hy * hx),
+    (ylo, xhi, hy * lx),
+    (yhi, xlo, ly * hx),
+    (yhi, xhi, ly * lx),
+  )
 
 
 def _positions(geo, yy, xx):
@@ -236,10 +258,22 @@ def _bin_ranges(geo, config):
   ph_count, pw_count = config.base.output_size
   sg = lax.stop_gradient
   c2 = lambda a: sg(a)[:, None]
-  fy, ly = _sample_range(c2(geo.start_h), jnp.arange(ph_count)[None, :], c2(geo.bin_h),
-                         geo.grid_h[:, None], c2(geo.yy_lo), c2(geo.yy_hi))
-  fx, lx = _sample_range(c2(geo.start_w), jnp.arange(pw_count)[None, :], c2(geo.bin_w),
-                         geo.grid_w[:, None], c2(geo.xx_lo), c2(geo.xx_hi))
+  fy, ly = _sample_range(
+    c2(geo.start_h),
+    jnp.arange(ph_count)[None, :],
+    c2(geo.bin_h),
+    geo.grid_h[:, None],
+    c2(geo.yy_lo),
+    c2(geo.yy_hi),
+  )
+  fx, lx = _sample_range(
+    c2(geo.start_w),
+    jnp.arange(pw_count)[None, :],
+    c2(geo.bin_w),
+    geo.grid_w[:, None],
+    c2(geo.xx_lo),
+    c2(geo.xx_hi),
+  )
   return fy, ly - fy, fx, lx - fx
 
 

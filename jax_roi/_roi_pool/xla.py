@@ -13,8 +13,7 @@ from jax import lax
 
 from jax_roi._core.args import RoiArgs
 from jax_roi._core.jnp_utils import COORD_LIMIT, FLT_MAX, exact_div, round_half_away
-from jax_roi._core.layout import (acc_dtype, from_kchw, pooled_shape, roi_images, spatial_of,
-                                  to_nchw)
+from jax_roi._core.layout import acc_dtype, from_kchw, pooled_shape, roi_images, spatial_of, to_nchw
 from jax_roi._roi_pool.config import RoiPoolConfig
 
 # RoIs processed together inside lax.map: bounds the memory of the
@@ -37,8 +36,7 @@ def pool_windows(rois: jax.Array, args: RoiArgs):
   scaled = boxes * jnp.asarray(args.spatial_scale, dtype)
   nan = jnp.isnan(scaled).any(axis=-1)
   empty = nan | (images < 0)
-  r = jnp.clip(round_half_away(jnp.where(nan[:, None], 0, scaled)), -COORD_LIMIT,
-               COORD_LIMIT)
+  r = jnp.clip(round_half_away(jnp.where(nan[:, None], 0, scaled)), -COORD_LIMIT, COORD_LIMIT)
   xs, ys, xe, ye = r[:, 0], r[:, 1], r[:, 2], r[:, 3]
   roi_w = jnp.maximum(xe - xs + 1, 1)
   roi_h = jnp.maximum(ye - ys + 1, 1)
@@ -92,21 +90,23 @@ def roi_pool(operands: tuple, rois: jax.Array, config: RoiPoolConfig) -> jax.Arr
     w_star = jnp.take_along_axis(row_arg, h_star, axis=1)
     return h_star.astype(jnp.int32), w_star.astype(jnp.int32), best > neg_inf
 
-  h_star, w_star, found = lax.map(one_roi, (images, row_lo, row_hi, col_lo, col_hi),
-                                  batch_size=min(_MAP_BATCH, k))
+  h_star, w_star, found = lax.map(
+    one_roi, (images, row_lo, row_hi, col_lo, col_hi), batch_size=min(_MAP_BATCH, k)
+  )
   # Gather the winners from the features so that autodiff sends each output's
   # cotangent to exactly its argmax pixel, as the kernels do.
   img = jnp.maximum(images, 0)[:, None, None, None]
   ch = jnp.arange(c)[None, :, None, None]
   picked = chw[img, ch, h_star, w_star]  # (K, C, PH, PW)
-  nonempty = ((row_hi > row_lo)[:, None, :, None] & (col_hi > col_lo)[:, None, None, :])
+  nonempty = (row_hi > row_lo)[:, None, :, None] & (col_hi > col_lo)[:, None, None, :]
   fill = jnp.where(nonempty, -FLT_MAX, 0).astype(features.dtype)
   out = jnp.where(found, picked, fill)
   return from_kchw(out, lead, args.layout)
 
 
-def gather_argmax(grad_features: jax.Array, argmax: jax.Array, rois: jax.Array,
-                  args: RoiArgs) -> jax.Array:
+def gather_argmax(
+  grad_features: jax.Array, argmax: jax.Array, rois: jax.Array, args: RoiArgs
+) -> jax.Array:
   """grad_features at each output's argmax pixel (0 where argmax is -1).
 
   The VJP of the RoIPool backward (which is linear in its cotangent).

@@ -16,9 +16,9 @@ cudaError_t axpb(cudaStream_t s, dim3 grid, dim3 block, size_t smem, const float
                  int64_t n, float a, float b);
 cudaError_t identify(cudaStream_t s, dim3 grid, dim3 block, int* visits, int64_t* who);
 cudaError_t racy_sum(cudaStream_t s, const float* x, float* out, int64_t n);
-cudaError_t atomics(cudaStream_t s, const int* x, int64_t n, int* hist, int bins,
-                    unsigned* count, int* max_value, unsigned long long* cas_count, double* dsum,
-                    unsigned* wrap, int* cas_winner);
+cudaError_t atomics(cudaStream_t s, const int* x, int64_t n, int* hist, int bins, unsigned* count,
+                    int* max_value, unsigned long long* cas_count, double* dsum, unsigned* wrap,
+                    int* cas_winner);
 cudaError_t block_sum(cudaStream_t s, const int* x, int64_t n, int* out, bool sync);
 cudaError_t barrier_predicates(cudaStream_t s, const int* x, int* out, unsigned blocks,
                                unsigned threads);
@@ -46,12 +46,12 @@ inline void bind(pybind11::module_ m) {
                                  data<float>(out, "out"), static_cast<int64_t>(x.size()), a, b));
   });
   m.def("identify", [=](py::tuple grid, py::tuple block, py::array visits, py::array who) {
-    return static_cast<int>(identify(st, to_dim3(grid), to_dim3(block),
-                                     data<int>(visits, "visits"), data<int64_t>(who, "who")));
+    return static_cast<int>(identify(st, to_dim3(grid), to_dim3(block), data<int>(visits, "visits"),
+                                     data<int64_t>(who, "who")));
   });
   m.def("racy_sum", [=](py::array x, py::array out) {
-    return static_cast<int>(racy_sum(st, data<float>(x, "x"), data<float>(out, "out"),
-                                     static_cast<int64_t>(x.size())));
+    return static_cast<int>(
+        racy_sum(st, data<float>(x, "x"), data<float>(out, "out"), static_cast<int64_t>(x.size())));
   });
   m.def("atomics", [=](py::array x, py::array hist, py::array count, py::array max_value,
                        py::array cas_count, py::array dsum, py::array wrap, py::array winner) {

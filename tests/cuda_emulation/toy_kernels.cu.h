@@ -35,13 +35,18 @@ __global__ void axpb_kernel(const float* x, float* out, int64_t n, float a, floa
 // Every thread of a 3-D grid of 3-D blocks records who it is, once.
 // visits[g] counts the runs of global thread g; who[g] = packed indices.
 __global__ void identify_kernel(int* visits, int64_t* who) {
-  const int64_t block = blockIdx.x + static_cast<int64_t>(gridDim.x) *
-                                         (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z);
+  const int64_t block =
+      blockIdx.x +
+      static_cast<int64_t>(gridDim.x) * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z);
   const int64_t tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
   const int64_t g = block * (blockDim.x * blockDim.y * blockDim.z) + tid;
   atomicAdd(visits + g, 1);
   who[g] = ((((static_cast<int64_t>(blockIdx.z) * 1024 + blockIdx.y) * 1024 + blockIdx.x) * 1024 +
-             threadIdx.z) * 1024 + threadIdx.y) * 1024 + threadIdx.x;
+             threadIdx.z) *
+                1024 +
+            threadIdx.y) *
+               1024 +
+           threadIdx.x;
 }
 
 // RACY on purpose: many threads do a non-atomic read-modify-write of one
@@ -70,7 +75,7 @@ __global__ void atomics_kernel(const int* x, int64_t n, int* hist, int bins, uns
       old = atomicCAS(cas_count, assumed, assumed + 1ull);
     } while (old != assumed);
     atomicAdd(dsum, static_cast<double>(v) * 0.5);
-    atomicInc(wrap, 9u);  // counts modulo 10
+    atomicInc(wrap, 9u);                             // counts modulo 10
     atomicCAS(cas_winner, -1, static_cast<int>(i));  // first thread to arrive wins
   }
 }
@@ -137,7 +142,7 @@ __global__ void warp_ops_kernel(const int* x, int* out) {
   int sum = v;  // butterfly all-reduce: every lane gets the warp sum
   for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
   const int bcast = __shfl_sync(0xffffffffu, v, 3, 8);  // lane 3 of each group of 8
-  int scan = v;  // inclusive prefix sum within groups of 16
+  int scan = v;                                         // inclusive prefix sum within groups of 16
   for (int d = 1; d < 16; d *= 2) {
     const int up = __shfl_up_sync(0xffffffffu, scan, d, 16);
     if (static_cast<int>(lane & 15) >= d) scan += up;
@@ -200,8 +205,8 @@ using jax_roi::cuda::launch_kernel;
 
 int arch() { return JAX_ROI_CUDA_ARCH; }
 
-cudaError_t axpb(cudaStream_t s, dim3 grid, dim3 block, size_t smem, const float* x,
-                        float* out, int64_t n, float a, float b) {
+cudaError_t axpb(cudaStream_t s, dim3 grid, dim3 block, size_t smem, const float* x, float* out,
+                 int64_t n, float a, float b) {
   return launch_kernel(axpb_kernel, grid, block, smem, s, x, out, n, a, b);
 }
 cudaError_t identify(cudaStream_t s, dim3 grid, dim3 block, int* visits, int64_t* who) {
@@ -210,39 +215,35 @@ cudaError_t identify(cudaStream_t s, dim3 grid, dim3 block, int* visits, int64_t
 cudaError_t racy_sum(cudaStream_t s, const float* x, float* out, int64_t n) {
   return launch_kernel(racy_sum_kernel, dim3(4), dim3(64), 0, s, x, out, n);
 }
-cudaError_t atomics(cudaStream_t s, const int* x, int64_t n, int* hist, int bins,
-                           unsigned* count, int* max_value, unsigned long long* cas_count,
-                           double* dsum, unsigned* wrap, int* cas_winner) {
-  return launch_kernel(atomics_kernel, dim3(3), dim3(96), 0, s, x, n, hist, bins, count,
-                       max_value, cas_count, dsum, wrap, cas_winner);
+cudaError_t atomics(cudaStream_t s, const int* x, int64_t n, int* hist, int bins, unsigned* count,
+                    int* max_value, unsigned long long* cas_count, double* dsum, unsigned* wrap,
+                    int* cas_winner) {
+  return launch_kernel(atomics_kernel, dim3(3), dim3(96), 0, s, x, n, hist, bins, count, max_value,
+                       cas_count, dsum, wrap, cas_winner);
 }
 cudaError_t block_sum(cudaStream_t s, const int* x, int64_t n, int* out, bool sync) {
   const unsigned blocks = static_cast<unsigned>((n + kReduceThreads - 1) / kReduceThreads);
-  return launch_kernel(block_sum_kernel, dim3(blocks), dim3(kReduceThreads), 0, s, x, n, out,
-                       sync);
+  return launch_kernel(block_sum_kernel, dim3(blocks), dim3(kReduceThreads), 0, s, x, n, out, sync);
 }
 cudaError_t barrier_predicates(cudaStream_t s, const int* x, int* out, unsigned blocks,
-                                      unsigned threads) {
+                               unsigned threads) {
   return launch_kernel(barrier_predicates_kernel, dim3(blocks), dim3(threads), 0, s, x, out);
 }
-cudaError_t warp_sum(cudaStream_t s, const int* x, int64_t n, int* out,
-                            unsigned threads) {
+cudaError_t warp_sum(cudaStream_t s, const int* x, int64_t n, int* out, unsigned threads) {
   const unsigned blocks = static_cast<unsigned>((n + threads - 1) / threads);
   return launch_kernel(warp_sum_kernel, dim3(blocks), dim3(threads), 0, s, x, n, out);
 }
 cudaError_t warp_sum_divergent(cudaStream_t s, const unsigned* x, unsigned* out, unsigned blocks) {
   return launch_kernel(warp_sum_divergent_kernel, dim3(blocks), dim3(64), 0, s, x, out);
 }
-cudaError_t warp_ops(cudaStream_t s, const int* x, int* out, unsigned blocks,
-                            unsigned threads) {
+cudaError_t warp_ops(cudaStream_t s, const int* x, int* out, unsigned blocks, unsigned threads) {
   return launch_kernel(warp_ops_kernel, dim3(blocks), dim3(threads), 0, s, x, out);
 }
-cudaError_t reverse(cudaStream_t s, const float* x, float* y, unsigned blocks,
-                           unsigned threads, size_t smem) {
+cudaError_t reverse(cudaStream_t s, const float* x, float* y, unsigned blocks, unsigned threads,
+                    size_t smem) {
   return launch_kernel(reverse_kernel, dim3(blocks), dim3(threads), smem, s, x, y);
 }
-cudaError_t early_exit_barrier(cudaStream_t s, int* out, unsigned threads,
-                                      unsigned active) {
+cudaError_t early_exit_barrier(cudaStream_t s, int* out, unsigned threads, unsigned active) {
   return launch_kernel(early_exit_barrier_kernel, dim3(1), dim3(threads), 0, s, out, active);
 }
 cudaError_t deadlock(cudaStream_t s, int* out) {
@@ -252,7 +253,7 @@ cudaError_t bad_mask(cudaStream_t s, int* out) {
   return launch_kernel(bad_mask_kernel, dim3(1), dim3(32), 0, s, out);
 }
 cudaError_t spin(cudaStream_t s, float* out, int64_t n, unsigned blocks, unsigned threads,
-                       int rounds) {
+                 int rounds) {
   return launch_kernel(spin_kernel, dim3(blocks), dim3(threads), 0, s, out, n, rounds);
 }
 

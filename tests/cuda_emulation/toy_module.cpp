@@ -58,8 +58,8 @@ PYBIND11_MODULE(_toy_emulation, m) {
   m.def("error_string",
         [](int e) { return std::string(cudaGetErrorString(static_cast<cudaError_t>(e))); });
   m.def("memset", [](py::array a, int value) {
-    return static_cast<int>(jax_roi::cuda::memset_async(
-        a.mutable_data(), value, static_cast<size_t>(a.nbytes()), nullptr));
+    return static_cast<int>(jax_roi::cuda::memset_async(a.mutable_data(), value,
+                                                        static_cast<size_t>(a.nbytes()), nullptr));
   });
   TOY_BIND_ALL(m);
 }

@@ -33,9 +33,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/: 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from helpers import MATRIX_OPS  # noqa: E402
 
 import jax_roi  # noqa: E402  (registers the FFI targets)
-from helpers import MATRIX_OPS  # noqa: E402
 
 C = 3
 FIXED = (2, 4, 10, 12)  # n, r, h, w
@@ -62,24 +62,29 @@ def _functions(op):
 
 def write(out: pathlib.Path):
   out.mkdir(parents=True, exist_ok=True)
-  data, manifest = {}, {"jax": jax.__version__, "jax_roi": jax_roi.__version__,
-                        "artifacts": {}}
+  data, manifest = {}, {"jax": jax.__version__, "jax_roi": jax_roi.__version__, "artifacts": {}}
   checks = jax_roi.export_safety_checks()
   for i, (name, op) in enumerate(MATRIX_OPS.items()):
     fwd, grad = _functions(op)
     x, boxes, rows = _inputs(i, *FIXED)
     poly = jax.export.symbolic_shape(f"n, {C}, h, w, n, r, 4")
-    poly_args = (jax.ShapeDtypeStruct(poly[:4], np.float32),
-                 jax.ShapeDtypeStruct(poly[4:], np.float32))
+    poly_args = (
+      jax.ShapeDtypeStruct(poly[:4], np.float32),
+      jax.ShapeDtypeStruct(poly[4:], np.float32),
+    )
     artifacts = {
-        f"{name}_fwd": (fwd, (x, rows), [(x, rows)]),
-        f"{name}_grad": (grad, (x, boxes), [(x, boxes)]),
-        f"{name}_poly": (fwd, poly_args,
-                         [_inputs(100 + 10 * i + j, *s)[:2] for j, s in enumerate(POLY_SHAPES)]),
+      f"{name}_fwd": (fwd, (x, rows), [(x, rows)]),
+      f"{name}_grad": (grad, (x, boxes), [(x, boxes)]),
+      f"{name}_poly": (
+        fwd,
+        poly_args,
+        [_inputs(100 + 10 * i + j, *s)[:2] for j, s in enumerate(POLY_SHAPES)],
+      ),
     }
     for key, (fn, spec, calls) in artifacts.items():
-      exported = jax.export.export(jax.jit(fn), platforms=("cpu", "cuda"),
-                                   disabled_checks=checks)(*spec)
+      exported = jax.export.export(jax.jit(fn), platforms=("cpu", "cuda"), disabled_checks=checks)(
+        *spec
+      )
       (out / f"{key}.bin").write_bytes(exported.serialize())
       for c, args in enumerate(calls):
         for a, v in enumerate(args):
@@ -102,8 +107,9 @@ def _deserialize(blob: bytes, reverse: bool):
     exported.mlir_module()  # the StableHLO is read lazily: read it here
     return exported
   except Exception as e:
-    if reverse and ("deserialize StableHLO" in str(e) or "expired" in str(e)
-                    or "serialization version" in str(e)):
+    if reverse and (
+      "deserialize StableHLO" in str(e) or "expired" in str(e) or "serialization version" in str(e)
+    ):
       raise Unreadable(f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
     raise
 
@@ -129,15 +135,21 @@ def check(src: pathlib.Path, ops=None, reverse=False) -> list[str]:
         want = data[f"{key}.{c}.out{o}"]
         assert got.shape == want.shape, (key, got.shape, want.shape)
         if gpu:  # a GPU backward sums with atomics; its forward is the CPU's to rounding
-          np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5,
-                                     atol=1e-5 * float(np.abs(want).max(initial=1.0)),
-                                     err_msg=f"{key} call {c} output {o}")
+          np.testing.assert_allclose(
+            np.asarray(got),
+            want,
+            rtol=1e-5,
+            atol=1e-5 * float(np.abs(want).max(initial=1.0)),
+            err_msg=f"{key} call {c} output {o}",
+          )
         else:
-          np.testing.assert_array_equal(np.asarray(got), want,
-                                        err_msg=f"{key} call {c} output {o}")
+          np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"{key} call {c} output {o}")
     checked.append(key)
-    print(f"ok {key} (written with jax {manifest['jax']}, jax_roi {manifest['jax_roi']};"
-          f" run with jax {jax.__version__})", flush=True)
+    print(
+      f"ok {key} (written with jax {manifest['jax']}, jax_roi {manifest['jax_roi']};"
+      f" run with jax {jax.__version__})",
+      flush=True,
+    )
   return checked
 
 
@@ -150,9 +162,11 @@ if __name__ == "__main__":
       names = check(where, reverse=mode == "check-reverse")
     except Unreadable as e:
       written = json.loads((where / "manifest.json").read_text())["jax"]
-      print(f"NOT SUPPORTED BY JAX: jax {jax.__version__} cannot read what jax {written}"
-            f" serialized ({e}); jax promises this only within its forward-compatibility"
-            " window (weeks)")
+      print(
+        f"NOT SUPPORTED BY JAX: jax {jax.__version__} cannot read what jax {written}"
+        f" serialized ({e}); jax promises this only within its forward-compatibility"
+        " window (weeks)"
+      )
       sys.exit(0)
     assert names, f"no artifact in {where}"
     print(f"ALL OK ({len(names)} artifacts)")

@@ -22,23 +22,28 @@ import re
 import sys
 import traceback
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/: helpers
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
-
 from helpers import MATRIX_OPS, nchw_to  # noqa: E402
+from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 N, C, H, W, R = 8, 8, 12, 10, 8
 DEVICES = 8
-COLLECTIVE = re.compile(r"\b(all-gather|all-reduce|all-to-all|collective-permute|"
-                        r"reduce-scatter|collective-broadcast)\b")
-MESHES = {name: jax.make_mesh((DEVICES,), ("x",), axis_types=(t,))
-          for name, t in (("explicit", AxisType.Explicit), ("auto", AxisType.Auto))}
+COLLECTIVE = re.compile(
+  r"\b(all-gather|all-reduce|all-to-all|collective-permute|"
+  r"reduce-scatter|collective-broadcast)\b"
+)
+MESHES = {
+  name: jax.make_mesh((DEVICES,), ("x",), axis_types=(t,))
+  for name, t in (("explicit", AxisType.Explicit), ("auto", AxisType.Auto))
+}
 
 rng = np.random.default_rng(16)
 X = rng.standard_normal((N, C, H, W)).astype(np.float32)
@@ -50,6 +55,8 @@ X_PS = rng.standard_normal((N, 3 * C, H, W)).astype(np.float32)
 
 def features(op):
   return X_PS if op.startswith("ps_") else X
+
+
 xy = rng.uniform(-2, 20, (N, R, 2))
 BOXES = np.concatenate([xy, xy + rng.uniform(1, 14, (N, R, 2))], -1).astype(np.float32)
 # (K, 5) rows grouped by image (R rows per image, in image order, one image
@@ -127,8 +134,9 @@ def run(case):
       explicit_context = case["axes"] == "explicit" and case["context"] == "set_mesh"
       args = (jax.device_put(x, fs), jax.device_put(r, rs)) if explicit_context else (x, r)
       f_fwd = jax.jit(fwd, in_shardings=(fs, rs), out_shardings=os_)
-      f_bwd = jax.jit(jax.grad(loss(op, layout), argnums=(0, 1)), in_shardings=(fs, rs),
-                      out_shardings=(fs, rs))
+      f_bwd = jax.jit(
+        jax.grad(loss(op, layout), argnums=(0, 1)), in_shardings=(fs, rs), out_shardings=(fs, rs)
+      )
     else:  # shard_map over device_put operands (an Explicit mesh requires them placed)
       if indexed and case["sharding"] == "batch":
         r = LOCAL_ROWS
@@ -138,15 +146,15 @@ def run(case):
       f_bwd = jax.jit(jax.grad(lambda f, r: jnp.sum(jnp.sin(sm(f, r))), argnums=(0, 1)))
     out = f_fwd(*args)
     grads = f_bwd(*args)
-    found = {"forward": collectives(f_fwd.lower(*args).compile().as_text()),
-             "backward": collectives(f_bwd.lower(*args).compile().as_text())}
+    found = {
+      "forward": collectives(f_fwd.lower(*args).compile().as_text()),
+      "backward": collectives(f_bwd.lower(*args).compile().as_text()),
+    }
     shardings = {"forward": str(out.sharding), "feature_grad": str(grads[0].sharding)}
   want_out, want_grads = oracle(case)
-  np.testing.assert_allclose(np.asarray(out), want_out, rtol=1e-6, atol=1e-6,
-                             err_msg="forward")
+  np.testing.assert_allclose(np.asarray(out), want_out, rtol=1e-6, atol=1e-6, err_msg="forward")
   for name, g, w in zip(("feature", "box"), grads, want_grads):
-    np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-5,
-                               err_msg=f"{name} gradient")
+    np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-5, err_msg=f"{name} gradient")
   return found, shardings
 
 
