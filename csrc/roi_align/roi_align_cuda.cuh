@@ -226,7 +226,6 @@ __global__ void roi_align_backward_owner_kernel(AlignBackwardArgs<T, C> a, Owner
     // Adds g[v] * w (divided) to the `vec` channels at spatial offset hw.
     auto add = [&](int64_t hw, const A* g, A w, const CountDivider<A>& div) {
       A* p = grad + hw * step;
-#pragma unroll
       for (int v = 0; v < kMaxOwnerVec; ++v) {
         if (v < vec) p[v * plane] += div(g[v] * w);
       }
@@ -293,7 +292,6 @@ __global__ void roi_align_backward_owner_kernel(AlignBackwardArgs<T, C> a, Owner
             const int64_t i = output_index(d, k, c0, ph, pw);
             const int64_t gstep = d.layout == Layout::kNCHW ? d.pooled_height * d.pooled_width : 1;
             A g[kMaxOwnerVec];
-#pragma unroll
             for (int v = 0; v < kMaxOwnerVec; ++v) {
               g[v] = v < vec ? static_cast<A>(load(a.grad_output + i + v * gstep)) : A(0);
             }
