@@ -186,6 +186,7 @@ def test_perturbation_patterns_share_cached_traces():
   proc = subprocess.run(
     [
       sys.executable,
+      "-P",  # the installed jax_roi, not the source tree (in CI it has no extension)
       "-m",
       "pytest",
       "-q",
