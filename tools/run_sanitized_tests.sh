@@ -25,7 +25,10 @@ fi
 # Check that the sanitized module is the one installed (located without
 # importing it: a sanitized module only loads with ASan preloaded).
 PKG="$(cd /tmp && "$VENV/bin/python" -c 'import importlib.util as u; print(u.find_spec("jax_roi").submodule_search_locations[0])')"
-if ! ldd "$PKG"/_jax_roi*.so | grep -q libasan; then
+# (ldd's output is captured first: `ldd | grep -q` under pipefail fails at
+# random when grep exits before ldd has written everything: SIGPIPE.)
+DEPS="$(ldd "$PKG"/_jax_roi*.so)"
+if ! grep -q libasan <<<"$DEPS"; then
   echo "error: the jax_roi module in $PKG is not a sanitized build" >&2
   exit 1
 fi
