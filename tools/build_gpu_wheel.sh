@@ -71,7 +71,8 @@ check="$(mktemp -d)"
 trap 'rm -rf "$check"' EXIT
 "$BUILD_VENV/bin/python" -m zipfile -e "$wheel" "$check"
 so="$(ls "$check"/jax_roi/_jax_roi*.so)"
-if readelf -d "$so" | grep -q 'NEEDED.*libcudart'; then
+needed="$(readelf -d "$so")"  # captured: `readelf | grep -q` may SIGPIPE under pipefail
+if grep -q 'NEEDED.*libcudart' <<<"$needed"; then
   echo "error: $so needs a shared libcudart (must be static)" >&2
   exit 1
 fi
