@@ -294,3 +294,37 @@ def test_huge_and_infinite_boxes_are_defined():
   # The whole map lands in the last bin of an infinite box.
   assert out[0, 0, 1, 1] == 29.0
   np.testing.assert_array_equal(out[3], 0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("channels", [32, 77])
+@pytest.mark.parametrize("many_rois", [True, False])
+def test_wide_channels_equal_loop_reference(layout, channels, many_rois):
+  """Channel counts that fill the CPU kernel's 32-channel vector blocks (and
+  leave a tail), with ties, NaN, -inf and signed zeros: outputs and the
+  gradient (which follows the argmax) equal the float64 loop reference. With
+  many RoIs the NCHW kernel works on an NHWC copy of the map; one small RoI
+  on a larger map is pooled straight from the NCHW planes."""
+  rng = np.random.default_rng(channels)
+  n, h, w = 2, 23, 31
+  x = np.round(rng.standard_normal((n, channels, h, w)) * 2).astype(np.float32)
+  x[rng.random(x.shape) < 0.05] = np.nan
+  x[rng.random(x.shape) < 0.05] = -np.inf
+  x[rng.random(x.shape) < 0.1] = -0.0
+  if many_rois:
+    boxes = random_boxes(rng, 40, h, w, scale=1.0)
+    rois = indexed_rois(rng, boxes, n, padding=0.1).astype(np.float32)
+  else:
+    rois = np.array([[1, 3.2, 4.0, 6.9, 8.1]], np.float32)
+  x = nchw_to(x, layout)
+  expected, argmax = ref.roi_pool(x, rois, (5, 4), 1.0, layout)
+  out = jax_roi.roi_pool(x, rois, (5, 4), 1.0, layout=layout, implementation="ffi")
+  np.testing.assert_array_equal(np.asarray(out), expected.astype(np.float32))
+  cot = rng.standard_normal(out.shape).astype(np.float32)
+  grad = jax.grad(
+    lambda f: jnp.sum(
+      jax_roi.roi_pool(f, rois, (5, 4), 1.0, layout=layout, implementation="ffi") * cot
+    )
+  )(x)
+  expected_grad = ref.roi_pool_grad(x.shape, rois, cot, argmax, layout)
+  np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=1e-6, atol=1e-6)

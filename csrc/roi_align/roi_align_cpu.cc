@@ -23,6 +23,7 @@
 #include "core/box.h"
 #include "core/dims.h"
 #include "core/kernel.h"
+#include "core/repack.h"
 #include "core/sample_grid.h"
 #include "core/task_runner.h"
 #include "core/types.h"
@@ -169,15 +170,18 @@ void build_group(std::vector<RoiSamples<C, A>>& caches, const std::vector<int64_
                   });
 }
 
-// Forward of a group of one level's RoIs (d, o, features: the level's).
+// Forward of a group of one level's RoIs (d, o, features: the level's;
+// nhwc: the level's map in NHWC order, the input itself or a scratch copy of
+// NCHW input, or nullptr to read NCHW planes).
 template <typename T, typename C>
-void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const RoiDims& d,
-                   const AlignOptions& o, const std::vector<RoiSamples<C, acc_t<T>>>& caches,
-                   int64_t n, TaskRunner& runner) {
+void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const T* nhwc,
+                   const RoiDims& d, const AlignOptions& o,
+                   const std::vector<RoiSamples<C, acc_t<T>>>& caches, int64_t n,
+                   TaskRunner& runner) {
   using A = acc_t<T>;
   const int64_t Cn = d.channels, HW = d.height * d.width;
   const int64_t nbins = d.pooled_height * d.pooled_width;
-  if (d.layout == Layout::kNCHW) {
+  if (nhwc == nullptr) {
     parallel_ranges(runner, Cn, 4 * runner.concurrency(), [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t r = 0; r < n; ++r) {
@@ -210,16 +214,27 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
     return;
   }
   // NHWC: a task owns RoIs; every channel advances through the same samples
-  // in the same order, the channel loop innermost and contiguous.
+  // in the same order, the channel loop innermost and contiguous. A RoI's
+  // outputs are made in (bin, channel) order: in place for NHWC output, else
+  // in scratch, then transposed into the NCHW output (contiguous stores).
+  const bool nchw_output = d.layout == Layout::kNCHW;
   parallel_ranges(runner, n, 4 * runner.concurrency(), [&](int64_t r0, int64_t r1) {
     std::vector<A> acc(Cn);
     std::vector<MaxSample<A>> best(o.max_mode ? Cn : 0);
+    const bool with_argmax = o.max_mode && a.argmax_y != nullptr;
+    std::vector<T> out_block(nchw_output ? nbins * Cn : 0);
+    std::vector<int32_t> y_block(nchw_output && with_argmax ? nbins * Cn : 0);
+    std::vector<int32_t> x_block(y_block.size());
     for (int64_t r = r0; r < r1; ++r) {
       const RoiSamples<C, A>& s = caches[r];
-      const T* pixels = features + s.image * HW * Cn;
+      const T* pixels = nhwc + s.image * HW * Cn;
       const A count = static_cast<A>(s.roi.count);
+      const int64_t base = s.k * nbins * Cn;
+      AlignForwardArgs<T, C> out = a;  // This RoI's outputs, at (bin, channel).
+      out.output = nchw_output ? out_block.data() : a.output + base;
+      out.argmax_y = !with_argmax ? nullptr : nchw_output ? y_block.data() : a.argmax_y + base;
+      out.argmax_x = !with_argmax ? nullptr : nchw_output ? x_block.data() : a.argmax_x + base;
       for (int64_t i = 0; i < nbins; ++i) {
-        const int64_t out = (s.k * nbins + i) * Cn;
         if (!o.max_mode) {
           A* __restrict accp = acc.data();
           for (int64_t c = 0; c < Cn; ++c) accp[c] = A(0);
@@ -234,7 +249,8 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
                                         load(p3 + c), load(p4 + c));
             }
           }
-          for (int64_t c = 0; c < Cn; ++c) store(a.output + out + c, accp[c] / count);
+          T* __restrict dst = out.output + i * Cn;
+          for (int64_t c = 0; c < Cn; ++c) store(dst + c, accp[c] / count);
           continue;
         }
         const int64_t grid_w = s.bins[i].grid_w;
@@ -248,7 +264,14 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const Roi
         const int64_t outside = first_outside(s.bins[i]);
         for (int64_t c = 0; c < Cn; ++c) {
           best[c].finish(s.bins[i], outside);
-          store_max_output(a, out + c, best[c]);
+          store_max_output(out, i * Cn + c, best[c]);
+        }
+      }
+      if (nchw_output) {
+        transpose_block(out_block.data(), a.output + base, nbins, Cn);
+        if (with_argmax) {
+          transpose_block(y_block.data(), a.argmax_y + base, nbins, Cn);
+          transpose_block(x_block.data(), a.argmax_x + base, nbins, Cn);
         }
       }
     }
@@ -390,20 +413,43 @@ void backward_max(const AlignBackwardArgs<T, C>& a, TaskRunner& runner) {
 
 }  // namespace
 
+// How many (h, w) positions the RoIs' samples read (four per sample).
+template <typename C>
+int64_t pixels_read(const C* rois, const AlignOptions& o, const RoiDims& d,
+                    const std::vector<int64_t>& order) {
+  int64_t total = 0;
+  for (int64_t k : order) {
+    const AlignRoi<C> r = align_roi(read_box(rois, k, d), static_cast<C>(o.spatial_scale),
+                                    o.aligned, o.sampling_ratio, d);
+    total += 4 * sample_count(r, d);
+  }
+  return total;
+}
+
 template <typename T, typename C>
 void roi_align_forward(const AlignForwardArgs<T, C>& args, TaskRunner& runner) {
   if (args.dims.channels == 0 || args.dims.num_rois == 0) return;
   std::vector<RoiSamples<C, acc_t<T>>> caches;
+  std::vector<T> scratch;  // A level's NCHW map in NHWC order (core/repack.h).
   const auto by_level = rois_by_level(args.rois, args.dims, args.map);
   for (size_t l = 0; l < by_level.size(); ++l) {
     if (by_level[l].empty()) continue;
     const RoiDims d = level_dims(args.dims, args.levels[l]);
     const AlignOptions o = level_options(args.options, args.levels[l]);
+    const T* features = args.levels[l].data;
+    const T* nhwc = d.layout == Layout::kNHWC ? features : nullptr;
+    const int64_t HW = d.height * d.width;
+    if (nhwc == nullptr && repack_pays(pixels_read(args.rois, o, d, by_level[l]), d.batch * HW,
+                                       d.channels, sizeof(T))) {
+      scratch.resize(static_cast<size_t>(d.batch * HW * d.channels));
+      repack_nchw_to_nhwc(features, scratch.data(), d.batch, d.channels, HW, runner);
+      nhwc = scratch.data();
+    }
     for_each_group(
         args.rois, o, d, by_level[l],
         [&](const std::vector<int64_t>& group) {
           build_group(caches, group, args.rois, o, d, runner, o.max_mode);
-          forward_group(args, args.levels[l].data, d, o, caches, static_cast<int64_t>(group.size()),
+          forward_group(args, features, nhwc, d, o, caches, static_cast<int64_t>(group.size()),
                         runner);
         },
         [&](int64_t k) { forward_uncached(args, args.levels[l].data, d, o, k, runner); });

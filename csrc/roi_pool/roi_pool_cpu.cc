@@ -1,11 +1,14 @@
 // RoIPool CPU kernels.
 //
 // Forward: one task per block of RoIs; each RoI's bin edges are computed
-// once and reused for every channel. NCHW scans each bin's rows (contiguous)
-// per channel with roi_pool_math.h's window_max; NHWC advances the running maxima
-// of all channels together, pixel by pixel, the channel loop innermost and
-// branch-free (vectorised), with window_max's comparison rule and order:
-// row-major, strict '>', from -FLT_MAX.
+// once and reused for every channel. The work runs in NHWC order: the
+// running maxima of a block of channels advance together, pixel by pixel,
+// the channel loop innermost and branch-free (vectorised; for float, blocks
+// of 32 channels held in vector registers), with window_max's comparison rule
+// and order: row-major, strict '>', from -FLT_MAX. NCHW input is copied once
+// into NHWC scratch when its RoIs read the map often enough to pay for the
+// copy (core/repack.h), and read per channel plane with window_max otherwise;
+// the values, and so the results, are the same either way.
 //
 // Backward: one task per block of channels, so no two tasks write the same
 // element and each element receives its contributions in (RoI, bin) order
@@ -18,6 +21,7 @@
 #include "core/dims.h"
 #include "core/kernel.h"
 #include "core/math.h"
+#include "core/repack.h"
 #include "core/task_runner.h"
 #include "core/types.h"
 #include "roi_pool/roi_pool_kernels.h"
@@ -27,78 +31,202 @@ namespace jax_roi {
 namespace cpu {
 namespace {
 
+// The row and column windows of a RoI's bins (empty for an empty RoI).
+template <typename C>
+void pool_windows(const PoolRoi<C>& r, const RoiDims& d, std::vector<Window>* rows,
+                  std::vector<Window>* cols) {
+  rows->resize(d.pooled_height);
+  cols->resize(d.pooled_width);
+  for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
+    (*rows)[ph] = r.empty ? Window{0, 0} : pool_bin(ph, r.bin_h, r.start_h, d.height);
+  }
+  for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
+    (*cols)[pw] = r.empty ? Window{0, 0} : pool_bin(pw, r.bin_w, r.start_w, d.width);
+  }
+}
+
+// Maxima, and first-maximum indices h * W + w when index != nullptr, of
+// channels [0, n) of an NHWC image (pixel (h, w) at image + (h * W + w) * Cn)
+// over one non-empty window.
+template <typename T>
+void window_max_channels(const T* image, int64_t W, int64_t Cn, Window rows, Window cols,
+                         int64_t n, acc_t<T>* best, int32_t* index) {
+  using A = acc_t<T>;
+  std::fill_n(best, n, pool_initial_max<A>());
+  if (index != nullptr) std::fill_n(index, n, -1);
+  for (int64_t h = rows.start; h < rows.end; ++h) {
+    for (int64_t w = cols.start; w < cols.end; ++w) {
+      const T* __restrict pixel = image + (h * W + w) * Cn;
+      A* __restrict bp = best;
+      if (index == nullptr) {
+        for (int64_t c = 0; c < n; ++c) {
+          const A v = load(pixel + c);
+          bp[c] = v > bp[c] ? v : bp[c];
+        }
+        continue;
+      }
+      int32_t* __restrict ip = index;
+      const int32_t hw = static_cast<int32_t>(h * W + w);
+      for (int64_t c = 0; c < n; ++c) {
+        const A v = load(pixel + c);
+        const bool better = v > bp[c];
+        bp[c] = better ? v : bp[c];
+        ip[c] = better ? hw : ip[c];
+      }
+    }
+  }
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+// float: blocks of kLanes * kVectors channels whose maxima and indices stay in
+// vector registers for the whole window (GCC/Clang vector extensions; an
+// architecture without 32-byte vectors runs each as two halves).
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+constexpr int64_t kLanes = 8, kVectors = 4, kBlock = kLanes * kVectors;
+
+template <bool kWithIndex>
+void window_max_block(const float* image, int64_t W, int64_t Cn, Window rows, Window cols,
+                      float* best_out, int32_t* index_out) {
+  f32x8 best[kVectors];
+  i32x8 index[kVectors];
+  for (int64_t v = 0; v < kVectors; ++v) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      best[v][l] = pool_initial_max<float>();
+      index[v][l] = -1;
+    }
+  }
+  for (int64_t h = rows.start; h < rows.end; ++h) {
+    for (int64_t w = cols.start; w < cols.end; ++w) {
+      const float* pixel = image + (h * W + w) * Cn;
+      const int32_t hw = static_cast<int32_t>(h * W + w);
+      for (int64_t v = 0; v < kVectors; ++v) {
+        f32x8 x;
+        std::memcpy(&x, pixel + v * kLanes, sizeof(x));
+        const i32x8 better = x > best[v];
+        best[v] = better ? x : best[v];
+        if (kWithIndex) index[v] = better ? hw : index[v];
+      }
+    }
+  }
+  std::memcpy(best_out, best, sizeof(best));
+  if (kWithIndex) std::memcpy(index_out, index, sizeof(index));
+}
+
+void window_max_channels(const float* image, int64_t W, int64_t Cn, Window rows, Window cols,
+                         int64_t n, float* best, int32_t* index) {
+  int64_t c = 0;
+  for (; c + kBlock <= n; c += kBlock) {
+    if (index != nullptr) {
+      window_max_block<true>(image + c, W, Cn, rows, cols, best + c, index + c);
+    } else {
+      window_max_block<false>(image + c, W, Cn, rows, cols, best + c, nullptr);
+    }
+  }
+  if (c < n) {
+    window_max_channels<float>(image + c, W, Cn, rows, cols, n - c, best + c,
+                               index != nullptr ? index + c : nullptr);
+  }
+}
+#endif
+
+// The forward of RoIs [k_begin, k_end) from NHWC pixels (image n at
+// pixels + n * H * W * Cn). The output (and argmax) is NHWC, or NCHW when
+// nchw_output: each RoI's block is then made in NHWC order in scratch and
+// transposed into place, so that every store is contiguous.
 template <typename T, typename C>
-void pool_forward_rois(const PoolForwardArgs<T, C>& a, int64_t k_begin, int64_t k_end) {
+void pool_forward_nhwc(const PoolForwardArgs<T, C>& a, const T* pixels, bool nchw_output,
+                       int64_t k_begin, int64_t k_end) {
+  using A = acc_t<T>;
+  const RoiDims& d = a.dims;
+  const C scale = static_cast<C>(a.spatial_scale);
+  const int64_t H = d.height, W = d.width, Cn = d.channels;
+  const int64_t PW = d.pooled_width, nbins = d.pooled_height * PW;
+  std::vector<Window> rows, cols;
+  std::vector<A> best(Cn);
+  std::vector<int32_t> best_index(Cn);
+  int32_t* index = a.argmax != nullptr ? best_index.data() : nullptr;
+  std::vector<T> out_block(nchw_output ? nbins * Cn : 0);
+  std::vector<int32_t> arg_block(nchw_output && index != nullptr ? nbins * Cn : 0);
+  for (int64_t k = k_begin; k < k_end; ++k) {
+    const Box<C> box = read_box(a.rois, k, d);
+    pool_windows(pool_roi(box, scale, d), d, &rows, &cols);
+    T* out_k = nchw_output ? out_block.data() : a.output + k * nbins * Cn;
+    int32_t* arg_k = index == nullptr ? nullptr
+                     : nchw_output    ? arg_block.data()
+                                      : a.argmax + k * nbins * Cn;
+    for (int64_t bin = 0; bin < nbins; ++bin) {
+      const Window y = rows[bin / PW], x = cols[bin % PW];
+      T* out = out_k + bin * Cn;
+      if (y.empty() || x.empty()) {
+        for (int64_t c = 0; c < Cn; ++c) store(out + c, A(0));
+        if (arg_k != nullptr) std::fill_n(arg_k + bin * Cn, Cn, -1);
+        continue;
+      }
+      window_max_channels(pixels + box.image * H * W * Cn, W, Cn, y, x, Cn, best.data(), index);
+      for (int64_t c = 0; c < Cn; ++c) store(out + c, best[c]);
+      if (arg_k != nullptr) std::copy_n(best_index.data(), Cn, arg_k + bin * Cn);
+    }
+    if (nchw_output) {
+      transpose_block(out_k, a.output + k * Cn * nbins, nbins, Cn);
+      if (arg_k != nullptr) transpose_block(arg_k, a.argmax + k * Cn * nbins, nbins, Cn);
+    }
+  }
+}
+
+// The forward of RoIs [k_begin, k_end) straight from NCHW planes.
+template <typename T, typename C>
+void pool_forward_nchw(const PoolForwardArgs<T, C>& a, int64_t k_begin, int64_t k_end) {
   using A = acc_t<T>;
   const RoiDims& d = a.dims;
   const C scale = static_cast<C>(a.spatial_scale);
   const int64_t H = d.height, W = d.width, Cn = d.channels, HW = H * W;
   const int64_t PH = d.pooled_height, PW = d.pooled_width, nbins = PH * PW;
-  std::vector<Window> rows(PH), cols(PW);
-  std::vector<A> best;
-  std::vector<int32_t> best_index;
-  if (d.layout == Layout::kNHWC) {
-    best.resize(Cn);
-    best_index.resize(Cn);
-  }
+  std::vector<Window> rows, cols;
   for (int64_t k = k_begin; k < k_end; ++k) {
     const Box<C> box = read_box(a.rois, k, d);
     const PoolRoi<C> r = pool_roi(box, scale, d);
-    for (int64_t ph = 0; ph < PH; ++ph) {
-      rows[ph] = r.empty ? Window{0, 0} : pool_bin(ph, r.bin_h, r.start_h, H);
-    }
-    for (int64_t pw = 0; pw < PW; ++pw) {
-      cols[pw] = r.empty ? Window{0, 0} : pool_bin(pw, r.bin_w, r.start_w, W);
-    }
-    if (d.layout == Layout::kNCHW) {
-      for (int64_t c = 0; c < Cn; ++c) {
-        const T* plane = r.empty ? nullptr : a.features + (box.image * Cn + c) * HW;
-        T* out = a.output + (k * Cn + c) * nbins;
-        int32_t* arg = a.argmax != nullptr ? a.argmax + (k * Cn + c) * nbins : nullptr;
-        for (int64_t ph = 0; ph < PH; ++ph) {
-          for (int64_t pw = 0; pw < PW; ++pw) {
-            A value = A(0);
-            int32_t index = -1;
-            if (!rows[ph].empty() && !cols[pw].empty()) {
-              value = window_max(plane, W, int64_t{1}, W, rows[ph], cols[pw], &index);
-            }
-            store(out + ph * PW + pw, value);
-            if (arg != nullptr) arg[ph * PW + pw] = index;
+    pool_windows(r, d, &rows, &cols);
+    for (int64_t c = 0; c < Cn; ++c) {
+      const T* plane = r.empty ? nullptr : a.features + (box.image * Cn + c) * HW;
+      T* out = a.output + (k * Cn + c) * nbins;
+      int32_t* arg = a.argmax != nullptr ? a.argmax + (k * Cn + c) * nbins : nullptr;
+      for (int64_t ph = 0; ph < PH; ++ph) {
+        for (int64_t pw = 0; pw < PW; ++pw) {
+          A value = A(0);
+          int32_t index = -1;
+          if (!rows[ph].empty() && !cols[pw].empty()) {
+            value = window_max(plane, W, int64_t{1}, W, rows[ph], cols[pw], &index);
           }
+          store(out + ph * PW + pw, value);
+          if (arg != nullptr) arg[ph * PW + pw] = index;
         }
-      }
-      continue;
-    }
-    for (int64_t ph = 0; ph < PH; ++ph) {
-      for (int64_t pw = 0; pw < PW; ++pw) {
-        T* out = a.output + (k * nbins + ph * PW + pw) * Cn;
-        int32_t* arg = a.argmax != nullptr ? a.argmax + (k * nbins + ph * PW + pw) * Cn : nullptr;
-        if (rows[ph].empty() || cols[pw].empty()) {
-          for (int64_t c = 0; c < Cn; ++c) store(out + c, A(0));
-          if (arg != nullptr) std::fill_n(arg, Cn, -1);
-          continue;
-        }
-        A* __restrict bp = best.data();
-        int32_t* __restrict ip = best_index.data();
-        std::fill_n(bp, Cn, pool_initial_max<A>());
-        std::fill_n(ip, Cn, -1);
-        for (int64_t h = rows[ph].start; h < rows[ph].end; ++h) {
-          for (int64_t w = cols[pw].start; w < cols[pw].end; ++w) {
-            const T* __restrict pixel = a.features + ((box.image * H + h) * W + w) * Cn;
-            const int32_t hw = static_cast<int32_t>(h * W + w);
-            for (int64_t c = 0; c < Cn; ++c) {
-              const A v = load(pixel + c);
-              const bool better = v > bp[c];
-              bp[c] = better ? v : bp[c];
-              ip[c] = better ? hw : ip[c];
-            }
-          }
-        }
-        for (int64_t c = 0; c < Cn; ++c) store(out + c, bp[c]);
-        if (arg != nullptr) std::copy_n(ip, Cn, arg);
       }
     }
   }
+}
+
+// How many (h, w) positions the RoIs' windows read, summed over RoIs.
+template <typename T, typename C>
+int64_t pool_pixels_read(const PoolForwardArgs<T, C>& a) {
+  const RoiDims& d = a.dims;
+  const C scale = static_cast<C>(a.spatial_scale);
+  int64_t total = 0;
+  for (int64_t k = 0; k < d.num_rois; ++k) {
+    const PoolRoi<C> r = pool_roi(read_box(a.rois, k, d), scale, d);
+    if (r.empty) continue;
+    int64_t rows = 0, cols = 0;
+    for (int64_t ph = 0; ph < d.pooled_height; ++ph) {
+      const Window y = pool_bin(ph, r.bin_h, r.start_h, d.height);
+      rows += std::max<int64_t>(y.end - y.start, 0);
+    }
+    for (int64_t pw = 0; pw < d.pooled_width; ++pw) {
+      const Window x = pool_bin(pw, r.bin_w, r.start_w, d.width);
+      cols += std::max<int64_t>(x.end - x.start, 0);
+    }
+    total += rows * cols;
+  }
+  return total;
 }
 
 }  // namespace
@@ -107,8 +235,24 @@ template <typename T, typename C>
 void roi_pool_forward(const PoolForwardArgs<T, C>& args, TaskRunner& runner) {
   const RoiDims& d = args.dims;
   if (d.channels == 0 || d.pooled_height == 0 || d.pooled_width == 0) return;
-  parallel_ranges(runner, d.num_rois, 4 * runner.concurrency(),
-                  [&](int64_t begin, int64_t end) { pool_forward_rois(args, begin, end); });
+  const int64_t parts = 4 * runner.concurrency();
+  if (d.layout == Layout::kNHWC) {
+    parallel_ranges(runner, d.num_rois, parts, [&](int64_t begin, int64_t end) {
+      pool_forward_nhwc(args, args.features, false, begin, end);
+    });
+    return;
+  }
+  const int64_t HW = d.height * d.width;
+  if (repack_pays(pool_pixels_read(args), d.batch * HW, d.channels, sizeof(T))) {
+    std::vector<T> pixels(static_cast<size_t>(d.batch * HW * d.channels));
+    repack_nchw_to_nhwc(args.features, pixels.data(), d.batch, d.channels, HW, runner);
+    parallel_ranges(runner, d.num_rois, parts, [&](int64_t begin, int64_t end) {
+      pool_forward_nhwc(args, pixels.data(), true, begin, end);
+    });
+    return;
+  }
+  parallel_ranges(runner, d.num_rois, parts,
+                  [&](int64_t begin, int64_t end) { pool_forward_nchw(args, begin, end); });
 }
 
 template <typename T, typename C>
@@ -141,13 +285,18 @@ void roi_pool_backward(const PoolBackwardArgs<T, C>& a, TaskRunner& runner) {
         }
         continue;
       }
+      // Channel by channel, the bins innermost: the RoI's argmax and
+      // cotangent rows of the block stay in L1, as do the gradient lines of
+      // the 16 channels that share them (bins first would touch a new line
+      // per channel per bin). Each element still receives its RoI's
+      // contributions in bin order.
       A* pixels = a.grad_features + image * HW * Cn;
-      for (int64_t i = 0; i < nbins; ++i) {
-        const int32_t* arg = a.argmax + (k * nbins + i) * Cn;
-        const T* g = a.grad_output + (k * nbins + i) * Cn;
-        for (int64_t c = c_begin; c < c_end; ++c) {
-          const int64_t hw = arg[c];
-          if (hw >= 0 && hw < HW) pixels[hw * Cn + c] += load(g + c);
+      const int32_t* arg = a.argmax + k * nbins * Cn;
+      const T* g = a.grad_output + k * nbins * Cn;
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        for (int64_t i = 0; i < nbins; ++i) {
+          const int64_t hw = arg[i * Cn + c];
+          if (hw >= 0 && hw < HW) pixels[hw * Cn + c] += load(g + i * Cn + c);
         }
       }
     }
