@@ -3,16 +3,33 @@
 Runs named workloads and prints, per op, layout, dtype and pass (forward;
 forward+backward = the value and feature gradient of sum(out * cotangent)),
 the median time of jax_roi's kernels and the ratios against baselines run in
-the same process on the same inputs: jax_roi's pure-JAX implementation
-(implementation="xla") and, when importable, torchvision.ops. A roofline
-column gives the minimum bytes the op must move (features read once, output
-written once; for forward+backward also the cotangent read and the feature
-gradient written) over the time, as a fraction of a copy bandwidth measured
-in the same run. Writes the table as Markdown and JSON and draws a PNG chart
-of the ratios.
+the same process on the same inputs:
+
+* jax_roi's pure-JAX implementation (implementation="xla");
+* torchvision.ops, when importable. torchvision has NCHW kernels only: the
+  NHWC rows time it on the NCHW features (as a user of it would run it);
+* ONNX Runtime (MaxRoiPool, RoiAlign) and OpenVINO (ROIPooling, ROIAlign),
+  when importable: CPU inference engines, so forward, float32, NCHW rows of
+  roi_pool and roi_align only. Each engine row also records the largest
+  absolute difference of the engine's output from jax_roi's ("agreement").
+
+A roofline column gives the minimum bytes the op must move (features read
+once, output written once; for forward+backward also the cotangent read and
+the feature gradient written) over the time, as a fraction of the machine's
+memory bandwidth: on the CPU the STREAM copy bandwidth (best of N; numpy's
+copy and triad kernels on one thread per core, measured at the start of the
+run), on the GPU an XLA elementwise pass on the device.
+
+Each CPU row is checked against issue 18's targets: >= 10x torchvision for
+NHWC rows, >= 5x for NCHW rows; >= 20x the pure-JAX version; forward rows
+faster than every CPU peer timed in the same row (torchvision, ONNX Runtime,
+OpenVINO); forward rows of faster-rcnn and mask-rcnn at >= 50% of the
+roofline. Writes the table as Markdown and JSON and draws a PNG chart of the
+ratios.
 
   python benchmarks/run.py                       # CPU suite -> benchmarks/out/
   python benchmarks/run.py --smoke               # seconds: every code path, tiny shapes
+  python benchmarks/run.py --workloads mask-rcnn --impls jax_roi onnxruntime openvino
   python benchmarks/run.py --device gpu --workloads mask-rcnn-b8 --dtypes float32 bfloat16
 """
 
@@ -77,6 +94,11 @@ OPS["prroi_pool"] = (  # IoU-Net's / mmcv's PrRoIPool; no torchvision baseline
   lambda jax_roi, x, r, case, **kw: jax_roi.prroi_pool(x, r, case.output, case.scale, **kw),
   None,
 )
+
+# CPU inference engines timed as baselines (forward, float32, NCHW: the
+# layout both take), for the ops they have (see _onnxruntime_fn, _openvino_fn).
+ENGINES = ("onnxruntime", "openvino")
+ENGINE_OPS = ("roi_pool", "roi_align")
 
 
 @dataclass(frozen=True)
@@ -250,8 +272,73 @@ def median_seconds(fn, repeat, budget):
   return statistics.median(times), len(times)
 
 
-def copy_bandwidth(jax, jnp, device, nbytes):
-  """Bytes per second of an XLA elementwise pass (read + write) on device."""
+# Triad runs in blocks of this many float64 (512 KiB): a's block stays in the
+# core's cache between the two ufunc passes (a = s*c, then a += b).
+STREAM_BLOCK = 1 << 16
+
+
+def stream_bandwidth(total_bytes, threads, repeat):
+  """STREAM's copy (a[:] = b) and triad (a[:] = b + s*c) kernels in numpy.
+
+  Three float64 arrays of total_bytes together, cut into one contiguous
+  slice per thread; each thread runs the kernel on its slice (numpy releases
+  the GIL inside np.copyto, np.multiply and np.add) and a kernel's time is
+  the time until every thread is done. Bytes are counted as STREAM counts
+  them: 2 arrays for copy, 3 for triad, no write-allocate traffic. Returns
+  {"copy": (best, median), "triad": (best, median)} in bytes per second,
+  best = the fastest of `repeat` runs, as STREAM reports.
+  """
+  from concurrent.futures import ThreadPoolExecutor
+
+  n = total_bytes // (3 * 8)
+  a, b, c = np.empty(n), np.empty(n), np.empty(n)
+  edges = np.linspace(0, n, threads + 1).astype(int)
+  slices = [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+  scalar = 3.0
+
+  def fill(lo, hi):
+    # First touch by the thread that runs the slice: the page faults (and the
+    # NUMA placement) happen here, not in the timed kernels.
+    a[lo:hi], b[lo:hi], c[lo:hi] = 1.0, 2.0, 0.5
+
+  def copy(lo, hi):
+    np.copyto(a[lo:hi], b[lo:hi])
+
+  def triad(lo, hi):
+    # Whole-slice passes would read and write a twice; in cache-sized blocks
+    # memory sees what STREAM's loop moves: b and c read once, a written once.
+    for i in range(lo, hi, STREAM_BLOCK):
+      j = min(i + STREAM_BLOCK, hi)
+      np.multiply(c[i:j], scalar, out=a[i:j])
+      np.add(a[i:j], b[i:j], out=a[i:j])
+
+  times = {"copy": [], "triad": []}
+  with ThreadPoolExecutor(threads) as pool:
+
+    def timed(kernel):
+      start = time.perf_counter()
+      for future in [pool.submit(kernel, lo, hi) for lo, hi in slices]:
+        future.result()
+      return time.perf_counter() - start
+
+    timed(fill)
+    for i in range(repeat + 1):  # as STREAM: the kernels alternate; the first round is a warm-up
+      for name, kernel in (("copy", copy), ("triad", triad)):
+        seconds = timed(kernel)
+        if i:
+          times[name].append(seconds)
+  if not (a[:: 1 << 12] == 2.0 + scalar * 0.5).all():  # STREAM checks its results too
+    raise RuntimeError("STREAM triad computed wrong values")
+  arrays = {"copy": 2, "triad": 3}
+  return {
+    name: (arrays[name] * n * 8 / min(t), arrays[name] * n * 8 / statistics.median(t))
+    for name, t in times.items()
+  }
+
+
+def xla_copy_bandwidth(jax, jnp, device, nbytes):
+  """Bytes per second of an XLA elementwise pass (read + write) on device:
+  the GPU's bandwidth figure (host STREAM says nothing about the GPU)."""
   x = jax.device_put(jnp.ones(nbytes // 4, jnp.float32), device)
   f = jax.jit(lambda x: x * 2.0)
   seconds, _ = median_seconds(lambda: f(x).block_until_ready(), 10, 5.0)
@@ -269,6 +356,8 @@ class Row:
   times: dict = field(default_factory=dict)  # impl -> seconds
   runs: dict = field(default_factory=dict)
   min_bytes: int = 0
+  agreement: dict = field(default_factory=dict)  # engine -> max |engine - jax_roi| (forward NCHW)
+  targets: dict = field(default_factory=dict)  # target -> met (CPU rows; see _targets)
 
 
 def main(argv=None):
@@ -297,10 +386,11 @@ def main(argv=None):
   parser.add_argument(
     "--impls",
     nargs="+",
-    default=["jax_roi", "xla", "torchvision"],
-    choices=["jax_roi", "jax_roi_det", "xla", "torchvision"],
+    default=["jax_roi", "xla", "torchvision", *ENGINES],
+    choices=["jax_roi", "jax_roi_det", "xla", "torchvision", *ENGINES],
     help="jax_roi_det: the kernels with deterministic=True (passes with a "
-    "backward, ops that have the option; reported as a ratio to jax_roi)",
+    "backward, ops that have the option; reported as a ratio to jax_roi). "
+    "onnxruntime, openvino: CPU engines, forward float32 NCHW roi_pool and roi_align rows only",
   )
   parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
   parser.add_argument("--repeat", type=int, default=10)
@@ -313,11 +403,28 @@ def main(argv=None):
   parser.add_argument(
     "--smoke", action="store_true", help="tiny shapes, one run each: checks that every path works"
   )
+  parser.add_argument(
+    "--stream-mib",
+    type=int,
+    default=384,
+    help="MiB of the three STREAM arrays together (CPU bandwidth; --smoke: 16)",
+  )
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = parser.parse_args(argv)
   if args.smoke:  # every pass
     args.workloads, args.repeat, args.budget = ["smoke"], 1, 0.0
     args.passes = ["fwd", "fwd+bwd", "fwd+bwd+boxes"]
+
+  # Before jax starts its threads: importing openvino forks a process.
+  engines = {}  # name -> its modules
+  for name in [e for e in ENGINES if e in args.impls]:
+    if args.device != "cpu":
+      print(f"{name}: a CPU baseline, skipped with --device {args.device}")
+      continue
+    try:
+      engines[name] = _import_engine(name)
+    except Exception as e:  # noqa: BLE001 - any import failure means "absent"
+      print(f"{name} not importable ({type(e).__name__}: {e}): baseline skipped")
 
   import jax
   import jax.numpy as jnp
@@ -341,10 +448,10 @@ def main(argv=None):
     if torch is not None and torch_device == "cuda":
       torch.cuda.synchronize()
 
-  bandwidth = copy_bandwidth(jax, jnp, device, 16 << 20 if args.smoke else 256 << 20)
+  bandwidth, bandwidth_record = _bandwidth(args, jax, jnp, device)
   print(
     f"jax {jax.__version__} on {device.device_kind} ({device.platform}); "
-    f"copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+    f"{_bandwidth_text(bandwidth_record)}"
   )
 
   rows = []
@@ -375,6 +482,7 @@ def main(argv=None):
           g = jax.device_put(jnp.asarray(cot, dtype), device)
           itemsize = x.dtype.itemsize
           out_bytes = cot.size * itemsize
+          reference = None  # jax_roi's forward output, for the engines' agreement
           for pass_ in args.passes:
             row = Row(workload, case.label, case.op, layout, dtype, pass_)
             row.min_bytes = x.size * itemsize + out_bytes
@@ -394,6 +502,26 @@ def main(argv=None):
                   torch_device,
                   sync_torch,
                 )
+              elif impl in ENGINES:
+                fn = None
+                if (
+                  impl in engines
+                  and case.op in ENGINE_OPS
+                  and (layout, dtype, pass_) == ("NCHW", "float32", "fwd")
+                ):
+                  fn, engine_output = _engine_fn(impl, engines[impl], case, feats_nchw, rois)
+                  if reference is None:
+                    reference = np.asarray(
+                      OPS[case.op][0](jax_roi, x, r, case, layout="NCHW", implementation="ffi")
+                    )
+                  # Recorded, never asserted: a baseline that disagrees is timed all the
+                  # same. The engines need not agree: ONNX's MaxRoiPool does not specify
+                  # how box corners and bins are rounded (ONNX Runtime's and OpenVINO's
+                  # RoI pooling did match torchvision's rounding exactly on these
+                  # proposals, half-pixel corners included), and OpenVINO's adaptive
+                  # aligned ROIAlign gives NaN for zero-size boxes. RoIAlign with matching
+                  # modes agrees to float rounding (~1e-6).
+                  row.agreement[impl] = float(np.abs(engine_output() - reference).max())
               elif impl == "jax_roi_det":
                 fn = (
                   _jax_fn(
@@ -419,13 +547,112 @@ def main(argv=None):
                 continue
               seconds, runs = median_seconds(fn, args.repeat, args.budget)
               row.times[impl], row.runs[impl] = seconds, runs
+            if args.device == "cpu":  # issue 18's targets are CPU targets
+              row.targets = _targets(row, bandwidth)
             rows.append(row)
             print(_format_row(row, bandwidth))
             sys.stdout.flush()
 
   os.makedirs(args.out, exist_ok=True)
-  meta = _machine(jax, device, torch, bandwidth)
+  versions = {"torch": getattr(torch, "__version__", None)}
+  versions.update({name: _engine_version(engines.get(name)) for name in ENGINES})
+  meta = _machine(jax, device, versions, bandwidth_record)
   _write(rows, meta, args.out, bandwidth)
+
+
+def _bandwidth(args, jax, jnp, device):
+  """(bytes per second for the roofline, the machine record's fields)."""
+  if args.device != "cpu":
+    nbytes = 16 << 20 if args.smoke else 256 << 20
+    bandwidth = xla_copy_bandwidth(jax, jnp, device, nbytes)
+    return bandwidth, {
+      "device_copy_gbps": bandwidth / 1e9,
+      "device_copy_method": f"XLA jit(x * 2.0) on the {args.device}, {nbytes >> 20} MiB "
+      "float32, read + write counted, median of 10",
+      "roofline_bandwidth_gbps": bandwidth / 1e9,
+    }
+  threads = os.cpu_count() or 1
+  nbytes = (16 if args.smoke else args.stream_mib) << 20
+  repeat = 5 if args.smoke else 10
+  stream = stream_bandwidth(nbytes, threads, repeat)
+  return stream["copy"][0], {
+    "stream_copy_gbps": stream["copy"][0] / 1e9,
+    "stream_triad_gbps": stream["triad"][0] / 1e9,
+    "stream_copy_median_gbps": stream["copy"][1] / 1e9,
+    "stream_triad_median_gbps": stream["triad"][1] / 1e9,
+    "stream_threads": threads,
+    "stream_bytes": 3 * (nbytes // 24) * 8,
+    "stream_method": f"numpy STREAM copy a=b and triad a=b+s*c on 3 float64 arrays of "
+    f"{nbytes / 3 / 2**20:.0f} MiB, one contiguous slice per thread, best (and median) of "
+    f"{repeat}; bytes as STREAM counts them (copy 2, triad 3 arrays, no write-allocate)",
+    "roofline_bandwidth_gbps": stream["copy"][0] / 1e9,
+  }
+
+
+def _bandwidth_text(record):
+  if "stream_copy_gbps" in record:
+    return (
+      f"STREAM ({record['stream_threads']} threads, 3 x "
+      f"{record['stream_bytes'] / 3 / 2**20:.0f} MiB float64): copy "
+      f"{record['stream_copy_gbps']:.1f} GB/s (median {record['stream_copy_median_gbps']:.1f}), "
+      f"triad {record['stream_triad_gbps']:.1f} GB/s "
+      f"(median {record['stream_triad_median_gbps']:.1f}); roofline against the copy's best"
+    )
+  return (
+    f"device copy bandwidth {record['device_copy_gbps']:.1f} GB/s "
+    "(XLA x * 2.0 on the device; the roofline's reference)"
+  )
+
+
+# The baselines, in table order, and the CPU peers a forward row must beat.
+BASELINES = ("xla", "torchvision", *ENGINES)
+CPU_PEERS = ("torchvision", *ENGINES)
+# Workloads whose forward rows must reach this fraction of the roofline.
+ROOFLINE_TARGET = (("faster-rcnn", "mask-rcnn"), 0.5)
+# Markdown's short names of the targets.
+TARGET_NAMES = {
+  "vs_torchvision_10x": "tv10x",
+  "vs_torchvision_5x": "tv5x",
+  "vs_xla_20x": "xla20x",
+  "fastest_cpu_peer": "peers",
+  "roofline_50pct": "roof50",
+}
+
+
+def _roofline(row, bandwidth):
+  return row.min_bytes / row.times["jax_roi"] / bandwidth
+
+
+def _targets(row, bandwidth):
+  """Issue 18's CPU targets for a row: name -> met. A target is evaluated
+  only when its baseline was timed in this row. Peers are compared within
+  the row: the engines only have NCHW rows; torchvision's time in an NHWC row
+  is its time on the NCHW features (it has no NHWC kernels)."""
+  t = row.times
+  if "jax_roi" not in t:
+    return {}
+  mine, targets = t["jax_roi"], {}
+  if "torchvision" in t:
+    need = 10 if row.layout == "NHWC" else 5
+    targets[f"vs_torchvision_{need}x"] = bool(t["torchvision"] / mine >= need)
+  if "xla" in t:
+    targets["vs_xla_20x"] = bool(t["xla"] / mine >= 20)
+  if row.pass_ == "fwd":
+    peers = [k for k in CPU_PEERS if k in t]
+    if peers:
+      targets["fastest_cpu_peer"] = all(mine < t[k] for k in peers)
+    workloads, fraction = ROOFLINE_TARGET
+    if row.workload in workloads:
+      targets["roofline_50pct"] = bool(_roofline(row, bandwidth) >= fraction)
+  return targets
+
+
+def _missed(targets):
+  """Markdown's cell: the short names of the targets missed."""
+  if not targets:
+    return "-"
+  missed = [TARGET_NAMES[k] for k, met in targets.items() if not met]
+  return ", ".join(missed) if missed else "all met"
 
 
 # The ops with a deterministic=True backward.
@@ -483,25 +710,165 @@ def _torch_fn(torch, tv_ops, case, feats, rois, cot, dtype, pass_, device, sync)
   return fn
 
 
+def _import_engine(name):
+  """The engine's modules, or an exception when it is not importable."""
+  if name == "onnxruntime":
+    import onnx  # builds the model
+    import onnxruntime
+
+    return onnx, onnxruntime
+  import openvino
+
+  return (openvino,)
+
+
+def _engine_version(modules):
+  return getattr(modules[-1], "__version__", None) if modules else None
+
+
+def _engine_inputs(case, rois):
+  """The engines' inputs after the features: (K, 5) [index, x1, y1, x2, y2]
+  rows for RoI pooling; (K, 4) boxes and (K,) image indices for RoIAlign
+  (int64 for ONNX; OpenVINO gets the same indices, as int32)."""
+  if case.op == "roi_pool":
+    return {"rois": rois}
+  return {
+    "rois": np.ascontiguousarray(rois[:, 1:5]),
+    "batch_indices": rois[:, 0].astype(np.int64),
+  }
+
+
+def _engine_fn(name, modules, case, feats, rois):
+  """(fn, output) for an engine: fn() runs one inference; output() runs one
+  and returns its result as a numpy array."""
+  if name == "onnxruntime":
+    return _onnxruntime_fn(*modules, case, feats, rois)
+  return _openvino_fn(*modules, case, feats, rois)
+
+
+def _onnxruntime_fn(onnx, ort, case, feats, rois):
+  from onnx import TensorProto, helper
+
+  inputs = {"X": feats, **_engine_inputs(case, rois)}
+  if case.op == "roi_pool":
+    node = helper.make_node(
+      "MaxRoiPool",
+      list(inputs),
+      ["Y"],
+      pooled_shape=[case.output, case.output],
+      spatial_scale=case.scale,
+    )
+  else:  # RoiAlign-16: aligned=True is "half_pixel" (a -0.5 pixel shift), False the legacy mode
+    node = helper.make_node(
+      "RoiAlign",
+      list(inputs),
+      ["Y"],
+      mode="avg",
+      output_height=case.output,
+      output_width=case.output,
+      sampling_ratio=case.sampling_ratio,
+      spatial_scale=case.scale,
+      coordinate_transformation_mode="half_pixel" if case.aligned else "output_half_pixel",
+    )
+  out_shape = (len(rois), feats.shape[1], case.output, case.output)
+  graph = helper.make_graph(
+    [node],
+    case.op,
+    [
+      helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+      for k, v in inputs.items()
+    ],
+    [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out_shape)],
+  )
+  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)], ir_version=8)
+  onnx.checker.check_model(model, full_check=True)
+  options = ort.SessionOptions()
+  options.intra_op_num_threads = os.cpu_count() or 1
+  options.inter_op_num_threads = 1
+  options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+  session = ort.InferenceSession(
+    model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+  )
+  feeds = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in inputs.items()}  # no copy per run
+  run = lambda: session.run_with_ort_values(["Y"], feeds)
+  return run, lambda: run()[0].numpy()
+
+
+def _openvino_fn(ov, case, feats, rois):
+  inputs = {"data": feats, **_engine_inputs(case, rois)}
+  if "batch_indices" in inputs:
+    inputs["batch_indices"] = inputs["batch_indices"].astype(np.int32)
+  params = [ov.opset9.parameter(v.shape, v.dtype, name=k) for k, v in inputs.items()]
+  if case.op == "roi_pool":
+    node = ov.opset2.roi_pooling(
+      *params, output_roi=[case.output, case.output], spatial_scale=case.scale, method="max"
+    )
+  else:
+    # ROIAlign-9's modes: "half_pixel_for_nn" is x * scale - 0.5, torchvision's
+    # aligned=True; "half_pixel" is (x + 0.5) * scale - 0.5, a different box;
+    # "asymmetric" is x * scale with the box at least 1x1, aligned=False.
+    node = ov.opset9.roi_align(
+      *params,
+      case.output,
+      case.output,
+      case.sampling_ratio,
+      case.scale,
+      "avg",
+      aligned_mode="half_pixel_for_nn" if case.aligned else "asymmetric",
+    )
+  model = ov.Model([node], params, case.op)
+  compiled = ov.Core().compile_model(
+    model,
+    "CPU",
+    {
+      "INFERENCE_NUM_THREADS": os.cpu_count() or 1,
+      "INFERENCE_PRECISION_HINT": "f32",  # not bf16 on CPUs that have it
+      "PERFORMANCE_HINT": "LATENCY",  # one stream: every thread on the one request
+    },
+  )
+  request = compiled.create_infer_request()
+  # The tensors share the arrays (no copy per run) but do not keep them
+  # alive (freed arrays gave garbage boxes): run() holds them.
+  arrays = tuple(inputs.values())
+  for i, v in enumerate(arrays):
+    request.set_input_tensor(i, ov.Tensor(v, shared_memory=True))
+
+  def run(_arrays=arrays):
+    request.infer()
+
+  def output():
+    run()
+    return request.get_output_tensor(0).data.copy()
+
+  return run, output
+
+
 def _format_row(row, bandwidth):
   t = row.times
   parts = [f"{row.workload:12s} {row.case:26s} {row.layout} {row.dtype:8s} {row.pass_:8s}"]
-  for impl in ("jax_roi", "xla", "torchvision"):
-    parts.append(f"{impl} {t[impl] * 1e3:9.2f} ms" if impl in t else f"{impl} {'-':>9s}   ")
+  for impl in ("jax_roi", *BASELINES):
+    if impl in t or impl in ("jax_roi", "xla", "torchvision"):  # the engines only where run
+      parts.append(f"{impl} {t[impl] * 1e3:9.2f} ms" if impl in t else f"{impl} {'-':>9s}   ")
   if "jax_roi" in t:
-    for impl in ("xla", "torchvision"):
+    for impl in BASELINES:
       if impl in t:
         parts.append(f"{t[impl] / t['jax_roi']:7.1f}x vs {impl}")
-    parts.append(f"roofline {row.min_bytes / t['jax_roi'] / bandwidth:6.1%}")
+    parts.append(f"roofline {_roofline(row, bandwidth):6.1%}")
     if "jax_roi_det" in t:
       parts.append(
         f"deterministic {t['jax_roi_det'] * 1e3:9.2f} ms = "
         f"{t['jax_roi_det'] / t['jax_roi']:.2f}x jax_roi"
       )
+  if row.targets:
+    parts.append(f"targets missed: {_missed(row.targets)}")
+  if row.agreement:
+    parts.append(
+      "max |engine - jax_roi|: " + ", ".join(f"{k} {v:.2g}" for k, v in row.agreement.items())
+    )
   return "  ".join(parts)
 
 
-def _machine(jax, device, torch, bandwidth):
+def _machine(jax, device, versions, bandwidth_record):
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
@@ -519,8 +886,8 @@ def _machine(jax, device, torch, bandwidth):
     "cpu_count": os.cpu_count(),
     "python": platform.python_version(),
     "jax": jax.__version__,
-    "torch": getattr(torch, "__version__", None),
-    "copy_bandwidth_gbps": bandwidth / 1e9,
+    **versions,
+    **bandwidth_record,
   }
 
 
@@ -540,20 +907,32 @@ def _write(rows, meta, out, bandwidth):
     }
     if "jax_roi" in row.times:
       rec["speedup"] = {k: v / row.times["jax_roi"] for k, v in row.times.items() if k != "jax_roi"}
-      rec["roofline_fraction"] = row.min_bytes / row.times["jax_roi"] / bandwidth
+      rec["roofline_fraction"] = _roofline(row, bandwidth)
+    if row.targets:
+      rec["targets"] = row.targets
+    if row.agreement:
+      rec["agreement"] = row.agreement
     records.append(rec)
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"machine": meta, "results": records}, f, indent=1)
 
+  engines = ", ".join(f"{k} {meta[k]}" for k in ENGINES if meta.get(k))
   lines = [
     f"Machine: {meta['cpu']} ({meta['cpu_count']} cores), device {meta['device']}; "
-    f"jax {meta['jax']}, torch {meta['torch']}; {meta['date']}. "
-    f"Copy bandwidth {meta['copy_bandwidth_gbps']:.1f} GB/s. Median times; ratios are "
-    "baseline time / jax_roi time (higher is better for jax_roi).",
+    f"jax {meta['jax']}, torch {meta['torch']}{', ' + engines if engines else ''}; "
+    f"{meta['date']}. {_bandwidth_text(meta)}. Median times; ratios are baseline time / "
+    "jax_roi time (higher is better for jax_roi). torchvision runs on NCHW input in the "
+    "NHWC rows too; ONNX Runtime and OpenVINO run forward, float32, NCHW only.",
+    "",
+    "Targets (issue 18, evaluated in CPU runs only): tv10x / tv5x = at least 10x (NHWC) / "
+    "5x (NCHW) torchvision; xla20x = at least 20x pure JAX; peers = forward faster than "
+    "every CPU peer in the row; roof50 = forward faster-rcnn and mask-rcnn rows at 50% of "
+    "the roofline or more.",
     "",
     "| workload | case | layout | dtype | pass | jax_roi ms | pure JAX ms | torchvision ms "
-    "| vs pure JAX | vs torchvision | roofline |",
-    "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    "| onnxruntime ms | openvino ms | vs pure JAX | vs torchvision | vs onnxruntime "
+    "| vs openvino | roofline | targets missed |",
+    "|---|---|---|---|---|" + "---:|" * 10 + "---|",
   ]
   for rec in records:
     ms = rec["median_ms"]
@@ -563,13 +942,29 @@ def _write(rows, meta, out, bandwidth):
     lines.append(
       f"| {rec['workload']} | {rec['case']} | {rec['layout']} | {rec['dtype']} | "
       f"{rec['pass']} | {cell(ms, 'jax_roi', '{:.2f}')} | {cell(ms, 'xla', '{:.1f}')} | "
-      f"{cell(ms, 'torchvision', '{:.1f}')} | {cell(sp, 'xla', '{:.1f}x')} | "
-      f"{cell(sp, 'torchvision', '{:.1f}x')} | {roofline} |"
+      f"{cell(ms, 'torchvision', '{:.1f}')} | {cell(ms, 'onnxruntime', '{:.1f}')} | "
+      f"{cell(ms, 'openvino', '{:.1f}')} | {cell(sp, 'xla', '{:.1f}x')} | "
+      f"{cell(sp, 'torchvision', '{:.1f}x')} | {cell(sp, 'onnxruntime', '{:.1f}x')} | "
+      f"{cell(sp, 'openvino', '{:.1f}x')} | {roofline} | {_missed(rec.get('targets'))} |"
     )
+  agreement = [rec for rec in records if "agreement" in rec]
+  if agreement:
+    lines += ["", "Agreement of the engines' outputs with jax_roi's (max absolute difference):", ""]
+    for rec in agreement:
+      diffs = ", ".join(f"{k} {v:.2g}" for k, v in rec["agreement"].items())
+      lines.append(f"* {rec['workload']} {rec['case']} ({rec['op']}): {diffs}")
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   _chart(records, meta, os.path.join(out, "speedup.png"))
   print(f"wrote {out}/results.md, results.json, speedup.png")
+
+
+CHART_SERIES = {
+  "xla": "vs pure JAX (implementation='xla')",
+  "torchvision": "vs torchvision.ops",
+  "onnxruntime": "vs ONNX Runtime",
+  "openvino": "vs OpenVINO",
+}
 
 
 def _chart(records, meta, path):
@@ -581,19 +976,22 @@ def _chart(records, meta, path):
   except ImportError:
     print("matplotlib not importable: no chart")
     return
-  labels, vs_xla, vs_tv = [], [], []
-  for rec in records:
-    if "speedup" not in rec:
-      continue
-    labels.append(f"{rec['workload']} {rec['case']}\n{rec['layout']} {rec['dtype']} {rec['pass']}")
-    vs_xla.append(rec["speedup"].get("xla", np.nan))
-    vs_tv.append(rec["speedup"].get("torchvision", np.nan))
-  if not labels:
+  records = [rec for rec in records if "speedup" in rec]
+  series = [k for k in CHART_SERIES if any(k in rec["speedup"] for rec in records)]
+  if not series:
     return
+  labels = [
+    f"{rec['workload']} {rec['case']}\n{rec['layout']} {rec['dtype']} {rec['pass']}"
+    for rec in records
+  ]
   y = np.arange(len(labels))
-  fig, ax = plt.subplots(figsize=(10, 0.45 * len(labels) + 1.5))
-  ax.barh(y - 0.2, vs_xla, 0.4, label="vs pure JAX (implementation='xla')")
-  ax.barh(y + 0.2, vs_tv, 0.4, label="vs torchvision.ops")
+  height = 0.8 / len(series)
+  fig, ax = plt.subplots(figsize=(10, 0.2 * len(series) * len(labels) + 1.5))
+  for i, k in enumerate(series):
+    ratios = [rec["speedup"].get(k, np.nan) for rec in records]
+    color = f"C{list(CHART_SERIES).index(k)}"  # the same colour in every chart
+    offset = (i - (len(series) - 1) / 2) * height
+    ax.barh(y + offset, ratios, height, color=color, label=CHART_SERIES[k])
   ax.set_yticks(y, labels, fontsize=7)
   ax.set_xscale("log")
   ax.axvline(1.0, color="black", linewidth=0.8)
