@@ -24,6 +24,7 @@
 #include "core/dims.h"
 #include "core/kernel.h"
 #include "core/repack.h"
+#include "core/scratch.h"
 #include "core/sample_grid.h"
 #include "core/task_runner.h"
 #include "core/types.h"
@@ -430,7 +431,6 @@ template <typename T, typename C>
 void roi_align_forward(const AlignForwardArgs<T, C>& args, TaskRunner& runner) {
   if (args.dims.channels == 0 || args.dims.num_rois == 0) return;
   std::vector<RoiSamples<C, acc_t<T>>> caches;
-  std::vector<T> scratch;  // A level's NCHW map in NHWC order (core/repack.h).
   const auto by_level = rois_by_level(args.rois, args.dims, args.map);
   for (size_t l = 0; l < by_level.size(); ++l) {
     if (by_level[l].empty()) continue;
@@ -439,11 +439,14 @@ void roi_align_forward(const AlignForwardArgs<T, C>& args, TaskRunner& runner) {
     const T* features = args.levels[l].data;
     const T* nhwc = d.layout == Layout::kNHWC ? features : nullptr;
     const int64_t HW = d.height * d.width;
-    if (nhwc == nullptr && repack_pays(pixels_read(args.rois, o, d, by_level[l]), d.batch * HW,
-                                       d.channels, sizeof(T))) {
-      scratch.resize(static_cast<size_t>(d.batch * HW * d.channels));
-      repack_nchw_to_nhwc(features, scratch.data(), d.batch, d.channels, HW, runner);
-      nhwc = scratch.data();
+    // NCHW input that pays for it is read from an NHWC copy (core/repack.h).
+    const bool repack = nhwc == nullptr && repack_pays(pixels_read(args.rois, o, d, by_level[l]),
+                                                       d.batch * HW, d.channels, sizeof(T));
+    const ScratchLease scratch(repack ? sizeof(T) * static_cast<size_t>(d.batch * HW * d.channels)
+                                      : 0);
+    if (repack) {
+      repack_nchw_to_nhwc(features, scratch.as<T>(), d.batch, d.channels, HW, runner);
+      nhwc = scratch.as<T>();
     }
     for_each_group(
         args.rois, o, d, by_level[l],

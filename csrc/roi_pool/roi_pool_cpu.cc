@@ -22,6 +22,7 @@
 #include "core/kernel.h"
 #include "core/math.h"
 #include "core/repack.h"
+#include "core/scratch.h"
 #include "core/task_runner.h"
 #include "core/types.h"
 #include "roi_pool/roi_pool_kernels.h"
@@ -244,10 +245,11 @@ void roi_pool_forward(const PoolForwardArgs<T, C>& args, TaskRunner& runner) {
   }
   const int64_t HW = d.height * d.width;
   if (repack_pays(pool_pixels_read(args), d.batch * HW, d.channels, sizeof(T))) {
-    std::vector<T> pixels(static_cast<size_t>(d.batch * HW * d.channels));
-    repack_nchw_to_nhwc(args.features, pixels.data(), d.batch, d.channels, HW, runner);
+    const ScratchLease scratch(sizeof(T) * static_cast<size_t>(d.batch * HW * d.channels));
+    T* pixels = scratch.as<T>();
+    repack_nchw_to_nhwc(args.features, pixels, d.batch, d.channels, HW, runner);
     parallel_ranges(runner, d.num_rois, parts, [&](int64_t begin, int64_t end) {
-      pool_forward_nhwc(args, pixels.data(), true, begin, end);
+      pool_forward_nhwc(args, pixels, true, begin, end);
     });
     return;
   }
