@@ -257,6 +257,43 @@ def rotated_proposals(rng, rows):
 ROIS = {"roi_align_rotated": rotated_proposals}
 
 
+def sampled_reads(case, rois):
+  """How many (pixel, channel) values the forward reads when no cache keeps
+  a pixel between reads: every window pixel of every bin (RoIPool), four
+  neighbours per sample (RoIAlign), per channel it pools (the
+  position-sensitive ops read C / bins channels per bin). A second bound
+  beside the roofline's features-read-once: with more RoIs than fit in cache,
+  these reads are the traffic. None for the ops not modelled here."""
+  n, c, h, w = case.features
+  out = case.output
+  channels = c // out**2 if case.op.startswith("ps_") else c
+  boxes = rois[:, 1:5].astype(np.float64) * case.scale
+  if case.op in ("roi_pool", "ps_roi_pool"):
+    start = np.floor(boxes[:, :2] + 0.5)  # round half away from zero (coordinates >= 0)
+    size = np.maximum(np.floor(boxes[:, 2:] + 0.5) - start + 1, 1)
+    bins = size / out
+    p = np.arange(out)[None, :, None]
+    lo = np.clip(np.floor(p * bins[:, None, :]) + start[:, None, :], 0, (w, h))
+    hi = np.clip(np.ceil((p + 1) * bins[:, None, :]) + start[:, None, :], 0, (w, h))
+    extent = np.maximum(hi - lo, 0).sum(axis=1)  # (K, 2): columns, rows over the bins
+    return int((extent[:, 0] * extent[:, 1]).sum()) * channels
+  if case.op in ("roi_align", "ps_roi_align", "roi_align_rotated"):
+    if case.op == "roi_align_rotated":  # rows [index, cx, cy, w, h, angle]
+      size = rois[:, 3:5].astype(np.float64) * case.scale
+    else:
+      size = boxes[:, 2:] - boxes[:, :2]
+    if not case.aligned:
+      size = np.maximum(size, 1.0)
+    grid = (
+      np.full_like(size, case.sampling_ratio)
+      if case.sampling_ratio > 0
+      else np.ceil(np.maximum(size, 0) / out)
+    )
+    samples = out * out * grid[:, 0] * grid[:, 1]
+    return int(4 * samples.sum()) * channels
+  return None
+
+
 def median_seconds(fn, repeat, budget):
   """Median wall time of fn() (which must block), after one warm-up call;
   stops early when the budget (seconds) is spent, after >= 3 runs."""
@@ -356,6 +393,7 @@ class Row:
   times: dict = field(default_factory=dict)  # impl -> seconds
   runs: dict = field(default_factory=dict)
   min_bytes: int = 0
+  sampled_bytes: int | None = None  # forward rows: sampled_reads * itemsize + output
   agreement: dict = field(default_factory=dict)  # engine -> max |engine - jax_roi| (forward NCHW)
   targets: dict = field(default_factory=dict)  # target -> met (CPU rows; see _targets)
 
@@ -463,6 +501,7 @@ def main(argv=None):
       rois = proposals(rng, case.rois, n, case.image)
       if case.op in ROIS:
         rois = ROIS[case.op](rng, rois)
+      reads = sampled_reads(case, rois)
       c_out = c // case.output**2 if case.op.startswith("ps_") else c  # position-sensitive
       cot_nchw = rng.standard_normal((case.rois, c_out, case.output, case.output)).astype(
         np.float32
@@ -488,6 +527,8 @@ def main(argv=None):
             row.min_bytes = x.size * itemsize + out_bytes
             if pass_ != "fwd":
               row.min_bytes += out_bytes + x.size * itemsize
+            elif reads is not None:
+              row.sampled_bytes = reads * itemsize + out_bytes
             for impl in args.impls:
               if impl == "torchvision":
                 fn = _torch_fn(
@@ -854,6 +895,8 @@ def _format_row(row, bandwidth):
       if impl in t:
         parts.append(f"{t[impl] / t['jax_roi']:7.1f}x vs {impl}")
     parts.append(f"roofline {_roofline(row, bandwidth):6.1%}")
+    if row.sampled_bytes is not None:
+      parts.append(f"sampled {row.sampled_bytes / t['jax_roi'] / bandwidth:6.1%}")
     if "jax_roi_det" in t:
       parts.append(
         f"deterministic {t['jax_roi_det'] * 1e3:9.2f} ms = "
@@ -902,12 +945,15 @@ def _write(rows, meta, out, bandwidth):
       "dtype": row.dtype,
       "pass": row.pass_,
       "min_bytes": row.min_bytes,
+      "sampled_bytes": row.sampled_bytes,
       "median_ms": {k: v * 1e3 for k, v in row.times.items()},
       "runs": row.runs,
     }
     if "jax_roi" in row.times:
       rec["speedup"] = {k: v / row.times["jax_roi"] for k, v in row.times.items() if k != "jax_roi"}
       rec["roofline_fraction"] = _roofline(row, bandwidth)
+      if row.sampled_bytes is not None:
+        rec["sampled_fraction"] = row.sampled_bytes / row.times["jax_roi"] / bandwidth
     if row.targets:
       rec["targets"] = row.targets
     if row.agreement:
@@ -927,25 +973,31 @@ def _write(rows, meta, out, bandwidth):
     "Targets (issue 18, evaluated in CPU runs only): tv10x / tv5x = at least 10x (NHWC) / "
     "5x (NCHW) torchvision; xla20x = at least 20x pure JAX; peers = forward faster than "
     "every CPU peer in the row; roof50 = forward faster-rcnn and mask-rcnn rows at 50% of "
-    "the roofline or more.",
+    "the roofline or more. roofline: the features read once and the output written once "
+    "(forward+backward: also the cotangent read and the gradient written) at the bandwidth; "
+    "sampled: forward rows, every sampled value read from memory (RoIPool: each window "
+    "pixel of each bin; RoIAlign: four neighbours per sample; per channel) plus the output, "
+    "at the bandwidth: the traffic when no cache keeps a pixel between its reads.",
     "",
     "| workload | case | layout | dtype | pass | jax_roi ms | pure JAX ms | torchvision ms "
     "| onnxruntime ms | openvino ms | vs pure JAX | vs torchvision | vs onnxruntime "
-    "| vs openvino | roofline | targets missed |",
-    "|---|---|---|---|---|" + "---:|" * 10 + "---|",
+    "| vs openvino | roofline | sampled | targets missed |",
+    "|---|---|---|---|---|" + "---:|" * 11 + "---|",
   ]
   for rec in records:
     ms = rec["median_ms"]
     sp = rec.get("speedup", {})
     cell = lambda d, k, fmt: fmt.format(d[k]) if k in d else "-"
     roofline = f"{rec['roofline_fraction']:.1%}" if "roofline_fraction" in rec else "-"
+    sampled = f"{rec['sampled_fraction']:.1%}" if "sampled_fraction" in rec else "-"
     lines.append(
       f"| {rec['workload']} | {rec['case']} | {rec['layout']} | {rec['dtype']} | "
       f"{rec['pass']} | {cell(ms, 'jax_roi', '{:.2f}')} | {cell(ms, 'xla', '{:.1f}')} | "
       f"{cell(ms, 'torchvision', '{:.1f}')} | {cell(ms, 'onnxruntime', '{:.1f}')} | "
       f"{cell(ms, 'openvino', '{:.1f}')} | {cell(sp, 'xla', '{:.1f}x')} | "
       f"{cell(sp, 'torchvision', '{:.1f}x')} | {cell(sp, 'onnxruntime', '{:.1f}x')} | "
-      f"{cell(sp, 'openvino', '{:.1f}x')} | {roofline} | {_missed(rec.get('targets'))} |"
+      f"{cell(sp, 'openvino', '{:.1f}x')} | {roofline} | {sampled} | "
+      f"{_missed(rec.get('targets'))} |"
     )
   agreement = [rec for rec in records if "agreement" in rec]
   if agreement:

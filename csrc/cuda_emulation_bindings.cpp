@@ -44,18 +44,25 @@ PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
     jax_roi::cuda::launch_limits().blocks.store(blocks);
     jax_roi::cuda::launch_limits().threads.store(threads);
   });
-  // The forward kernels ("per_output" or "per_roi") and the 32-bit indexing
-  // threshold of the per-RoI kernels (core/cuda_launch.h).
+  // The forward kernels ("per_output", "per_roi" or "nhwc_vec") and the
+  // 32-bit indexing threshold of the per-RoI kernels (core/cuda_launch.h).
   m.def("set_forward_kernels", [](const std::string& name) {
-    if (name != "per_output" && name != "per_roi") {
-      throw py::value_error("forward kernels: 'per_output' or 'per_roi', got '" + name + "'");
+    if (name != "per_output" && name != "per_roi" && name != "nhwc_vec") {
+      throw py::value_error("forward kernels: 'per_output', 'per_roi' or 'nhwc_vec', got '" +
+                            name + "'");
     }
-    jax_roi::cuda::forward_kernels_ref().store(name == "per_roi" ? 1 : 0);
+    jax_roi::cuda::forward_kernels_ref().store(
+        jax_roi::cuda::forward_kernels_from_name(name.c_str()));
   });
   m.def("forward_kernels", [] {
-    return jax_roi::cuda::forward_kernels() == jax_roi::cuda::ForwardKernels::kPerRoi
-               ? "per_roi"
-               : "per_output";
+    switch (jax_roi::cuda::forward_kernels()) {
+      case jax_roi::cuda::ForwardKernels::kPerOutput:
+        return "per_output";
+      case jax_roi::cuda::ForwardKernels::kNhwcVec:
+        return "nhwc_vec";
+      default:
+        return "per_roi";
+    }
   });
   m.def("set_index32_limit", [](int64_t n) { jax_roi::cuda::index32_limit_ref().store(n); });
   // Rows and columns per band and channels per thread of the deterministic

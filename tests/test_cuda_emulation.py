@@ -145,21 +145,23 @@ def emus():
 # Blocks and threads 0, 0: the real launch shape; the small shapes make every
 # grid-stride loop run several strides. The forward kernels: a block per RoI
 # and chunk of outputs ("per_roi", the default) or one thread per output
-# ("per_output"; core/cuda_launch.h); each architecture runs both, the per-RoI
-# ones with their 32-bit offsets (threshold None: the default) and their
-# 64-bit ones (threshold 0). The deterministic backward's owner tiles: the
+# ("per_output"; core/cuda_launch.h) or, for roi_align in NHWC with whole
+# 16-byte vectors of channels, the per-RoI kernel with a vector of channels
+# per thread ("nhwc_vec", an option; per_roi elsewhere); each architecture
+# runs them all, the per-RoI ones with their 32-bit offsets (threshold None:
+# the default) and their 64-bit ones (threshold 0). The deterministic backward's owner tiles: the
 # planner's (None), or (rows per band, columns per band, channels per
 # thread), 0 meaning the planner's choice for that one.
 RUN_CONFIGS = [
   [
     (0, 0, "per_output", None, None),
     (2, 32, "per_roi", 0, (2, 3, 1)),
-    (3, 96, "per_roi", None, (3, 5, 4)),
+    (3, 96, "nhwc_vec", None, (3, 5, 4)),
   ],
   [
     (0, 0, "per_roi", None, (1, 4, 3)),
     (2, 32, "per_output", None, (3, 0, 2)),
-    (3, 96, "per_roi", 0, None),
+    (3, 96, "nhwc_vec", 0, None),
   ],
 ]
 INDEX32_DEFAULT = 2**31 - 1
@@ -789,6 +791,42 @@ def test_forward_argmax(emus, variant):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+@pytest.mark.parametrize("mode,sr", [("avg", 2), ("max", 2), ("avg", 0), ("max", 0)])
+def test_nhwc_vec_forward(emus, monkeypatch, dtype, mode, sr):
+  """roi_align's NHWC vector forward (16-byte loads of 16 / itemsize
+  channels) on hostile boxes, with every run's launch limits, seeds and
+  32/64-bit offsets: outputs bit for bit the CPU's, and the feature gradient
+  (which in max mode follows the forward's winners) within tolerance."""
+  configs = [[(b, t, "nhwc_vec", i, o) for (b, t, _, i, o) in arch] for arch in RUN_CONFIGS]
+  monkeypatch.setattr(sys.modules[__name__], "RUN_CONFIGS", configs)
+  lanes = 16 // np.dtype(DTYPES[dtype]).itemsize
+  seed = stable_seed("nhwc_vec", dtype, mode, sr)
+  with _x64(dtype, "float32"):
+    x, rois = make_case(seed, dtype, "float32", "NHWC", "indexed", c=3 * lanes)
+    op = lambda x, r: jax_roi.roi_align(
+      x,
+      r,
+      (3, 2),
+      spatial_scale=0.5,
+      sampling_ratio=sr,
+      aligned=True,
+      mode=mode,
+      layout="NHWC",
+      implementation="ffi",
+    )
+    compare(
+      emus,
+      op,
+      x,
+      rois,
+      seed,
+      box_grad=False,
+      what=f"roi_align nhwc_vec {mode} sr={sr} {dtype}",
+      adaptive=sr <= 0,
+    )
+
+
 def test_every_target_has_an_emulated_twin_per_architecture(emus):
   assert sorted(m.cuda_arch for m in emus) == sorted(ARCHS)
   assert len(set(ARCHS)) >= 2 or os.environ.get("JAX_ROI_EMULATION_ARCHS")
@@ -864,16 +902,25 @@ def test_redirect_targets_clears_compiled_executables(emus):
   assert m.stats()["launches"] == 0
 
 
-@pytest.mark.parametrize("op_name", ["roi_pool", "roi_align", "roi_align_adaptive"])
+@pytest.mark.parametrize(
+  "op_name", ["roi_pool", "roi_align", "roi_align_adaptive", "roi_align_nhwc", "roi_align_nhwc_f64"]
+)
 def test_forward_kernel_variants_launch_what_they_say(emus, op_name):
   """set_forward_kernels picks the kernels (the bit-for-bit comparisons above
   would pass if it did nothing): one thread per output (one launch of
   ceil(outputs / 256) blocks) or a block per RoI and chunk of 4 * 256
   outputs; roi_align with adaptive sampling adds a launch of the same shape
-  for the RoIs whose samples do not fit the tables."""
+  for the RoIs whose samples do not fit the tables. nhwc_vec: the same as
+  per_roi except for roi_align in NHWC with whole vectors of channels, where
+  a block's chunk is 4 * 256 vectors (4 float32 channels: 1800 outputs are
+  450 vectors, one chunk); float64 (2 channels a vector) with 301 channels
+  is not whole vectors: per_roi's kernels."""
   m = emus[0]
-  k, c, ph, pw = 5, 300, 3, 2  # 1800 outputs per RoI: 2 chunks
+  nhwc = op_name.startswith("roi_align_nhwc")
+  k, c, ph, pw = 5, 301 if op_name == "roi_align_nhwc_f64" else 300, 3, 2
   x = np.random.default_rng(0).standard_normal((1, c, 8, 8)).astype(np.float32)
+  if nhwc:
+    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
   rois = np.array([[0, 1, 1, 6, 5]] * k, np.float32)
   op = {
     "roi_pool": lambda x, r: jax_roi.roi_pool(x, r, (ph, pw), implementation="ffi"),
@@ -883,32 +930,43 @@ def test_forward_kernel_variants_launch_what_they_say(emus, op_name):
     "roi_align_adaptive": lambda x, r: jax_roi.roi_align(
       x, r, (ph, pw), sampling_ratio=0, implementation="ffi"
     ),
-  }[op_name]
+  }.get(
+    op_name,
+    lambda x, r: jax_roi.roi_align(
+      x, r, (ph, pw), sampling_ratio=2, layout="NHWC", implementation="ffi"
+    ),
+  )
   fn = jax.jit(op)
-  expected = np.asarray(fn(x, rois))
+  chunks = -(-c * ph * pw // 1024)
   launches = {
     "per_output": (1, -(-k * c * ph * pw // 256)),
-    "per_roi": (2, 2 * k * 2) if op_name == "roi_align_adaptive" else (1, k * 2),
+    "per_roi": (2, 2 * k * chunks) if op_name == "roi_align_adaptive" else (1, k * chunks),
   }
-  with kernel.redirect_targets(lambda t: t + m.target_suffix):
-    for variant, (n_launches, n_blocks) in launches.items():
-      m.set_forward_kernels(variant)
-      try:
-        m.reset_stats()
-        got = np.asarray(jax.block_until_ready(fn(x, rois)))
-        stats = m.stats()
-      finally:
-        m.set_forward_kernels(FORWARD_DEFAULT)
-      assert m.forward_kernels() == FORWARD_DEFAULT
-      assert (stats["launches"], stats["blocks"]) == (n_launches, n_blocks), (variant, stats)
-      assert_bits_equal(got, expected, f"{op_name} {variant}")
+  launches["nhwc_vec"] = (1, k) if op_name == "roi_align_nhwc" else launches["per_roi"]
+  with jax.enable_x64(op_name == "roi_align_nhwc_f64"):
+    if op_name == "roi_align_nhwc_f64":
+      x, rois = x.astype(np.float64), rois.astype(np.float64)
+    expected = np.asarray(fn(x, rois))
+    with kernel.redirect_targets(lambda t: t + m.target_suffix):
+      for variant, (n_launches, n_blocks) in launches.items():
+        m.set_forward_kernels(variant)
+        try:
+          m.reset_stats()
+          got = np.asarray(jax.block_until_ready(fn(x, rois)))
+          stats = m.stats()
+        finally:
+          m.set_forward_kernels(FORWARD_DEFAULT)
+        assert m.forward_kernels() == FORWARD_DEFAULT
+        assert (stats["launches"], stats["blocks"]) == (n_launches, n_blocks), (variant, stats)
+        assert_bits_equal(got, expected, f"{op_name} {variant}")
   with pytest.raises(ValueError, match="per_roi"):
     m.set_forward_kernels("fast")
 
 
 def test_forward_kernels_from_the_environment(emus):
   """JAX_ROI_CUDA_FORWARD picks the forward kernels when the module loads:
-  per_roi by default and for any other value, per_output when asked."""
+  per_roi by default and for any other value, per_output or nhwc_vec when
+  asked."""
   build = pathlib.Path(emus[0].__file__).parent
   code = (
     f"import sys; sys.path.insert(0, {str(build)!r}); "
@@ -919,6 +977,7 @@ def test_forward_kernels_from_the_environment(emus):
     (None, "per_roi"),
     ("per_output", "per_output"),
     ("per_roi", "per_roi"),
+    ("nhwc_vec", "nhwc_vec"),
     ("fast", "per_roi"),
   ):
     env = {k: v for k, v in os.environ.items() if k != "JAX_ROI_CUDA_FORWARD"}

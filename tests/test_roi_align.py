@@ -403,3 +403,22 @@ def test_wide_channels_equal_loop_reference(x64, layout, mode, many_rois):
   )(x)
   expected_grad, _ = ref.roi_align_grad(x, rois, cot, (3, 4), layout=layout, **kw)
   np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_float32_channels_do_not_depend_on_the_channel_count(layout, mode):
+  """float32 with 45 channels (the CPU kernel sums blocks of 32 channels in
+  vector registers, the rest one by one): each channel's output equals, bit
+  for bit, the op on that channel alone (the scalar path, bit-exact with
+  torchvision's golden vectors)."""
+  rng = np.random.default_rng(11)
+  n, c, h, w = 2, 45, 17, 23
+  x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+  rois = indexed_rois(rng, random_boxes(rng, 25, h, w, scale=0.5), n, padding=0.1)
+  rois = rois.astype(np.float32)
+  kw = dict(spatial_scale=0.5, sampling_ratio=2, aligned=True, mode=mode, implementation="ffi")
+  out = nchw_of(jax_roi.roi_align(nchw_to(x, layout), rois, (4, 3), layout=layout, **kw), layout)
+  for ch in (0, 17, 31, 32, 44):
+    alone = jax_roi.roi_align(x[:, ch : ch + 1], rois, (4, 3), layout="NCHW", **kw)
+    np.testing.assert_array_equal(out[:, ch : ch + 1], np.asarray(alone), err_msg=f"channel {ch}")

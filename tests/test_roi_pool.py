@@ -328,3 +328,23 @@ def test_wide_channels_equal_loop_reference(layout, channels, many_rois):
   )(x)
   expected_grad = ref.roi_pool_grad(x.shape, rois, cot, argmax, layout)
   np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float32_channels_do_not_depend_on_the_channel_count(layout):
+  """float32 with 45 channels (the CPU kernel pools blocks of 32 channels in
+  vector registers, the rest one by one): each channel's output and gradient
+  equal, bit for bit, the op on that channel alone."""
+  rng = np.random.default_rng(12)
+  n, c, h, w = 2, 45, 17, 23
+  x = np.round(rng.standard_normal((n, c, h, w)) * 3).astype(np.float32)  # ties
+  rois = indexed_rois(rng, random_boxes(rng, 25, h, w, scale=1.0), n, padding=0.1)
+  rois = rois.astype(np.float32)
+  op = lambda f, lay: jax_roi.roi_pool(f, rois, (4, 3), 1.0, layout=lay, implementation="ffi")
+  out = nchw_of(op(nchw_to(x, layout), layout), layout)
+  grad = nchw_of(jax.grad(lambda f: jnp.sum(op(f, layout) ** 2))(nchw_to(x, layout)), layout)
+  for ch in (0, 17, 31, 32, 44):
+    alone = x[:, ch : ch + 1]
+    np.testing.assert_array_equal(out[:, ch : ch + 1], np.asarray(op(alone, "NCHW")))
+    grad_alone = jax.grad(lambda f: jnp.sum(op(f, "NCHW") ** 2))(alone)
+    np.testing.assert_array_equal(grad[:, ch : ch + 1], np.asarray(grad_alone))

@@ -50,17 +50,25 @@ inline LaunchLimits& launch_limits() {
 // outputs), the RoI's geometry computed once per block and its samples
 // tabulated in shared memory (kPerRoi, the default: 1.1-1.4x faster than the
 // other on an H200, benchmarks/results/gpu-2026-11-29), or one thread per
-// output element (kPerOutput, the first kernels). Both give the same bits.
-// Set by the environment variable JAX_ROI_CUDA_FORWARD ("per_roi" or
-// "per_output"), read when the module is loaded; the emulation module's
-// set_forward_kernels() changes it (tests).
-enum class ForwardKernels : int { kPerOutput = 0, kPerRoi = 1 };
+// output element (kPerOutput, the first kernels), or kNhwcVec: the per-RoI
+// kernels where each thread of roi_align's NHWC forward computes
+// kVecBytes / sizeof(T) consecutive channels of a bin with 16-byte loads and
+// stores (other ops and layouts, channel counts that are not a multiple of
+// the vector, and unaligned buffers run the per-RoI kernels). All give the
+// same bits. Set by the environment variable JAX_ROI_CUDA_FORWARD
+// ("per_roi", "per_output" or "nhwc_vec"), read when the module is loaded;
+// the emulation module's set_forward_kernels() changes it (tests). kNhwcVec
+// stays an option until a GPU run shows it faster.
+enum class ForwardKernels : int { kPerOutput = 0, kPerRoi = 1, kNhwcVec = 2 };
+
+inline int forward_kernels_from_name(const char* e) {
+  if (e != nullptr && std::strcmp(e, "per_output") == 0) return 0;
+  if (e != nullptr && std::strcmp(e, "nhwc_vec") == 0) return 2;
+  return 1;
+}
 
 inline std::atomic<int>& forward_kernels_ref() {
-  static std::atomic<int> v{[] {
-    const char* e = std::getenv("JAX_ROI_CUDA_FORWARD");
-    return e != nullptr && std::strcmp(e, "per_output") == 0 ? 0 : 1;
-  }()};
+  static std::atomic<int> v{forward_kernels_from_name(std::getenv("JAX_ROI_CUDA_FORWARD"))};
   return v;
 }
 
@@ -330,11 +338,12 @@ __device__ __forceinline__ void for_each_roi_output(const RoiDims& d, int64_t be
   }
 }
 
-// Launches Kernel(args, chunks, chunk, index32_limit) per RoI and chunk.
+// Launches Kernel(args, chunks, chunk, index32_limit) per RoI and chunk of
+// its `per_roi` work items (default: its C * PH * PW outputs).
 template <auto Kernel, typename Args>
-cudaError_t launch_per_roi(cudaStream_t stream, const Args& args) {
+cudaError_t launch_per_roi(cudaStream_t stream, const Args& args, int64_t per_roi = -1) {
   const RoiDims& d = args.dims;
-  const int64_t per_roi = d.channels * d.pooled_height * d.pooled_width;
+  if (per_roi < 0) per_roi = d.channels * d.pooled_height * d.pooled_width;
   if (d.num_rois <= 0 || per_roi <= 0) return cudaSuccess;
   const int64_t chunk = kChunkPerThread * threads_per_block();
   const int64_t chunks = (per_roi + chunk - 1) / chunk;

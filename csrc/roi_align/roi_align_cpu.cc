@@ -171,6 +171,26 @@ void build_group(std::vector<RoiSamples<C, A>>& caches, const std::vector<int64_
                   });
 }
 
+// The sums over one bin's samples (in order) of every channel's bilinear
+// value, NHWC pixels (pixel o at pixels + o * Cn).
+template <typename T, typename A>
+void bin_sums(const T* pixels, int64_t Cn, const Sample<A>* begin, const Sample<A>* end, A* acc) {
+  for (int64_t c = 0; c < Cn; ++c) acc[c] = A(0);
+  for (const Sample<A>* q = begin; q != end; ++q) {
+    const Sample<A> p = *q;
+    const T* __restrict p1 = pixels + p.o1 * Cn;
+    const T* __restrict p2 = pixels + p.o2 * Cn;
+    const T* __restrict p3 = pixels + p.o3 * Cn;
+    const T* __restrict p4 = pixels + p.o4 * Cn;
+    A* __restrict a = acc;
+    for (int64_t c = 0; c < Cn; ++c) {
+      a[c] += bilinear_value(p.w1, p.w2, p.w3, p.w4, load(p1 + c), load(p2 + c), load(p3 + c),
+                             load(p4 + c));
+    }
+  }
+}
+
+
 // Forward of a group of one level's RoIs (d, o, features: the level's;
 // nhwc: the level's map in NHWC order, the input itself or a scratch copy of
 // NCHW input, or nullptr to read NCHW planes).
@@ -238,18 +258,8 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const T* 
       for (int64_t i = 0; i < nbins; ++i) {
         if (!o.max_mode) {
           A* __restrict accp = acc.data();
-          for (int64_t c = 0; c < Cn; ++c) accp[c] = A(0);
-          for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
-            const Sample<A> p = s.samples[j];
-            const T* __restrict p1 = pixels + p.o1 * Cn;
-            const T* __restrict p2 = pixels + p.o2 * Cn;
-            const T* __restrict p3 = pixels + p.o3 * Cn;
-            const T* __restrict p4 = pixels + p.o4 * Cn;
-            for (int64_t c = 0; c < Cn; ++c) {
-              accp[c] += bilinear_value(p.w1, p.w2, p.w3, p.w4, load(p1 + c), load(p2 + c),
-                                        load(p3 + c), load(p4 + c));
-            }
-          }
+          bin_sums(pixels, Cn, s.samples.data() + s.begin[i], s.samples.data() + s.begin[i + 1],
+                   accp);
           T* __restrict dst = out.output + i * Cn;
           for (int64_t c = 0; c < Cn; ++c) store(dst + c, accp[c] / count);
           continue;
@@ -287,8 +297,11 @@ void backward_group(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features, c
   using A = acc_t<T>;
   const int64_t Cn = d.channels, HW = d.height * d.width;
   const int64_t nbins = d.pooled_height * d.pooled_width;
-  // Tasks own blocks of channels: no two write the same element.
-  parallel_ranges(runner, Cn, 4 * runner.concurrency(), [&](int64_t c0, int64_t c1) {
+  // Tasks own blocks of channels: no two write the same element. NHWC: one
+  // block per thread, so that each reads and writes long runs of channels.
+  const int64_t blocks =
+      d.layout == Layout::kNHWC ? runner.concurrency() : 4 * runner.concurrency();
+  parallel_ranges(runner, Cn, blocks, [&](int64_t c0, int64_t c1) {
     if (d.layout == Layout::kNCHW) {
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t r = 0; r < n; ++r) {

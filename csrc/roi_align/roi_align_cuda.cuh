@@ -392,16 +392,179 @@ __global__ void roi_align_box_grad_kernel(AlignBoxGradArgs<T, C> a) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// NHWC vector forward (ForwardKernels::kNhwcVec): the tabulated per-RoI
+// kernel where a thread computes kLanes = 16 / sizeof(T) consecutive channels
+// of one bin (4 float, 8 f16/bf16, 2 double): each tap's channels come in one
+// 16-byte load, the outputs go out in one 16-byte store, and the bin's
+// geometry is decoded once per vector. Each channel's arithmetic is
+// tabulated_sample_value's, in the same order: the same bits. Used when the
+// channel count is a multiple of kLanes and every buffer is 16-byte aligned;
+// the launcher falls back to the per-RoI kernel otherwise.
+// ---------------------------------------------------------------------------
+constexpr int64_t kVecBytes = 16;
+
+template <typename T>
+struct alignas(kVecBytes) ChannelVec {
+  static constexpr int64_t kLanes = kVecBytes / static_cast<int64_t>(sizeof(T));
+  T v[kLanes];
+};
+
+template <typename T, typename C>
+__global__ void roi_align_forward_nhwc_vec_kernel(AlignForwardArgs<T, C> a, int64_t chunks,
+                                                  int64_t chunk, int64_t index32_limit) {
+  using A = acc_t<T>;
+  using V = ChannelVec<T>;
+  constexpr int64_t kLanes = V::kLanes;
+  __shared__ AxisSample<C> y_samples[kAxisTable];
+  __shared__ AxisSample<C> x_samples[kAxisTable];
+  __shared__ SampleRange y_ranges[kAxisTable];
+  __shared__ SampleRange x_ranges[kAxisTable];
+  const AlignOptions& o = a.options;
+  const int64_t Cn = a.dims.channels, groups = Cn / kLanes;
+  const int64_t nbins = a.dims.pooled_height * a.dims.pooled_width;
+  const int64_t per_roi = nbins * groups;  // vectors of outputs per RoI
+  const bool narrow = per_roi <= index32_limit;
+  for (int64_t item = blockIdx.x; item < a.dims.num_rois * chunks; item += gridDim.x) {
+    const int64_t k = item / chunks;
+    const int64_t begin = (item - k * chunks) * chunk;
+    const int64_t end = begin + chunk < per_roi ? begin + chunk : per_roi;
+    const Box<C> box = read_box(a.rois, k, a.dims);
+    const FeatureLevel<const T> level = a.levels[roi_level(box, a.map)];
+    const RoiDims d = level_dims(a.dims, level);
+    const AlignRoi<C> r =
+        align_roi(box, static_cast<C>(level.spatial_scale), o.aligned, o.sampling_ratio, d);
+    const int64_t image = r.empty ? 0 : box.image;
+    const bool sampled = !r.empty && d.height > 0 && d.width > 0;
+    const bool fits = d.pooled_height <= kAxisTable && d.pooled_width <= kAxisTable &&
+                      d.pooled_height * r.grid_h <= kAxisTable &&
+                      d.pooled_width * r.grid_w <= kAxisTable;
+    if (sampled && !fits) continue;  // the untabulated per-RoI kernel's
+    if (sampled) {
+      for (int64_t e = threadIdx.x; e < d.pooled_height * r.grid_h; e += blockDim.x) {
+        const int64_t ph = e / r.grid_h;
+        y_samples[e] = axis_sample(
+            sample_coord(r.start_h, ph, r.bin_h, e - ph * r.grid_h, r.grid_h), d.height);
+      }
+      for (int64_t e = threadIdx.x; e < d.pooled_width * r.grid_w; e += blockDim.x) {
+        const int64_t pw = e / r.grid_w;
+        x_samples[e] = axis_sample(
+            sample_coord(r.start_w, pw, r.bin_w, e - pw * r.grid_w, r.grid_w), d.width);
+      }
+      for (int64_t p = threadIdx.x; p < d.pooled_height; p += blockDim.x) {
+        y_ranges[p] = sample_range(r.start_h, p, r.bin_h, r.grid_h, d.height);
+      }
+      for (int64_t p = threadIdx.x; p < d.pooled_width; p += blockDim.x) {
+        x_ranges[p] = sample_range(r.start_w, p, r.bin_w, r.grid_w, d.width);
+      }
+    }
+    __syncthreads();
+    const T* pixels = level.data + image * d.height * d.width * Cn;
+    auto vector_at = [&](int64_t y, int64_t x, int64_t c0) {
+      return *reinterpret_cast<const V*>(pixels + (y * d.width + x) * Cn + c0);
+    };
+    auto body = [&](int64_t bin, int64_t c0) {
+      const int64_t ph = bin / d.pooled_width, pw = bin - ph * d.pooled_width;
+      const AlignBin b = sampled ? tabulated_bin(r, y_ranges[ph], x_ranges[pw])
+                                 : tabulated_bin(r, SampleRange{0, 0}, SampleRange{0, 0});
+      const int64_t y0 = ph * r.grid_h, x0 = pw * r.grid_w;
+      const int64_t out = (k * nbins + bin) * Cn + c0;
+      if (!o.max_mode) {
+        A sum[kLanes];
+        for (int64_t l = 0; l < kLanes; ++l) sum[l] = A(0);
+        for (int64_t iy = b.ys.first; iy < b.ys.last; ++iy) {
+          for (int64_t ix = b.xs.first; ix < b.xs.last; ++ix) {
+            const AxisSample<C>& y = y_samples[y0 + iy];
+            const AxisSample<C>& x = x_samples[x0 + ix];
+            if (!(y.valid && x.valid)) continue;
+            const C w1 = y.h * x.h, w2 = y.h * x.l, w3 = y.l * x.h, w4 = y.l * x.l;
+            const V v1 = vector_at(y.low, x.low, c0), v2 = vector_at(y.low, x.high, c0);
+            const V v3 = vector_at(y.high, x.low, c0), v4 = vector_at(y.high, x.high, c0);
+            for (int64_t l = 0; l < kLanes; ++l) {
+              sum[l] += bilinear_value(static_cast<A>(w1), static_cast<A>(w2), static_cast<A>(w3),
+                                       static_cast<A>(w4), load(&v1.v[l]), load(&v2.v[l]),
+                                       load(&v3.v[l]), load(&v4.v[l]));
+            }
+          }
+        }
+        V result;
+        for (int64_t l = 0; l < kLanes; ++l) store(&result.v[l], sum[l] / static_cast<A>(r.count));
+        *reinterpret_cast<V*>(a.output + out) = result;
+        return;
+      }
+      MaxSample<A> m[kLanes];
+      for (int64_t l = 0; l < kLanes; ++l) m[l].init();
+      for (int64_t iy = b.ys.first; iy < b.ys.last; ++iy) {
+        for (int64_t ix = b.xs.first; ix < b.xs.last; ++ix) {
+          const AxisSample<C>& y = y_samples[y0 + iy];
+          const AxisSample<C>& x = x_samples[x0 + ix];
+          if (!(y.valid && x.valid)) continue;
+          const C w1 = y.h * x.h, w2 = y.h * x.l, w3 = y.l * x.h, w4 = y.l * x.l;
+          const V v1 = vector_at(y.low, x.low, c0), v2 = vector_at(y.low, x.high, c0);
+          const V v3 = vector_at(y.high, x.low, c0), v4 = vector_at(y.high, x.high, c0);
+          for (int64_t l = 0; l < kLanes; ++l) {
+            m[l].offer(bilinear_value(static_cast<A>(w1), static_cast<A>(w2), static_cast<A>(w3),
+                                      static_cast<A>(w4), load(&v1.v[l]), load(&v2.v[l]),
+                                      load(&v3.v[l]), load(&v4.v[l])),
+                       iy * b.grid_w + ix, iy, ix);
+          }
+        }
+      }
+      const int64_t outside = first_outside(b);
+      for (int64_t l = 0; l < kLanes; ++l) {
+        m[l].finish(b, outside);
+        store_max_output(a, out + l, m[l]);
+      }
+    };
+    if (narrow) {
+      const uint32_t g = static_cast<uint32_t>(groups);
+      for (uint32_t j = static_cast<uint32_t>(begin) + threadIdx.x; j < static_cast<uint32_t>(end);
+           j += blockDim.x) {
+        const uint32_t bin = j / g;
+        body(bin, static_cast<int64_t>(j - bin * g) * kLanes);
+      }
+    } else {
+      for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+        const int64_t bin = j / groups;
+        body(bin, (j - bin * groups) * kLanes);
+      }
+    }
+    __syncthreads();  // the tables are read before the next item rebuilds them
+  }
+}
+
+// Whether the NHWC vector forward can run: NHWC, whole vectors of channels,
+// 16-byte aligned maps and output.
+template <typename T, typename C>
+bool nhwc_vec_applies(const AlignForwardArgs<T, C>& args) {
+  const auto aligned = [](const void* p) {
+    return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(kVecBytes) == 0;
+  };
+  if (args.dims.layout != Layout::kNHWC || args.dims.channels % ChannelVec<T>::kLanes != 0) {
+    return false;
+  }
+  if (!aligned(args.output)) return false;
+  for (int32_t l = 0; l < (args.map.num_levels > 1 ? args.map.num_levels : 1); ++l) {
+    if (!aligned(args.levels[l].data)) return false;
+  }
+  return true;
+}
+
 template <typename T, typename C>
 cudaError_t roi_align_forward(cudaStream_t stream, const AlignForwardArgs<T, C>& args) {
-  if (forward_kernels() == ForwardKernels::kPerRoi) {
+  const ForwardKernels kernels = forward_kernels();
+  if (kernels != ForwardKernels::kPerOutput) {
+    const RoiDims& d = args.dims;
     const cudaError_t err =
-        launch_per_roi<roi_align_forward_per_roi_kernel<T, C, true>>(stream, args);
+        kernels == ForwardKernels::kNhwcVec && nhwc_vec_applies(args)
+            ? launch_per_roi<roi_align_forward_nhwc_vec_kernel<T, C>>(
+                  stream, args, d.pooled_height * d.pooled_width *
+                                    (d.channels / ChannelVec<T>::kLanes))
+            : launch_per_roi<roi_align_forward_per_roi_kernel<T, C, true>>(stream, args);
     if (err != cudaSuccess) return err;
     // The RoIs whose samples do not fit the tables: none with a fixed
     // sampling ratio that fits (no launch); with adaptive sampling, the large
     // RoIs (their blocks share the work as the per-output kernel's do).
-    const RoiDims& d = args.dims;
     const int64_t sr = args.options.sampling_ratio;
     if (sr > 0 && d.pooled_height <= kAxisTable && d.pooled_width <= kAxisTable &&
         d.pooled_height * sr <= kAxisTable && d.pooled_width * sr <= kAxisTable) {

@@ -271,7 +271,11 @@ void roi_pool_backward(const PoolBackwardArgs<T, C>& a, TaskRunner& runner) {
     std::memset(a.grad_features + begin, 0, sizeof(A) * (end - begin));
   });
 
-  parallel_ranges(runner, Cn, parts, [&](int64_t c_begin, int64_t c_end) {
+  // NHWC: one block per thread, so that each reads long runs of every
+  // argmax and cotangent row (2.7 ms against 4.7 ms with four blocks per
+  // thread, faster-rcnn K=128, 2 threads).
+  const int64_t blocks = d.layout == Layout::kNHWC ? runner.concurrency() : parts;
+  parallel_ranges(runner, Cn, blocks, [&](int64_t c_begin, int64_t c_end) {
     for (int64_t k = 0; k < d.num_rois; ++k) {
       const int64_t image = read_box(a.rois, k, d).image;
       if (image < 0) continue;
@@ -287,16 +291,11 @@ void roi_pool_backward(const PoolBackwardArgs<T, C>& a, TaskRunner& runner) {
         }
         continue;
       }
-      // Channel by channel, the bins innermost: the RoI's argmax and
-      // cotangent rows of the block stay in L1, as do the gradient lines of
-      // the 16 channels that share them (bins first would touch a new line
-      // per channel per bin). Each element still receives its RoI's
-      // contributions in bin order.
       A* pixels = a.grad_features + image * HW * Cn;
       const int32_t* arg = a.argmax + k * nbins * Cn;
       const T* g = a.grad_output + k * nbins * Cn;
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        for (int64_t i = 0; i < nbins; ++i) {
+      for (int64_t i = 0; i < nbins; ++i) {
+        for (int64_t c = c_begin; c < c_end; ++c) {
           const int64_t hw = arg[i * Cn + c];
           if (hw >= 0 && hw < HW) pixels[hw * Cn + c] += load(g + i * Cn + c);
         }

@@ -162,7 +162,7 @@ __global__ void roi_pool_backward_owner_kernel(PoolBackwardArgs<T, C> a, OwnerGr
 
 template <typename T, typename C>
 cudaError_t roi_pool_forward(cudaStream_t stream, const PoolForwardArgs<T, C>& args) {
-  if (forward_kernels() == ForwardKernels::kPerRoi) {
+  if (forward_kernels() != ForwardKernels::kPerOutput) {  // kNhwcVec: roi_align only
     return launch_per_roi<roi_pool_forward_per_roi_kernel<T, C>>(stream, args);
   }
   return launch_per_output<roi_pool_forward_kernel<T, C>>(stream, args);
