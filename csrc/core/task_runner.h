@@ -35,6 +35,17 @@ void parallel_ranges(TaskRunner& runner, int64_t n, int64_t parts, F&& fn) {
   });
 }
 
+// How many blocks of channels a backward splits into when each task owns a
+// block (so that no two tasks write the same element). NHWC: one per thread,
+// so that each task reads and writes long runs of every pixel's channels
+// (faster-rcnn roi_pool 4.7 -> 2.7 ms, mask-rcnn roi_align 95 -> 68 ms on two
+// threads, against four blocks per thread). NCHW: four per thread, whole
+// planes each, for balance. Never more blocks than channels.
+inline int64_t channel_blocks(TaskRunner& runner, bool nhwc, int64_t channels) {
+  const int64_t blocks = nhwc ? runner.concurrency() : 4 * runner.concurrency();
+  return std::max<int64_t>(1, std::min(blocks, channels));
+}
+
 }  // namespace cpu
 }  // namespace jax_roi
 

@@ -262,25 +262,28 @@ void ps_roi_pool_backward(const PsPoolBackwardArgs<T, C>& a, TaskRunner& runner)
       images[k] = box.image;
     }
   });
-  parallel_ranges(runner, Ci, 4 * runner.concurrency(), [&](int64_t c0, int64_t c1) {
-    for (int64_t k = 0; k < d.num_rois; ++k) {
-      const PsPoolRoi<C>& r = geo[k];
-      if (r.empty) continue;
-      for (int64_t ci = c0; ci < c1; ++ci) {
-        const int64_t c = ci / nbins, bin = ci % nbins, ph = bin / PW, pw = bin % PW;
-        const PsWindow rows = ps_pool_bin(false, ph, r.bin_h, r.start_h, H);
-        const PsWindow cols = ps_pool_bin(false, pw, r.bin_w, r.start_w, W);
-        if (rows.empty() || cols.empty()) continue;
-        const A g =
-            load(a.grad_output + output_index(d, k, c, ph, pw)) / ps_pool_area<A>(rows, cols);
-        A* grad = a.grad_features + feature_index_hw(in, images[k], ci, 0);
-        const int64_t step = d.layout == Layout::kNCHW ? 1 : Ci;
-        for (int64_t h = rows.start; h < rows.end; ++h) {
-          for (int64_t w = cols.start; w < cols.end; ++w) grad[(h * W + w) * step] += g;
-        }
-      }
-    }
-  });
+  parallel_ranges(runner, Ci, channel_blocks(runner, d.layout == Layout::kNHWC, Ci),
+                  [&](int64_t c0, int64_t c1) {
+                    for (int64_t k = 0; k < d.num_rois; ++k) {
+                      const PsPoolRoi<C>& r = geo[k];
+                      if (r.empty) continue;
+                      for (int64_t ci = c0; ci < c1; ++ci) {
+                        const int64_t c = ci / nbins, bin = ci % nbins, ph = bin / PW,
+                                      pw = bin % PW;
+                        const PsWindow rows = ps_pool_bin(false, ph, r.bin_h, r.start_h, H);
+                        const PsWindow cols = ps_pool_bin(false, pw, r.bin_w, r.start_w, W);
+                        if (rows.empty() || cols.empty()) continue;
+                        const A g = load(a.grad_output + output_index(d, k, c, ph, pw)) /
+                                    ps_pool_area<A>(rows, cols);
+                        A* grad = a.grad_features + feature_index_hw(in, images[k], ci, 0);
+                        const int64_t step = d.layout == Layout::kNCHW ? 1 : Ci;
+                        for (int64_t h = rows.start; h < rows.end; ++h) {
+                          for (int64_t w = cols.start; w < cols.end; ++w)
+                            grad[(h * W + w) * step] += g;
+                        }
+                      }
+                    }
+                  });
 }
 
 template <typename T, typename C>
@@ -327,40 +330,42 @@ void ps_roi_align_backward(const PsAlignBackwardArgs<T, C>& a, TaskRunner& runne
         if (cached[i]) caches[i].build(a.rois, group[i], a.spatial_scale, a.sampling_ratio, d);
       }
     });
-    parallel_ranges(runner, Ci, 4 * runner.concurrency(), [&](int64_t c0, int64_t c1) {
-      for (int64_t gi = 0; gi < g_size; ++gi) {
-        const int64_t kk = group[gi];
-        if (!cached[gi]) {
-          const Box<C> box = read_box(a.rois, kk, d);
-          const AlignRoi<C> r =
-              ps_align_roi(box, static_cast<C>(a.spatial_scale), a.sampling_ratio, d);
-          if (r.empty) continue;
-          const CountDivider<A> div(static_cast<A>(r.count));
-          for (int64_t ci = c0; ci < c1; ++ci) {
-            const int64_t c = ci / nbins, bin = ci % nbins, ph = bin / PW, pw = bin % PW;
-            const A g = load(a.grad_output + output_index(d, kk, c, ph, pw));
-            A* grad = a.grad_features + feature_index_hw(in, box.image, ci, 0);
-            for_each_sample(r, align_bin(r, ph, pw, d), ph, pw, d,
-                            [&](int64_t, int64_t, const Bilinear<C>& s) {
-                              bilinear_scatter(grad, step, bilinear_taps<A>(s, d.width),
-                                               [&](A* q, A w) { *q += div(g * w); });
-                            });
+    parallel_ranges(
+        runner, Ci, channel_blocks(runner, d.layout == Layout::kNHWC, Ci),
+        [&](int64_t c0, int64_t c1) {
+          for (int64_t gi = 0; gi < g_size; ++gi) {
+            const int64_t kk = group[gi];
+            if (!cached[gi]) {
+              const Box<C> box = read_box(a.rois, kk, d);
+              const AlignRoi<C> r =
+                  ps_align_roi(box, static_cast<C>(a.spatial_scale), a.sampling_ratio, d);
+              if (r.empty) continue;
+              const CountDivider<A> div(static_cast<A>(r.count));
+              for (int64_t ci = c0; ci < c1; ++ci) {
+                const int64_t c = ci / nbins, bin = ci % nbins, ph = bin / PW, pw = bin % PW;
+                const A g = load(a.grad_output + output_index(d, kk, c, ph, pw));
+                A* grad = a.grad_features + feature_index_hw(in, box.image, ci, 0);
+                for_each_sample(r, align_bin(r, ph, pw, d), ph, pw, d,
+                                [&](int64_t, int64_t, const Bilinear<C>& s) {
+                                  bilinear_scatter(grad, step, bilinear_taps<A>(s, d.width),
+                                                   [&](A* q, A w) { *q += div(g * w); });
+                                });
+              }
+              continue;
+            }
+            const PsRoiSamples<C, A>& s = caches[gi];
+            if (s.roi.empty) continue;
+            const CountDivider<A> div(static_cast<A>(s.roi.count));
+            for (int64_t ci = c0; ci < c1; ++ci) {
+              const int64_t c = ci / nbins, bin = ci % nbins, ph = bin / PW, pw = bin % PW;
+              const A g = load(a.grad_output + output_index(d, kk, c, ph, pw));
+              A* grad = a.grad_features + feature_index_hw(in, s.image, ci, 0);
+              for (int64_t j = s.begin[bin]; j < s.begin[bin + 1]; ++j) {
+                bilinear_scatter(grad, step, s.samples[j], [&](A* q, A w) { *q += div(g * w); });
+              }
+            }
           }
-          continue;
-        }
-        const PsRoiSamples<C, A>& s = caches[gi];
-        if (s.roi.empty) continue;
-        const CountDivider<A> div(static_cast<A>(s.roi.count));
-        for (int64_t ci = c0; ci < c1; ++ci) {
-          const int64_t c = ci / nbins, bin = ci % nbins, ph = bin / PW, pw = bin % PW;
-          const A g = load(a.grad_output + output_index(d, kk, c, ph, pw));
-          A* grad = a.grad_features + feature_index_hw(in, s.image, ci, 0);
-          for (int64_t j = s.begin[bin]; j < s.begin[bin + 1]; ++j) {
-            bilinear_scatter(grad, step, s.samples[j], [&](A* q, A w) { *q += div(g * w); });
-          }
-        }
-      }
-    });
+        });
   }
 }
 

@@ -24,8 +24,8 @@
 #include "core/dims.h"
 #include "core/kernel.h"
 #include "core/repack.h"
-#include "core/scratch.h"
 #include "core/sample_grid.h"
+#include "core/scratch.h"
 #include "core/task_runner.h"
 #include "core/types.h"
 #include "roi_align/roi_align_kernels.h"
@@ -190,7 +190,6 @@ void bin_sums(const T* pixels, int64_t Cn, const Sample<A>* begin, const Sample<
   }
 }
 
-
 // Forward of a group of one level's RoIs (d, o, features: the level's;
 // nhwc: the level's map in NHWC order, the input itself or a scratch copy of
 // NCHW input, or nullptr to read NCHW planes).
@@ -290,19 +289,20 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const T* 
 }
 
 // Feature gradient of a group of one level's RoIs (d, grad: the level's).
+// nhwc_grad: NCHW input whose gradient is summed in NHWC scratch (the
+// cotangent stays NCHW); the terms reach each element in the same order.
 template <typename T, typename C>
 void backward_group(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features, const RoiDims& d,
                     const std::vector<RoiSamples<C, acc_t<T>>>& caches, int64_t n,
-                    TaskRunner& runner) {
+                    TaskRunner& runner, bool nhwc_grad = false) {
   using A = acc_t<T>;
   const int64_t Cn = d.channels, HW = d.height * d.width;
   const int64_t nbins = d.pooled_height * d.pooled_width;
-  // Tasks own blocks of channels: no two write the same element. NHWC: one
-  // block per thread, so that each reads and writes long runs of channels.
-  const int64_t blocks =
-      d.layout == Layout::kNHWC ? runner.concurrency() : 4 * runner.concurrency();
+  const bool nchw = d.layout == Layout::kNCHW;
+  // Tasks own blocks of channels: no two write the same element.
+  const int64_t blocks = channel_blocks(runner, !nchw || nhwc_grad, Cn);
   parallel_ranges(runner, Cn, blocks, [&](int64_t c0, int64_t c1) {
-    if (d.layout == Layout::kNCHW) {
+    if (nchw && !nhwc_grad) {
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t r = 0; r < n; ++r) {
           const RoiSamples<C, A>& s = caches[r];
@@ -327,9 +327,14 @@ void backward_group(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features, c
       A* pixels = grad_features + s.image * HW * Cn + c0;
       const CountDivider<A> div(static_cast<A>(s.roi.count));
       for (int64_t i = 0; i < nbins; ++i) {
-        const T* go = a.grad_output + (s.k * nbins + i) * Cn + c0;
         A* __restrict gp = g.data();
-        for (int64_t c = 0; c < cn; ++c) gp[c] = load(go + c);
+        if (nchw) {  // The cotangent's channels are nbins apart.
+          const T* go = a.grad_output + (s.k * Cn + c0) * nbins + i;
+          for (int64_t c = 0; c < cn; ++c) gp[c] = load(go + c * nbins);
+        } else {
+          const T* go = a.grad_output + (s.k * nbins + i) * Cn + c0;
+          for (int64_t c = 0; c < cn; ++c) gp[c] = load(go + c);
+        }
         for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
           // The four neighbours may coincide (edge replication), so the
           // four updates stay separate passes over the channels, in
@@ -425,20 +430,34 @@ void backward_max(const AlignBackwardArgs<T, C>& a, TaskRunner& runner) {
   });
 }
 
-}  // namespace
+// How many (h, w) positions the RoIs' samples read (four per sample), and
+// the largest RoI's sample count.
+struct SampleStats {
+  int64_t pixels_read = 0, largest = 0;
+};
 
-// How many (h, w) positions the RoIs' samples read (four per sample).
 template <typename C>
-int64_t pixels_read(const C* rois, const AlignOptions& o, const RoiDims& d,
-                    const std::vector<int64_t>& order) {
-  int64_t total = 0;
+SampleStats sample_stats(const C* rois, const AlignOptions& o, const RoiDims& d,
+                         const std::vector<int64_t>& order) {
+  SampleStats st;
   for (int64_t k : order) {
     const AlignRoi<C> r = align_roi(read_box(rois, k, d), static_cast<C>(o.spatial_scale),
                                     o.aligned, o.sampling_ratio, d);
-    total += 4 * sample_count(r, d);
+    const int64_t n = sample_count(r, d);
+    st.pixels_read += 4 * std::min(n, kCacheBudget);
+    st.largest = std::max(st.largest, n);
   }
-  return total;
+  return st;
 }
+
+template <typename A>
+void zero_parallel(A* p, int64_t n, TaskRunner& runner) {
+  parallel_ranges(runner, n, 4 * runner.concurrency(), [&](int64_t begin, int64_t end) {
+    std::memset(p + begin, 0, sizeof(A) * (end - begin));
+  });
+}
+
+}  // namespace
 
 template <typename T, typename C>
 void roi_align_forward(const AlignForwardArgs<T, C>& args, TaskRunner& runner) {
@@ -453,8 +472,9 @@ void roi_align_forward(const AlignForwardArgs<T, C>& args, TaskRunner& runner) {
     const T* nhwc = d.layout == Layout::kNHWC ? features : nullptr;
     const int64_t HW = d.height * d.width;
     // NCHW input that pays for it is read from an NHWC copy (core/repack.h).
-    const bool repack = nhwc == nullptr && repack_pays(pixels_read(args.rois, o, d, by_level[l]),
-                                                       d.batch * HW, d.channels, sizeof(T));
+    const bool repack =
+        nhwc == nullptr && repack_pays(sample_stats(args.rois, o, d, by_level[l]).pixels_read,
+                                       d.batch * HW, d.channels, sizeof(T));
     const ScratchLease scratch(repack ? sizeof(T) * static_cast<size_t>(d.batch * HW * d.channels)
                                       : 0);
     if (repack) {
@@ -476,35 +496,53 @@ template <typename T, typename C>
 void roi_align_backward(const AlignBackwardArgs<T, C>& a, TaskRunner& runner) {
   using A = acc_t<T>;
   const RoiDims& dims = a.dims;
-  for (int32_t l = 0; l < std::max<int32_t>(a.map.num_levels, 1); ++l) {
+  const int32_t levels = std::max<int32_t>(a.map.num_levels, 1);
+  const bool avg = !a.options.max_mode && dims.channels > 0 && dims.num_rois > 0;
+  const auto by_level = rois_by_level(a.rois, dims, a.map);
+  // Avg mode, NCHW: a level whose RoIs read it enough (and none too large to
+  // cache) sums its gradient in NHWC scratch (core/repack.h), then
+  // transposes it into place: the scatter then runs over contiguous channels.
+  std::vector<bool> nhwc_grad(levels, false);
+  for (int32_t l = 0; l < levels; ++l) {
     const RoiDims d = level_dims(dims, a.levels[l]);
-    A* grad = a.levels[l].data;
-    parallel_ranges(runner, d.batch * d.channels * d.height * d.width, 4 * runner.concurrency(),
-                    [&](int64_t begin, int64_t end) {
-                      std::memset(grad + begin, 0, sizeof(A) * (end - begin));
-                    });
+    if (!avg || d.layout != Layout::kNCHW || by_level[l].empty()) continue;
+    const AlignOptions o = level_options(a.options, a.levels[l]);
+    const SampleStats st = sample_stats(a.rois, o, d, by_level[l]);
+    nhwc_grad[l] = st.largest <= kCacheBudget &&
+                   repack_pays(st.pixels_read, d.batch * d.height * d.width, d.channels, sizeof(A));
   }
-  if (dims.channels == 0 || dims.num_rois == 0) return;
-  if (a.options.max_mode) {
-    backward_max(a, runner);
+  for (int32_t l = 0; l < levels; ++l) {
+    const RoiDims d = level_dims(dims, a.levels[l]);
+    if (!nhwc_grad[l])
+      zero_parallel(a.levels[l].data, d.batch * d.channels * d.height * d.width, runner);
+  }
+  if (!avg) {
+    if (a.options.max_mode && dims.channels > 0 && dims.num_rois > 0) backward_max(a, runner);
     return;
   }
   std::vector<RoiSamples<C, A>> caches;
-  const auto by_level = rois_by_level(a.rois, dims, a.map);
   for (size_t l = 0; l < by_level.size(); ++l) {
     if (by_level[l].empty()) continue;
     const RoiDims d = level_dims(dims, a.levels[l]);
     const AlignOptions o = level_options(a.options, a.levels[l]);
+    const int64_t HW = d.height * d.width, size = d.batch * d.channels * HW;
+    const ScratchLease scratch(nhwc_grad[l] ? sizeof(A) * static_cast<size_t>(size) : 0);
+    A* grad = nhwc_grad[l] ? scratch.as<A>() : a.levels[l].data;
+    if (nhwc_grad[l]) zero_parallel(grad, size, runner);
     // Uncached RoIs are visited in the same (image, RoI) order as the cached
     // ones, so every element still receives its contributions in RoI order.
     for_each_group(
         a.rois, o, d, by_level[l],
         [&](const std::vector<int64_t>& group) {
           build_group(caches, group, a.rois, o, d, runner, false);
-          backward_group(a, a.levels[l].data, d, caches, static_cast<int64_t>(group.size()),
-                         runner);
+          backward_group(a, grad, d, caches, static_cast<int64_t>(group.size()), runner,
+                         nhwc_grad[l]);
         },
-        [&](int64_t k) { backward_uncached(a, a.levels[l].data, d, o, k, runner); });
+        // (never on scratch: nhwc_grad needs every RoI cached)
+        [&](int64_t k) { backward_uncached(a, grad, d, o, k, runner); });
+    if (nhwc_grad[l]) {
+      repack_nhwc_to_nchw(grad, a.levels[l].data, d.batch, d.channels, HW, runner);
+    }
   }
 }
 

@@ -448,8 +448,8 @@ __global__ void roi_align_forward_nhwc_vec_kernel(AlignForwardArgs<T, C> a, int6
       }
       for (int64_t e = threadIdx.x; e < d.pooled_width * r.grid_w; e += blockDim.x) {
         const int64_t pw = e / r.grid_w;
-        x_samples[e] = axis_sample(
-            sample_coord(r.start_w, pw, r.bin_w, e - pw * r.grid_w, r.grid_w), d.width);
+        x_samples[e] =
+            axis_sample(sample_coord(r.start_w, pw, r.bin_w, e - pw * r.grid_w, r.grid_w), d.width);
       }
       for (int64_t p = threadIdx.x; p < d.pooled_height; p += blockDim.x) {
         y_ranges[p] = sample_range(r.start_h, p, r.bin_h, r.grid_h, d.height);
@@ -558,8 +558,8 @@ cudaError_t roi_align_forward(cudaStream_t stream, const AlignForwardArgs<T, C>&
     const cudaError_t err =
         kernels == ForwardKernels::kNhwcVec && nhwc_vec_applies(args)
             ? launch_per_roi<roi_align_forward_nhwc_vec_kernel<T, C>>(
-                  stream, args, d.pooled_height * d.pooled_width *
-                                    (d.channels / ChannelVec<T>::kLanes))
+                  stream, args,
+                  d.pooled_height * d.pooled_width * (d.channels / ChannelVec<T>::kLanes))
             : launch_per_roi<roi_align_forward_per_roi_kernel<T, C, true>>(stream, args);
     if (err != cudaSuccess) return err;
     // The RoIs whose samples do not fit the tables: none with a fixed

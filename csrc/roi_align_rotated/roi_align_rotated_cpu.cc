@@ -256,8 +256,7 @@ void roi_align_rotated_backward(const RotatedBackwardArgs<T, C>& a, TaskRunner& 
   parallel_ranges(runner, size, parts, [&](int64_t begin, int64_t end) {
     std::memset(a.grad_features + begin, 0, sizeof(A) * (end - begin));
   });
-  // Blocks of at least 8 channels (NHWC: contiguous runs worth vectorising).
-  const int64_t blocks = std::max<int64_t>(1, std::min(parts, (d.channels + 7) / 8));
+  const int64_t blocks = channel_blocks(runner, d.layout == Layout::kNHWC, d.channels);
   parallel_ranges(runner, d.channels, blocks,
                   [&](int64_t begin, int64_t end) { backward_channels(a, begin, end); });
 }

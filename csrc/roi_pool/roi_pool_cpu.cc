@@ -50,8 +50,8 @@ void pool_windows(const PoolRoi<C>& r, const RoiDims& d, std::vector<Window>* ro
 // channels [0, n) of an NHWC image (pixel (h, w) at image + (h * W + w) * Cn)
 // over one non-empty window.
 template <typename T>
-void window_max_channels(const T* image, int64_t W, int64_t Cn, Window rows, Window cols,
-                         int64_t n, acc_t<T>* best, int32_t* index) {
+void window_max_channels(const T* image, int64_t W, int64_t Cn, Window rows, Window cols, int64_t n,
+                         acc_t<T>* best, int32_t* index) {
   using A = acc_t<T>;
   std::fill_n(best, n, pool_initial_max<A>());
   if (index != nullptr) std::fill_n(index, n, -1);
@@ -271,10 +271,7 @@ void roi_pool_backward(const PoolBackwardArgs<T, C>& a, TaskRunner& runner) {
     std::memset(a.grad_features + begin, 0, sizeof(A) * (end - begin));
   });
 
-  // NHWC: one block per thread, so that each reads long runs of every
-  // argmax and cotangent row (2.7 ms against 4.7 ms with four blocks per
-  // thread, faster-rcnn K=128, 2 threads).
-  const int64_t blocks = d.layout == Layout::kNHWC ? runner.concurrency() : parts;
+  const int64_t blocks = channel_blocks(runner, d.layout == Layout::kNHWC, Cn);
   parallel_ranges(runner, Cn, blocks, [&](int64_t c_begin, int64_t c_end) {
     for (int64_t k = 0; k < d.num_rois; ++k) {
       const int64_t image = read_box(a.rois, k, d).image;
