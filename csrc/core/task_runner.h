@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 
 namespace jax_roi {
@@ -32,6 +33,14 @@ void parallel_ranges(TaskRunner& runner, int64_t n, int64_t parts, F&& fn) {
   runner.parallel_for(tasks, [&](int64_t t) {
     const int64_t begin = t * chunk;
     fn(begin, std::min(n, begin + chunk));
+  });
+}
+
+// Zeroes p[0, n) in parallel (memset: the value 0 is all-zero bits).
+template <typename A>
+void zero_parallel(A* p, int64_t n, TaskRunner& runner) {
+  parallel_ranges(runner, n, 4 * runner.concurrency(), [&](int64_t begin, int64_t end) {
+    std::memset(p + begin, 0, sizeof(A) * (end - begin));
   });
 }
 

@@ -29,13 +29,6 @@ namespace jax_roi {
 namespace cpu {
 namespace {
 
-template <typename A>
-void zero_parallel(A* p, int64_t n, TaskRunner& runner) {
-  parallel_ranges(runner, n, 4 * runner.concurrency(), [&](int64_t begin, int64_t end) {
-    std::memset(p + begin, 0, sizeof(A) * (end - begin));
-  });
-}
-
 // ---------------------------------------------------------------------------
 // ps_roi_pool
 // ---------------------------------------------------------------------------

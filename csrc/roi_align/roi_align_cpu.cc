@@ -450,13 +450,6 @@ SampleStats sample_stats(const C* rois, const AlignOptions& o, const RoiDims& d,
   return st;
 }
 
-template <typename A>
-void zero_parallel(A* p, int64_t n, TaskRunner& runner) {
-  parallel_ranges(runner, n, 4 * runner.concurrency(), [&](int64_t begin, int64_t end) {
-    std::memset(p + begin, 0, sizeof(A) * (end - begin));
-  });
-}
-
 }  // namespace
 
 template <typename T, typename C>

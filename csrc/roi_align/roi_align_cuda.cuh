@@ -46,6 +46,31 @@ __global__ void roi_align_forward_kernel(AlignForwardArgs<T, C> a, int64_t total
 // ---------------------------------------------------------------------------
 constexpr int64_t kAxisTable = 256;
 
+// Fills a RoI's tables, the block's threads sharing the work: the sample
+// coordinates along each axis (kAxisTable entries at most) and each row's
+// and column's sample ranges. The caller synchronises before reading them.
+template <typename C>
+__device__ __forceinline__ void tabulate_samples(const AlignRoi<C>& r, const RoiDims& d,
+                                                 AxisSample<C>* y_samples, AxisSample<C>* x_samples,
+                                                 SampleRange* y_ranges, SampleRange* x_ranges) {
+  for (int64_t e = threadIdx.x; e < d.pooled_height * r.grid_h; e += blockDim.x) {
+    const int64_t ph = e / r.grid_h;
+    y_samples[e] =
+        axis_sample(sample_coord(r.start_h, ph, r.bin_h, e - ph * r.grid_h, r.grid_h), d.height);
+  }
+  for (int64_t e = threadIdx.x; e < d.pooled_width * r.grid_w; e += blockDim.x) {
+    const int64_t pw = e / r.grid_w;
+    x_samples[e] =
+        axis_sample(sample_coord(r.start_w, pw, r.bin_w, e - pw * r.grid_w, r.grid_w), d.width);
+  }
+  for (int64_t p = threadIdx.x; p < d.pooled_height; p += blockDim.x) {
+    y_ranges[p] = sample_range(r.start_h, p, r.bin_h, r.grid_h, d.height);
+  }
+  for (int64_t p = threadIdx.x; p < d.pooled_width; p += blockDim.x) {
+    x_ranges[p] = sample_range(r.start_w, p, r.bin_w, r.grid_w, d.width);
+  }
+}
+
 // kTabulated: the RoIs whose samples fit the tables, and those without
 // samples (the others are skipped); else the others, output by output: two
 // launches, so that the registers of the untabulated path (large RoIs under
@@ -80,26 +105,7 @@ __global__ void roi_align_forward_per_roi_kernel(AlignForwardArgs<T, C> a, int64
                       d.pooled_height * r.grid_h <= kAxisTable &&
                       d.pooled_width * r.grid_w <= kAxisTable;
     if ((!sampled || fits) != kTabulated) continue;
-    if (kTabulated) {
-      if (sampled) {
-        for (int64_t e = threadIdx.x; e < d.pooled_height * r.grid_h; e += blockDim.x) {
-          const int64_t ph = e / r.grid_h;
-          y_samples[e] = axis_sample(
-              sample_coord(r.start_h, ph, r.bin_h, e - ph * r.grid_h, r.grid_h), d.height);
-        }
-        for (int64_t e = threadIdx.x; e < d.pooled_width * r.grid_w; e += blockDim.x) {
-          const int64_t pw = e / r.grid_w;
-          x_samples[e] = axis_sample(
-              sample_coord(r.start_w, pw, r.bin_w, e - pw * r.grid_w, r.grid_w), d.width);
-        }
-      }
-      for (int64_t p = threadIdx.x; p < d.pooled_height && sampled; p += blockDim.x) {
-        y_ranges[p] = sample_range(r.start_h, p, r.bin_h, r.grid_h, d.height);
-      }
-      for (int64_t p = threadIdx.x; p < d.pooled_width && sampled; p += blockDim.x) {
-        x_ranges[p] = sample_range(r.start_w, p, r.bin_w, r.grid_w, d.width);
-      }
-    }
+    if (kTabulated && sampled) tabulate_samples(r, d, y_samples, x_samples, y_ranges, x_ranges);
     if (kTabulated) __syncthreads();
     for_each_roi_output(d, begin, end, narrow, [&](int64_t j, int64_t c, int64_t ph, int64_t pw) {
       const int64_t out = k * per_roi + j;
@@ -440,24 +446,7 @@ __global__ void roi_align_forward_nhwc_vec_kernel(AlignForwardArgs<T, C> a, int6
                       d.pooled_height * r.grid_h <= kAxisTable &&
                       d.pooled_width * r.grid_w <= kAxisTable;
     if (sampled && !fits) continue;  // the untabulated per-RoI kernel's
-    if (sampled) {
-      for (int64_t e = threadIdx.x; e < d.pooled_height * r.grid_h; e += blockDim.x) {
-        const int64_t ph = e / r.grid_h;
-        y_samples[e] = axis_sample(
-            sample_coord(r.start_h, ph, r.bin_h, e - ph * r.grid_h, r.grid_h), d.height);
-      }
-      for (int64_t e = threadIdx.x; e < d.pooled_width * r.grid_w; e += blockDim.x) {
-        const int64_t pw = e / r.grid_w;
-        x_samples[e] =
-            axis_sample(sample_coord(r.start_w, pw, r.bin_w, e - pw * r.grid_w, r.grid_w), d.width);
-      }
-      for (int64_t p = threadIdx.x; p < d.pooled_height; p += blockDim.x) {
-        y_ranges[p] = sample_range(r.start_h, p, r.bin_h, r.grid_h, d.height);
-      }
-      for (int64_t p = threadIdx.x; p < d.pooled_width; p += blockDim.x) {
-        x_ranges[p] = sample_range(r.start_w, p, r.bin_w, r.grid_w, d.width);
-      }
-    }
+    if (sampled) tabulate_samples(r, d, y_samples, x_samples, y_ranges, x_ranges);
     __syncthreads();
     const T* pixels = level.data + image * d.height * d.width * Cn;
     auto vector_at = [&](int64_t y, int64_t x, int64_t c0) {

@@ -249,13 +249,9 @@ void roi_align_rotated_forward(const RotatedForwardArgs<T, C>& args, TaskRunner&
 
 template <typename T, typename C>
 void roi_align_rotated_backward(const RotatedBackwardArgs<T, C>& a, TaskRunner& runner) {
-  using A = acc_t<T>;
   const RoiDims& d = a.dims;
-  const int64_t parts = 4 * runner.concurrency();
   const int64_t size = d.batch * d.channels * d.height * d.width;
-  parallel_ranges(runner, size, parts, [&](int64_t begin, int64_t end) {
-    std::memset(a.grad_features + begin, 0, sizeof(A) * (end - begin));
-  });
+  zero_parallel(a.grad_features, size, runner);
   const int64_t blocks = channel_blocks(runner, d.layout == Layout::kNHWC, d.channels);
   parallel_ranges(runner, d.channels, blocks,
                   [&](int64_t begin, int64_t end) { backward_channels(a, begin, end); });

@@ -264,12 +264,9 @@ void roi_pool_backward(const PoolBackwardArgs<T, C>& a, TaskRunner& runner) {
   const int64_t HW = d.height * d.width;
   const int64_t Cn = d.channels;
   const int64_t nbins = d.pooled_height * d.pooled_width;
-  const int64_t parts = 4 * runner.concurrency();
 
   const int64_t grad_size = d.batch * Cn * HW;
-  parallel_ranges(runner, grad_size, parts, [&](int64_t begin, int64_t end) {
-    std::memset(a.grad_features + begin, 0, sizeof(A) * (end - begin));
-  });
+  zero_parallel(a.grad_features, grad_size, runner);
 
   const int64_t blocks = channel_blocks(runner, d.layout == Layout::kNHWC, Cn);
   parallel_ranges(runner, Cn, blocks, [&](int64_t c_begin, int64_t c_end) {
