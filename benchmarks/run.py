@@ -468,6 +468,13 @@ def main(argv=None):
   import jax.numpy as jnp
 
   import jax_roi
+  from jax_roi._core import extension
+
+  # jax_roi runs as users call it (implementation=None: the kernels this
+  # platform picks, e.g. the CPU's roi_pool backward without an argmax),
+  # so the kernels must be there: no silent pure-JAX fallback.
+  if {"jax_roi", "jax_roi_det"} & set(args.impls) and not extension.AVAILABLE:
+    raise SystemExit("jax_roi's compiled kernels are not importable: build the package first")
 
   platform_name = "cuda" if args.device == "gpu" else "cpu"
   device = jax.devices(platform_name)[0]
@@ -565,9 +572,7 @@ def main(argv=None):
                   row.agreement[impl] = float(np.abs(engine_output() - reference).max())
               elif impl == "jax_roi_det":
                 fn = (
-                  _jax_fn(
-                    jax, jnp, jax_roi, case, x, r, g, layout, pass_, "ffi", deterministic=True
-                  )
+                  _jax_fn(jax, jnp, jax_roi, case, x, r, g, layout, pass_, None, deterministic=True)
                   if pass_ != "fwd" and case.op in DETERMINISTIC_OPS
                   else None
                 )
@@ -582,7 +587,7 @@ def main(argv=None):
                   g,
                   layout,
                   pass_,
-                  "ffi" if impl == "jax_roi" else "xla",
+                  None if impl == "jax_roi" else "xla",
                 )
               if fn is None:
                 continue

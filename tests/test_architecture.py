@@ -211,10 +211,11 @@ def test_every_target_the_ops_call_is_registered():
   called = {
     getattr(m, t)
     for m in modules
-    for t in ("FORWARD", "BACKWARD", "BACKWARD_DETERMINISTIC", "BOX_GRAD")
+    for t in ("FORWARD", "BACKWARD", "BACKWARD_DETERMINISTIC", "BACKWARD_FROM_FEATURES", "BOX_GRAD")
     if hasattr(m, t)
   }
-  assert len(called) == 8 + 5 + 3 + 3 + 3  # ..., roi_align_rotated, prroi_pool, deterministic
+  # ..., roi_align_rotated, prroi_pool, deterministic, roi_pool's from features
+  assert len(called) == 8 + 5 + 3 + 3 + 3 + 1
   assert called == set(extension.target_names())
 
 

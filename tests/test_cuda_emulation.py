@@ -786,6 +786,37 @@ def test_forward_argmax(emus, variant):
         assert_bits_equal(a, e, f"argmax {variant} [{label}] result {i}")
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_roi_pool_backward_from_features(emus, variant):
+  """roi_pool's backward without a saved argmax (the CPU's default, a
+  target on every platform): the CUDA kernel finds each output's winner
+  again in the features, with the forward's rule, and adds its cotangent
+  atomically. Against the CPU's argmax-free backward and the argmax
+  backward: the same gradient to the atomic tolerance (sum of |terms| from
+  |cotangent|)."""
+  dtype, box_dtype, layout, fmt = variant
+  seed = stable_seed("roi_pool_from_features", *variant)
+  with _x64(dtype, box_dtype):
+    x, rois = make_case(seed, dtype, box_dtype, layout, fmt)
+    pool = RoiPoolConfig(_base(x, rois, (3, 2), 0.5, layout))
+    out, argmax = roi_pool_ffi.forward(jnp.asarray(x), jnp.asarray(rois), pool, with_argmax=True)
+    cot = np.random.default_rng(seed).standard_normal(out.shape).astype(dtype)
+
+    def grads(c):
+      return roi_pool_ffi.backward_from_features(jnp.asarray(c), x, rois, pool)[0]
+
+    by_argmax = np.asarray(roi_pool_ffi.backward(jnp.asarray(cot), argmax, rois, pool)[0])
+    magnitude = np.asarray(roi_pool_ffi.backward(jnp.abs(jnp.asarray(cot)), argmax, rois, pool)[0])
+    expected, runs = run_both(emus, jax.jit(grads), cot, case_seed=seed)
+    np.testing.assert_array_equal(expected, by_argmax)
+    assert np.any(expected != 0)
+    for label, got, stats in runs:
+      check_launched(stats, [got], f"roi_pool from features {variant} [{label}]")
+      assert_feature_grad_close(
+        got, expected, magnitude, f"roi_pool from features {variant} [{label}]"
+      )
+
+
 # ---------------------------------------------------------------------------
 # The modules themselves
 # ---------------------------------------------------------------------------

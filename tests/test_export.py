@@ -110,11 +110,13 @@ def test_export_without_safety_checks_is_refused():
 
 def test_safety_checks_cover_every_target():
   names = {str(c) for c in jax_roi.export_safety_checks()}
-  # + ps_roi_pool/ps_roi_align, roi_align_rotated, prroi_pool, the 3 deterministic backwards
-  assert len(names) == 8 + 5 + 3 + 3 + 3
+  # + ps_roi_pool/ps_roi_align, roi_align_rotated, prroi_pool, the 3 deterministic backwards,
+  # roi_pool's backward from the features
+  assert len(names) == 8 + 5 + 3 + 3 + 3 + 1
   for op in (
     "roi_pool_fwd",
     "roi_pool_bwd",
+    "roi_pool_bwd_from_features",
     "roi_align_fwd",
     "roi_align_bwd",
     "roi_pool_bwd_deterministic",

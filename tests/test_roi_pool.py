@@ -299,12 +299,15 @@ def test_huge_and_infinite_boxes_are_defined():
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("channels", [32, 77])
 @pytest.mark.parametrize("many_rois", [True, False])
-def test_wide_channels_equal_loop_reference(layout, channels, many_rois):
+@pytest.mark.parametrize("implementation", [None, "ffi"])
+def test_wide_channels_equal_loop_reference(layout, channels, many_rois, implementation):
   """Channel counts that fill the CPU kernel's 32-channel vector blocks (and
   leave a tail), with ties, NaN, -inf and signed zeros: outputs and the
   gradient (which follows the argmax) equal the float64 loop reference. With
   many RoIs the NCHW kernel works on an NHWC copy of the map; one small RoI
-  on a larger map is pooled straight from the NCHW planes."""
+  on a larger map is pooled straight from the NCHW planes. None: the CPU's
+  backward, which finds the winners again in the features; "ffi": the
+  backward through the forward's argmax."""
   rng = np.random.default_rng(channels)
   n, h, w = 2, 23, 31
   x = np.round(rng.standard_normal((n, channels, h, w)) * 2).astype(np.float32)
@@ -318,14 +321,13 @@ def test_wide_channels_equal_loop_reference(layout, channels, many_rois):
     rois = np.array([[1, 3.2, 4.0, 6.9, 8.1]], np.float32)
   x = nchw_to(x, layout)
   expected, argmax = ref.roi_pool(x, rois, (5, 4), 1.0, layout)
-  out = jax_roi.roi_pool(x, rois, (5, 4), 1.0, layout=layout, implementation="ffi")
+  op = lambda f: jax_roi.roi_pool(
+    f, rois, (5, 4), 1.0, layout=layout, implementation=implementation
+  )
+  out = op(x)
   np.testing.assert_array_equal(np.asarray(out), expected.astype(np.float32))
   cot = rng.standard_normal(out.shape).astype(np.float32)
-  grad = jax.grad(
-    lambda f: jnp.sum(
-      jax_roi.roi_pool(f, rois, (5, 4), 1.0, layout=layout, implementation="ffi") * cot
-    )
-  )(x)
+  grad = jax.jit(jax.grad(lambda f: jnp.sum(op(f) * cot)))(x)
   expected_grad = ref.roi_pool_grad(x.shape, rois, cot, argmax, layout)
   np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=1e-6, atol=1e-6)
 
@@ -348,3 +350,59 @@ def test_float32_channels_do_not_depend_on_the_channel_count(layout):
     np.testing.assert_array_equal(out[:, ch : ch + 1], np.asarray(op(alone, "NCHW")))
     grad_alone = jax.grad(lambda f: jnp.sum(op(f, "NCHW") ** 2))(alone)
     np.testing.assert_array_equal(grad[:, ch : ch + 1], np.asarray(grad_alone))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
+@pytest.mark.parametrize("many_rois", [True, False])
+def test_cpu_backward_without_argmax_gives_the_argmax_backward_bits(x64, layout, dtype, many_rois):
+  """On the CPU the default backward saves no argmax: it finds each bin's
+  winner again in the features (on an NHWC copy of NCHW features when many
+  RoIs read the map, else plane by plane). Its feature gradient, and the
+  gradient of that gradient, equal bit for bit those through the forward's
+  argmax (implementation="ffi"), with ties, NaN, -inf, empty and padding
+  RoIs."""
+  rng = np.random.default_rng(31)
+  n, c, h, w = 2, 37, 19, 26
+  x = np.round(rng.standard_normal((n, c, h, w)) * 2)
+  x[rng.random(x.shape) < 0.05] = np.nan
+  x[rng.random(x.shape) < 0.05] = -np.inf
+  x = nchw_to(x.astype(dtype), layout)
+  k = 30 if many_rois else 2
+  rois = indexed_rois(rng, random_boxes(rng, k, h, w, scale=1.0), n, padding=0.2)
+  rois[0, 1:] = [4.0, 4.0, 2.0, 2.0]  # empty
+  rois = rois.astype(np.float32)
+  op = lambda impl: (
+    lambda f: jax_roi.roi_pool(f, rois, (4, 3), 1.0, layout=layout, implementation=impl)
+  )
+  cot = jnp.asarray(rng.standard_normal(op("ffi")(x).shape).astype(dtype))
+  grads = {}
+  for impl in (None, "ffi"):
+    loss = lambda f, impl=impl: jnp.sum((op(impl)(f) * cot).astype(jnp.float32))
+    g = jax.jit(jax.grad(loss))(x)
+    gg = jax.jit(jax.grad(lambda f: jnp.sum(jnp.sin(jax.grad(loss)(f).astype(jnp.float32)))))
+    grads[impl] = (np.asarray(g), np.asarray(gg(x)))
+  assert np.any(grads["ffi"][0] != 0)
+  for a, b in zip(grads[None], grads["ffi"]):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cpu_forward_saves_no_argmax():
+  """The default CPU gradient's program: a forward without an argmax result
+  and the backward from the features; deterministic=True and "ffi" keep the
+  argmax targets."""
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal((1, 8, 10, 12)).astype(np.float32)
+  rois = np.array([[0, 1, 1, 8, 7], [0, 0, 2, 5, 9]], np.float32)
+
+  def hlo(**kw):
+    loss = lambda f: jnp.sum(jax_roi.roi_pool(f, rois, 3, **kw) ** 2)
+    return jax.jit(jax.grad(loss)).lower(x).compile().as_text()
+
+  text = hlo()
+  assert "jax_roi_roi_pool_bwd_from_features_v1" in text
+  assert "s32[2,8,3,3]" not in text  # no argmax anywhere
+  for kw in ({"deterministic": True}, {"implementation": "ffi"}):
+    text = hlo(**kw)
+    assert "jax_roi_roi_pool_bwd_from_features_v1" not in text
+    assert "s32[2,8,3,3]" in text

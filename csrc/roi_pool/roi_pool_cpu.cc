@@ -13,8 +13,14 @@
 // Backward: one task per block of channels, so no two tasks write the same
 // element and each element receives its contributions in (RoI, bin) order
 // whatever the number of threads: deterministic, torchvision's CPU order.
+// Without a saved argmax, the tasks find each bin's winners again from the
+// features (pool_backward_from_features): the same winners, the same bits.
 #include <algorithm>
 #include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include <optional>
 #include <vector>
 
 #include "core/box.h"
@@ -230,6 +236,117 @@ int64_t pool_pixels_read(const PoolForwardArgs<T, C>& a) {
   return total;
 }
 
+// grad[index[c] * hw_stride + c * c_stride] += g[c * g_stride], c < n, for
+// index[c] >= 0 (the winners of one bin's channels); grad holds `extent`
+// elements.
+template <typename A, typename T>
+inline void scatter_channels(A* __restrict grad, int64_t hw_stride, int64_t c_stride,
+                             const T* __restrict g, int64_t g_stride,
+                             const int32_t* __restrict index, int64_t n, int64_t /*extent*/) {
+  for (int64_t c = 0; c < n; ++c) {
+    const int64_t hw = index[c];
+    if (hw >= 0) grad[hw * hw_stride + c * c_stride] += load(g + c * g_stride);
+  }
+}
+
+#if defined(__AVX512F__)
+// float: 16 channels at a time with masked gathers, an add and a masked
+// scatter. The 16 addresses are distinct (one per channel) and each is
+// updated once: the scalar loop's bits. Offsets are 32-bit: only when the
+// image's gradient (`extent` elements from grad) has fewer than 2^31.
+inline void scatter_channels(float* __restrict grad, int64_t hw_stride, int64_t c_stride,
+                             const float* __restrict g, int64_t g_stride,
+                             const int32_t* __restrict index, int64_t n, int64_t extent) {
+  int64_t c = 0;
+  constexpr int64_t kLimit = int64_t{1} << 31;
+  if (extent < kLimit && n * g_stride < kLimit) {
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i hw_step = _mm512_set1_epi32(static_cast<int32_t>(hw_stride));
+    const __m512i c_at =
+        _mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(c_stride)));
+    const __m512i g_at =
+        _mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(g_stride)));
+    for (; c + 16 <= n; c += 16) {
+      const __m512i hw = _mm512_loadu_si512(index + c);
+      const __mmask16 won = _mm512_cmpge_epi32_mask(hw, _mm512_setzero_si512());
+      const __m512i at = _mm512_add_epi32(
+          _mm512_mullo_epi32(hw, hw_step),
+          _mm512_add_epi32(c_at, _mm512_set1_epi32(static_cast<int32_t>(c * c_stride))));
+      const float* gc = g + c * g_stride;
+      const __m512 add = g_stride == 1
+                             ? _mm512_loadu_ps(gc)
+                             : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), won, g_at, gc, 4);
+      const __m512 old = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), won, at, grad, 4);
+      _mm512_mask_i32scatter_ps(grad, won, at, _mm512_add_ps(old, add), 4);
+    }
+  }
+  for (; c < n; ++c) {
+    const int64_t hw = index[c];
+    if (hw >= 0) grad[hw * hw_stride + c * c_stride] += g[c * g_stride];
+  }
+}
+#endif
+
+// The backward without a saved argmax (PoolBackwardArgs::argmax == nullptr):
+// each task owns a block of channels and, RoI by RoI and bin by bin, finds
+// the winners of its channels again (window_max_channels on NHWC pixels:
+// the features, or an NHWC copy of NCHW features when the copy pays;
+// window_max on each NCHW plane otherwise) and adds the cotangent there.
+// The same winners and the same (RoI, bin) order as the argmax backward: the
+// same bits, without writing or reading an int32 per output.
+template <typename T, typename C>
+void pool_backward_from_features(const PoolBackwardArgs<T, C>& a, TaskRunner& runner) {
+  using A = acc_t<T>;
+  const RoiDims& d = a.dims;
+  const C scale = static_cast<C>(a.spatial_scale);
+  const int64_t W = d.width, HW = d.height * W, Cn = d.channels;
+  const int64_t PW = d.pooled_width, nbins = d.pooled_height * PW;
+  const bool nhwc = d.layout == Layout::kNHWC;
+  const T* pixels = nhwc ? a.features : nullptr;
+  std::optional<ScratchLease> scratch;
+  if (!nhwc) {
+    const PoolForwardArgs<T, C> f{d, a.spatial_scale, a.features, a.rois, nullptr, nullptr};
+    if (repack_pays(pool_pixels_read(f), d.batch * HW, Cn, sizeof(T))) {
+      scratch.emplace(sizeof(T) * static_cast<size_t>(d.batch * HW * Cn));
+      repack_nchw_to_nhwc(a.features, scratch->as<T>(), d.batch, Cn, HW, runner);
+      pixels = scratch->as<T>();
+    }
+  }
+  zero_parallel(a.grad_features, d.batch * Cn * HW, runner);
+  const int64_t grad_c = nhwc ? 1 : HW, g_c = nhwc ? 1 : nbins;
+  parallel_ranges(runner, Cn, channel_blocks(runner, nhwc, Cn), [&](int64_t c0, int64_t c1) {
+    const int64_t n = c1 - c0;
+    std::vector<Window> rows, cols;
+    std::vector<A> best(n);
+    std::vector<int32_t> index(n);
+    for (int64_t k = 0; k < d.num_rois; ++k) {
+      const Box<C> box = read_box(a.rois, k, d);
+      if (box.image < 0) continue;
+      pool_windows(pool_roi(box, scale, d), d, &rows, &cols);
+      A* grad = a.grad_features + box.image * Cn * HW + c0 * grad_c;
+      const T* g = a.grad_output + k * Cn * nbins + c0 * g_c;
+      for (int64_t bin = 0; bin < nbins; ++bin) {
+        const Window y = rows[bin / PW], x = cols[bin % PW];
+        if (y.empty() || x.empty()) continue;
+        if (pixels != nullptr) {
+          window_max_channels(pixels + box.image * HW * Cn + c0, W, Cn, y, x, n, best.data(),
+                              index.data());
+        } else {
+          for (int64_t c = 0; c < n; ++c) {
+            window_max(a.features + (box.image * Cn + c0 + c) * HW, W, int64_t{1}, W, y, x,
+                       &index[c]);
+          }
+        }
+        if (nhwc) {
+          scatter_channels(grad, Cn, 1, g + bin * Cn, 1, index.data(), n, HW * Cn);
+        } else {
+          scatter_channels(grad, 1, HW, g + bin, nbins, index.data(), n, HW * Cn);
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 template <typename T, typename C>
@@ -259,6 +376,10 @@ void roi_pool_forward(const PoolForwardArgs<T, C>& args, TaskRunner& runner) {
 
 template <typename T, typename C>
 void roi_pool_backward(const PoolBackwardArgs<T, C>& a, TaskRunner& runner) {
+  if (a.argmax == nullptr) {
+    pool_backward_from_features(a, runner);
+    return;
+  }
   using A = acc_t<T>;
   const RoiDims& d = a.dims;
   const int64_t HW = d.height * d.width;

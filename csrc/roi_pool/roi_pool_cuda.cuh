@@ -23,19 +23,8 @@ template <typename T, typename C>
 __device__ __forceinline__ void store_pool_output(const PoolForwardArgs<T, C>& a, int64_t i,
                                                   const Box<C>& box, const PoolRoi<C>& r, int64_t c,
                                                   int64_t ph, int64_t pw) {
-  const RoiDims& d = a.dims;
-  acc_t<T> value = acc_t<T>(0);
-  int32_t index = -1;
-  if (!r.empty) {
-    const Window rows = pool_bin(ph, r.bin_h, r.start_h, d.height);
-    const Window cols = pool_bin(pw, r.bin_w, r.start_w, d.width);
-    if (!rows.empty() && !cols.empty()) {
-      const int64_t stride_h = d.layout == Layout::kNCHW ? d.width : d.width * d.channels;
-      const int64_t stride_w = d.layout == Layout::kNCHW ? 1 : d.channels;
-      const T* base = a.features + feature_index(d, box.image, c, 0, 0);
-      value = window_max(base, stride_h, stride_w, d.width, rows, cols, &index);
-    }
-  }
+  int32_t index;
+  const acc_t<T> value = pool_output_max(a.dims, a.features, box, r, c, ph, pw, &index);
   store(a.output + i, value);
   if (a.argmax != nullptr) a.argmax[i] = index;
 }
@@ -74,12 +63,28 @@ __global__ void roi_pool_forward_per_roi_kernel(PoolForwardArgs<T, C> a, int64_t
   }
 }
 
+// The argmax of output element i: saved by the forward, or (argmax ==
+// nullptr) found again from the features.
+template <typename T, typename C>
+__device__ __forceinline__ int64_t pool_argmax(const PoolBackwardArgs<T, C>& a, int64_t i) {
+  if (a.argmax != nullptr) return a.argmax[i];
+  const RoiDims& d = a.dims;
+  int64_t k, c, ph, pw;
+  split_output_index(d, i, &k, &c, &ph, &pw);
+  const Box<C> box = read_box(a.rois, k, d);
+  if (box.image < 0) return -1;
+  int32_t index;
+  pool_output_max(d, a.features, box, pool_roi(box, static_cast<C>(a.spatial_scale), d), c, ph, pw,
+                  &index);
+  return index;
+}
+
 template <typename T, typename C>
 __global__ void roi_pool_backward_kernel(PoolBackwardArgs<T, C> a, int64_t total) {
   const RoiDims& d = a.dims;
   const int64_t hw_size = d.height * d.width;
   for (int64_t i = grid_thread_index(); i < total; i += grid_thread_count()) {
-    const int64_t hw = a.argmax[i];
+    const int64_t hw = pool_argmax(a, i);
     if (hw < 0 || hw >= hw_size) continue;
     int64_t k, c, ph, pw;
     split_output_index(d, i, &k, &c, &ph, &pw);
@@ -144,7 +149,7 @@ __global__ void roi_pool_backward_owner_kernel(PoolBackwardArgs<T, C> a, OwnerGr
             if (!owner_may(cols, pw)) continue;
             const int64_t i = output_index(d, k, c0, ph, pw);
             for (int64_t v = 0; v < vec; ++v) {
-              const int64_t hw = a.argmax[i + v * gstep];
+              const int64_t hw = pool_argmax(a, i + v * gstep);
               if (hw < 0 || hw >= hw_size) continue;
               const int64_t row = hw / d.width, col = hw - row * d.width;
               if (row < t.row_begin || row >= t.row_end || col < t.col_begin || col >= t.col_end) {

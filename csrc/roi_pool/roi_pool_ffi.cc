@@ -149,7 +149,68 @@ auto RoiPoolBackwardDeterministicBinding() {
   return RoiPoolBackwardBinding<Ctx>().template Attr<double>("spatial_scale");
 }
 
+// Backward without a saved argmax: each output's winner is found again in
+// `features` (the forward's operand; spatial_scale: the forward's attribute).
+// The same gradient, bit for bit, as the argmax backward after the forward
+// with the same features.
+template <typename Backend>
+ffi::Error RoiPoolBackwardFromFeatures(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
+                                       ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                                       ffi::Result<ffi::AnyBuffer> grad_features,
+                                       std::string_view layout, double spatial_scale) {
+  constexpr std::string_view op = "roi_pool backward";
+  const auto g = grad_output.dimensions();
+  if (g.size() < 3) {
+    return invalid_argument(op, "grad_output must have rank >= 3, got " + shape_string(g));
+  }
+  const bool nchw = layout == "NCHW";
+  const int64_t pooled_height = nchw ? g[g.size() - 2] : g[g.size() - 3];
+  const int64_t pooled_width = nchw ? g[g.size() - 1] : g[g.size() - 2];
+  JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
+  RoiDims d;
+  JAX_ROI_RETURN_IF_ERROR(decode_dims(op, "features", features.dimensions(), rois.dimensions(),
+                                      layout, pooled_height, pooled_width, &d));
+  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "grad_output", g, pooled_shape(d, rois.dimensions())));
+  JAX_ROI_RETURN_IF_ERROR(check_shape(
+      op, "grad_features", grad_features->dimensions(),
+      std::vector<int64_t>(features.dimensions().begin(), features.dimensions().end())));
+  return dispatch_feature_type(op, "grad_output", grad_output.element_type(), [&](auto t) {
+    using T = decltype(t);
+    JAX_ROI_RETURN_IF_ERROR(
+        check_dtype(op, "features", features.element_type(), grad_output.element_type()));
+    JAX_ROI_RETURN_IF_ERROR(
+        check_dtype(op, "grad_features", grad_features->element_type(), data_type_of<acc_t<T>>()));
+    return dispatch_box_type(op, rois.element_type(), [&](auto c) {
+      using C = decltype(c);
+      if (grad_features->element_count() == 0) return ffi::Error::Success();
+      PoolBackwardArgs<T, C> args{d,
+                                  data_as<T>(grad_output),
+                                  nullptr,
+                                  data_as<C>(rois),
+                                  mutable_data_as<acc_t<T>>(*grad_features),
+                                  false,
+                                  spatial_scale,
+                                  data_as<T>(features)};
+      return Backend::run(ctx, "roi_pool backward", JAX_ROI_KERNEL(roi_pool_backward), args);
+    });
+  });
+}
+
+template <typename Ctx>
+auto RoiPoolBackwardFromFeaturesBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<Ctx>()
+      .template Arg<ffi::AnyBuffer>()  // grad_output
+      .template Arg<ffi::AnyBuffer>()  // features
+      .template Arg<ffi::AnyBuffer>()  // rois
+      .template Ret<ffi::AnyBuffer>()  // grad_features
+      .template Attr<std::string_view>("layout")
+      .template Attr<double>("spatial_scale");
+}
+
 JAX_ROI_FFI_TARGET("jax_roi_roi_pool_bwd_v1", RoiPoolBackward, RoiPoolBackwardBinding);
+JAX_ROI_FFI_TARGET("jax_roi_roi_pool_bwd_from_features_v1", RoiPoolBackwardFromFeatures,
+                   RoiPoolBackwardFromFeaturesBinding);
 JAX_ROI_FFI_TARGET("jax_roi_roi_pool_bwd_deterministic_v1", RoiPoolBackwardDeterministic,
                    RoiPoolBackwardDeterministicBinding);
 

@@ -26,18 +26,21 @@ struct PoolForwardArgs {
 
 // RoIPool backward: grad_features = scatter-add of grad_output through
 // argmax. grad_features is written whole (zeros where nothing lands).
+// argmax == nullptr: each output's winner is found again from `features`
+// with the forward's rule (the same winners; no argmax is saved or read).
 template <typename T, typename C>
 struct PoolBackwardArgs {
   RoiDims dims;
   const T* grad_output;
-  const int32_t* argmax;
+  const int32_t* argmax;  // or null, with features
   const C* rois;
   acc_t<T>* grad_features;
   // deterministic: the same bits on every run (CUDA: owner tiles, which need
   // the RoIs' bins, hence spatial_scale; the CPU backward is deterministic
   // anyway, in the order RoI, then bin).
   bool deterministic = false;
-  double spatial_scale = 0;
+  double spatial_scale = 0;     // the deterministic or the argmax-free backward's
+  const T* features = nullptr;  // the argmax-free backward's
 };
 
 JAX_ROI_DECLARE_KERNEL(roi_pool_forward, PoolForwardArgs)

@@ -84,6 +84,25 @@ JAX_ROI_HD acc_t<T> window_max(const T* base, int64_t stride_h, int64_t stride_w
   return best;
 }
 
+// Output element (ph, pw) of channel c of a RoI (box, r = pool_roi(box)):
+// its maximum, and in *argmax the flat index h * W + w of the first maximum,
+// or -1 where the bin pools nothing (value 0). The forward's rule; the
+// backward without a saved argmax finds the same winner again with it.
+template <typename T, typename C>
+JAX_ROI_HD acc_t<T> pool_output_max(const RoiDims& d, const T* features, const Box<C>& box,
+                                    const PoolRoi<C>& r, int64_t c, int64_t ph, int64_t pw,
+                                    int32_t* argmax) {
+  *argmax = -1;
+  if (r.empty) return acc_t<T>(0);
+  const Window rows = pool_bin(ph, r.bin_h, r.start_h, d.height);
+  const Window cols = pool_bin(pw, r.bin_w, r.start_w, d.width);
+  if (rows.empty() || cols.empty()) return acc_t<T>(0);
+  const int64_t stride_h = d.layout == Layout::kNCHW ? d.width : d.width * d.channels;
+  const int64_t stride_w = d.layout == Layout::kNCHW ? 1 : d.channels;
+  const T* base = features + feature_index(d, box.image, c, 0, 0);
+  return window_max(base, stride_h, stride_w, d.width, rows, cols, argmax);
+}
+
 }  // namespace jax_roi
 
 #endif  // JAX_ROI_CSRC_ROI_POOL_ROI_POOL_MATH_H_

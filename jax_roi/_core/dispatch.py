@@ -32,6 +32,9 @@ class Op(NamedTuple):
   name: str
   kernel: Callable[[tuple, jax.Array, Any], jax.Array]
   xla: Callable[[tuple, jax.Array, Any], jax.Array]
+  # The kernels on the CPU, where they differ (e.g. in their residuals), when
+  # the platform chooses (implementation=None); "ffi" runs `kernel`.
+  cpu_kernel: Callable[[tuple, jax.Array, Any], jax.Array] | None = None
 
 
 def run(
@@ -67,7 +70,8 @@ def _select(op: Op, implementation, features, rois, config):
   """The kernel where one is compiled (per platform), else pure JAX."""
   kernel = lambda f, r: op.kernel(f, r, config)
   xla = lambda f, r: op.xla(f, r, config)
-  if implementation == "ffi":
+  cpu_kernel = kernel if op.cpu_kernel is None else lambda f, r: op.cpu_kernel(f, r, config)
+  if implementation == "ffi":  # the same kernels, residuals included, everywhere
     return kernel(features, rois)
   symbolic = _symbolic(features, rois)
   if symbolic and (implementation == "xla" or not extension.AVAILABLE):
@@ -83,7 +87,7 @@ def _select(op: Op, implementation, features, rois, config):
     # pure-JAX version picks its algorithm from concrete shapes, so it is
     # not traced (the artifact runs where the kernels are registered).
     return kernel(features, rois)
-  kernels = {"cpu": kernel}
+  kernels = {"cpu": cpu_kernel}
   if extension.WITH_CUDA:
     kernels["cuda"] = kernel
   return lax.platform_dependent(features, rois, default=xla, **kernels)
