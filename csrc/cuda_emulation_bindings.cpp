@@ -64,6 +64,19 @@ PYBIND11_MODULE(JAX_ROI_EMULATION_MODULE, m) {
         return "per_roi";
     }
   });
+  // The atomic backward's kernels ("per_output" or "nhwc_vec").
+  m.def("set_backward_kernels", [](const std::string& name) {
+    if (name != "per_output" && name != "nhwc_vec") {
+      throw py::value_error("backward kernels: 'per_output' or 'nhwc_vec', got '" + name + "'");
+    }
+    jax_roi::cuda::backward_kernels_ref().store(
+        jax_roi::cuda::backward_kernels_from_name(name.c_str()));
+  });
+  m.def("backward_kernels", [] {
+    return jax_roi::cuda::backward_kernels() == jax_roi::cuda::BackwardKernels::kNhwcVec
+               ? "nhwc_vec"
+               : "per_output";
+  });
   m.def("set_index32_limit", [](int64_t n) { jax_roi::cuda::index32_limit_ref().store(n); });
   // Rows and columns per band and channels per thread of the deterministic
   // backward's owner tiles (0: the planner's choice); the bits do not depend

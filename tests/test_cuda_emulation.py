@@ -166,6 +166,7 @@ RUN_CONFIGS = [
 ]
 INDEX32_DEFAULT = 2**31 - 1
 FORWARD_DEFAULT = "per_roi"
+BACKWARD_DEFAULT = "per_output"
 
 
 def _seeds(emu, case_seed):
@@ -185,6 +186,8 @@ def run_both(emus, fn, *args, case_seed=0):
         emu.set_seed(seed)
         emu.set_launch_limits(blocks, threads)
         emu.set_forward_kernels(forward)
+        # The vector configurations run the vector backward too.
+        emu.set_backward_kernels("nhwc_vec" if forward == "nhwc_vec" else BACKWARD_DEFAULT)
         emu.set_index32_limit(INDEX32_DEFAULT if index32 is None else index32)
         emu.set_owner_tiles(*(owner or (0, 0, 0)))
         emu.reset_stats()
@@ -193,6 +196,7 @@ def run_both(emus, fn, *args, case_seed=0):
         finally:
           emu.set_launch_limits(0, 0)
           emu.set_forward_kernels(FORWARD_DEFAULT)
+          emu.set_backward_kernels(BACKWARD_DEFAULT)
           emu.set_index32_limit(INDEX32_DEFAULT)
           emu.set_owner_tiles(0, 0, 0)
         runs.append(
@@ -992,6 +996,102 @@ def test_forward_kernel_variants_launch_what_they_say(emus, op_name):
         assert_bits_equal(got, expected, f"{op_name} {variant}")
   with pytest.raises(ValueError, match="per_roi"):
     m.set_forward_kernels("fast")
+
+
+@pytest.mark.parametrize(
+  "case", ["avg", "avg_multi_scale", "avg_f16", "max", "avg_f64", "avg_odd_channels", "avg_nchw"]
+)
+def test_backward_kernel_variants_launch_what_they_say(emus, case):
+  """set_backward_kernels("nhwc_vec") runs roi_align's (and multi-scale's)
+  NHWC average backward with 4 channels a thread: ceil(outputs / 4 / 256)
+  blocks instead of ceil(outputs / 256), gradients to the atomic tolerance
+  of the CPU's (each emulated module: sm_75's four scalar atomics, sm_121's
+  float4 atomics). Max mode, float64, channels that are not a multiple of 4
+  and NCHW keep the per-output kernel."""
+  k, c, ph, pw = 5, 303 if case == "avg_odd_channels" else 300, 3, 2
+  dtype = {"avg_f16": np.float16, "avg_f64": np.float64}.get(case, np.float32)
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((2, c, 9, 11)).astype(dtype)
+  layout = "NCHW" if case == "avg_nchw" else "NHWC"
+  if layout == "NHWC":
+    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+  rois = np.array([[0, 1, 1, 6, 5], [1, 0.5, 2, 8, 7.5], [0, 3, 0, 9, 8], [1, 2, 2, 3, 3]] * 2)
+  rois = rois[:k].astype(np.float64 if case == "avg_f64" else np.float32)
+  mode = "max" if case == "max" else "avg"
+  if case == "avg_multi_scale":
+    op = lambda f, r: jax_roi.multi_scale_roi_align(
+      [f, f[:, ::2, ::2]],
+      r,
+      (ph, pw),
+      2,
+      spatial_scales=[1.0, 0.5],
+      image_size=(9, 11),
+      aligned=True,
+      layout="NHWC",
+      implementation="ffi",
+    )
+  else:
+    op = lambda f, r: jax_roi.roi_align(
+      f,
+      r,
+      (ph, pw),
+      sampling_ratio=2,
+      aligned=True,
+      mode=mode,
+      layout=layout,
+      implementation="ffi",
+    )
+  cot = rng.standard_normal(op(x, rois).shape).astype(dtype)
+  grad = jax.jit(jax.grad(lambda f: jnp.sum((op(f, rois) * cot).astype(jnp.float32))))
+  magnitude = jax.jit(jax.grad(lambda f: jnp.sum((op(f, rois) * np.abs(cot)).astype(jnp.float32))))
+  with jax.enable_x64(case == "avg_f64"):
+    expected, scale = np.asarray(grad(x)), np.asarray(magnitude(x))
+    vec = case in ("avg", "avg_multi_scale", "avg_f16")
+    outputs = k * c * ph * pw
+    for m in emus:
+      with kernel.redirect_targets(lambda t, s=m.target_suffix: t + s):
+        for variant in ("per_output", "nhwc_vec"):
+          m.set_backward_kernels(variant)
+          try:
+            m.reset_stats()
+            got = np.asarray(jax.block_until_ready(grad(x)))
+            stats = m.stats()
+          finally:
+            m.set_backward_kernels(BACKWARD_DEFAULT)
+          assert m.backward_kernels() == BACKWARD_DEFAULT
+          per_thread = 4 if variant == "nhwc_vec" and vec else 1
+          # The backward's launch (the gradient's zero fill is not one);
+          # max mode's forward runs too (its argmax is the residual: a block
+          # per RoI and chunk of 1024 outputs), average mode's is dropped.
+          blocks = -(-outputs // per_thread // 256)
+          if mode == "max":
+            expected_stats = (2, blocks + k * -(-c * ph * pw // 1024))
+          else:
+            expected_stats = (1, blocks)
+          assert (stats["launches"], stats["blocks"]) == expected_stats, (variant, stats)
+          assert_feature_grad_close(got, expected, scale, f"{case} {variant} sm{m.cuda_arch}")
+  with pytest.raises(ValueError, match="nhwc_vec"):
+    emus[0].set_backward_kernels("fast")
+
+
+def test_backward_kernels_from_the_environment(emus):
+  """JAX_ROI_CUDA_BACKWARD picks the atomic backward's kernels when the
+  module loads: per_output by default and for any other value, nhwc_vec
+  when asked."""
+  build = pathlib.Path(emus[0].__file__).parent
+  code = (
+    f"import sys; sys.path.insert(0, {str(build)!r}); "
+    f"m = __import__('_jax_roi_cuda_emulation_sm{emus[0].cuda_arch}'); "
+    "print(m.backward_kernels())"
+  )
+  for value, expected in ((None, "per_output"), ("nhwc_vec", "nhwc_vec"), ("fast", "per_output")):
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ROI_CUDA_BACKWARD"}
+    if value is not None:
+      env["JAX_ROI_CUDA_BACKWARD"] = value
+    r = subprocess.run(
+      [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert r.returncode == 0 and r.stdout.strip() == expected, (value, r.stdout + r.stderr)
 
 
 def test_forward_kernels_from_the_environment(emus):

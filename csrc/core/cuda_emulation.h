@@ -1427,6 +1427,29 @@ JAX_ROI_EMU_RMW(unsigned long long, atomicExch, unsigned long long, v)
 JAX_ROI_EMU_RMW(float, atomicExch, float, v)
 JAX_ROI_EMU_RMW(unsigned, atomicInc, unsigned, old >= v ? 0u : old + 1u)
 JAX_ROI_EMU_RMW(unsigned, atomicDec, unsigned, (old == 0u || old > v) ? v : old - 1u)
+// CUDA's vector types used by the kernels (vector_types.h) and, from sm_90,
+// the float2 / float4 atomicAdd (global memory): each lane a plain add, the
+// old value returned.
+struct alignas(8) float2 {
+  float x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+#if JAX_ROI_CUDA_ARCH >= 900
+inline float2 atomicAdd(float2* a, float2 v) {
+  const float2 old = *a;
+  *a = float2{old.x + v.x, old.y + v.y};
+  return old;
+}
+inline float4 atomicAdd(float4* a, float4 v) {
+  const float4 old = *a;
+  *a = float4{old.x + v.x, old.y + v.y, old.z + v.z, old.w + v.w};
+  return old;
+}
+#endif
 #define JAX_ROI_EMU_INTEGER_ATOMICS(T)                \
   JAX_ROI_EMU_RMW(T, atomicMin, T, v < old ? v : old) \
   JAX_ROI_EMU_RMW(T, atomicMax, T, v > old ? v : old)

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -74,6 +75,47 @@ inline std::atomic<int>& forward_kernels_ref() {
 
 inline ForwardKernels forward_kernels() {
   return static_cast<ForwardKernels>(forward_kernels_ref().load(std::memory_order_relaxed));
+}
+
+// The atomic backward's kernels (deterministic=False): one thread per output
+// element (kPerOutput, the default), or kNhwcVec: roi_align's and
+// multi-scale's NHWC average backward with kGradLanes consecutive channels
+// per thread and one vector atomic add per neighbour (float4 where CUDA has
+// it, sm_90 and newer; four scalar atomic adds elsewhere); other ops, max
+// mode, float64, NCHW, channel counts that are not a multiple of 4 and
+// unaligned gradients run the per-output kernels. Set by the environment
+// variable JAX_ROI_CUDA_BACKWARD ("per_output" or "nhwc_vec"), read when the
+// module is loaded; the emulation module's set_backward_kernels() changes it
+// (tests). kNhwcVec stays an option until a GPU run shows it faster.
+enum class BackwardKernels : int { kPerOutput = 0, kNhwcVec = 2 };
+
+inline int backward_kernels_from_name(const char* e) {
+  return e != nullptr && std::strcmp(e, "nhwc_vec") == 0 ? 2 : 0;
+}
+
+inline std::atomic<int>& backward_kernels_ref() {
+  static std::atomic<int> v{backward_kernels_from_name(std::getenv("JAX_ROI_CUDA_BACKWARD"))};
+  return v;
+}
+
+inline BackwardKernels backward_kernels() {
+  return static_cast<BackwardKernels>(backward_kernels_ref().load(std::memory_order_relaxed));
+}
+
+// Adds v[0..4) to p[0..4) atomically, lane by lane: one 16-byte vector atomic
+// where the architecture has it (float4, sm_90+; p 16-byte aligned), else
+// four scalar ones. Each lane's add is atomic either way.
+template <typename A>
+__device__ __forceinline__ void atomic_add_4(A* p, const A (&v)[4]) {
+#if JAX_ROI_CUDA_ARCH >= 900
+  if constexpr (std::is_same_v<A, float>) {
+    atomicAdd(reinterpret_cast<float4*>(p), make_float4(v[0], v[1], v[2], v[3]));
+  } else {
+    for (int l = 0; l < 4; ++l) atomicAdd(p + l, v[l]);
+  }
+#else
+  for (int l = 0; l < 4; ++l) atomicAdd(p + l, v[l]);
+#endif
 }
 
 // The per-RoI kernels decode a RoI's output offsets with 32-bit arithmetic

@@ -8,6 +8,7 @@
 #define JAX_ROI_CSRC_ROI_ALIGN_ROI_ALIGN_CUDA_CUH_
 
 #include <cstdint>
+#include <type_traits>
 
 #include "core/bilinear.h"
 #include "core/box.h"
@@ -178,6 +179,57 @@ __global__ void roi_align_backward_kernel(AlignBackwardArgs<T, C> a, int64_t tot
       if (s.valid) scatter(s);
     }
   });
+}
+
+// NHWC average backward with vector atomics (BackwardKernels::kNhwcVec,
+// core/cuda_launch.h): a thread per (RoI, bin, group of kGradLanes
+// consecutive channels); its samples and their four neighbours are the
+// per-output kernel's, and each neighbour receives the group's kGradLanes
+// terms div(g * w) in one atomic_add_4. Used when nhwc_vec_backward_applies.
+constexpr int64_t kGradLanes = 4;
+
+template <typename T, typename C>
+__global__ void roi_align_backward_nhwc_vec_kernel(AlignBackwardArgs<T, C> a, int64_t total) {
+  using A = acc_t<T>;
+  const AlignOptions& o = a.options;
+  const int64_t Cn = a.dims.channels, groups = Cn / kGradLanes;
+  const int64_t PW = a.dims.pooled_width, nbins = a.dims.pooled_height * PW;
+  for (int64_t j = grid_thread_index(); j < total; j += grid_thread_count()) {
+    const int64_t kb = j / groups, k = kb / nbins, bin = kb - k * nbins;
+    const int64_t c0 = (j - kb * groups) * kGradLanes, ph = bin / PW, pw = bin - ph * PW;
+    const Box<C> box = read_box(a.rois, k, a.dims);
+    if (box.image < 0) continue;
+    const FeatureLevel<A> level = a.levels[roi_level(box, a.map)];
+    const RoiDims d = level_dims(a.dims, level);
+    const AlignRoi<C> r =
+        align_roi(box, static_cast<C>(level.spatial_scale), o.aligned, o.sampling_ratio, d);
+    A* grad = level.data + feature_index_hw(d, box.image, c0, 0);
+    A g[kGradLanes];
+    for (int64_t l = 0; l < kGradLanes; ++l) g[l] = load(a.grad_output + kb * Cn + c0 + l);
+    const CountDivider<A> div(static_cast<A>(r.count));
+    for_each_sample(r, align_bin(r, ph, pw, d), ph, pw, d,
+                    [&](int64_t, int64_t, const Bilinear<C>& s) {
+                      bilinear_scatter(grad, Cn, bilinear_taps<A>(s, d.width), [&](A* p, A w) {
+                        A v[kGradLanes];
+                        for (int64_t l = 0; l < kGradLanes; ++l) v[l] = div(g[l] * w);
+                        atomic_add_4(p, v);
+                      });
+                    });
+  }
+}
+
+// Whether the vector backward can run: NHWC, average mode, float
+// accumulation, whole groups of channels, 16-byte aligned gradients.
+template <typename T, typename C>
+bool nhwc_vec_backward_applies(const AlignBackwardArgs<T, C>& args) {
+  if (args.dims.layout != Layout::kNHWC || args.options.max_mode ||
+      !std::is_same_v<acc_t<T>, float> || args.dims.channels % kGradLanes != 0) {
+    return false;
+  }
+  for (int32_t l = 0; l < (args.map.num_levels > 1 ? args.map.num_levels : 1); ++l) {
+    if (reinterpret_cast<uintptr_t>(args.levels[l].data) % 16 != 0) return false;
+  }
+  return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -584,6 +636,10 @@ cudaError_t roi_align_backward(cudaStream_t stream, const AlignBackwardArgs<T, C
     // workloads, against 2.4-3.3x with 2 and 3.7-8.3x with 1.
     const OwnerGrid grid = owner_grid(maps, heights, widths, d.batch, d.channels, 4, &threads);
     return launch_owner_tiles<roi_align_backward_owner_kernel<T, C>>(stream, args, grid, threads);
+  }
+  if (backward_kernels() == BackwardKernels::kNhwcVec && nhwc_vec_backward_applies(args)) {
+    const int64_t total = output_count(d) / kGradLanes;
+    return launch_over<roi_align_backward_nhwc_vec_kernel<T, C>>(total, stream, args, total);
   }
   return launch_per_output<roi_align_backward_kernel<T, C>>(stream, args);
 }
