@@ -79,12 +79,14 @@ __device__ __forceinline__ int64_t pool_argmax(const PoolBackwardArgs<T, C>& a, 
   return index;
 }
 
-template <typename T, typename C>
+// kSaved: the forward's argmax (34 registers on sm_90, as before the
+// argmax-free variant existed), else the winners found again (40).
+template <typename T, typename C, bool kSaved>
 __global__ void roi_pool_backward_kernel(PoolBackwardArgs<T, C> a, int64_t total) {
   const RoiDims& d = a.dims;
   const int64_t hw_size = d.height * d.width;
   for (int64_t i = grid_thread_index(); i < total; i += grid_thread_count()) {
-    const int64_t hw = pool_argmax(a, i);
+    const int64_t hw = kSaved ? a.argmax[i] : pool_argmax(a, i);
     if (hw < 0 || hw >= hw_size) continue;
     int64_t k, c, ph, pw;
     split_output_index(d, i, &k, &c, &ph, &pw);
@@ -149,7 +151,7 @@ __global__ void roi_pool_backward_owner_kernel(PoolBackwardArgs<T, C> a, OwnerGr
             if (!owner_may(cols, pw)) continue;
             const int64_t i = output_index(d, k, c0, ph, pw);
             for (int64_t v = 0; v < vec; ++v) {
-              const int64_t hw = pool_argmax(a, i + v * gstep);
+              const int64_t hw = a.argmax[i + v * gstep];  // always saved here
               if (hw < 0 || hw >= hw_size) continue;
               const int64_t row = hw / d.width, col = hw - row * d.width;
               if (row < t.row_begin || row >= t.row_end || col < t.col_begin || col >= t.col_end) {
@@ -181,13 +183,17 @@ cudaError_t roi_pool_backward(cudaStream_t stream, const PoolBackwardArgs<T, C>&
   const cudaError_t err = zero_async(args.grad_features, grad_size, stream);
   if (err != cudaSuccess) return err;
   if (args.deterministic) {
+    if (args.argmax == nullptr) return cudaErrorInvalidValue;  // owner tiles read the argmax
     int threads = 0;
     // 2 channels per thread: 2.1-2.4x the atomic fwd+bwd on faster-rcnn,
     // against 2.2-3.2x with 4.
     const OwnerGrid grid = owner_grid(1, &d.height, &d.width, d.batch, d.channels, 2, &threads);
     return launch_owner_tiles<roi_pool_backward_owner_kernel<T, C>>(stream, args, grid, threads);
   }
-  return launch_per_output<roi_pool_backward_kernel<T, C>>(stream, args);
+  if (args.argmax == nullptr) {
+    return launch_per_output<roi_pool_backward_kernel<T, C, false>>(stream, args);
+  }
+  return launch_per_output<roi_pool_backward_kernel<T, C, true>>(stream, args);
 }
 
 }  // namespace jax_roi::cuda
