@@ -1074,46 +1074,41 @@ def test_backward_kernel_variants_launch_what_they_say(emus, case):
     emus[0].set_backward_kernels("fast")
 
 
-def test_backward_kernels_from_the_environment(emus):
-  """JAX_ROI_CUDA_BACKWARD picks the atomic backward's kernels when the
-  module loads: per_output by default and for any other value, nhwc_vec
-  when asked."""
+@pytest.mark.parametrize(
+  "variable,getter,cases",
+  [
+    (
+      "JAX_ROI_CUDA_FORWARD",
+      "forward_kernels",
+      (
+        (None, "per_roi"),
+        ("per_output", "per_output"),
+        ("per_roi", "per_roi"),
+        ("nhwc_vec", "nhwc_vec"),
+        ("fast", "per_roi"),
+      ),
+    ),
+    (
+      "JAX_ROI_CUDA_BACKWARD",
+      "backward_kernels",
+      ((None, "per_output"), ("nhwc_vec", "nhwc_vec"), ("fast", "per_output")),
+    ),
+  ],
+)
+def test_kernel_variants_from_the_environment(emus, variable, getter, cases):
+  """JAX_ROI_CUDA_FORWARD / JAX_ROI_CUDA_BACKWARD pick the kernels when the
+  module loads: the default for an unset or unknown value, the named variant
+  otherwise."""
   build = pathlib.Path(emus[0].__file__).parent
   code = (
     f"import sys; sys.path.insert(0, {str(build)!r}); "
     f"m = __import__('_jax_roi_cuda_emulation_sm{emus[0].cuda_arch}'); "
-    "print(m.backward_kernels())"
+    f"print(m.{getter}())"
   )
-  for value, expected in ((None, "per_output"), ("nhwc_vec", "nhwc_vec"), ("fast", "per_output")):
-    env = {k: v for k, v in os.environ.items() if k != "JAX_ROI_CUDA_BACKWARD"}
+  for value, expected in cases:
+    env = {k: v for k, v in os.environ.items() if k != variable}
     if value is not None:
-      env["JAX_ROI_CUDA_BACKWARD"] = value
-    r = subprocess.run(
-      [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120, env=env
-    )
-    assert r.returncode == 0 and r.stdout.strip() == expected, (value, r.stdout + r.stderr)
-
-
-def test_forward_kernels_from_the_environment(emus):
-  """JAX_ROI_CUDA_FORWARD picks the forward kernels when the module loads:
-  per_roi by default and for any other value, per_output or nhwc_vec when
-  asked."""
-  build = pathlib.Path(emus[0].__file__).parent
-  code = (
-    f"import sys; sys.path.insert(0, {str(build)!r}); "
-    f"m = __import__('_jax_roi_cuda_emulation_sm{emus[0].cuda_arch}'); "
-    "print(m.forward_kernels())"
-  )
-  for value, expected in (
-    (None, "per_roi"),
-    ("per_output", "per_output"),
-    ("per_roi", "per_roi"),
-    ("nhwc_vec", "nhwc_vec"),
-    ("fast", "per_roi"),
-  ):
-    env = {k: v for k, v in os.environ.items() if k != "JAX_ROI_CUDA_FORWARD"}
-    if value is not None:
-      env["JAX_ROI_CUDA_FORWARD"] = value
+      env[variable] = value
     r = subprocess.run(
       [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120, env=env
     )

@@ -155,6 +155,40 @@ def test_backward_handler_validates_argmax():
     jax.block_until_ready(call16(g, np.zeros(g.shape, np.int32), R, layout="NCHW"))
 
 
+def test_backward_from_features_handler_validates():
+  """The argmax-free backward names what is wrong: the features' shape and
+  dtype against the gradient's, and the spatial scale it pools with."""
+  name = "jax_roi_roi_pool_bwd_from_features_v1"
+  call = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(X.shape, jnp.float32))
+  g = np.zeros((1, 3, 2, 2), np.float32)
+  scale = np.float64(1.0)
+  cases = [
+    (
+      (g, X[:, :, :7], R),
+      {},
+      "roi_pool backward: features must have shape (2, 3, 8, 8), got (2, 3, 7, 8)",
+    ),
+    (
+      (g, X.astype(np.float16), R),
+      {},
+      "roi_pool backward: features must have dtype float32, got float16",
+    ),
+    ((g, X, R), {"spatial_scale": np.float64(np.nan)}, "roi_pool backward: spatial_scale"),
+    (
+      (np.zeros((2, 3, 2, 2), np.float32), X, R),
+      {},
+      "roi_pool backward: grad_output must have shape (1, 3, 2, 2), got (2, 3, 2, 2)",
+    ),
+  ]
+  for args, attrs, message in cases:
+    attrs = {"layout": "NCHW", "spatial_scale": scale, **attrs}
+    with pytest.raises(jax.errors.JaxRuntimeError, match=re.escape(message)):
+      jax.block_until_ready(call(*args, **attrs))
+  # Valid operands: the gradient through the forward's winners.
+  grad = np.asarray(call(np.ones_like(g), X, R, layout="NCHW", spatial_scale=scale))
+  assert grad.sum() == g.size
+
+
 def test_backward_handler_ignores_out_of_range_argmax():
   """A corrupt argmax never writes out of bounds."""
   call = jax.ffi.ffi_call("jax_roi_roi_pool_bwd_v1", jax.ShapeDtypeStruct(X.shape, jnp.float32))

@@ -71,13 +71,15 @@ JAX_ROI_FFI_TARGET("jax_roi_roi_pool_fwd_v1", RoiPoolForward, RoiPoolForwardBind
 
 // Backward. grad_output has the pooled shape and the features' dtype; the
 // result grad_features has the features' shape in the accumulation dtype
-// (float32 for float16/bfloat16/float32, float64 for float64).
+// (float32 for float16/bfloat16/float32, float64 for float64). Each output's
+// winner comes from `argmax` (the forward's) or, when argmax is null, is
+// found again in `features` (the forward's operand, with spatial_scale).
 // deterministic: the *_deterministic target (spatial_scale: its attribute).
 template <typename Backend>
 ffi::Error RoiPoolBackwardCore(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
-                               ffi::AnyBuffer argmax, ffi::AnyBuffer rois,
-                               ffi::Result<ffi::AnyBuffer> grad_features, std::string_view layout,
-                               bool deterministic, double spatial_scale) {
+                               const ffi::AnyBuffer* argmax, const ffi::AnyBuffer* features,
+                               ffi::AnyBuffer rois, ffi::Result<ffi::AnyBuffer> grad_features,
+                               std::string_view layout, bool deterministic, double spatial_scale) {
   constexpr std::string_view op = "roi_pool backward";
   // The pooled size is read from grad_output, whose layout is the features'.
   const auto g = grad_output.dimensions();
@@ -87,7 +89,7 @@ ffi::Error RoiPoolBackwardCore(typename Backend::Context ctx, ffi::AnyBuffer gra
   const bool nchw = layout == "NCHW";
   const int64_t pooled_height = nchw ? g[g.size() - 2] : g[g.size() - 3];
   const int64_t pooled_width = nchw ? g[g.size() - 1] : g[g.size() - 2];
-  if (deterministic) {
+  if (deterministic || argmax == nullptr) {
     JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
   }
   RoiDims d;
@@ -95,8 +97,16 @@ ffi::Error RoiPoolBackwardCore(typename Backend::Context ctx, ffi::AnyBuffer gra
                                       rois.dimensions(), layout, pooled_height, pooled_width, &d));
   const std::vector<int64_t> pooled = pooled_shape(d, rois.dimensions());
   JAX_ROI_RETURN_IF_ERROR(check_shape(op, "grad_output", g, pooled));
-  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "argmax", argmax.dimensions(), pooled));
-  JAX_ROI_RETURN_IF_ERROR(check_dtype(op, "argmax", argmax.element_type(), ffi::DataType::S32));
+  if (argmax != nullptr) {
+    JAX_ROI_RETURN_IF_ERROR(check_shape(op, "argmax", argmax->dimensions(), pooled));
+    JAX_ROI_RETURN_IF_ERROR(check_dtype(op, "argmax", argmax->element_type(), ffi::DataType::S32));
+  } else {
+    const auto f = grad_features->dimensions();
+    JAX_ROI_RETURN_IF_ERROR(check_shape(op, "features", features->dimensions(),
+                                        std::vector<int64_t>(f.begin(), f.end())));
+    JAX_ROI_RETURN_IF_ERROR(
+        check_dtype(op, "features", features->element_type(), grad_output.element_type()));
+  }
   return dispatch_feature_type(op, "grad_output", grad_output.element_type(), [&](auto t) {
     using T = decltype(t);
     JAX_ROI_RETURN_IF_ERROR(
@@ -106,11 +116,12 @@ ffi::Error RoiPoolBackwardCore(typename Backend::Context ctx, ffi::AnyBuffer gra
       if (grad_features->element_count() == 0) return ffi::Error::Success();
       PoolBackwardArgs<T, C> args{d,
                                   data_as<T>(grad_output),
-                                  data_as<int32_t>(argmax),
+                                  argmax != nullptr ? data_as<int32_t>(*argmax) : nullptr,
                                   data_as<C>(rois),
                                   mutable_data_as<acc_t<T>>(*grad_features),
                                   deterministic,
-                                  spatial_scale};
+                                  spatial_scale,
+                                  argmax != nullptr ? nullptr : data_as<T>(*features)};
       return Backend::run(ctx, "roi_pool backward", JAX_ROI_KERNEL(roi_pool_backward), args);
     });
   });
@@ -131,8 +142,8 @@ template <typename Backend>
 ffi::Error RoiPoolBackward(typename Backend::Context ctx, ffi::AnyBuffer grad_output,
                            ffi::AnyBuffer argmax, ffi::AnyBuffer rois,
                            ffi::Result<ffi::AnyBuffer> grad_features, std::string_view layout) {
-  return RoiPoolBackwardCore<Backend>(ctx, grad_output, argmax, rois, grad_features, layout, false,
-                                      0.0);
+  return RoiPoolBackwardCore<Backend>(ctx, grad_output, &argmax, nullptr, rois, grad_features,
+                                      layout, false, 0.0);
 }
 
 template <typename Backend>
@@ -140,8 +151,8 @@ ffi::Error RoiPoolBackwardDeterministic(typename Backend::Context ctx, ffi::AnyB
                                         ffi::AnyBuffer argmax, ffi::AnyBuffer rois,
                                         ffi::Result<ffi::AnyBuffer> grad_features,
                                         std::string_view layout, double spatial_scale) {
-  return RoiPoolBackwardCore<Backend>(ctx, grad_output, argmax, rois, grad_features, layout, true,
-                                      spatial_scale);
+  return RoiPoolBackwardCore<Backend>(ctx, grad_output, &argmax, nullptr, rois, grad_features,
+                                      layout, true, spatial_scale);
 }
 
 template <typename Ctx>
@@ -158,42 +169,8 @@ ffi::Error RoiPoolBackwardFromFeatures(typename Backend::Context ctx, ffi::AnyBu
                                        ffi::AnyBuffer features, ffi::AnyBuffer rois,
                                        ffi::Result<ffi::AnyBuffer> grad_features,
                                        std::string_view layout, double spatial_scale) {
-  constexpr std::string_view op = "roi_pool backward";
-  const auto g = grad_output.dimensions();
-  if (g.size() < 3) {
-    return invalid_argument(op, "grad_output must have rank >= 3, got " + shape_string(g));
-  }
-  const bool nchw = layout == "NCHW";
-  const int64_t pooled_height = nchw ? g[g.size() - 2] : g[g.size() - 3];
-  const int64_t pooled_width = nchw ? g[g.size() - 1] : g[g.size() - 2];
-  JAX_ROI_RETURN_IF_ERROR(check_spatial_scale(op, spatial_scale));
-  RoiDims d;
-  JAX_ROI_RETURN_IF_ERROR(decode_dims(op, "features", features.dimensions(), rois.dimensions(),
-                                      layout, pooled_height, pooled_width, &d));
-  JAX_ROI_RETURN_IF_ERROR(check_shape(op, "grad_output", g, pooled_shape(d, rois.dimensions())));
-  JAX_ROI_RETURN_IF_ERROR(check_shape(
-      op, "grad_features", grad_features->dimensions(),
-      std::vector<int64_t>(features.dimensions().begin(), features.dimensions().end())));
-  return dispatch_feature_type(op, "grad_output", grad_output.element_type(), [&](auto t) {
-    using T = decltype(t);
-    JAX_ROI_RETURN_IF_ERROR(
-        check_dtype(op, "features", features.element_type(), grad_output.element_type()));
-    JAX_ROI_RETURN_IF_ERROR(
-        check_dtype(op, "grad_features", grad_features->element_type(), data_type_of<acc_t<T>>()));
-    return dispatch_box_type(op, rois.element_type(), [&](auto c) {
-      using C = decltype(c);
-      if (grad_features->element_count() == 0) return ffi::Error::Success();
-      PoolBackwardArgs<T, C> args{d,
-                                  data_as<T>(grad_output),
-                                  nullptr,
-                                  data_as<C>(rois),
-                                  mutable_data_as<acc_t<T>>(*grad_features),
-                                  false,
-                                  spatial_scale,
-                                  data_as<T>(features)};
-      return Backend::run(ctx, "roi_pool backward", JAX_ROI_KERNEL(roi_pool_backward), args);
-    });
-  });
+  return RoiPoolBackwardCore<Backend>(ctx, grad_output, nullptr, &features, rois, grad_features,
+                                      layout, false, spatial_scale);
 }
 
 template <typename Ctx>

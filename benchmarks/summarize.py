@@ -1,9 +1,10 @@
-"""Medians over the runs of this folder: for each row (workload, case,
-layout, pass), the median over the runs that timed it of jax_roi's time and
-of each baseline's ratio (baseline time / jax_roi time, both from the same
-run), and whether the median ratios meet issue 18's targets.
+"""Medians over the runs of a results folder (its runs/*/results.json, each
+written by benchmarks/run.py): for each row (workload, case, layout, pass),
+the median over the runs that timed it of jax_roi's time and of each
+baseline's ratio (baseline time / jax_roi time, both from the same run), and
+whether the median ratios meet issue 18's targets.
 
-  python benchmarks/results/cpu-2026-11-30/summarize.py > medians.md
+  python benchmarks/summarize.py benchmarks/results/cpu-2026-11-30 > medians.md
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from __future__ import annotations
 import json
 import pathlib
 import statistics
+import sys
 
-HERE = pathlib.Path(__file__).parent
 BASELINES = ("torchvision", "onnxruntime", "openvino", "xla")
 
 
 def main():
-  runs = sorted(HERE.glob("runs/*/results.json"))
+  if len(sys.argv) != 2:
+    raise SystemExit("usage: python benchmarks/summarize.py RESULTS_FOLDER")
+  runs = sorted(pathlib.Path(sys.argv[1]).glob("runs/*/results.json"))
+  if not runs:
+    raise SystemExit(f"no runs/*/results.json under {sys.argv[1]}")
   rows = {}
   for path in runs:
     for rec in json.loads(path.read_text())["results"]:
