@@ -70,7 +70,8 @@ def _select(op: Op, implementation, features, rois, config):
   """The kernel where one is compiled (per platform), else pure JAX."""
   kernel = lambda f, r: op.kernel(f, r, config)
   xla = lambda f, r: op.xla(f, r, config)
-  cpu_kernel = kernel if op.cpu_kernel is None else lambda f, r: op.cpu_kernel(f, r, config)
+  cpu_fn = op.cpu_kernel
+  cpu_kernel = kernel if cpu_fn is None else lambda f, r: cpu_fn(f, r, config)
   if implementation == "ffi":  # the same kernels, residuals included, everywhere
     return kernel(features, rois)
   symbolic = _symbolic(features, rois)
