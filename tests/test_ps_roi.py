@@ -420,3 +420,75 @@ def test_channel_sharding_that_splits_a_block_of_bins():
     env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([root] + sys.path)),
   )
   assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr[-3000:]
+
+
+def _bin_major_case(seed, layout, dtype, c_out, size, margin):
+  """Features of 2 images (10 x 12 map) and 64 RoIs inside its top-left
+  70%, at spatial scale 0.5; with `margin`, the same map in the top-left
+  corner of a (10 + margin) x (12 + margin) canvas of other values."""
+  rng = np.random.default_rng(seed)
+  n, h, w, k = 2, 10, 12, 64
+  ci = c_out * size[0] * size[1]
+  x = rng.standard_normal((n, ci, h + margin, w + margin))
+  x_small = x[:, :, :h, :w]
+  xy1 = rng.uniform(0, 0.5, (k, 2)) * (2 * w, 2 * h)
+  wh = rng.uniform(0.05, 0.2, (k, 2)) * (2 * w, 2 * h)
+  rois = np.concatenate([rng.integers(0, n, (k, 1)), xy1, xy1 + wh], 1).astype(dtype)
+  to = lambda a: jnp.asarray(
+    a.astype(dtype) if layout == "NCHW" else a.transpose(0, 2, 3, 1).astype(dtype)
+  )
+  return to(x_small), to(x), rois, rng.standard_normal((k, c_out, *size))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+  "op,size,c_out",
+  [
+    ("ps_roi_pool", (3, 3), 3),
+    ("ps_roi_pool", (1, 1), 3),
+    ("ps_roi_align_sr2", (3, 3), 3),
+    ("ps_roi_align_adaptive", (2, 2), 5),
+  ],
+)
+def test_many_rois_and_few_take_different_paths_with_the_same_bits(op, size, c_out, layout, dtype):
+  """The CPU kernels copy the map bin-major (one map of C_out contiguous
+  channels per bin) when the RoIs' bins read the map's (bin, position) pairs
+  at least a quarter of a time over, and loop over the map directly
+  otherwise. 64 RoIs of 1-2 x 1-2 pixels' bins on a 10 x 12 map take the
+  copy (about 3000 window reads against 2 x 9 x 120 pairs); the same RoIs
+  on the same map padded to 60 x 62 (67 000 pairs) take the direct loops.
+  Forward and feature gradient must be the same bits (the gradient's
+  padding exactly 0), and equal the float64 loop reference. (1, 1) bins
+  split the copy's work by channels instead of bins."""
+  sr = {"ps_roi_pool": None, "ps_roi_align_sr2": 2, "ps_roi_align_adaptive": 0}[op]
+  with jax.enable_x64(dtype == "float64"):
+    small, big, rois, cot = _bin_major_case(
+      stable_seed(op, layout, dtype), layout, dtype, c_out, size, 50
+    )
+    cot = jnp.asarray(cot if layout == "NCHW" else cot.transpose(0, 2, 3, 1), dtype)
+    f = lambda x: _call(op, x, rois, size, 0.5, sr, layout=layout)
+    grad = lambda x: jax.grad(lambda x: jnp.sum(f(x) * cot))(x)
+    out_small, out_big = np.asarray(f(small)), np.asarray(f(big))
+    g_small, g_big = np.asarray(grad(small)), np.asarray(grad(big))
+  np.testing.assert_array_equal(out_small, out_big)
+  hw = (slice(None), slice(None), slice(0, 10), slice(0, 12))
+  if layout == "NHWC":
+    hw = (slice(None), slice(0, 10), slice(0, 12), slice(None))
+  np.testing.assert_array_equal(g_small, g_big[hw])
+  rest = g_big.copy()
+  rest[hw] = 0
+  assert not rest.any()
+  assert np.abs(g_small).max() > 0 and np.abs(out_small).max() > 0
+  # The copy's path against the float64 loop reference.
+  x64 = np.asarray(small, np.float64)
+  cot64 = np.asarray(cot, np.float64)
+  if sr is None:
+    want = ref.ps_roi_pool(x64, rois.astype(np.float64), size, 0.5, layout)
+    want_grad = ref.ps_roi_pool_grad(x64.shape, rois.astype(np.float64), cot64, size, 0.5, layout)
+  else:
+    want = ref.ps_roi_align(x64, rois.astype(np.float64), size, 0.5, sr, layout)
+    want_grad, _ = ref.ps_roi_align_grad(x64, rois.astype(np.float64), cot64, size, 0.5, sr, layout)
+  tol = 1e-12 if dtype == "float64" else 2e-5
+  np.testing.assert_allclose(out_small, want, rtol=tol, atol=tol)
+  np.testing.assert_allclose(g_small, want_grad, rtol=tol, atol=tol)

@@ -16,6 +16,12 @@
 
 #include "core/task_runner.h"
 
+#if defined(__GNUC__)
+#define JAX_ROI_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define JAX_ROI_ALWAYS_INLINE inline
+#endif
+
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
@@ -48,7 +54,8 @@ constexpr bool kTile8x8 =
 
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < 8.
 template <typename T>
-inline void transpose_8x8(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+JAX_ROI_ALWAYS_INLINE void transpose_8x8(const T* src, int64_t src_stride, T* dst,
+                                         int64_t dst_stride) {
 #if defined(__AVX__)
   if constexpr (kTile8x8<T>) {
     const float* s = reinterpret_cast<const float*>(src);
@@ -77,11 +84,85 @@ inline void transpose_8x8(const T* src, int64_t src_stride, T* dst, int64_t dst_
   }
 }
 
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+// Edge tiles in registers too: masked loads and stores (which touch no
+// element outside the mask) of 4-byte values.
+template <typename T>
+constexpr bool kPartialTiles = sizeof(T) == 4;
+
+// transpose_8x8 of the tile's first `rows` rows and `cols` columns (each
+// 1..8); nothing outside them is read, nor written but, with zero_pad, the
+// zeros that fill each written row of dst up to 8 values.
+template <typename T>
+JAX_ROI_ALWAYS_INLINE void transpose_8x8_partial(const T* src, int64_t src_stride, T* dst,
+                                                 int64_t dst_stride, int rows, int cols,
+                                                 bool zero_pad) {
+  const float* s = reinterpret_cast<const float*>(src);
+  float* d = reinterpret_cast<float*>(dst);
+  const __mmask8 load_mask = static_cast<__mmask8>((1u << cols) - 1);
+  const __mmask8 store_mask = zero_pad ? __mmask8{0xFF} : static_cast<__mmask8>((1u << rows) - 1);
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) {
+    r[i] = i < rows ? _mm256_maskz_loadu_ps(load_mask, s + i * src_stride) : _mm256_setzero_ps();
+  }
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    if (i < cols) {
+      _mm256_mask_storeu_ps(d + i * dst_stride, store_mask,
+                            _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    }
+    if (i + 4 < cols) {
+      _mm256_mask_storeu_ps(d + (i + 4) * dst_stride, store_mask,
+                            _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    }
+  }
+}
+#else
+template <typename T>
+constexpr bool kPartialTiles = false;
+
+template <typename T>
+inline void transpose_8x8_partial(const T* src, int64_t src_stride, T* dst, int64_t dst_stride,
+                                  int rows, int cols, bool zero_pad) {
+  for (int j = 0; j < cols; ++j) {
+    for (int i = 0; i < rows; ++i) dst[j * dst_stride + i] = src[i * src_stride + j];
+    for (int i = rows; zero_pad && i < 8; ++i) dst[j * dst_stride + i] = T{};  // zero bits
+  }
+}
+#endif
+
 // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols:
-// 8 x 8 tiles, then the edges one by one.
+// 8 x 8 tiles, then the edges (in registers too where the compiler targets
+// AVX-512VL: a 21 x 49 block is a quarter edges), else one by one. With
+// zero_pad, dst[c * dst_stride + r] = 0 for r from rows up to the next
+// multiple of 8 (lanes a kernel reads in whole blocks of 8).
 template <typename T>
 void transpose(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, int64_t rows,
-               int64_t cols) {
+               int64_t cols, bool zero_pad = false) {
+  if constexpr (kPartialTiles<T>) {
+    for (int64_t r = 0; r < rows; r += 8) {
+      const int rr = static_cast<int>(std::min<int64_t>(8, rows - r));
+      for (int64_t c = 0; c < cols; c += 8) {
+        const int cc = static_cast<int>(std::min<int64_t>(8, cols - c));
+        if (rr == 8 && cc == 8) {
+          transpose_8x8(src + r * src_stride + c, src_stride, dst + c * dst_stride + r, dst_stride);
+        } else {
+          transpose_8x8_partial(src + r * src_stride + c, src_stride, dst + c * dst_stride + r,
+                                dst_stride, rr, cc, zero_pad);
+        }
+      }
+    }
+    return;
+  }
   const int64_t rows8 = rows - rows % 8, cols8 = cols - cols % 8;
   for (int64_t r = 0; r < rows8; r += 8) {
     for (int64_t c = 0; c < cols8; c += 8) {
@@ -93,6 +174,11 @@ void transpose(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, int
   }
   for (int64_t r = rows8; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+  }
+  if (zero_pad && rows % 8 != 0) {
+    for (int64_t c = 0; c < cols; ++c) {
+      for (int64_t r = rows; r < rows8 + 8; ++r) dst[c * dst_stride + r] = T{};
+    }
   }
 }
 
