@@ -9,11 +9,11 @@
 // fills from its bins' planes (it stays in L2 while every RoI of the image
 // passes over it); NHWC input, a copy of the whole map with each position's
 // channels transposed (nhwc_to_bins). A bin's window (or samples) then runs
-// over contiguous channels, 8 to 32 sums in registers. Forward outputs go to
-// bin-major staging, then into place. The backward sums an item's gradient
-// in its zeroed maps and moves it into place (every element belongs to
-// exactly one item; it receives its contributions in RoI order, then sample
-// order: deterministic), with no separate zeroing pass.
+// over contiguous channels, 8 to 32 sums in registers. NCHW forward outputs
+// go to bin-major staging, then into place. The backward sums an item's
+// gradient in its zeroed maps and moves it into place (every element belongs
+// to exactly one item; it receives its contributions in RoI order, then
+// sample order: deterministic), with no separate zeroing pass.
 //
 // Direct path (few or small RoIs): forward, one task per block of RoIs, each
 // RoI's geometry computed once and reused for every output channel;
@@ -434,9 +434,11 @@ void for_each_bin_item(TaskRunner& runner, const RoiDims& d, const BinItems& ite
   });
 }
 
-// Items write output (k, c, bin) to bin-major staging,
-// staged[(bin * K + k) * C_out + c], which whole RoIs then move into place:
-// items of neighbouring bins would otherwise write the same cache lines.
+// NCHW: items write output (k, c, bin) to bin-major staging,
+// staged[(bin * K + k) * C_out + c], which whole RoIs then move into place
+// (in place, an item's outputs would be single values PH * PW apart, in
+// cache lines shared with the items of neighbouring bins). NHWC items write
+// their run of bins x channels of each RoI in place.
 template <typename T>
 void unstage_outputs(const T* staged, T* output, const RoiDims& d, TaskRunner& runner) {
   const int64_t nbins = d.pooled_height * d.pooled_width, Co = d.channels, K = d.num_rois;
@@ -453,8 +455,8 @@ void unstage_outputs(const T* staged, T* output, const RoiDims& d, TaskRunner& r
   });
 }
 
-// The forward's frame: compute(item, maps, out) for every item, where
-// out(k, bin) is where output (k, c0 + c, bin) goes, at [c].
+// The forward's frame: compute(item, maps, out_at) for every item, where
+// out_at(k, bin)[c] is where output (k, c0 + c, bin) goes.
 template <typename T, typename F>
 void bin_major_forward(const T* features, T* output, const RoiDims& d, TaskRunner& runner,
                        F&& compute) {
@@ -463,7 +465,7 @@ void bin_major_forward(const T* features, T* output, const RoiDims& d, TaskRunne
   const bool nhwc = d.layout == Layout::kNHWC;
   const BinItems items(runner, d, sizeof(T));
   const int64_t Cp = lanes8(Co);
-  const int64_t staged = K * Co * nbins, whole = nhwc ? d.batch * nbins * HW * Cp : 0;
+  const int64_t staged = nhwc ? 0 : K * Co * nbins, whole = nhwc ? d.batch * nbins * HW * Cp : 0;
   const int64_t locals = nhwc ? 0 : std::min(runner.concurrency(), items.count) * items.local_size;
   const ScratchLease scratch(sizeof(T) * static_cast<size_t>(staged + whole + locals));
   T* stage = scratch.as<T>();
@@ -476,9 +478,11 @@ void bin_major_forward(const T* features, T* output, const RoiDims& d, TaskRunne
       load_bins(features, d, it, local);
       maps = ItemMaps<const T>{local, ncp, HW * ncp, ncp};
     }
-    compute(it, maps, [&](int64_t k, int64_t bin) { return stage + (bin * K + k) * Co + it.c0; });
+    compute(it, maps, [&](int64_t k, int64_t bin) {
+      return nhwc ? output + (k * nbins + bin) * Co + it.c0 : stage + (bin * K + k) * Co + it.c0;
+    });
   });
-  unstage_outputs(stage, output, d, runner);
+  if (!nhwc) unstage_outputs(stage, output, d, runner);
 }
 
 // The backward's frame: scatter(item, maps) adds the item's contributions
