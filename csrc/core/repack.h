@@ -52,6 +52,29 @@ constexpr bool kTile8x8 =
     false;
 #endif
 
+#if defined(__AVX__)
+// Transposes the 8 x 8 tile held in rows r[0..8) in registers: afterwards,
+// r[j] holds column j.
+JAX_ROI_ALWAYS_INLINE void transpose_registers_8x8(__m256 r[8]) {
+  __m256 t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+    t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+  }
+  for (int i = 0; i < 8; ++i) r[i] = t[i];
+}
+#endif
+
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < 8.
 template <typename T>
 JAX_ROI_ALWAYS_INLINE void transpose_8x8(const T* src, int64_t src_stride, T* dst,
@@ -60,22 +83,10 @@ JAX_ROI_ALWAYS_INLINE void transpose_8x8(const T* src, int64_t src_stride, T* ds
   if constexpr (kTile8x8<T>) {
     const float* s = reinterpret_cast<const float*>(src);
     float* d = reinterpret_cast<float*>(dst);
-    __m256 r[8], t[8];
+    __m256 r[8];
     for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * src_stride);
-    for (int i = 0; i < 8; i += 2) {
-      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-      r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-      r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-      r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-      r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; ++i) {
-      _mm256_storeu_ps(d + i * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-      _mm256_storeu_ps(d + (i + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-    }
+    transpose_registers_8x8(r);
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(d + j * dst_stride, r[j]);
     return;
   }
 #endif
@@ -101,30 +112,12 @@ JAX_ROI_ALWAYS_INLINE void transpose_8x8_partial(const T* src, int64_t src_strid
   float* d = reinterpret_cast<float*>(dst);
   const __mmask8 load_mask = static_cast<__mmask8>((1u << cols) - 1);
   const __mmask8 store_mask = zero_pad ? __mmask8{0xFF} : static_cast<__mmask8>((1u << rows) - 1);
-  __m256 r[8], t[8];
+  __m256 r[8];
   for (int i = 0; i < 8; ++i) {
     r[i] = i < rows ? _mm256_maskz_loadu_ps(load_mask, s + i * src_stride) : _mm256_setzero_ps();
   }
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    if (i < cols) {
-      _mm256_mask_storeu_ps(d + i * dst_stride, store_mask,
-                            _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-    }
-    if (i + 4 < cols) {
-      _mm256_mask_storeu_ps(d + (i + 4) * dst_stride, store_mask,
-                            _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-    }
-  }
+  transpose_registers_8x8(r);
+  for (int j = 0; j < cols; ++j) _mm256_mask_storeu_ps(d + j * dst_stride, store_mask, r[j]);
 }
 #else
 template <typename T>

@@ -314,6 +314,14 @@ void for_lane_chunks(int64_t lanes, F&& f) {
   }
 }
 
+// out[l0 + l] = sum[l] / divisor for the lanes of a chunk that are channels
+// (l0 + l < channels).
+template <typename T, typename A, int L>
+void store_means(T* out, int64_t l0, int64_t channels, const A (&sum)[L], A divisor) {
+  const int64_t n = std::min<int64_t>(L, channels - l0);
+  for (int64_t l = 0; l < n; ++l) store(out + l0 + l, sum[l] / divisor);
+}
+
 // One work item: image n, bins [b0, b1), output channels [c0, c1).
 struct BinItem {
   int64_t n, b0, b1, c0, c1;
@@ -598,8 +606,7 @@ void ps_pool_forward_bin_major(const PsPoolForwardArgs<T, C>& a, TaskRunner& run
                                 for (int l = 0; l < L; ++l) sum[l] += load(px + l);
                               }
                             }
-                            const int64_t n = std::min<int64_t>(L, nc - l0);
-                            for (int64_t l = 0; l < n; ++l) store(out + l0 + l, sum[l] / area);
+                            store_means(out, l0, nc, sum, area);
                           });
                         }
                       }
@@ -675,8 +682,7 @@ void ps_align_forward_bin_major(const PsAlignForwardArgs<T, C>& a, TaskRunner& r
                                            load(p3 + l), load(p4 + l));
                 }
               });
-              const int64_t n = std::min<int64_t>(L, nc - l0);
-              for (int64_t l = 0; l < n; ++l) store(out + l0 + l, sum[l] / count);
+              store_means(out, l0, nc, sum, count);
             });
           }
         }
