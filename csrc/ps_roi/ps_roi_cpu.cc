@@ -506,25 +506,15 @@ void bin_major_backward(A* grad, const RoiDims& d, TaskRunner& runner, F&& scatt
   const int64_t locals = nhwc ? 0 : std::min(runner.concurrency(), items.count) * items.local_size;
   const ScratchLease scratch(sizeof(A) * static_cast<size_t>(whole + locals));
   A* map = scratch.as<A>();
+  // NHWC: the whole copy zeroed at once (zeroing each item's bins position by
+  // position took a tenth of the step in small memsets).
+  if (nhwc) zero_parallel(map, whole, runner);
   for_each_bin_item(runner, d, items, nhwc ? nullptr : map, [&](const BinItem& it, A* local) {
     const int64_t ncp = lanes8(it.c1 - it.c0);
     const ItemMaps<A> maps =
         nhwc ? ItemMaps<A>{map + (it.n * HW * nbins + it.b0) * Cp + it.c0, nbins * Cp, Cp, ncp}
              : ItemMaps<A>{local, ncp, HW * ncp, ncp};
-    const int64_t nb = it.b1 - it.b0;
-    if (!nhwc) {
-      std::memset(local, 0, sizeof(A) * nb * HW * ncp);
-    } else if (ncp == Cp) {  // The item's bins are contiguous at each position.
-      for (int64_t p = 0; p < HW; ++p) {
-        std::memset(maps.base + p * maps.stride, 0, sizeof(A) * nb * Cp);
-      }
-    } else {
-      for (int64_t p = 0; p < HW; ++p) {
-        for (int64_t i = 0; i < nb; ++i) {
-          std::memset(maps.bin(i) + p * maps.stride, 0, sizeof(A) * ncp);
-        }
-      }
-    }
+    if (!nhwc) std::memset(local, 0, sizeof(A) * (it.b1 - it.b0) * HW * ncp);
     scatter(it, maps);
     if (!nhwc) store_bins(local, d, it, grad);
   });
