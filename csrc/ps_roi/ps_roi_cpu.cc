@@ -11,9 +11,10 @@
 // channels transposed (nhwc_to_bins). A bin's window (or samples) then runs
 // over contiguous channels, 8 to 32 sums in registers. NCHW forward outputs
 // go to bin-major staging, then into place. The backward sums an item's
-// gradient in its zeroed maps and moves it into place (every element belongs
-// to exactly one item; it receives its contributions in RoI order, then
-// sample order: deterministic), with no separate zeroing pass.
+// gradient in its zeroed maps (NCHW: the item's local map; NHWC: the copy,
+// zeroed at once) and moves it into place (every element belongs to exactly
+// one item; it receives its contributions in RoI order, then sample order:
+// deterministic): the gradient itself is written once, with no zeroing pass.
 //
 // Direct path (few or small RoIs): forward, one task per block of RoIs, each
 // RoI's geometry computed once and reused for every output channel;
