@@ -447,8 +447,20 @@ def main(argv=None):
     default=384,
     help="MiB of the three STREAM arrays together (CPU bandwidth; --smoke: 16)",
   )
+  parser.add_argument(
+    "--allocator",
+    default="default",
+    choices=["default", "keep"],
+    help="keep: tell glibc's malloc to serve every allocation from its heap and keep freed "
+    "memory (mallopt: no mmap, no trim), so that each call's output buffers reuse the last "
+    "call's pages instead of being mapped and zeroed afresh. What a deployment gets from "
+    "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=..., or tcmalloc / jemalloc; it applies to every "
+    "implementation in the process",
+  )
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = parser.parse_args(argv)
+  if args.allocator == "keep":
+    _keep_freed_memory()
   if args.smoke:  # every pass
     args.workloads, args.repeat, args.budget = ["smoke"], 1, 0.0
     args.passes = ["fwd", "fwd+bwd", "fwd+bwd+boxes"]
@@ -602,7 +614,7 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   versions = {"torch": getattr(torch, "__version__", None)}
   versions.update({name: _engine_version(engines.get(name)) for name in ENGINES})
-  meta = _machine(jax, device, versions, bandwidth_record)
+  meta = _machine(jax, device, versions, bandwidth_record, args.allocator)
   _write(rows, meta, args.out, bandwidth)
 
 
@@ -916,7 +928,22 @@ def _format_row(row, bandwidth):
   return "  ".join(parts)
 
 
-def _machine(jax, device, versions, bandwidth_record):
+def _keep_freed_memory():
+  """glibc's mallopt: M_MMAP_MAX = 0 (no allocation gets its own mapping,
+  so none is unmapped when freed) and M_TRIM_THRESHOLD = 2 GiB - 1 (the
+  heap's free top is not given back to the OS)."""
+  import ctypes
+
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except AttributeError:
+    raise SystemExit("--allocator keep needs glibc's mallopt (Linux with glibc)") from None
+  m_trim_threshold, m_mmap_max = -1, -4
+  if not (mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, 2**31 - 1)):
+    raise SystemExit("--allocator keep: mallopt refused the settings")
+
+
+def _machine(jax, device, versions, bandwidth_record, allocator):
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
@@ -934,6 +961,10 @@ def _machine(jax, device, versions, bandwidth_record):
     "cpu_count": os.cpu_count(),
     "python": platform.python_version(),
     "jax": jax.__version__,
+    "allocator": {
+      "default": "the C library's default",
+      "keep": "glibc mallopt M_MMAP_MAX=0 M_TRIM_THRESHOLD=2^31-1 (--allocator keep)",
+    }[allocator],
     **versions,
     **bandwidth_record,
   }
@@ -971,7 +1002,8 @@ def _write(rows, meta, out, bandwidth):
   lines = [
     f"Machine: {meta['cpu']} ({meta['cpu_count']} cores), device {meta['device']}; "
     f"jax {meta['jax']}, torch {meta['torch']}{', ' + engines if engines else ''}; "
-    f"{meta['date']}. {_bandwidth_text(meta)}. Median times; ratios are baseline time / "
+    f"{meta['date']}. {_bandwidth_text(meta)}. Memory allocator: {meta['allocator']}. "
+    "Median times; ratios are baseline time / "
     "jax_roi time (higher is better for jax_roi). torchvision runs on NCHW input in the "
     "NHWC rows too; ONNX Runtime and OpenVINO run forward, float32, NCHW only.",
     "",

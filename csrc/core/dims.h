@@ -56,6 +56,11 @@ JAX_ROI_HD int64_t output_count(const RoiDims& d) {
   return d.num_rois * d.channels * d.pooled_height * d.pooled_width;
 }
 
+// Number of feature elements: N * C * H * W.
+JAX_ROI_HD int64_t feature_count(const RoiDims& d) {
+  return d.batch * d.channels * d.height * d.width;
+}
+
 }  // namespace jax_roi
 
 #endif  // JAX_ROI_CSRC_CORE_DIMS_H_

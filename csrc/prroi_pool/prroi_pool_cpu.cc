@@ -19,6 +19,7 @@
 #include "core/box.h"
 #include "core/dims.h"
 #include "core/kernel.h"
+#include "core/scratch.h"
 #include "core/task_runner.h"
 #include "core/types.h"
 #include "prroi_pool/prroi_pool_kernels.h"
@@ -201,6 +202,7 @@ struct PrCachedFactors {
 template <typename T, typename C>
 void prroi_pool_forward(const PrRoiForwardArgs<T, C>& args, TaskRunner& runner) {
   if (args.dims.channels == 0) return;
+  advise_huge_pages(args.output, output_count(args.dims));
   if (args.dims.layout == Layout::kNCHW) {
     forward_nchw(args, runner);
   } else {
@@ -211,7 +213,8 @@ void prroi_pool_forward(const PrRoiForwardArgs<T, C>& args, TaskRunner& runner) 
 template <typename T, typename C>
 void prroi_pool_backward(const PrRoiBackwardArgs<T, C>& a, TaskRunner& runner) {
   const RoiDims& d = a.dims;
-  const int64_t size = d.batch * d.channels * d.height * d.width;
+  const int64_t size = feature_count(d);
+  advise_huge_pages(a.grad_features, size);
   zero_parallel(a.grad_features, size, runner);
   const int64_t blocks = channel_blocks(runner, d.layout == Layout::kNHWC, d.channels);
   parallel_ranges(runner, d.channels, blocks,

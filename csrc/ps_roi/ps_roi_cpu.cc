@@ -720,6 +720,7 @@ template <typename T, typename C>
 void ps_roi_pool_forward(const PsPoolForwardArgs<T, C>& args, TaskRunner& runner) {
   const RoiDims& d = args.dims;
   if (d.channels == 0 || d.num_rois == 0) return;
+  advise_huge_pages(args.output, output_count(d));
   if (bin_major_pays(ps_pool_reads(args.rois, args.spatial_scale, d), d, sizeof(T))) {
     ps_pool_forward_bin_major(args, runner);
     return;
@@ -733,14 +734,15 @@ void ps_roi_pool_backward(const PsPoolBackwardArgs<T, C>& a, TaskRunner& runner)
   using A = acc_t<T>;
   const RoiDims& d = a.dims;
   const RoiDims in = ps_input_dims(d);
-  const int64_t H = d.height, W = d.width, HW = H * W, Ci = in.channels;
+  const int64_t H = d.height, W = d.width, Ci = in.channels;
   const int64_t PW = d.pooled_width, nbins = d.pooled_height * PW;
+  advise_huge_pages(a.grad_features, feature_count(in));
   if (Ci > 0 && d.num_rois > 0 &&
       bin_major_pays(ps_pool_reads(a.rois, a.spatial_scale, d), d, sizeof(acc_t<T>))) {
     ps_pool_backward_bin_major(a, runner);
     return;
   }
-  zero_parallel(a.grad_features, d.batch * Ci * HW, runner);
+  zero_parallel(a.grad_features, feature_count(in), runner);
   if (Ci == 0 || d.num_rois == 0) return;
   const C scale = static_cast<C>(a.spatial_scale);
   // The windows of every RoI, computed once.
@@ -781,6 +783,7 @@ template <typename T, typename C>
 void ps_roi_align_forward(const PsAlignForwardArgs<T, C>& args, TaskRunner& runner) {
   const RoiDims& d = args.dims;
   if (d.channels == 0 || d.num_rois == 0) return;
+  advise_huge_pages(args.output, output_count(d));
   if (bin_major_pays(ps_align_reads(args.rois, args.spatial_scale, args.sampling_ratio, d), d,
                      sizeof(T))) {
     ps_align_forward_bin_major(args, runner);
@@ -795,15 +798,16 @@ void ps_roi_align_backward(const PsAlignBackwardArgs<T, C>& a, TaskRunner& runne
   using A = acc_t<T>;
   const RoiDims& d = a.dims;
   const RoiDims in = ps_input_dims(d);
-  const int64_t HW = d.height * d.width, Ci = in.channels;
+  const int64_t Ci = in.channels;
   const int64_t PW = d.pooled_width, nbins = d.pooled_height * PW;
+  advise_huge_pages(a.grad_features, feature_count(in));
   const int64_t step = d.layout == Layout::kNCHW ? 1 : Ci;
   if (Ci > 0 && d.num_rois > 0 &&
       bin_major_pays(ps_align_reads(a.rois, a.spatial_scale, a.sampling_ratio, d), d, sizeof(A))) {
     ps_align_backward_bin_major(a, runner);
     return;
   }
-  zero_parallel(a.grad_features, d.batch * Ci * HW, runner);
+  zero_parallel(a.grad_features, feature_count(in), runner);
   if (Ci == 0 || d.num_rois == 0) return;
   // RoIs in groups whose caches fit the budget (built in parallel, then
   // scattered by channel blocks); a RoI too large for any cache goes alone,

@@ -455,6 +455,12 @@ SampleStats sample_stats(const C* rois, const AlignOptions& o, const RoiDims& d,
 template <typename T, typename C>
 void roi_align_forward(const AlignForwardArgs<T, C>& args, TaskRunner& runner) {
   if (args.dims.channels == 0 || args.dims.num_rois == 0) return;
+  const int64_t outputs = output_count(args.dims);
+  advise_huge_pages(args.output, outputs);
+  if (args.options.max_mode) {
+    advise_huge_pages(args.argmax_y, outputs);
+    advise_huge_pages(args.argmax_x, outputs);
+  }
   std::vector<RoiSamples<C, acc_t<T>>> caches;
   const auto by_level = rois_by_level(args.rois, args.dims, args.map);
   for (size_t l = 0; l < by_level.size(); ++l) {
@@ -506,8 +512,8 @@ void roi_align_backward(const AlignBackwardArgs<T, C>& a, TaskRunner& runner) {
   }
   for (int32_t l = 0; l < levels; ++l) {
     const RoiDims d = level_dims(dims, a.levels[l]);
-    if (!nhwc_grad[l])
-      zero_parallel(a.levels[l].data, d.batch * d.channels * d.height * d.width, runner);
+    advise_huge_pages(a.levels[l].data, feature_count(d));
+    if (!nhwc_grad[l]) zero_parallel(a.levels[l].data, feature_count(d), runner);
   }
   if (!avg) {
     if (a.options.max_mode && dims.channels > 0 && dims.num_rois > 0) backward_max(a, runner);

@@ -18,6 +18,7 @@
 #include "core/bilinear.h"
 #include "core/dims.h"
 #include "core/kernel.h"
+#include "core/scratch.h"
 #include "core/task_runner.h"
 #include "core/types.h"
 #include "roi_align_rotated/roi_align_rotated_kernels.h"
@@ -240,6 +241,7 @@ void box_grad_rois(const RotatedBoxGradArgs<T, C>& a, int64_t k_begin, int64_t k
 template <typename T, typename C>
 void roi_align_rotated_forward(const RotatedForwardArgs<T, C>& args, TaskRunner& runner) {
   if (args.dims.channels == 0) return;
+  advise_huge_pages(args.output, output_count(args.dims));
   if (args.dims.layout == Layout::kNCHW) {
     forward_nchw(args, runner);
   } else {
@@ -250,7 +252,8 @@ void roi_align_rotated_forward(const RotatedForwardArgs<T, C>& args, TaskRunner&
 template <typename T, typename C>
 void roi_align_rotated_backward(const RotatedBackwardArgs<T, C>& a, TaskRunner& runner) {
   const RoiDims& d = a.dims;
-  const int64_t size = d.batch * d.channels * d.height * d.width;
+  const int64_t size = feature_count(d);
+  advise_huge_pages(a.grad_features, size);
   zero_parallel(a.grad_features, size, runner);
   const int64_t blocks = channel_blocks(runner, d.layout == Layout::kNHWC, d.channels);
   parallel_ranges(runner, d.channels, blocks,

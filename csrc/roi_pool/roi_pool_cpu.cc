@@ -353,6 +353,8 @@ template <typename T, typename C>
 void roi_pool_forward(const PoolForwardArgs<T, C>& args, TaskRunner& runner) {
   const RoiDims& d = args.dims;
   if (d.channels == 0 || d.pooled_height == 0 || d.pooled_width == 0) return;
+  advise_huge_pages(args.output, output_count(d));
+  advise_huge_pages(args.argmax, output_count(d));
   const int64_t parts = 4 * runner.concurrency();
   if (d.layout == Layout::kNHWC) {
     parallel_ranges(runner, d.num_rois, parts, [&](int64_t begin, int64_t end) {
@@ -376,6 +378,7 @@ void roi_pool_forward(const PoolForwardArgs<T, C>& args, TaskRunner& runner) {
 
 template <typename T, typename C>
 void roi_pool_backward(const PoolBackwardArgs<T, C>& a, TaskRunner& runner) {
+  advise_huge_pages(a.grad_features, feature_count(a.dims));
   if (a.argmax == nullptr) {
     pool_backward_from_features(a, runner);
     return;
