@@ -405,6 +405,31 @@ def test_wide_channels_equal_loop_reference(x64, layout, mode, many_rois):
   np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("op", ["roi_align", "roi_pool"])
+def test_a_map_larger_than_the_caches_is_copied_with_the_same_bits(op):
+  """NCHW float32 maps of 32 MiB and more are copied to NHWC scratch with
+  streaming (cache-bypassing) stores of whole 16-channel lines, the last
+  positions of each tile (here 36019 = 140 * 256 + 179) the ordinary way:
+  the outputs equal, bit for bit, those read straight from the same map in
+  NHWC."""
+  rng = np.random.default_rng(19)
+  n, c, h, w = 1, 256, 199, 181  # 36.9 MB
+  x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+  # The map's last value (a tail position) is read: roi_pool's maximum, and
+  # NaN in roi_align's bins that sample it.
+  x[0, 255, 198, 180] = 7.0 if op == "roi_pool" else np.nan
+  rois = indexed_rois(rng, random_boxes(rng, 60, h, w, scale=1.0), n).astype(np.float32)
+  rois = np.concatenate([rois, [[0, 170.0, 185.0, 181.0, 199.0]]]).astype(np.float32)
+  if op == "roi_align":
+    call = lambda f, layout: jax_roi.roi_align(f, rois, 7, 1.0, 2, True, layout=layout)  # noqa: E731
+  else:
+    call = lambda f, layout: jax_roi.roi_pool(f, rois, 7, 1.0, layout=layout)  # noqa: E731
+  nchw = np.asarray(call(x, "NCHW"))
+  nhwc = np.asarray(call(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), "NHWC"))
+  np.testing.assert_array_equal(nchw, nhwc.transpose(0, 3, 1, 2))
+  assert (nchw[-1, 255] == 7.0).any() if op == "roi_pool" else np.isnan(nchw[-1, 255]).any()
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("mode", ["avg", "max"])
 def test_float32_channels_do_not_depend_on_the_channel_count(layout, mode):
