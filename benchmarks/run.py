@@ -30,6 +30,7 @@ ratios.
   python benchmarks/run.py                       # CPU suite -> benchmarks/out/
   python benchmarks/run.py --smoke               # seconds: every code path, tiny shapes
   python benchmarks/run.py --workloads mask-rcnn --impls jax_roi onnxruntime openvino
+  python benchmarks/run.py --allocator keep      # freed memory kept (see README, "Fresh buffers")
   python benchmarks/run.py --device gpu --workloads mask-rcnn-b8 --dtypes float32 bfloat16
 """
 
