@@ -19,6 +19,7 @@
 #include "core/box.h"
 #include "core/dims.h"
 #include "core/kernel.h"
+#include "core/repack.h"
 #include "core/scratch.h"
 #include "core/task_runner.h"
 #include "core/types.h"
@@ -55,11 +56,12 @@ void roi_taps(const PrRoi<C>& r, const RoiDims& d, std::vector<Tap<A>>* taps,
 
 // Forward of RoI k from its image's pixels (channels contiguous: the
 // features in NHWC, or an image transposed to it), written in the output's
-// layout.
+// layout: NCHW outputs are made in (bin, channel) order in `staged` (nbins x
+// C values) and transposed into place, so that stores stay contiguous.
 template <typename T, typename C>
 void forward_roi(const PrRoiForwardArgs<T, C>& a, int64_t k, const T* pixels,
                  std::vector<Tap<acc_t<T>>>* taps, std::vector<int64_t>* begin,
-                 std::vector<acc_t<T>>* acc) {
+                 std::vector<acc_t<T>>* acc, T* staged) {
   using A = acc_t<T>;
   const RoiDims& d = a.dims;
   const int64_t Cn = d.channels, nbins = d.pooled_height * d.pooled_width;
@@ -74,14 +76,10 @@ void forward_roi(const PrRoiForwardArgs<T, C>& a, int64_t k, const T* pixels,
       const T* __restrict p = pixels + t.hw * Cn;
       for (int64_t c = 0; c < Cn; ++c) s[c] += t.w * static_cast<A>(load(p + c));
     }
-    if (d.layout == Layout::kNHWC) {
-      T* out = a.output + (k * nbins + bin) * Cn;
-      for (int64_t c = 0; c < Cn; ++c) store(out + c, s[c] / area);
-    } else {
-      T* out = a.output + k * Cn * nbins + bin;
-      for (int64_t c = 0; c < Cn; ++c) store(out + c * nbins, s[c] / area);
-    }
+    T* out = d.layout == Layout::kNHWC ? a.output + (k * nbins + bin) * Cn : staged + bin * Cn;
+    for (int64_t c = 0; c < Cn; ++c) store(out + c, s[c] / area);
   }
+  if (d.layout == Layout::kNCHW) transpose_block(staged, a.output + k * Cn * nbins, nbins, Cn);
 }
 
 template <typename T, typename C>
@@ -94,50 +92,100 @@ void forward_nhwc(const PrRoiForwardArgs<T, C>& a, TaskRunner& runner) {
     std::vector<acc_t<T>> acc(d.channels);
     for (int64_t k = begin; k < end; ++k) {
       const int64_t image = read_box(a.rois, k, d).image;
-      forward_roi(a, k, a.features + (image < 0 ? 0 : image) * HWC, &taps, &bins, &acc);
+      forward_roi(a, k, a.features + (image < 0 ? 0 : image) * HWC, &taps, &bins, &acc,
+                  static_cast<T*>(nullptr));
     }
   });
 }
 
-// NCHW: image by image, the image transposed to channels-last (one image of
-// scratch), then its RoIs run as in NHWC.
+// The RoIs of each image (last: the padding rows), in increasing k.
+template <typename C>
+std::vector<std::vector<int64_t>> rois_by_image(const C* rois, const RoiDims& d) {
+  std::vector<std::vector<int64_t>> by_image(d.batch + 1);
+  for (int64_t k = 0; k < d.num_rois; ++k) {
+    const int64_t image = read_box(rois, k, d).image;
+    by_image[image < 0 ? d.batch : image].push_back(k);
+  }
+  return by_image;
+}
+
+// NCHW: image by image, the image copied to channels-last (core/repack.h,
+// one image of scratch), then its RoIs run as in NHWC.
 template <typename T, typename C>
 void forward_nchw(const PrRoiForwardArgs<T, C>& a, TaskRunner& runner) {
   const RoiDims& d = a.dims;
   const int64_t Cn = d.channels, HW = d.height * d.width;
+  const int64_t nbins = d.pooled_height * d.pooled_width;
   const int64_t parts = 4 * runner.concurrency();
-  std::vector<std::vector<int64_t>> by_image(d.batch + 1);  // last: padding rows
-  for (int64_t k = 0; k < d.num_rois; ++k) {
-    const int64_t image = read_box(a.rois, k, d).image;
-    by_image[image < 0 ? d.batch : image].push_back(k);
-  }
-  std::vector<T> pixels(static_cast<size_t>(HW * Cn));
+  const auto by_image = rois_by_image(a.rois, d);
+  const ScratchLease scratch(sizeof(T) * static_cast<size_t>(HW * Cn));
+  T* pixels = scratch.as<T>();
   for (int64_t n = 0; n <= d.batch; ++n) {
     const std::vector<int64_t>& rois = by_image[n];
     if (rois.empty()) continue;
-    if (n < d.batch) {
-      const T* planes = a.features + n * Cn * HW;
-      parallel_ranges(runner, HW, parts, [&](int64_t begin, int64_t end) {
-        for (int64_t c = 0; c < Cn; ++c) {
-          const T* plane = planes + c * HW;
-          for (int64_t hw = begin; hw < end; ++hw) pixels[hw * Cn + c] = plane[hw];
-        }
-      });
-    }
+    if (n < d.batch) repack_nchw_to_nhwc(a.features + n * Cn * HW, pixels, 1, Cn, HW, runner);
     parallel_ranges(runner, static_cast<int64_t>(rois.size()), parts,
                     [&](int64_t begin, int64_t end) {
                       std::vector<Tap<acc_t<T>>> taps;
                       std::vector<int64_t> bins;
                       std::vector<acc_t<T>> acc(Cn);
+                      std::vector<T> staged(static_cast<size_t>(nbins * Cn));
                       for (int64_t i = begin; i < end; ++i) {
-                        forward_roi(a, rois[i], pixels.data(), &taps, &bins, &acc);
+                        forward_roi(a, rois[i], pixels, &taps, &bins, &acc, staged.data());
                       }
                     });
   }
 }
 
+// NCHW: image by image, the gradient summed in NHWC scratch (zeroed; the
+// channel loop innermost and contiguous, tasks own blocks of channels) as in
+// NHWC, then copied into place (core/repack.h). Each element gets its terms
+// in the same order as in NHWC (RoI, bin, tap), so both layouts give the
+// same bits.
 template <typename T, typename C>
-void backward_channels(const PrRoiBackwardArgs<T, C>& a, int64_t c_begin, int64_t c_end) {
+void backward_nchw(const PrRoiBackwardArgs<T, C>& a, TaskRunner& runner) {
+  using A = acc_t<T>;
+  const RoiDims& d = a.dims;
+  const int64_t Cn = d.channels, HW = d.height * d.width;
+  const int64_t nbins = d.pooled_height * d.pooled_width;
+  const auto by_image = rois_by_image(a.rois, d);
+  const ScratchLease scratch(sizeof(A) * static_cast<size_t>(HW * Cn));
+  A* pixels = scratch.as<A>();
+  for (int64_t n = 0; n < d.batch; ++n) {
+    A* planes = a.grad_features + n * Cn * HW;
+    if (by_image[n].empty()) {
+      zero_parallel(planes, Cn * HW, runner);
+      continue;
+    }
+    zero_parallel(pixels, HW * Cn, runner);
+    parallel_ranges(runner, Cn, channel_blocks(runner, true, Cn), [&](int64_t c0, int64_t c1) {
+      const int64_t cb = c1 - c0;
+      std::vector<Tap<A>> taps;
+      std::vector<int64_t> begin;
+      std::vector<T> rows(static_cast<size_t>(nbins * cb));  // the RoI's cotangent, (bin, c)
+      for (int64_t k : by_image[n]) {
+        const PrRoi<C> r = prroi_roi(read_box(a.rois, k, d), static_cast<C>(a.spatial_scale), d);
+        if (r.empty) continue;
+        const A area = static_cast<A>(r.area);
+        roi_taps(r, d, &taps, &begin);
+        transpose(a.grad_output + (k * Cn + c0) * nbins, nbins, rows.data(), cb, cb, nbins);
+        for (int64_t bin = 0; bin < nbins; ++bin) {
+          const T* g = rows.data() + bin * cb;
+          for (int64_t j = begin[bin]; j < begin[bin + 1]; ++j) {
+            A* p = pixels + taps[j].hw * Cn + c0;
+            const A w = taps[j].w;
+            for (int64_t c = 0; c < cb; ++c) p[c] += (static_cast<A>(load(g + c)) * w) / area;
+          }
+        }
+      }
+    });
+    repack_nhwc_to_nchw(pixels, planes, 1, Cn, HW, runner);
+  }
+}
+
+// NHWC: tasks own blocks of channels [c_begin, c_end) of the whole gradient.
+template <typename T, typename C>
+void backward_nhwc_channels(const PrRoiBackwardArgs<T, C>& a, int64_t c_begin, int64_t c_end) {
   using A = acc_t<T>;
   const RoiDims& d = a.dims;
   const int64_t Cn = d.channels, HW = d.height * d.width;
@@ -150,19 +198,6 @@ void backward_channels(const PrRoiBackwardArgs<T, C>& a, int64_t c_begin, int64_
     const A area = static_cast<A>(r.area);
     roi_taps(r, d, &taps, &begin);
     if (taps.empty()) continue;
-    if (d.layout == Layout::kNCHW) {
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        const T* g = a.grad_output + (k * Cn + c) * nbins;
-        A* plane = a.grad_features + (r.image * Cn + c) * HW;
-        for (int64_t bin = 0; bin < nbins; ++bin) {
-          const A gb = load(g + bin);
-          for (int64_t j = begin[bin]; j < begin[bin + 1]; ++j) {
-            plane[taps[j].hw] += (gb * taps[j].w) / area;
-          }
-        }
-      }
-      continue;
-    }
     A* image = a.grad_features + r.image * HW * Cn;
     for (int64_t bin = 0; bin < nbins; ++bin) {
       const T* g = a.grad_output + (k * nbins + bin) * Cn;
@@ -215,10 +250,13 @@ void prroi_pool_backward(const PrRoiBackwardArgs<T, C>& a, TaskRunner& runner) {
   const RoiDims& d = a.dims;
   const int64_t size = feature_count(d);
   advise_huge_pages(a.grad_features, size);
+  if (d.layout == Layout::kNCHW) {
+    backward_nchw(a, runner);
+    return;
+  }
   zero_parallel(a.grad_features, size, runner);
-  const int64_t blocks = channel_blocks(runner, d.layout == Layout::kNHWC, d.channels);
-  parallel_ranges(runner, d.channels, blocks,
-                  [&](int64_t begin, int64_t end) { backward_channels(a, begin, end); });
+  parallel_ranges(runner, d.channels, channel_blocks(runner, true, d.channels),
+                  [&](int64_t begin, int64_t end) { backward_nhwc_channels(a, begin, end); });
 }
 
 template <typename T, typename C>
