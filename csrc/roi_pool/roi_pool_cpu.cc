@@ -86,17 +86,24 @@ void window_max_channels(const T* image, int64_t W, int64_t Cn, Window rows, Win
 
 #if defined(__GNUC__) || defined(__clang__)
 // float: blocks of kLanes * kVectors channels whose maxima and indices stay in
-// vector registers for the whole window (GCC/Clang vector extensions; an
-// architecture without 32-byte vectors runs each as two halves).
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef int32_t i32x8 __attribute__((vector_size(32)));
-constexpr int64_t kLanes = 8, kVectors = 4, kBlock = kLanes * kVectors;
+// vector registers for the whole window (GCC/Clang vector extensions: 32-byte
+// vectors with AVX, 16-byte ones without).
+#if defined(__AVX__)
+#define JAX_ROI_POOL_VECTOR_BYTES 32
+#else
+// Without AVX, GCC lowers 32-byte vectors lane by lane through the stack
+// (13x slower in the x86-64-v2 build); 16-byte ones map onto SSE registers.
+#define JAX_ROI_POOL_VECTOR_BYTES 16
+#endif
+typedef float f32xN __attribute__((vector_size(JAX_ROI_POOL_VECTOR_BYTES)));
+typedef int32_t i32xN __attribute__((vector_size(JAX_ROI_POOL_VECTOR_BYTES)));
+constexpr int64_t kLanes = JAX_ROI_POOL_VECTOR_BYTES / 4, kVectors = 4, kBlock = kLanes * kVectors;
 
 template <bool kWithIndex>
 void window_max_block(const float* image, int64_t W, int64_t Cn, Window rows, Window cols,
                       float* best_out, int32_t* index_out) {
-  f32x8 best[kVectors];
-  i32x8 index[kVectors];
+  f32xN best[kVectors];
+  i32xN index[kVectors];
   for (int64_t v = 0; v < kVectors; ++v) {
     for (int64_t l = 0; l < kLanes; ++l) {
       best[v][l] = pool_initial_max<float>();
@@ -108,9 +115,9 @@ void window_max_block(const float* image, int64_t W, int64_t Cn, Window rows, Wi
       const float* pixel = image + (h * W + w) * Cn;
       const int32_t hw = static_cast<int32_t>(h * W + w);
       for (int64_t v = 0; v < kVectors; ++v) {
-        f32x8 x;
+        f32xN x;
         std::memcpy(&x, pixel + v * kLanes, sizeof(x));
-        const i32x8 better = x > best[v];
+        const i32xN better = x > best[v];
         best[v] = better ? x : best[v];
         if (kWithIndex) index[v] = better ? hw : index[v];
       }
