@@ -170,6 +170,8 @@ def test_the_build_key_follows_sources_and_options_only(tmp_path):
   (root / "jax_roi" / "_jax_roi.so").write_text("a build output, git-ignored\n")
   assert key() == base  # documentation, tests and build outputs do not count
   assert key(JAX_ROI_CPU_THREADS="3", JAX_ROI_REBUILD="0") == base  # run-time settings
+  assert key(JAX_ROI_CPU_VARIANT="baseline") == base
+  assert key(JAX_ROI_CPU_VARIANTS="x86-64-v4") != base  # a build option
   assert key(JAX_ROI_CUDA="OFF") != base and key(JAX_SPEC="jax==0.10.2") != base
   assert key(JAX_ROI_CUDA="AUTO") == base  # the default, spelled out
   (root / "csrc" / "a.cc").write_text("int a = 1;\n")  # an edited tracked source

@@ -62,7 +62,7 @@ build_key() {
     cd "$ROOT"
     source_files | while IFS= read -r f; do [ -f "$f" ] && sha256sum "$f"; done
     echo "JAX_ROI_CUDA=${JAX_ROI_CUDA:-AUTO}"
-    for v in JAX_SPEC JAX_ROI_CUDA_ARCHS JAX_ROI_CPU_ARCH \
+    for v in JAX_SPEC JAX_ROI_CUDA_ARCHS JAX_ROI_CPU_ARCH JAX_ROI_CPU_VARIANTS \
              JAX_ROI_SANITIZE JAX_ROI_WERROR JAX_ROI_CUDA_LINEINFO CMAKE_ARGS CUDAARCHS \
              CMAKE_CUDA_ARCHITECTURES XLA_FFI_INCLUDE_DIR; do
       echo "$v=${!v:-}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds jax_roi's sdist, then from it the CPU wheel (once; no CUDA, portable
-# x86-64-v2 CPU kernels), makes it a manylinux wheel with auditwheel, checks
+# x86-64-v2 CPU kernels plus x86-64-v3 and x86-64-v4 builds of them, chosen
+# at import), makes it a manylinux wheel with auditwheel, checks
 # both archives' contents, installs the wheel into an empty virtual
 # environment without building anything (--only-binary :all:) and runs a
 # test subset against it from outside the source tree. .ci/run runs it.
@@ -13,8 +14,12 @@
 #             results are OUT/dist/ (sdist) and OUT/wheelhouse/ (wheel)
 #   JAX_ROI_CPU_ARCH  -march of the wheel's CPU kernels (default: x86-64-v2,
 #             which every CPU that jaxlib runs on has: jaxlib needs AVX)
+#   JAX_ROI_CPU_VARIANTS  the wider builds of the CPU kernels the wheel also
+#             carries, chosen at import (default: "x86-64-v3;x86-64-v4";
+#             empty: none)
 #   PYTEST_ARGS  pytest arguments for the installed wheel (default: the
-#             packaging facts, the package's layering and every code example
+#             packaging facts, the package's layering, the CPU variants (each
+#             gives the baseline's bits, the choice at import) and every code example
 #             of the README and docs/: each op, gradients, vmap, export,
 #             checkify, the Flax layers; about a minute on two cores)
 set -euo pipefail
@@ -56,10 +61,11 @@ assert not missing and not stray, f"sdist: missing {missing}, stray {stray[:5]}"
 print(f"sdist: {sys.argv[1].rsplit('/', 1)[-1]}, {len(names)} files")
 PY
 
-step "wheel from the sdist (CPU only, -march=${JAX_ROI_CPU_ARCH:-x86-64-v2})"
+ARCH="${JAX_ROI_CPU_ARCH:-x86-64-v2}" VARIANTS="${JAX_ROI_CPU_VARIANTS-x86-64-v3;x86-64-v4}"
+step "wheel from the sdist (CPU only, -march=$ARCH, variant modules: ${VARIANTS:-none})"
 # Build isolation: the build requirements (jaxlib 0.10.2's FFI headers) come
 # from pip's cache when an earlier step downloaded them.
-JAX_ROI_CUDA=OFF JAX_ROI_CPU_ARCH="${JAX_ROI_CPU_ARCH:-x86-64-v2}" \
+JAX_ROI_CUDA=OFF JAX_ROI_CPU_ARCH="$ARCH" JAX_ROI_CPU_VARIANTS="$VARIANTS" \
   "$TOOLS/bin/python" -m pip wheel -q --no-deps -w "$OUT/raw" "$sdist" >"$OUT/wheel.log" 2>&1 \
   || { cat "$OUT/wheel.log"; exit 1; }
 
@@ -70,7 +76,7 @@ PATH="$TOOLS/bin:$PATH" "$TOOLS/bin/auditwheel" repair -w "$OUT/wheelhouse" "$OU
 wheel="$(ls "$OUT"/wheelhouse/jax_roi-*manylinux*.whl)"
 mkdir "$OUT/unpacked"
 "$TOOLS/bin/python" -m zipfile -e "$wheel" "$OUT/unpacked"
-so="$(ls "$OUT"/unpacked/jax_roi/_jax_roi*.so)"
+so="$(ls "$OUT"/unpacked/jax_roi/_jax_roi.*so)"  # the baseline module
 for f in jax_roi/py.typed jax_roi/__init__.py jax_roi/_version.py; do
   [ -f "$OUT/unpacked/$f" ] || { echo "error: $f missing from $wheel" >&2; exit 1; }
 done
@@ -79,9 +85,20 @@ if [ -d "$OUT/unpacked/csrc" ] || [ -d "$OUT/unpacked/tests" ]; then
 fi
 # Portable: no AVX/AVX-512 register in the machine code (x86-64-v2 has neither).
 wide="$(objdump -d --no-show-raw-insn "$so" | grep -c -E '%[yz]mm[0-9]' || true)"
-if [ "${JAX_ROI_CPU_ARCH:-x86-64-v2}" = x86-64-v2 ] && [ "$wide" -ne 0 ]; then
+if [ "$ARCH" = x86-64-v2 ] && [ "$wide" -ne 0 ]; then
   echo "error: $so uses $wide AVX instructions: not an x86-64-v2 build" >&2; exit 1
 fi
+# Each variant module is there, and uses its level's registers (AVX2's ymm;
+# AVX-512's zmm).
+IFS=';' read -r -a levels <<<"$VARIANTS"
+for level in "${levels[@]}"; do
+  vso="$(ls "$OUT"/unpacked/jax_roi/_jax_roi_"${level//-/_}".*so 2>/dev/null || true)"
+  [ -n "$vso" ] || { echo "error: $wheel has no $level module" >&2; exit 1; }
+  reg=$([ "$level" = x86-64-v4 ] && echo zmm || echo ymm)
+  n="$(objdump -d --no-show-raw-insn "$vso" | grep -c "%$reg[0-9]" || true)"
+  [ "$n" -gt 0 ] || { echo "error: $vso has no $reg instructions: not a $level build" >&2; exit 1; }
+  echo "variant: $(basename "$vso") ($n $reg instructions)"
+done
 echo "wheel: $(basename "$wheel") ($(du -h "$wheel" | cut -f1)), tags $(sed -n 's/.*New filename tags: //p' "$OUT/repair.log")"
 
 step "install into an empty environment, binaries only"
@@ -103,5 +120,5 @@ print(f"jax_roi {jax_roi.__version__} from {location.parent}: CPU kernels, no CU
 PY
 # shellcheck disable=SC2086
 "$TEST_VENV/bin/pytest" -c "$ROOT/pyproject.toml" --rootdir "$ROOT" -p no:cacheprovider \
-  ${PYTEST_ARGS:--q -n 2 -m "not slow" "$ROOT/tests/test_packaging.py" "$ROOT/tests/test_architecture.py" "$ROOT/tests/test_docs.py"}
+  ${PYTEST_ARGS:--q -n 2 -m "not slow" "$ROOT/tests/test_packaging.py" "$ROOT/tests/test_architecture.py" "$ROOT/tests/test_docs.py" "$ROOT/tests/test_cpu_variants.py"}
 step "done"

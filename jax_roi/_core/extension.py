@@ -11,6 +11,13 @@ do (usually: the checkout shadows an installed jax_roi), unless
 ``JAX_ROI_ALLOW_MISSING_EXTENSION=1``.
 An extension built against a newer XLA FFI than the running jaxlib is a
 hard error (registering it would take every jax computation down).
+
+A build may carry the CPU kernels more than once (CMake's
+``JAX_ROI_CPU_VARIANTS``; the portable wheel does): ``_jax_roi`` for its
+baseline instruction set and ``_jax_roi_x86_64_v3`` / ``_jax_roi_x86_64_v4``
+for AVX2 and AVX-512. The widest one this CPU runs is registered, unless
+``JAX_ROI_CPU_VARIANT`` (``auto``, ``baseline``, ``x86-64-v3``,
+``x86-64-v4``) names one. Every variant computes the same bits.
 """
 
 from __future__ import annotations
@@ -24,6 +31,57 @@ import warnings
 import jax
 
 ALLOW_MISSING_ENV = "JAX_ROI_ALLOW_MISSING_EXTENSION"
+VARIANT_ENV = "JAX_ROI_CPU_VARIANT"
+# The instruction-set levels variant modules are built for, widest first.
+VARIANT_LEVELS = ("x86-64-v4", "x86-64-v3")
+
+
+def variant_module_name(level: str) -> str:
+  """The module of the CPU kernels built with -march=``level``."""
+  return "jax_roi._jax_roi_" + level.replace("-", "_")
+
+
+def _import_variant(level: str) -> types.ModuleType | None:
+  name = variant_module_name(level)
+  try:
+    return importlib.import_module(name)
+  except ModuleNotFoundError as e:  # this build has no such variant
+    if e.name != name:
+      raise
+    return None
+
+
+def choose_cpu_module(base: types.ModuleType) -> types.ModuleType:
+  """The extension module whose kernels run here: ``base`` (``_jax_roi``) or
+  the widest variant module present whose instructions this CPU runs, or
+  the one ``JAX_ROI_CPU_VARIANT`` names."""
+  wanted = os.environ.get(VARIANT_ENV, "").strip().lower()
+  if wanted in ("", "auto"):
+    for level in VARIANT_LEVELS:
+      if base.cpu_supports(level):
+        module = _import_variant(level)
+        if module is not None:
+          return module
+    return base
+  if wanted == "baseline":
+    return base
+  if wanted not in VARIANT_LEVELS:
+    raise ImportError(
+      f"{VARIANT_ENV}={wanted!r}: expected auto, baseline, " + " or ".join(reversed(VARIANT_LEVELS))
+    )
+  if not base.cpu_supports(wanted):
+    raise ImportError(
+      f"{VARIANT_ENV}={wanted}: this CPU does not run {wanted} code (its instructions"
+      " would stop the process); unset it to choose automatically"
+    )
+  module = _import_variant(wanted)
+  if module is None:
+    raise ImportError(
+      f"{VARIANT_ENV}={wanted}: this installation has no {wanted} build of the kernels"
+      f" ({variant_module_name(wanted)}); build one with JAX_ROI_CPU_VARIANTS={wanted}"
+      " (CPU-only builds), or unset the variable"
+    )
+  return module
 
 
 def _source_tree() -> str | None:
@@ -88,9 +146,13 @@ except ModuleNotFoundError as e:  # not built
   )
 else:
   MISSING_REASON = ""
+  ext = choose_cpu_module(ext)
 
 AVAILABLE: bool = ext is not None
 WITH_CUDA: bool = bool(ext is not None and ext.with_cuda)
+# The -march of the CPU kernels in use ("native", "x86-64-v2", ...; "" for
+# the compiler's default; None without kernels).
+CPU_ARCH: str | None = ext.cpu_arch if ext is not None else None
 
 
 def runtime_ffi_api_version() -> tuple[int, int] | None:
