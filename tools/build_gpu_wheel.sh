@@ -15,7 +15,9 @@
 #   JAX_ROI_CUDA_ARCHS  CUDA architectures (default: empty = the full default
 #                       list, docs/gpu.md; e.g. "90-real" for H100/H200 only)
 #   JAX_ROI_CUDA_LINEINFO  ON (default: compute-sanitizer reports source lines) or OFF
-#   JAX_ROI_CPU_ARCH    -march of the CPU kernels (default: x86-64, portable:
+#   JAX_ROI_CPU_ARCH    -march of the CPU kernels (default: x86-64-v2, portable to
+#                       every CPU jaxlib runs on (it needs AVX), like the CPU wheel's
+#                       baseline; this wheel has no wider variants (CUDA builds cannot):
 #                       "native" would be this machine's CPU, maybe not the GPU host's)
 #   OUT_DIR             where the wheel goes (default: dist/gpu)
 #   BUILD_VENV          the build environment (default: .venv-gpu-build, reused)
@@ -61,7 +63,7 @@ build_start=$SECONDS
 # Own build directory: not the one pip/CI builds of the same wheel tag use.
 JAX_ROI_CUDA=ON JAX_ROI_CUDA_ARCHS="${JAX_ROI_CUDA_ARCHS:-}" \
 JAX_ROI_CUDA_LINEINFO="${JAX_ROI_CUDA_LINEINFO:-ON}" \
-JAX_ROI_CPU_ARCH="${JAX_ROI_CPU_ARCH:-x86-64}" \
+JAX_ROI_CPU_ARCH="${JAX_ROI_CPU_ARCH:-x86-64-v2}" \
   "$BUILD_VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$OUT_DIR" \
   --config-settings=build-dir=build/gpu-wheel "$ROOT"
 build_seconds=$((SECONDS - build_start))
@@ -108,7 +110,7 @@ jaxlib headers: $JAXLIB_HEADERS ($module_info)
 nvcc: $(nvcc --version | tail -n 1)
 cuda archs requested: ${JAX_ROI_CUDA_ARCHS:-default} = $(cat "$OUT_DIR/CUDA_ARCHS"); lineinfo ${JAX_ROI_CUDA_LINEINFO:-ON}
 embedded: $archs
-cpu arch: ${JAX_ROI_CPU_ARCH:-x86-64}
+cpu arch: ${JAX_ROI_CPU_ARCH:-x86-64-v2}
 EOF
 cat "$OUT_DIR/BUILD_INFO.txt"
 echo "== done in $((SECONDS - start)) s: $wheel"
