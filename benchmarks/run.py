@@ -954,8 +954,13 @@ def _machine(jax, device, versions, bandwidth_record, allocator):
           break
   except OSError:
     pass
+  from jax_roi._core import extension  # noqa: PLC0415
+
   return {
     "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+    # The CPU kernels' module in use (the portable wheel carries several):
+    # its -march, e.g. native, x86-64-v2, x86-64-v4.
+    "jax_roi_cpu_arch": extension.CPU_ARCH,
     "device": device.device_kind,
     "platform": device.platform,
     "cpu": cpu,
@@ -1004,6 +1009,7 @@ def _write(rows, meta, out, bandwidth):
     f"Machine: {meta['cpu']} ({meta['cpu_count']} cores), device {meta['device']}; "
     f"jax {meta['jax']}, torch {meta['torch']}{', ' + engines if engines else ''}; "
     f"{meta['date']}. {_bandwidth_text(meta)}. Memory allocator: {meta['allocator']}. "
+    f"jax_roi CPU kernels: -march={meta.get('jax_roi_cpu_arch') or 'the compiler default'}. "
     "Median times; ratios are baseline time / "
     "jax_roi time (higher is better for jax_roi). torchvision runs on NCHW input in the "
     "NHWC rows too; ONNX Runtime and OpenVINO run forward, float32, NCHW only.",
