@@ -440,7 +440,8 @@ def _bin_major_case(seed, layout, dtype, c_out, size, margin):
   return to(x_small), to(x), rois, rng.standard_normal((k, c_out, *size))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+# float64 takes the same paths as float32: under the slow marker.
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("float64", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize(
   "op,size,c_out",
