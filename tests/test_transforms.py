@@ -45,10 +45,30 @@ def test_jit_matches_eager(op, layout, fmt):
   np.testing.assert_array_equal(jax.jit(f)(x, rois), f(x, rois))
 
 
+IN_AXES = [(0, None), (None, 0), (0, 0)]
+
+
+def _slow_unless(keep: bool) -> list:
+  return [] if keep else [pytest.mark.slow]
+
+
 @pytest.mark.parametrize("op", _ops())
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("fmt", ["indexed", "batched"])
-@pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
+@pytest.mark.parametrize(
+  "layout,fmt,in_axes",
+  # The default run: every in_axes in NCHW with indexed RoIs, and mapped
+  # features and RoIs in the other layout / format pairs; the rest is slow.
+  [
+    pytest.param(
+      layout,
+      fmt,
+      in_axes,
+      marks=_slow_unless((layout, fmt) == ("NCHW", "indexed") or in_axes == (0, 0)),
+    )
+    for layout in LAYOUTS
+    for fmt in ("indexed", "batched")
+    for in_axes in IN_AXES
+  ],
+)
 def test_vmap_is_one_launch_and_matches_loop(op, layout, fmt, in_axes):
   """Mapped features and/or RoIs; padding rows stay padding."""
   v = 3
@@ -139,8 +159,16 @@ def test_backward_is_deterministic():
 
 
 @pytest.mark.parametrize("op", _ops(BOX_GRAD_OPS))
-@pytest.mark.parametrize("fmt", ["indexed", "batched"])
-@pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)])
+@pytest.mark.parametrize(
+  "fmt,in_axes",
+  # The default run: every in_axes with indexed RoIs, mapped features and
+  # RoIs with batched ones; the rest is slow.
+  [
+    pytest.param(fmt, in_axes, marks=_slow_unless(fmt == "indexed" or in_axes == (0, 0)))
+    for fmt in ("indexed", "batched")
+    for in_axes in IN_AXES
+  ],
+)
 def test_vmap_of_box_gradients(op, fmt, in_axes):
   """Feature and box gradients under vmap equal the per-example ones."""
   v = 2
