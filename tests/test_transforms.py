@@ -88,7 +88,7 @@ def test_vmap_is_one_launch_and_matches_loop(op, layout, fmt, in_axes):
 
 
 @pytest.mark.parametrize("op", _ops())
-@pytest.mark.parametrize("fmt", ["indexed", "batched"])
+@pytest.mark.parametrize("fmt", ["indexed", pytest.param("batched", marks=pytest.mark.slow)])
 def test_vmap_of_grad_and_nested_vmap(op, fmt):
   v = 2
   xs, rs = zip(*[_inputs(10 + s, "NCHW", fmt) for s in range(v)])
@@ -119,7 +119,7 @@ def test_checkpoint(op, assert_same_gradient):
 
 
 @pytest.mark.parametrize("op", _ops())
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", ["NCHW", pytest.param("NHWC", marks=pytest.mark.slow)])
 def test_grad_of_grad_matches_xla(op, layout):
   """Hessian-vector products through the kernel's backward equal those of
   the pure-JAX version (plain autodiff)."""
