@@ -46,6 +46,8 @@ def _present(level: str) -> bool:
   return any(PACKAGE.glob(stem + ".*so"))
 
 
+# Subprocesses run with -P: the current directory is not put first on
+# sys.path, where a source tree would shadow the installed package under test.
 def _run(code: str, variant: str | None, *args: str) -> subprocess.CompletedProcess:
   env = dict(os.environ)
   env.pop(extension.VARIANT_ENV, None)
@@ -54,7 +56,7 @@ def _run(code: str, variant: str | None, *args: str) -> subprocess.CompletedProc
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE.parent), env.get("PYTHONPATH", "")])
   return subprocess.run(
-    [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300
+    [sys.executable, "-P", "-c", code, *args], env=env, capture_output=True, text=True, timeout=300
   )
 
 
@@ -189,7 +191,7 @@ def test_every_variant_computes_the_baselines_bits(tmp_path):
     procs[variant] = (
       path,
       subprocess.Popen(
-        [sys.executable, "-c", OUTPUTS, str(path)],
+        [sys.executable, "-P", "-c", OUTPUTS, str(path)],
         env=dict(env),
         stderr=subprocess.PIPE,
         text=True,
