@@ -315,7 +315,9 @@ def test_wide_channels_equal_loop_reference(layout, channels, many_rois, impleme
   many RoIs the NCHW kernel works on an NHWC copy of the map; one small RoI
   on a larger map is pooled straight from the NCHW planes. None: the CPU's
   backward, which finds the winners again in the features; "ffi": the
-  backward through the forward's argmax."""
+  backward through the forward's argmax. In NHWC float32 the CPU's backward
+  adds into bins of at most 4 positions with masked vector adds and into
+  larger ones with scatters; the RoIs here have both."""
   rng = np.random.default_rng(channels)
   n, h, w = 2, 23, 31
   x = np.round(rng.standard_normal((n, channels, h, w)) * 2).astype(np.float32)
