@@ -373,3 +373,25 @@ def test_nchw_and_nhwc_give_the_same_bits(dtype):
   np.testing.assert_array_equal(grad_nchw, np.moveaxis(grad_nhwc, -1, 1))
   assert np.abs(grad_nchw[:2]).max() > 0
   np.testing.assert_array_equal(grad_nchw[2], 0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float32_channels_do_not_depend_on_the_channel_count(layout):
+  """float32 with 141 channels: the CPU forward sums blocks of 64 channels
+  (32 without AVX) in vector registers over a bin's pixels, the rest one
+  channel at a time. Each channel's output equals, bit for bit, the op on
+  that channel alone (the one-at-a-time sums), and the whole output the
+  float64 quadrature reference."""
+  rng = np.random.default_rng(14)
+  n, c, h, w = 2, 141, 13, 17
+  x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+  rois = random_rois(rng, "indexed", n, 12, h, w, SCALE, False, padding=0.1).astype(np.float32)
+  to = lambda a: a if layout == "NCHW" else np.ascontiguousarray(np.moveaxis(a, 1, -1))  # noqa: E731
+  of = lambda a: a if layout == "NCHW" else np.moveaxis(a, -1, 1)  # noqa: E731
+  out = of(np.asarray(_op(to(x), rois, layout=layout, implementation="ffi")))
+  expected = ref.prroi_pool(x.astype(np.float64), rois, SIZE, SCALE, "NCHW")
+  np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
+  assert np.abs(out).max() > 0.1
+  for ch in (0, 31, 32, 63, 64, 127, 128, 140):
+    alone = _op(x[:, ch : ch + 1], rois, implementation="ffi")
+    np.testing.assert_array_equal(out[:, ch : ch + 1], np.asarray(alone))

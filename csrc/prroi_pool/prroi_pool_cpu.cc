@@ -54,6 +54,53 @@ void roi_taps(const PrRoi<C>& r, const RoiDims& d, std::vector<Tap<A>>* taps,
   (*begin)[d.pooled_height * d.pooled_width] = static_cast<int64_t>(taps->size());
 }
 
+// s[c] = the sum over the taps [first, last), in order, of w * pixel[c]
+// (pixel at pixels + hw * Cn), for the channels c < Cn of whole vector
+// blocks; returns how many channels it did (the caller's loop makes the
+// same sums for the rest). This generic version does none.
+template <typename T, typename A>
+int64_t sum_taps_blocked(const Tap<A>*, const Tap<A>*, const T*, int64_t, A*) {
+  return 0;
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+// float: blocks of 64 channels (32 without AVX) whose sums stay in vector
+// registers over all of a bin's taps (GCC/Clang vector extensions), instead
+// of a load and a store of every sum per tap. The same products and additions
+// in the same order (no contraction: -ffp-contract=off), so the same bits.
+// faster-rcnn (512 x 38 x 50, K=300, 7 x 7) forward, medians of 30 calls:
+// NHWC 6.5 -> 4.6 ms, NCHW 9.0 -> 6.6-7.5 ms. (Chunks of 64 channels, all
+// bins of a chunk before the next chunk, so that NCHW's staged block stays
+// in L1: NCHW 8.5 ms, slower.)
+#if defined(__AVX__)
+constexpr int64_t kPrLanes = 8;
+#else
+constexpr int64_t kPrLanes = 4;  // 32-byte vectors would be lowered lane by lane
+#endif
+typedef float PrF32xN __attribute__((vector_size(4 * kPrLanes)));
+constexpr int64_t kPrVectors = 8, kPrBlock = kPrLanes * kPrVectors;
+
+template <>
+int64_t sum_taps_blocked<float, float>(const Tap<float>* first, const Tap<float>* last,
+                                       const float* pixels, int64_t Cn, float* s) {
+  int64_t c = 0;
+  for (; c + kPrBlock <= Cn; c += kPrBlock) {
+    PrF32xN sum[kPrVectors];
+    for (int64_t v = 0; v < kPrVectors; ++v) sum[v] = PrF32xN{};
+    for (const Tap<float>* t = first; t != last; ++t) {
+      const float* p = pixels + t->hw * Cn + c;
+      for (int64_t v = 0; v < kPrVectors; ++v) {
+        PrF32xN x;
+        std::memcpy(&x, p + kPrLanes * v, sizeof(x));
+        sum[v] += t->w * x;
+      }
+    }
+    std::memcpy(s + c, sum, sizeof(sum));
+  }
+  return c;
+}
+#endif
+
 // Forward of RoI k from its image's pixels (channels contiguous: the
 // features in NHWC, or an image transposed to it), written in the output's
 // layout: NCHW outputs are made in (bin, channel) order in `staged` (nbins x
@@ -70,11 +117,13 @@ void forward_roi(const PrRoiForwardArgs<T, C>& a, int64_t k, const T* pixels,
   roi_taps(r, d, taps, begin);
   for (int64_t bin = 0; bin < nbins; ++bin) {
     A* __restrict s = acc->data();
-    std::fill_n(s, Cn, A(0));
-    for (int64_t j = (*begin)[bin]; j < (*begin)[bin + 1]; ++j) {
-      const Tap<A> t = (*taps)[j];
-      const T* __restrict p = pixels + t.hw * Cn;
-      for (int64_t c = 0; c < Cn; ++c) s[c] += t.w * static_cast<A>(load(p + c));
+    const Tap<A>* first = taps->data() + (*begin)[bin];
+    const Tap<A>* last = taps->data() + (*begin)[bin + 1];
+    const int64_t blocked = sum_taps_blocked(first, last, pixels, Cn, s);
+    std::fill(s + blocked, s + Cn, A(0));
+    for (const Tap<A>* t = first; t != last; ++t) {
+      const T* __restrict p = pixels + t->hw * Cn;
+      for (int64_t c = blocked; c < Cn; ++c) s[c] += t->w * static_cast<A>(load(p + c));
     }
     T* out = d.layout == Layout::kNHWC ? a.output + (k * nbins + bin) * Cn : staged + bin * Cn;
     for (int64_t c = 0; c < Cn; ++c) store(out + c, s[c] / area);
