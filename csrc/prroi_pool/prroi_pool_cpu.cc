@@ -21,6 +21,7 @@
 #include "core/kernel.h"
 #include "core/repack.h"
 #include "core/scratch.h"
+#include "core/streaming.h"
 #include "core/task_runner.h"
 #include "core/types.h"
 #include "prroi_pool/prroi_pool_kernels.h"
@@ -108,7 +109,7 @@ int64_t sum_taps_blocked<float, float>(const Tap<float>* first, const Tap<float>
 template <typename T, typename C>
 void forward_roi(const PrRoiForwardArgs<T, C>& a, int64_t k, const T* pixels,
                  std::vector<Tap<acc_t<T>>>* taps, std::vector<int64_t>* begin,
-                 std::vector<acc_t<T>>* acc, T* staged) {
+                 std::vector<acc_t<T>>* acc, T* staged, bool streamed) {
   using A = acc_t<T>;
   const RoiDims& d = a.dims;
   const int64_t Cn = d.channels, nbins = d.pooled_height * d.pooled_width;
@@ -126,7 +127,7 @@ void forward_roi(const PrRoiForwardArgs<T, C>& a, int64_t k, const T* pixels,
       for (int64_t c = blocked; c < Cn; ++c) s[c] += t->w * static_cast<A>(load(p + c));
     }
     T* out = d.layout == Layout::kNHWC ? a.output + (k * nbins + bin) * Cn : staged + bin * Cn;
-    for (int64_t c = 0; c < Cn; ++c) store(out + c, s[c] / area);
+    store_quotients(out, s, Cn, area, streamed);
   }
   if (d.layout == Layout::kNCHW) transpose_block(staged, a.output + k * Cn * nbins, nbins, Cn);
 }
@@ -135,6 +136,7 @@ template <typename T, typename C>
 void forward_nhwc(const PrRoiForwardArgs<T, C>& a, TaskRunner& runner) {
   const RoiDims& d = a.dims;
   const int64_t HWC = d.height * d.width * d.channels;
+  const bool streamed = stream_output(a.output, output_count(d), d.channels);
   parallel_ranges(runner, d.num_rois, 4 * runner.concurrency(), [&](int64_t begin, int64_t end) {
     std::vector<Tap<acc_t<T>>> taps;
     std::vector<int64_t> bins;
@@ -142,8 +144,9 @@ void forward_nhwc(const PrRoiForwardArgs<T, C>& a, TaskRunner& runner) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t image = read_box(a.rois, k, d).image;
       forward_roi(a, k, a.features + (image < 0 ? 0 : image) * HWC, &taps, &bins, &acc,
-                  static_cast<T*>(nullptr));
+                  static_cast<T*>(nullptr), streamed);
     }
+    streaming_fence();
   });
 }
 
@@ -180,7 +183,7 @@ void forward_nchw(const PrRoiForwardArgs<T, C>& a, TaskRunner& runner) {
                       std::vector<acc_t<T>> acc(Cn);
                       std::vector<T> staged(static_cast<size_t>(nbins * Cn));
                       for (int64_t i = begin; i < end; ++i) {
-                        forward_roi(a, rois[i], pixels, &taps, &bins, &acc, staged.data());
+                        forward_roi(a, rois[i], pixels, &taps, &bins, &acc, staged.data(), false);
                       }
                     });
   }

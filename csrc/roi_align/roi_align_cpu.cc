@@ -26,6 +26,7 @@
 #include "core/repack.h"
 #include "core/sample_grid.h"
 #include "core/scratch.h"
+#include "core/streaming.h"
 #include "core/task_runner.h"
 #include "core/types.h"
 #include "roi_align/roi_align_kernels.h"
@@ -238,6 +239,7 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const T* 
   // outputs are made in (bin, channel) order: in place for NHWC output, else
   // in scratch, then transposed into the NCHW output (contiguous stores).
   const bool nchw_output = d.layout == Layout::kNCHW;
+  const bool streamed = !nchw_output && stream_output(a.output, output_count(a.dims), Cn);
   parallel_ranges(runner, n, 4 * runner.concurrency(), [&](int64_t r0, int64_t r1) {
     std::vector<A> acc(Cn);
     std::vector<MaxSample<A>> best(o.max_mode ? Cn : 0);
@@ -259,8 +261,7 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const T* 
           A* __restrict accp = acc.data();
           bin_sums(pixels, Cn, s.samples.data() + s.begin[i], s.samples.data() + s.begin[i + 1],
                    accp);
-          T* __restrict dst = out.output + i * Cn;
-          for (int64_t c = 0; c < Cn; ++c) store(dst + c, accp[c] / count);
+          store_quotients(out.output + i * Cn, accp, Cn, count, streamed);
           continue;
         }
         const int64_t grid_w = s.bins[i].grid_w;
@@ -285,6 +286,7 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const T* 
         }
       }
     }
+    streaming_fence();
   });
 }
 

@@ -29,6 +29,7 @@
 #include "core/math.h"
 #include "core/repack.h"
 #include "core/scratch.h"
+#include "core/streaming.h"
 #include "core/task_runner.h"
 #include "core/types.h"
 #include "roi_pool/roi_pool_kernels.h"
@@ -162,6 +163,7 @@ void pool_forward_nhwc(const PoolForwardArgs<T, C>& a, const T* pixels, bool nch
   int32_t* index = a.argmax != nullptr ? best_index.data() : nullptr;
   std::vector<T> out_block(nchw_output ? nbins * Cn : 0);
   std::vector<int32_t> arg_block(nchw_output && index != nullptr ? nbins * Cn : 0);
+  const bool streamed = !nchw_output && stream_output(a.output, output_count(d), Cn);
   for (int64_t k = k_begin; k < k_end; ++k) {
     const Box<C> box = read_box(a.rois, k, d);
     pool_windows(pool_roi(box, scale, d), d, &rows, &cols);
@@ -173,12 +175,13 @@ void pool_forward_nhwc(const PoolForwardArgs<T, C>& a, const T* pixels, bool nch
       const Window y = rows[bin / PW], x = cols[bin % PW];
       T* out = out_k + bin * Cn;
       if (y.empty() || x.empty()) {
-        for (int64_t c = 0; c < Cn; ++c) store(out + c, A(0));
+        std::fill(best.begin(), best.end(), A(0));
+        store_row(out, best.data(), Cn, streamed);
         if (arg_k != nullptr) std::fill_n(arg_k + bin * Cn, Cn, -1);
         continue;
       }
       window_max_channels(pixels + box.image * H * W * Cn, W, Cn, y, x, Cn, best.data(), index);
-      for (int64_t c = 0; c < Cn; ++c) store(out + c, best[c]);
+      store_row(out, best.data(), Cn, streamed);
       if (arg_k != nullptr) std::copy_n(best_index.data(), Cn, arg_k + bin * Cn);
     }
     if (nchw_output) {
@@ -416,6 +419,7 @@ void roi_pool_forward(const PoolForwardArgs<T, C>& args, TaskRunner& runner) {
   if (d.layout == Layout::kNHWC) {
     parallel_ranges(runner, d.num_rois, parts, [&](int64_t begin, int64_t end) {
       pool_forward_nhwc(args, args.features, false, begin, end);
+      streaming_fence();
     });
     return;
   }
