@@ -38,8 +38,8 @@ constexpr int64_t kStreamingOutputBytes = int64_t{8} << 20;
 template <typename T>
 bool stream_output(const T* base, int64_t count, int64_t row) {
 #if defined(__AVX__)
-  return std::is_same_v<T, float> && reinterpret_cast<uintptr_t>(base) % 64 == 0 &&
-         row > 0 && row % 16 == 0 && count * int64_t{sizeof(T)} >= kStreamingOutputBytes;
+  return std::is_same_v<T, float> && reinterpret_cast<uintptr_t>(base) % 64 == 0 && row > 0 &&
+         row % 16 == 0 && count * int64_t{sizeof(T)} >= kStreamingOutputBytes;
 #else
   (void)base, (void)count, (void)row;
   return false;
