@@ -406,3 +406,58 @@ def test_export_round_trip():
   )(x, rois)
   restored = jax.export.deserialize(exported.serialize())
   np.testing.assert_array_equal(restored.call(x, rois), f(x, rois))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("sr", [2, 0])
+def test_nchw_gradient_paths_give_the_bits_of_nhwc(sr, dtype):
+  """The CPU backward sums an NCHW gradient in NHWC scratch (channels
+  contiguous), then transposes it into place, when the RoIs read the map at
+  least a quarter of a time over; otherwise it scatters plane by plane. 6
+  RoIs of 3x3 bins on a 24 x 24 map (about 3500 reads for 576 positions)
+  take the scratch; the same RoIs on the map padded to 64 x 64 (4096
+  positions) take the planes. Both must give, bit for bit, the NHWC
+  gradient (same terms, same order), exactly 0 on the padding, and the
+  float64 loop reference."""
+  rng = np.random.default_rng(stable_seed("nchw-paths", sr, dtype))
+  ftype = np.dtype(dtype)
+  small = rng.standard_normal((2, 5, 24, 24)).astype(ftype)
+  big = np.zeros((2, 5, 64, 64), ftype)
+  big[:, :, :24, :24] = small
+  # Centres in [8, 16], sides <= 6, any angle: every sample stays more than a
+  # pixel inside the small map, so the padding changes no sample.
+  k = 6
+  rois = np.stack(
+    [
+      np.arange(k) % 2,
+      rng.uniform(8, 16, k),
+      rng.uniform(8, 16, k),
+      rng.uniform(2, 6, k),
+      rng.uniform(2, 6, k),
+      rng.uniform(-180, 180, k),
+    ],
+    1,
+  ).astype(ftype)
+  cot = rng.standard_normal((k, 5, 3, 3)).astype(ftype)
+
+  def grad(x, layout):
+    c = cot if layout == "NCHW" else cot.transpose(0, 2, 3, 1)
+    x = x if layout == "NCHW" else x.transpose(0, 2, 3, 1)
+    op = lambda v: jax_roi.roi_align_rotated(v, rois, 3, 1.0, sr, layout=layout)
+    g = np.asarray(jax.grad(lambda v: jnp.sum(op(v) * c))(jnp.asarray(x)))
+    return g if layout == "NCHW" else g.transpose(0, 3, 1, 2)
+
+  with jax.enable_x64(dtype == "float64"):
+    g_nhwc = grad(small, "NHWC")
+    g_scratch = grad(small, "NCHW")
+    g_planes = grad(big, "NCHW")
+  np.testing.assert_array_equal(g_scratch, g_nhwc)
+  np.testing.assert_array_equal(g_planes[:, :, :24, :24], g_nhwc)
+  rest = g_planes.copy()
+  rest[:, :, :24, :24] = 0
+  assert not rest.any() and np.abs(g_nhwc).max() > 0
+  want = ref.roi_align_rotated_grad(
+    small.shape, rois.astype(np.float64), cot.astype(np.float64), (3, 3), 1.0, sr
+  )
+  tol = 1e-12 if dtype == "float64" else 2e-5
+  np.testing.assert_allclose(g_scratch, want, rtol=tol, atol=tol)

@@ -1,6 +1,7 @@
 // Scalar math shared by the kernels of every op (host and device): rounding
 // and elementary functions overloaded for float and double, int64 helpers,
-// and the start value of running maxima.
+// the exact division by a sample count, and the start value of running
+// maxima.
 #ifndef JAX_ROI_CSRC_CORE_MATH_H_
 #define JAX_ROI_CSRC_CORE_MATH_H_
 
@@ -28,6 +29,26 @@ JAX_ROI_HD int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 JAX_ROI_HD int64_t clip_i64(int64_t v, int64_t lo, int64_t hi) {
   return min_i64(max_i64(v, lo), hi);
 }
+
+// (g * w) / count, exactly. When count is a power of two (sampling_ratio 2
+// gives 4) the division is a multiplication by its exact reciprocal, which
+// gives the same result and is much cheaper.
+template <typename A>
+struct CountDivider {
+  A count, reciprocal;
+  bool power_of_two;
+  JAX_ROI_HD explicit CountDivider(A c) : count(c), reciprocal(A(1) / c) {
+    power_of_two = reciprocal * c == A(1) && is_power_of_two(c);
+  }
+  JAX_ROI_HD A operator()(A v) const { return power_of_two ? v * reciprocal : v / count; }
+
+ private:
+  JAX_ROI_HD static bool is_power_of_two(A c) {
+    // c is a positive integer (a sample count) below 2^62.
+    const int64_t n = static_cast<int64_t>(c);
+    return static_cast<A>(n) == c && n > 0 && (n & (n - 1)) == 0;
+  }
+};
 
 // Converts a non-NaN value to int64, truncating toward zero, after clamping
 // it to [-limit, limit] (so that +-inf are defined too).

@@ -411,26 +411,6 @@ JAX_ROI_HD const BoxGradSums& reduce_box_grad_lanes(BoxGradSums* lanes) {
   return lanes[0];
 }
 
-// (g * w) / count, exactly. When count is a power of two (sampling_ratio 2
-// gives 4) the division is a multiplication by its exact reciprocal, which
-// gives the same result and is much cheaper.
-template <typename A>
-struct CountDivider {
-  A count, reciprocal;
-  bool power_of_two;
-  JAX_ROI_HD explicit CountDivider(A c) : count(c), reciprocal(A(1) / c) {
-    power_of_two = reciprocal * c == A(1) && is_power_of_two(c);
-  }
-  JAX_ROI_HD A operator()(A v) const { return power_of_two ? v * reciprocal : v / count; }
-
- private:
-  JAX_ROI_HD static bool is_power_of_two(A c) {
-    // c is a positive integer (a sample count) below 2^62.
-    const int64_t n = static_cast<int64_t>(c);
-    return static_cast<A>(n) == c && n > 0 && (n & (n - 1)) == 0;
-  }
-};
-
 // ---------------------------------------------------------------------------
 // Multi-scale (FPN) level assignment
 // ---------------------------------------------------------------------------

@@ -6,10 +6,13 @@
 // same order, so the results are exactly those of the per-element math.
 //  * forward: one task per block of RoIs, the channel loop innermost
 //    (contiguous, vectorised); NCHW features are transposed image by image
-//    to channels-last first (one image of scratch memory);
+//    to channels-last first (core/repack.h, one image of scratch memory);
 //  * feature gradient: one task per block of channels, each over every RoI
 //    in order, so every element receives its contributions in the order
-//    (RoI, bin, sample, neighbour) whatever the number of threads;
+//    (RoI, bin, sample, neighbour) whatever the number of threads. For NCHW
+//    features whose RoIs read the map enough (core/repack.h's rule), the
+//    gradient is summed in NHWC scratch, channels contiguous (vectorised),
+//    then transposed into place: the same terms in the same order;
 //  * box gradient: one task per block of RoIs, sums in a fixed order.
 #include <algorithm>
 #include <cstring>
@@ -18,6 +21,8 @@
 #include "core/bilinear.h"
 #include "core/dims.h"
 #include "core/kernel.h"
+#include "core/math.h"
+#include "core/repack.h"
 #include "core/scratch.h"
 #include "core/task_runner.h"
 #include "core/types.h"
@@ -131,70 +136,93 @@ void forward_nchw(const RotatedForwardArgs<T, C>& a, TaskRunner& runner) {
     const int64_t image = read_rotated_box(a.rois, k, d).image;
     by_image[image < 0 ? d.batch : image].push_back(k);
   }
-  std::vector<T> pixels(static_cast<size_t>(HW * Cn));
+  const ScratchLease scratch(sizeof(T) * static_cast<size_t>(HW * Cn));
+  T* pixels = scratch.as<T>();
   for (int64_t n = 0; n <= d.batch; ++n) {
     const std::vector<int64_t>& rois = by_image[n];
     if (rois.empty()) continue;
-    if (n < d.batch) {
-      const T* planes = a.features + n * Cn * HW;
-      parallel_ranges(runner, HW, parts, [&](int64_t begin, int64_t end) {
-        for (int64_t c = 0; c < Cn; ++c) {
-          const T* plane = planes + c * HW;
-          for (int64_t hw = begin; hw < end; ++hw) pixels[hw * Cn + c] = plane[hw];
-        }
-      });
-    }
+    // (Padding rows read no pixel.)
+    if (n < d.batch) repack_nchw_to_nhwc(a.features + n * Cn * HW, pixels, 1, Cn, HW, runner);
     parallel_ranges(runner, static_cast<int64_t>(rois.size()), parts,
                     [&](int64_t begin, int64_t end) {
                       std::vector<Taps<acc_t<T>>> taps;
                       std::vector<int64_t> bins;
                       std::vector<acc_t<T>> acc(Cn);
                       for (int64_t i = begin; i < end; ++i) {
-                        forward_roi(a, rois[i], pixels.data(), &taps, &bins, &acc);
+                        forward_roi(a, rois[i], pixels, &taps, &bins, &acc);
                       }
                     });
   }
 }
 
+// Feature gradient of every RoI, in RoI order, for channels [c_begin,
+// c_end). grad: the gradient in the features' layout, or (nhwc_grad, NCHW
+// features) in NHWC scratch; the cotangent is read in its own layout.
 template <typename T, typename C>
-void backward_channels(const RotatedBackwardArgs<T, C>& a, int64_t c_begin, int64_t c_end) {
+void backward_channels(const RotatedBackwardArgs<T, C>& a, acc_t<T>* grad, bool nhwc_grad,
+                       int64_t c_begin, int64_t c_end) {
   using A = acc_t<T>;
   const RoiDims& d = a.dims;
   const RotatedOptions& o = a.options;
-  const int64_t Cn = d.channels, HW = d.height * d.width;
+  const int64_t Cn = d.channels, HW = d.height * d.width, cn = c_end - c_begin;
   const int64_t PH = d.pooled_height, PW = d.pooled_width, nbins = PH * PW;
+  const bool planes = d.layout == Layout::kNCHW && !nhwc_grad;
   std::vector<Taps<A>> taps;
   std::vector<int64_t> begin;
+  std::vector<A> cotangent(static_cast<size_t>(cn));
   for (int64_t k = 0; k < d.num_rois; ++k) {
     const RotatedBox<C> box = read_rotated_box(a.rois, k, d);
     const RotatedRoi<C> r = rotated_roi(box, static_cast<C>(o.spatial_scale), o, d);
     if (r.empty) continue;
-    const A count = static_cast<A>(r.count);
+    const CountDivider<A> div(static_cast<A>(r.count));
     roi_taps(r, d, &taps, &begin);
     if (taps.empty()) continue;
-    if (d.layout == Layout::kNCHW) {
+    if (planes) {
       for (int64_t c = c_begin; c < c_end; ++c) {
         const T* g = a.grad_output + (k * Cn + c) * nbins;
-        A* plane = a.grad_features + (box.image * Cn + c) * HW;
+        A* plane = grad + (box.image * Cn + c) * HW;
         for (int64_t bin = 0; bin < nbins; ++bin) {
           const A gb = load(g + bin);
           for (int64_t j = begin[bin]; j < begin[bin + 1]; ++j) {
-            bilinear_scatter(plane, 1, taps[j], [&](A* p, A w) { *p += (gb * w) / count; });
+            bilinear_scatter(plane, 1, taps[j], [&](A* p, A w) { *p += div(gb * w); });
           }
         }
       }
       continue;
     }
-    A* image = a.grad_features + box.image * HW * Cn;
+    A* image = grad + box.image * HW * Cn + c_begin;
     for (int64_t bin = 0; bin < nbins; ++bin) {
-      const T* g = a.grad_output + (k * nbins + bin) * Cn;
+      A* __restrict g = cotangent.data();
+      if (d.layout == Layout::kNCHW) {  // The cotangent's channels are nbins apart.
+        const T* go = a.grad_output + (k * Cn + c_begin) * nbins + bin;
+        for (int64_t c = 0; c < cn; ++c) g[c] = load(go + c * nbins);
+      } else {
+        const T* go = a.grad_output + (k * nbins + bin) * Cn + c_begin;
+        for (int64_t c = 0; c < cn; ++c) g[c] = load(go + c);
+      }
       for (int64_t j = begin[bin]; j < begin[bin + 1]; ++j) {
+        // The four neighbours may coincide: four separate passes, in order.
         bilinear_scatter(image, Cn, taps[j], [&](A* p, A w) {
-          for (int64_t c = c_begin; c < c_end; ++c) p[c] += (load(g + c) * w) / count;
+          for (int64_t c = 0; c < cn; ++c) p[c] += div(g[c] * w);
         });
       }
     }
   }
+}
+
+// (h, w) positions the RoIs' samples read, four per sample (at most: the
+// samples outside the map read none).
+template <typename T, typename C>
+int64_t rotated_pixels_read(const RotatedBackwardArgs<T, C>& a) {
+  const RoiDims& d = a.dims;
+  const int64_t nbins = d.pooled_height * d.pooled_width;
+  int64_t reads = 0;
+  for (int64_t k = 0; k < d.num_rois; ++k) {
+    const RotatedRoi<C> r = rotated_roi(read_rotated_box(a.rois, k, d),
+                                        static_cast<C>(a.options.spatial_scale), a.options, d);
+    if (!r.empty && r.grid_h > 0 && r.grid_w > 0) reads += 4 * nbins * r.grid_h * r.grid_w;
+  }
+  return reads;
 }
 
 template <typename T, typename C>
@@ -251,13 +279,20 @@ void roi_align_rotated_forward(const RotatedForwardArgs<T, C>& args, TaskRunner&
 
 template <typename T, typename C>
 void roi_align_rotated_backward(const RotatedBackwardArgs<T, C>& a, TaskRunner& runner) {
+  using A = acc_t<T>;
   const RoiDims& d = a.dims;
-  const int64_t size = feature_count(d);
+  const int64_t size = feature_count(d), HW = d.height * d.width;
   advise_huge_pages(a.grad_features, size);
-  zero_parallel(a.grad_features, size, runner);
-  const int64_t blocks = channel_blocks(runner, d.layout == Layout::kNHWC, d.channels);
-  parallel_ranges(runner, d.channels, blocks,
-                  [&](int64_t begin, int64_t end) { backward_channels(a, begin, end); });
+  const bool nhwc_grad = d.layout == Layout::kNCHW && d.channels > 0 && d.num_rois > 0 &&
+                         repack_pays(rotated_pixels_read(a), d.batch * HW, d.channels, sizeof(A));
+  const ScratchLease scratch(nhwc_grad ? sizeof(A) * static_cast<size_t>(size) : 0);
+  A* grad = nhwc_grad ? scratch.as<A>() : a.grad_features;
+  zero_parallel(grad, size, runner);
+  const int64_t blocks = channel_blocks(runner, d.layout == Layout::kNHWC || nhwc_grad, d.channels);
+  parallel_ranges(runner, d.channels, blocks, [&](int64_t begin, int64_t end) {
+    backward_channels(a, grad, nhwc_grad, begin, end);
+  });
+  if (nhwc_grad) repack_nhwc_to_nchw(grad, a.grad_features, d.batch, d.channels, HW, runner);
 }
 
 template <typename T, typename C>
