@@ -105,6 +105,24 @@ int64_t sample_count(const AlignRoi<C>& r, const RoiDims& d) {
   return rows * cols;
 }
 
+// The memory a vector of caches holds (for KeptObjectLease).
+template <typename C, typename A>
+size_t cache_bytes(const std::vector<RoiSamples<C, A>>& caches) {
+  size_t bytes = caches.capacity() * sizeof(RoiSamples<C, A>);
+  for (const RoiSamples<C, A>& s : caches) {
+    bytes += s.bins.capacity() * sizeof(AlignBin) + s.begin.capacity() * sizeof(int64_t) +
+             s.samples.capacity() * sizeof(Sample<A>) +
+             (s.iy.capacity() + s.ix.capacity()) * sizeof(int32_t) +
+             s.bilinear.capacity() * sizeof(Bilinear<C>);
+  }
+  return bytes;
+}
+
+// The caches of a call: the vectors the last call filled, when free
+// (core/scratch.h), so that their pages are not faulted in again.
+template <typename C, typename A>
+using CacheLease = KeptObjectLease<std::vector<RoiSamples<C, A>>>;
+
 // RoIs whose cache would exceed this many samples (~128 MB) are computed
 // straight from their samples instead, without a cache.
 constexpr int64_t kCacheBudget = int64_t{1} << 22;
@@ -463,7 +481,8 @@ void roi_align_forward(const AlignForwardArgs<T, C>& args, TaskRunner& runner) {
     advise_huge_pages(args.argmax_y, outputs);
     advise_huge_pages(args.argmax_x, outputs);
   }
-  std::vector<RoiSamples<C, acc_t<T>>> caches;
+  const CacheLease<C, acc_t<T>> lease(&cache_bytes<C, acc_t<T>>);
+  std::vector<RoiSamples<C, acc_t<T>>>& caches = lease.get();
   const auto by_level = rois_by_level(args.rois, args.dims, args.map);
   for (size_t l = 0; l < by_level.size(); ++l) {
     if (by_level[l].empty()) continue;
@@ -521,7 +540,8 @@ void roi_align_backward(const AlignBackwardArgs<T, C>& a, TaskRunner& runner) {
     if (a.options.max_mode && dims.channels > 0 && dims.num_rois > 0) backward_max(a, runner);
     return;
   }
-  std::vector<RoiSamples<C, A>> caches;
+  const CacheLease<C, A> lease(&cache_bytes<C, A>);
+  std::vector<RoiSamples<C, A>>& caches = lease.get();
   for (size_t l = 0; l < by_level.size(); ++l) {
     if (by_level[l].empty()) continue;
     const RoiDims d = level_dims(dims, a.levels[l]);
