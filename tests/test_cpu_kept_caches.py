@@ -69,7 +69,7 @@ CHILD = textwrap.dedent(
 def test_warm_calls_do_not_fault_their_sample_caches_in_again():
   env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="16384", JAX_PLATFORMS="cpu")
   run = subprocess.run(
-    [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300
+    [sys.executable, "-P", "-c", CHILD], env=env, capture_output=True, text=True, timeout=300
   )
   assert run.returncode == 0, run.stderr
   faults = json.loads(run.stdout.strip().splitlines()[-1])
