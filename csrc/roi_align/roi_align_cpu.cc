@@ -10,7 +10,10 @@
 //    order (a stable sort: RoIs of one image keep their relative order);
 //  * NCHW: a task owns a block of channels and runs over the group's RoIs
 //    channel by channel, so each (image, channel) plane stays in cache;
-//  * NHWC: the innermost loop runs over contiguous channels (vectorised).
+//  * NHWC: the innermost loop runs over contiguous channels (vectorised);
+//    with NHWC output and maps larger than the caches, the forward's tasks
+//    own runs of bins of all the group's RoIs, visited in the order of the
+//    pixels they read (core/spatial_order.h), not RoI by RoI.
 // The backward gives every feature-gradient element its contributions in the
 // order (RoI, bin, sample, neighbour), torchvision's CPU order, whatever the
 // number of threads.
@@ -26,6 +29,7 @@
 #include "core/repack.h"
 #include "core/sample_grid.h"
 #include "core/scratch.h"
+#include "core/spatial_order.h"
 #include "core/streaming.h"
 #include "core/task_runner.h"
 #include "core/types.h"
@@ -252,51 +256,93 @@ void forward_group(const AlignForwardArgs<T, C>& a, const T* features, const T* 
     });
     return;
   }
-  // NHWC: a task owns RoIs; every channel advances through the same samples
-  // in the same order, the channel loop innermost and contiguous. A RoI's
-  // outputs are made in (bin, channel) order: in place for NHWC output, else
-  // in scratch, then transposed into the NCHW output (contiguous stores).
+  // NHWC: every channel advances through the same samples in the same
+  // order, the channel loop innermost and contiguous. Each bin's outputs are
+  // made in channel order: in place for NHWC output, else in a RoI's scratch
+  // block, then transposed into the NCHW output (contiguous stores).
   const bool nchw_output = d.layout == Layout::kNCHW;
   const bool streamed = !nchw_output && stream_output(a.output, output_count(a.dims), Cn);
+  const bool with_argmax = o.max_mode && a.argmax_y != nullptr;
+  // Bin i of RoI s, every channel, into out (that RoI's outputs, at (bin,
+  // channel)); acc and best hold Cn values.
+  auto one_bin = [&](const RoiSamples<C, A>& s, int64_t i, const AlignForwardArgs<T, C>& out,
+                     A* __restrict acc, MaxSample<A>* best) {
+    const T* pixels = nhwc + s.image * HW * Cn;
+    if (!o.max_mode) {
+      bin_sums(pixels, Cn, s.samples.data() + s.begin[i], s.samples.data() + s.begin[i + 1], acc);
+      store_quotients(out.output + i * Cn, acc, Cn, static_cast<A>(s.roi.count), streamed);
+      return;
+    }
+    const int64_t grid_w = s.bins[i].grid_w;
+    for (int64_t c = 0; c < Cn; ++c) best[c].init();
+    for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
+      const int64_t index = int64_t{s.iy[j]} * grid_w + s.ix[j];
+      for (int64_t c = 0; c < Cn; ++c) {
+        best[c].offer(bilinear_gather(pixels + c, Cn, s.samples[j]), index, s.iy[j], s.ix[j]);
+      }
+    }
+    const int64_t outside = first_outside(s.bins[i]);
+    for (int64_t c = 0; c < Cn; ++c) {
+      best[c].finish(s.bins[i], outside);
+      store_max_output(out, i * Cn + c, best[c]);
+    }
+  };
+  // The outputs of RoI s in place (NHWC output).
+  auto in_place = [&](const RoiSamples<C, A>& s) {
+    const int64_t base = s.k * nbins * Cn;
+    AlignForwardArgs<T, C> out = a;
+    out.output = a.output + base;
+    out.argmax_y = with_argmax ? a.argmax_y + base : nullptr;
+    out.argmax_x = with_argmax ? a.argmax_x + base : nullptr;
+    return out;
+  };
+  // NHWC output of maps too large for the caches: the tasks own runs of
+  // bins visited in the order of the pixels they read (core/spatial_order.h).
+  if (!nchw_output && spatial_order_pays(HW * Cn * static_cast<int64_t>(sizeof(T)))) {
+    int64_t first_image = caches[0].image, last_image = first_image;
+    for (int64_t r = 1; r < n; ++r) {
+      first_image = std::min(first_image, caches[r].image);
+      last_image = std::max(last_image, caches[r].image);
+    }
+    const std::vector<uint32_t> order =
+        spatial_order(n * nbins, first_image, last_image, d.height, d.width, [&](int64_t j) {
+          const RoiSamples<C, A>& s = caches[j / nbins];
+          const int64_t i = j % nbins;
+          // Where the bin's first sample reads (an empty bin: anywhere).
+          const int64_t at = s.begin[i] < s.begin[i + 1] ? s.samples[s.begin[i]].o1 : 0;
+          return PixelKey{s.image, at / d.width, at % d.width};
+        });
+    if (!order.empty()) {
+      parallel_ranges(runner, n * nbins, 4 * runner.concurrency(), [&](int64_t j0, int64_t j1) {
+        std::vector<A> acc(Cn);
+        std::vector<MaxSample<A>> best(o.max_mode ? Cn : 0);
+        for (int64_t j = j0; j < j1; ++j) {
+          const RoiSamples<C, A>& s = caches[order[j] / nbins];
+          one_bin(s, order[j] % nbins, in_place(s), acc.data(), best.data());
+        }
+        streaming_fence();
+      });
+      return;
+    }
+  }
+  // Otherwise a task owns RoIs.
   parallel_ranges(runner, n, 4 * runner.concurrency(), [&](int64_t r0, int64_t r1) {
     std::vector<A> acc(Cn);
     std::vector<MaxSample<A>> best(o.max_mode ? Cn : 0);
-    const bool with_argmax = o.max_mode && a.argmax_y != nullptr;
     std::vector<T> out_block(nchw_output ? nbins * Cn : 0);
     std::vector<int32_t> y_block(nchw_output && with_argmax ? nbins * Cn : 0);
     std::vector<int32_t> x_block(y_block.size());
     for (int64_t r = r0; r < r1; ++r) {
       const RoiSamples<C, A>& s = caches[r];
-      const T* pixels = nhwc + s.image * HW * Cn;
-      const A count = static_cast<A>(s.roi.count);
-      const int64_t base = s.k * nbins * Cn;
-      AlignForwardArgs<T, C> out = a;  // This RoI's outputs, at (bin, channel).
-      out.output = nchw_output ? out_block.data() : a.output + base;
-      out.argmax_y = !with_argmax ? nullptr : nchw_output ? y_block.data() : a.argmax_y + base;
-      out.argmax_x = !with_argmax ? nullptr : nchw_output ? x_block.data() : a.argmax_x + base;
-      for (int64_t i = 0; i < nbins; ++i) {
-        if (!o.max_mode) {
-          A* __restrict accp = acc.data();
-          bin_sums(pixels, Cn, s.samples.data() + s.begin[i], s.samples.data() + s.begin[i + 1],
-                   accp);
-          store_quotients(out.output + i * Cn, accp, Cn, count, streamed);
-          continue;
-        }
-        const int64_t grid_w = s.bins[i].grid_w;
-        for (auto& m : best) m.init();
-        for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
-          const int64_t index = int64_t{s.iy[j]} * grid_w + s.ix[j];
-          for (int64_t c = 0; c < Cn; ++c) {
-            best[c].offer(bilinear_gather(pixels + c, Cn, s.samples[j]), index, s.iy[j], s.ix[j]);
-          }
-        }
-        const int64_t outside = first_outside(s.bins[i]);
-        for (int64_t c = 0; c < Cn; ++c) {
-          best[c].finish(s.bins[i], outside);
-          store_max_output(out, i * Cn + c, best[c]);
-        }
-      }
+      AlignForwardArgs<T, C> out = in_place(s);
       if (nchw_output) {
+        out.output = out_block.data();
+        out.argmax_y = with_argmax ? y_block.data() : nullptr;
+        out.argmax_x = with_argmax ? x_block.data() : nullptr;
+      }
+      for (int64_t i = 0; i < nbins; ++i) one_bin(s, i, out, acc.data(), best.data());
+      if (nchw_output) {
+        const int64_t base = s.k * nbins * Cn;
         transpose_block(out_block.data(), a.output + base, nbins, Cn);
         if (with_argmax) {
           transpose_block(y_block.data(), a.argmax_y + base, nbins, Cn);
