@@ -463,6 +463,45 @@ def test_a_map_larger_than_the_caches_is_copied_with_the_same_bits(op):
   assert (nchw[-1, 255] == 7.0).any() if op == "roi_pool" else np.isnan(nchw[-1, 255]).any()
 
 
+@pytest.mark.parametrize(
+  "op, hw",
+  [("roi_align", (200, 184)), ("roi_align_rotated", (200, 184)), ("roi_align", (199, 181))],
+)
+def test_a_large_nchw_gradient_is_moved_into_place_with_the_same_bits(op, hw):
+  """An NCHW float32 gradient summed in NHWC scratch is moved into place in
+  tiles of 256 positions, 8 channel rows at a time. At 32 MiB and more, when
+  every row starts on a 64-byte line (H * W a multiple of 16: 200 x 184),
+  whole 16-position lines are written with streaming stores; otherwise
+  (199 x 181, whose last tile has 179 positions) the ordinary way. Either
+  way the gradient equals, bit for bit, the NHWC layout's transposed."""
+  rng = np.random.default_rng(29)
+  n, c, (h, w) = 1, 256, hw  # 37.7 / 36.9 MB
+  x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+  boxes = random_boxes(rng, 60, h, w, scale=1.0)
+  if op == "roi_align":
+    rois = indexed_rois(rng, boxes, n).astype(np.float32)
+
+    def call(f, layout):
+      return jax_roi.roi_align(f, rois, 7, 1.0, 2, True, layout=layout)
+  else:
+    (x1, y1, x2, y2), angle = boxes.T, rng.uniform(-180, 180, len(boxes))
+    rois = np.stack(
+      [np.zeros(len(boxes)), (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, angle], 1
+    ).astype(np.float32)
+
+    def call(f, layout):
+      return jax_roi.roi_align_rotated(f, rois, 7, 1.0, 2, layout=layout)
+
+  cot = rng.standard_normal((len(rois), c, 7, 7)).astype(np.float32)
+  g_nchw = jax.grad(lambda f: jnp.sum(call(f, "NCHW") * cot))(jnp.asarray(x))
+  cot_nhwc = cot.transpose(0, 2, 3, 1)
+  x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
+  g_nhwc = jax.grad(lambda f: jnp.sum(call(f, "NHWC") * cot_nhwc))(x_nhwc)
+  g_nhwc = np.asarray(g_nhwc).transpose(0, 3, 1, 2)
+  np.testing.assert_array_equal(np.asarray(g_nchw), g_nhwc)
+  assert np.count_nonzero(g_nhwc) > g_nhwc.size // 8, np.count_nonzero(g_nhwc) / g_nhwc.size
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("mode", ["avg", "max"])
 def test_float32_channels_do_not_depend_on_the_channel_count(layout, mode):

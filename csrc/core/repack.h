@@ -223,6 +223,36 @@ void transpose_streaming(const T* src, int64_t src_stride, T* dst, int64_t chann
     }
   }
 }
+
+// The inverse direction: transpose() of a (positions x channels) block into
+// `channels` rows of dst (row stride dst_stride) whose 16-position groups are
+// whole 64-byte lines, each written at once with non-temporal stores. Needs
+// 4-byte T, channels % 8 == 0, positions % 16 == 0 and every row's start
+// 64-byte aligned (dst, and dst_stride * 4 a multiple of 64). Channel group
+// by channel group, so that each pass writes 8 rows in order while the
+// block's source stays in L2. The caller fences.
+template <typename T>
+void transpose_streaming_to_rows(const T* src, int64_t channels, T* dst, int64_t dst_stride,
+                                 int64_t positions) {
+  const float* s = reinterpret_cast<const float*>(src);
+  float* d = reinterpret_cast<float*>(dst);
+  for (int64_t c = 0; c < channels; c += 8) {
+    for (int64_t p = 0; p < positions; p += 16) {
+      __m256 a[8], b[8];
+      for (int i = 0; i < 8; ++i) {
+        a[i] = _mm256_loadu_ps(s + (p + i) * channels + c);
+        b[i] = _mm256_loadu_ps(s + (p + 8 + i) * channels + c);
+      }
+      transpose_registers_8x8(a);
+      transpose_registers_8x8(b);
+      for (int j = 0; j < 8; ++j) {
+        float* line = d + (c + j) * dst_stride + p;
+        _mm256_stream_ps(line, a[j]);
+        _mm256_stream_ps(line + 8, b[j]);
+      }
+    }
+  }
+}
 #endif
 
 // dst[(n * HW + p) * C + c] = src[(n * C + c) * HW + p]: tasks own runs of
@@ -263,19 +293,47 @@ void repack_nchw_to_nhwc(const T* src, T* dst, int64_t batch, int64_t channels, 
 }
 
 // The inverse: dst[(n * C + c) * HW + p] = src[(n * HW + p) * C + c].
+// Tasks own runs of kTileP positions of one image, all channels (a 256 KB
+// block for 256 channels, which stays in L2), written channel group by
+// channel group: 8 rows of dst at a time, 1 KB of each. Large copies stream
+// their whole lines. Writing row of tiles by row of tiles instead touched
+// all C rows of dst (C pages) every 8 positions, half lines each: 124 MB
+// (2 x 256 x 200 x 304) took 32-34 ms on two threads, against 13-15 ms now
+// and 9-12 ms for a memcpy of the same bytes (`benchmarks/results/
+// cpu-2026-12-01/README.md`).
 template <typename T>
 void repack_nhwc_to_nchw(const T* src, T* dst, int64_t batch, int64_t channels, int64_t hw,
                          TaskRunner& runner) {
   constexpr int64_t kTileP = 256;
   const int64_t p_tiles = (hw + kTileP - 1) / kTileP;
+#if defined(__AVX__)
+  const bool streaming = kTile8x8<T> && channels % 8 == 0 &&
+                         reinterpret_cast<uintptr_t>(dst) % 64 == 0 &&
+                         (hw * int64_t{sizeof(T)}) % 64 == 0 &&
+                         batch * channels * hw * int64_t{sizeof(T)} >= kStreamingRepackBytes;
+#endif
   parallel_ranges(runner, batch * p_tiles, 4 * runner.concurrency(), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / p_tiles;
-      const int64_t p0 = (t % p_tiles) * kTileP, p1 = std::min(hw, p0 + kTileP);
+      int64_t p0 = (t % p_tiles) * kTileP;
+      const int64_t p1 = std::min(hw, p0 + kTileP);
+#if defined(__AVX__)
+      if (streaming) {
+        const int64_t whole = (p1 - p0) / 16 * 16;
+        transpose_streaming_to_rows(src + (n * hw + p0) * channels, channels,
+                                    dst + n * channels * hw + p0, hw, whole);
+        p0 += whole;
+      }
+#endif
       // (positions x channels) block of the NHWC image -> (channels x positions).
-      transpose(src + (n * hw + p0) * channels, channels, dst + n * channels * hw + p0, hw, p1 - p0,
-                channels);
+      if (p1 > p0) {
+        transpose(src + (n * hw + p0) * channels, channels, dst + n * channels * hw + p0, hw,
+                  p1 - p0, channels, /*zero_pad=*/false, /*columns_outer=*/true);
+      }
     }
+#if defined(__AVX__)
+    _mm_sfence();  // the streamed lines, before the task's end is published
+#endif
   });
 }
 
