@@ -66,9 +66,10 @@ WHY = {
   ),
   ("roi_align", "NCHW", "fwd+bwd", "xla"): (
     "not reached",
-    "20x is 81-90 ms. The NHWC step meets 20x (29.8x, 35.3x); NCHW adds 32-62 ms of layout "
-    "moves (the 62 MB map to NHWC scratch, 12.8 ms on two threads, and the gradient back; "
-    "cpu-2026-11-30 and night READMEs).",
+    "The NHWC step meets 20x (29.8x, 35.3x); NCHW adds two layout moves of the 124 MB maps: "
+    "the forward's copy to NHWC scratch (13-16 ms for the copy alone) and the gradient back "
+    "(14-21 ms, this README). 20x pure JAX in this folder's runs: 117-160 ms against the box "
+    "head's 127-155 ms (pure JAX slowed by the loaded machine, 2.3-3.2 s).",
   ),
   ("roi_align_rotated", "*", "fwd", "xla"): (
     "bound",
