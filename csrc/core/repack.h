@@ -298,8 +298,8 @@ void repack_nchw_to_nhwc(const T* src, T* dst, int64_t batch, int64_t channels, 
 // channel group: 8 rows of dst at a time, 1 KB of each. Large copies stream
 // their whole lines. Writing row of tiles by row of tiles instead touched
 // all C rows of dst (C pages) every 8 positions, half lines each: 124 MB
-// (2 x 256 x 200 x 304) took 32-34 ms on two threads, against 13-15 ms now
-// and 9-12 ms for a memcpy of the same bytes (`benchmarks/results/
+// (2 x 256 x 200 x 304) took 34-40 ms on two threads, against 14-21 ms now
+// and 10-12 ms for a memcpy of the same bytes (`benchmarks/results/
 // cpu-2026-12-01/README.md`).
 template <typename T>
 void repack_nhwc_to_nchw(const T* src, T* dst, int64_t batch, int64_t channels, int64_t hw,
