@@ -463,6 +463,7 @@ def test_a_map_larger_than_the_caches_is_copied_with_the_same_bits(op):
   assert (nchw[-1, 255] == 7.0).any() if op == "roi_pool" else np.isnan(nchw[-1, 255]).any()
 
 
+@pytest.mark.slow  # (3 x 2-4 s: 37 MB maps)
 @pytest.mark.parametrize(
   "op, hw",
   [("roi_align", (200, 184)), ("roi_align_rotated", (200, 184)), ("roi_align", (199, 181))],

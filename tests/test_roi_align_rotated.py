@@ -409,7 +409,8 @@ def test_export_round_trip():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("sr", [2, 0])
+# Adaptive sampling's cases take 4-7 s each: behind the slow marker.
+@pytest.mark.parametrize("sr", [2, pytest.param(0, marks=pytest.mark.slow)])
 def test_nchw_gradient_paths_give_the_bits_of_nhwc(sr, dtype):
   """The CPU backward sums an NCHW gradient in NHWC scratch (channels
   contiguous), then transposes it into place, when the RoIs read the map at

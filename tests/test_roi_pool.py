@@ -127,6 +127,7 @@ def pool_problems(draw, hostile=True):
   return x, rois.astype(np.float32), output_size, scale, layout, box_order
 
 
+@pytest.mark.slow  # (~6 s; kernel against the float64 loop reference)
 @given(pool_problems())
 def test_property_kernel_equals_loop_reference(problem):
   x, rois, output_size, scale, layout, box_order = problem
