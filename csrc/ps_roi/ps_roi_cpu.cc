@@ -32,6 +32,7 @@
 #include "core/box.h"
 #include "core/dims.h"
 #include "core/kernel.h"
+#include "core/quotient.h"
 #include "core/repack.h"
 #include "core/sample_grid.h"
 #include "core/scratch.h"
@@ -702,11 +703,10 @@ void ps_align_backward_bin_major(const PsAlignBackwardArgs<T, C>& a, TaskRunner&
           constexpr int L = decltype(width)::value;
           A g[L];
           for (int l = 0; l < L; ++l) g[l] = l0 + l < nc ? load(go + (l0 + l) * gstep) : A(0);
+          const CotangentRange<A> range = cotangent_range(g, L);
           for_each_sample(r, b, ph, pw, d, [&](int64_t, int64_t, const Bilinear<C>& s) {
-            bilinear_scatter(map + l0, cs, bilinear_taps<A>(s, W), [&](A* q, A w) {
-              A* __restrict row = q;
-              for (int l = 0; l < L; ++l) row[l] += div(g[l] * w);
-            });
+            bilinear_scatter(map + l0, cs, bilinear_taps<A>(s, W),
+                             [&](A* q, A w) { add_quotients(q, g, w, div, range, L); });
           });
         });
       }

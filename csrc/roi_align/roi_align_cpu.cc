@@ -26,6 +26,7 @@
 #include "core/box.h"
 #include "core/dims.h"
 #include "core/kernel.h"
+#include "core/quotient.h"
 #include "core/repack.h"
 #include "core/sample_grid.h"
 #include "core/scratch.h"
@@ -401,13 +402,13 @@ void backward_group(const AlignBackwardArgs<T, C>& a, acc_t<T>* grad_features, c
           const T* go = a.grad_output + (s.k * nbins + i) * Cn + c0;
           for (int64_t c = 0; c < cn; ++c) gp[c] = load(go + c);
         }
+        const CotangentRange<A> range = cotangent_range(gp, cn);
         for (int64_t j = s.begin[i]; j < s.begin[i + 1]; ++j) {
           // The four neighbours may coincide (edge replication), so the
           // four updates stay separate passes over the channels, in
           // torchvision's order (and q gets no __restrict).
-          bilinear_scatter(pixels, Cn, s.samples[j], [&](A* q, A w) {
-            for (int64_t c = 0; c < cn; ++c) q[c] += div(gp[c] * w);
-          });
+          bilinear_scatter(pixels, Cn, s.samples[j],
+                           [&](A* q, A w) { add_quotients(q, gp, w, div, range, cn); });
         }
       }
     }

@@ -22,6 +22,7 @@
 #include "core/dims.h"
 #include "core/kernel.h"
 #include "core/math.h"
+#include "core/quotient.h"
 #include "core/repack.h"
 #include "core/scratch.h"
 #include "core/task_runner.h"
@@ -200,11 +201,11 @@ void backward_channels(const RotatedBackwardArgs<T, C>& a, acc_t<T>* grad, bool 
         const T* go = a.grad_output + (k * nbins + bin) * Cn + c_begin;
         for (int64_t c = 0; c < cn; ++c) g[c] = load(go + c);
       }
+      const CotangentRange<A> range = cotangent_range(g, cn);
       for (int64_t j = begin[bin]; j < begin[bin + 1]; ++j) {
         // The four neighbours may coincide: four separate passes, in order.
-        bilinear_scatter(image, Cn, taps[j], [&](A* p, A w) {
-          for (int64_t c = 0; c < cn; ++c) p[c] += div(g[c] * w);
-        });
+        bilinear_scatter(image, Cn, taps[j],
+                         [&](A* p, A w) { add_quotients(p, g, w, div, range, cn); });
       }
     }
   }
