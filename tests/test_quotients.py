@@ -213,7 +213,14 @@ def _runs_fma():
   return " fma " in flags and " avx2 " in flags
 
 
-@pytest.mark.parametrize("arch", [None, "x86-64-v3", "native"])
+@pytest.mark.parametrize(
+  "arch",
+  [
+    pytest.param(None, marks=pytest.mark.slow),  # no FMA: the division
+    pytest.param("x86-64-v3", marks=pytest.mark.slow),  # AVX2 + FMA (wheels)
+    "native",
+  ],
+)
 def test_the_header_gives_the_division_bits(tmp_path, arch):
   if arch and not _runs_fma():
     pytest.skip("this CPU runs no FMA code")
